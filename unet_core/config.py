@@ -1,0 +1,118 @@
+"""Typed configuration shared by the model, the checkpoint format and the jobs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+IGNORE_INDEX = 255
+"""Class index of pixels that count in no loss and no metric (mask values listed as ignored)."""
+
+NORMS = ("batch", "group", "none")
+UPSAMPLINGS = ("transpose", "bilinear")
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Keep the keys a dataclass knows, so newer files with extra keys still load."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a UNet: everything needed to rebuild it before loading weights."""
+
+    in_channels: int = 3
+    """Input channels: 1 for grayscale, 3 for RGB."""
+    num_classes: int = 2
+    """Output classes; a binary task uses 2 (softmax), never a single logit."""
+    base_width: int = 64
+    """Channels of the first block (64 in the paper); doubles at each level."""
+    depth: int = 4
+    """Number of 2x2 poolings; inputs are padded internally to a multiple of 2**depth."""
+    norm: str = "batch"
+    """Normalisation after each conv: batch, group or none."""
+    upsampling: str = "transpose"
+    """Decoder upsampling: transpose (2x2 transposed conv, as the paper) or bilinear."""
+    dropout: float = 0.0
+    """Dropout probability in the bottleneck block."""
+
+    def __post_init__(self) -> None:
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels}")
+        if not 2 <= self.num_classes <= 255:
+            raise ValueError(
+                f"num_classes must be in 2..255 (a binary task uses 2 classes), got {self.num_classes}"
+            )
+        if self.base_width < 1 or self.depth < 1:
+            raise ValueError(
+                f"base_width and depth must be >= 1, got {self.base_width} and {self.depth}"
+            )
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.upsampling not in UPSAMPLINGS:
+            raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {self.upsampling!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return cls(**_known(cls, data))
+
+
+@dataclass
+class PreprocessConfig:
+    """How a uint8 image becomes the model's float input: x = (pixel / 255 - mean) / std."""
+
+    channels: int = 3
+    """Channels the model expects; inputs are converted (RGB <-> grayscale) to this."""
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    """Per-channel mean in [0, 1] units."""
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    """Per-channel standard deviation in [0, 1] units."""
+
+    def __post_init__(self) -> None:
+        self.mean = tuple(float(m) for m in self.mean)
+        self.std = tuple(float(s) for s in self.std)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if len(self.mean) == 1 and self.channels == 3:
+            self.mean = self.mean * 3
+        if len(self.std) == 1 and self.channels == 3:
+            self.std = self.std * 3
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(
+                f"mean and std need {self.channels} values (one per channel), "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be > 0, got {self.std}")
+
+    @classmethod
+    def for_channels(cls, channels: int) -> PreprocessConfig:
+        return cls(channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels)
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """HxWxC uint8 -> CxHxW float32, normalised."""
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.shape[2] != self.channels:
+            raise ValueError(
+                f"image has {image.shape[2]} channels, the model expects {self.channels}"
+            )
+        mean = np.asarray(self.mean, dtype=np.float32) * 255.0
+        inv_std = 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
+        out = (image.astype(np.float32) - mean) * inv_std  # (H, W, C)
+        return np.ascontiguousarray(out.transpose(2, 0, 1))  # (C, H, W)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channels": self.channels, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        return cls(**_known(cls, data))
