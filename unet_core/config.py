@@ -41,7 +41,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels}")
+            raise ValueError(
+                f"in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels}"
+            )
         if not 2 <= self.num_classes <= 255:
             raise ValueError(
                 f"num_classes must be in 2..255 (a binary task uses 2 classes), got {self.num_classes}"
@@ -115,4 +117,55 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        return cls(**_known(cls, data))
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by the single-process loop and the Ray Train job."""
+
+    epochs: int = 20
+    """Passes over the training set."""
+    batch_size: int = 8
+    """Images per step on each worker (the global batch is batch_size * workers)."""
+    crop_size: int = 256
+    """Side of the random training crops (images are padded when smaller); 0 = whole images."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW (reached after warm-up, then cosine decay)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    warmup_epochs: float = 1.0
+    """Linear learning-rate warm-up, in epochs (may be fractional)."""
+    seed: int = 0
+    """Seed for weights, augmentation and the split; worker r uses seed + r for its data."""
+    val_fraction: float = 0.2
+    """Share of pairs (by stem hash) held out for validation when no separate set is given."""
+    ce_weight: float = 1.0
+    """Weight of cross-entropy in the loss."""
+    dice_weight: float = 1.0
+    """Weight of soft Dice in the loss."""
+    augment: bool = True
+    """Random flips, 90-degree rotations and brightness/contrast jitter on training crops."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping norm; None disables clipping."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.crop_size < 0:
+            raise ValueError(f"crop_size must be >= 0 (0 = whole images), got {self.crop_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight == 0:
+            raise ValueError("ce_weight and dice_weight must be >= 0 and not both 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return cls(**_known(cls, data))

@@ -1,0 +1,286 @@
+"""Training and evaluation steps, and a minimal single-process training loop.
+
+The step functions take any iterable of ``(images, masks)`` tensor batches, so the same code
+runs here over a torch DataLoader and inside Ray Train workers over Ray Data shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from unet_core.classes import ClassMap
+from unet_core.config import ModelConfig, PreprocessConfig, TrainConfig
+from unet_core.data import Pair, pair_images_and_masks, read_image, read_mask, split_pairs
+from unet_core.losses import SegmentationLoss
+from unet_core.metrics import ConfusionMatrix
+from unet_core.model import UNet
+from unet_core.transforms import eval_transforms, to_tensors, train_transforms
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def amp_dtype_for(device: torch.device | str) -> torch.dtype | None:
+    """bf16 autocast for training on GPUs; full precision on CPU (bf16 CPU training is slower)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW without weight decay on norms and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warm-up then cosine decay to 1% of the peak learning rate."""
+    steps_per_epoch = max(1, steps_per_epoch)
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    """Mean training loss per image."""
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    *,
+    device: torch.device | str,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    max_grad_norm: float | None = None,
+) -> EpochStats:
+    device = torch.device(device)
+    model.train()
+    loss_sum, images = 0.0, 0
+    start = time.perf_counter()
+    for x, y in batches:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with _autocast(device, amp_dtype):
+            logits = model(x)  # (B, K, H, W)
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.item() * x.shape[0]
+        images += x.shape[0]
+    seconds = time.perf_counter() - start
+    return EpochStats(loss=loss_sum / max(1, images), images=images, seconds=seconds)
+
+
+@dataclass
+class EvalStats:
+    loss_sum: float
+    images: int
+    confusion: ConfusionMatrix
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.images if self.images else float("nan")
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    loss_fn: nn.Module,
+    *,
+    num_classes: int,
+    device: torch.device | str,
+    amp_dtype: torch.dtype | None = None,
+) -> EvalStats:
+    """Loss summed per image and the confusion matrix; sums, so workers can all-reduce them."""
+    device = torch.device(device)
+    model.eval()
+    confusion = ConfusionMatrix(num_classes)
+    loss_sum, images = 0.0, 0
+    for x, y in batches:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with _autocast(device, amp_dtype):
+            logits = model(x)
+        loss_sum += loss_fn(logits.float(), y).item() * x.shape[0]
+        images += x.shape[0]
+        confusion.update(logits.argmax(dim=1), y)
+    return EvalStats(loss_sum=loss_sum, images=images, confusion=confusion)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Local image/mask pairs, decoded and transformed per item with a per-(epoch, item) seed."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        pairs: list[Pair],
+        class_map: ClassMap,
+        *,
+        transform: Callable,
+        preprocess: PreprocessConfig,
+        seed: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self.pairs = pairs
+        self.class_map = class_map
+        self.transform = transform
+        self.preprocess = preprocess
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Batch:
+        pair = self.pairs[index]
+        image = read_image(self.root / pair.image, channels=self.preprocess.channels)
+        mask = read_mask(self.root / pair.mask, self.class_map)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image, mask = self.transform(image, mask, rng)
+        return to_tensors(image, mask, self.preprocess)
+
+
+@dataclass
+class FitResult:
+    model: UNet
+    history: dict[str, list[float]] = field(default_factory=dict)
+    val: EvalStats | None = None
+
+
+def fit(
+    root: str | Path,
+    *,
+    class_map: ClassMap,
+    model_config: ModelConfig,
+    preprocess: PreprocessConfig,
+    cfg: TrainConfig,
+    pairs: list[Pair] | None = None,
+    device: torch.device | str | None = None,
+    log_every_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train a UNet on a local folder in one process: the reference loop for tests and baselines.
+
+    Validates on the stem-hash split when ``cfg.val_fraction > 0``; whole validation images are
+    used (no crops), so the metrics are those of full-size prediction.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(cfg.seed)
+    pairs = pairs if pairs is not None else pair_images_and_masks(root)
+    train_pairs, val_pairs = split_pairs(pairs, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    crop = cfg.crop_size or None
+    transform = (
+        train_transforms(crop, flips=cfg.augment, rotate90=cfg.augment, jitter=cfg.augment)
+        if crop
+        else eval_transforms(None)
+    )
+    train_set = PairDataset(
+        root, train_pairs, class_map, transform=transform, preprocess=preprocess, seed=cfg.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    val_loader = None
+    if val_pairs:
+        val_set = PairDataset(
+            root, val_pairs, class_map, transform=eval_transforms(None), preprocess=preprocess
+        )
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=1)
+
+    model = UNet.from_config(model_config).to(device).to(memory_format=torch.channels_last)
+    loss_fn = SegmentationLoss(
+        model_config.num_classes, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight
+    )
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=len(loader))
+    amp = amp_dtype_for(device)
+    history: dict[str, list[float]] = {"train_loss": []}
+    val: EvalStats | None = None
+    for epoch in range(cfg.epochs):
+        train_set.set_epoch(epoch)
+        stats = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            loss_fn,
+            device=device,
+            scheduler=scheduler,
+            amp_dtype=amp,
+            max_grad_norm=cfg.max_grad_norm,
+        )
+        row = {"train_loss": stats.loss, "images_per_second": stats.images_per_second}
+        if val_loader is not None:
+            val = evaluate(
+                model,
+                val_loader,
+                loss_fn,
+                num_classes=model_config.num_classes,
+                device=device,
+                amp_dtype=amp,
+            )
+            row.update(val_loss=val.loss, val_miou=val.confusion.mean_iou())
+        for key, value in row.items():
+            history.setdefault(key, []).append(float(value))
+        log.info(
+            "epoch %d/%d %s",
+            epoch + 1,
+            cfg.epochs,
+            " ".join(f"{k}={v:.4f}" for k, v in row.items()),
+        )
+        if log_every_epoch is not None:
+            log_every_epoch(epoch, row)
+    return FitResult(model=model, history=history, val=val)

@@ -1,0 +1,139 @@
+"""UNet (Ronneberger et al. 2015) with same-size logits for any input height and width."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unet_core.config import ModelConfig
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(channels, 8), channels)
+    return nn.Identity()
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv, norm, ReLU) twice, padding 1 so the spatial size is kept."""
+
+    def __init__(self, cin: int, cout: int, norm: str, dropout: float = 0.0) -> None:
+        bias = norm == "none"
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
+            _norm(norm, cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=bias),
+            _norm(norm, cout),
+            nn.ReLU(inplace=True),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
+        super().__init__(*layers)
+
+
+class Up(nn.Module):
+    """Upsample x2, concatenate the skip, double conv."""
+
+    def __init__(self, cin: int, cout: int, norm: str, upsampling: str) -> None:
+        super().__init__()
+        if upsampling == "transpose":
+            self.up = nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
+        else:
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(cin, cout, kernel_size=1),
+            )
+        self.conv = DoubleConv(2 * cout, cout, norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)  # (B, cout, 2h, 2w)
+        return self.conv(torch.cat([skip, x], dim=1))  # (B, cout, 2h, 2w)
+
+
+class UNet(nn.Module):
+    """Encoder of `depth` poolings, symmetric decoder with skip connections, 1x1 head.
+
+    Inputs of any size are padded (reflect) to a multiple of 2**depth and the logits cropped
+    back, so ``model(x).shape[-2:] == x.shape[-2:]`` always.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        base_width: int = 64,
+        depth: int = 4,
+        norm: str = "batch",
+        upsampling: str = "transpose",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self._config = ModelConfig(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            base_width=base_width,
+            depth=depth,
+            norm=norm,
+            upsampling=upsampling,
+            dropout=dropout,
+        )
+        widths = [base_width * 2**i for i in range(depth + 1)]
+        self.stem = DoubleConv(in_channels, widths[0], norm)
+        self.down = nn.ModuleList(
+            DoubleConv(widths[i], widths[i + 1], norm, dropout if i == depth - 1 else 0.0)
+            for i in range(depth)
+        )
+        self.up = nn.ModuleList(
+            Up(widths[i + 1], widths[i], norm, upsampling) for i in reversed(range(depth))
+        )
+        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+        self._init_weights()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> UNet:
+        return cls(
+            config.in_channels,
+            config.num_classes,
+            base_width=config.base_width,
+            depth=config.depth,
+            norm=config.norm,
+            upsampling=config.upsampling,
+            dropout=config.dropout,
+        )
+
+    @property
+    def config(self) -> ModelConfig:
+        return ModelConfig(**self._config.to_dict())
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        multiple = 2**self._config.depth
+        pad_h, pad_w = (-h) % multiple, (-w) % multiple
+        if pad_h or pad_w:
+            # reflect needs pad < size; tiny inputs fall back to replicate
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        x = self.stem(x)  # (B, w0, H, W)
+        skips = [x]
+        for block in self.down:
+            x = block(F.max_pool2d(x, 2))  # (B, w_{i+1}, H/2^(i+1), W/2^(i+1))
+            skips.append(x)
+        skips.pop()  # the bottleneck is x itself
+        for block in self.up:
+            x = block(x, skips.pop())
+        logits = self.head(x)  # (B, K, H_pad, W_pad)
+        return logits[..., :h, :w]
