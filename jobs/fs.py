@@ -6,6 +6,7 @@ every job lists, reads and writes through `resolve` so local folders and buckets
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import uuid
@@ -26,6 +27,12 @@ def s3_filesystem(endpoint_url: str | None = None) -> pafs.S3FileSystem:
     """An S3 filesystem honouring an S3-compatible endpoint (arg, then AWS_ENDPOINT_URL)."""
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(ENDPOINT_ENV)
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return _s3_filesystem(endpoint, region)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+    """One client per (endpoint, region) and process: S3 clients are costly to build."""
     kwargs: dict = {"region": region}
     if endpoint:
         scheme, _, host = endpoint.rpartition("://")

@@ -74,8 +74,9 @@ def upload_tree(local_root: Path, bucket: str, prefix: str, endpoint: str) -> st
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
-    """One local Ray for the test session. More logical CPUs than cores, so that training
+def ray_local(tmp_path_factory, s3_endpoint):
+    """One local Ray for the test session (started after the S3 endpoint so that its workers
+    inherit the AWS_* variables). More logical CPUs than cores, so that training
     workers and Ray Data tasks both get scheduled on a 2-core machine."""
     import ray
 
