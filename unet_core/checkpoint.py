@@ -1,10 +1,17 @@
-"""Checkpoints as plain data: weights plus the configs to rebuild the model. No pickled code."""
+"""Checkpoints as plain data: weights plus the configs to rebuild the model. No pickled code.
+
+A file is ``torch.save`` of ``{"format": "unet-ray/1", "state_dict", "model_config",
+"class_map", "preprocess", "extra"}`` holding only dicts, lists, strings, numbers and tensors,
+so it loads with ``torch.load(..., weights_only=True)`` and never runs code from the file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-import tempfile
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -17,19 +24,55 @@ from unet_core.config import ModelConfig, PreprocessConfig
 from unet_core.model import UNet
 
 FORMAT = "unet-ray/1"
+_KEYS = ("state_dict", "model_config", "class_map", "preprocess")
+_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+Source = str | os.PathLike | bytes | bytearray | BinaryIO
 
 
-def _clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Weights on CPU with DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes removed."""
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
-    out = {}
-    for key, value in model.state_dict().items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
-        out[key] = value.detach().cpu().contiguous()
-    return out
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        inner = [getattr(model, a, None) for a in ("module", "_orig_mod")]
+        wrapped = [m for m in inner if isinstance(m, nn.Module)]
+        if not wrapped:
+            return model
+        model = wrapped[0]
+
+
+def _clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {_strip_prefixes(k): v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise TypeError unless `value` is data that ``weights_only=True`` can load back."""
+    if type(value) in (dict, OrderedDict):
+        for k, v in value.items():
+            if type(k) not in (str, int):
+                raise TypeError(f"{where} has a key {k!r} of type {type(k).__name__}; use str keys")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif type(value) in (list, tuple):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif type(value) not in _SCALARS and not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{where} is a {type(value).__module__}.{type(value).__name__}; checkpoints hold only "
+            "dicts, lists, str, int, float, bool, None and tensors (they load with "
+            "weights_only=True): convert it, e.g. with float(x), x.tolist() or dataclasses.asdict"
+        )
 
 
 def checkpoint_payload(
@@ -38,52 +81,87 @@ def checkpoint_payload(
     model_config: ModelConfig,
     class_map: ClassMap,
     preprocess: PreprocessConfig,
-    extra: dict | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The plain-data dict that `save_checkpoint` writes (weights on CPU, prefixes stripped)."""
+    bare = _unwrap(model)
+    own = getattr(bare, "config", None)
+    if isinstance(own, ModelConfig) and own != model_config:
+        raise ValueError(
+            f"model_config {model_config} does not describe the model ({own}); "
+            "pass model_config=model.config"
+        )
+    extra = dict(extra or {})
+    _check_plain(extra, "extra")
     return {
         "format": FORMAT,
-        "state_dict": _clean_state_dict(model),
+        "state_dict": _clean_state_dict(bare.state_dict()),
         "model_config": model_config.to_dict(),
         "class_map": class_map.to_dict(),
         "preprocess": preprocess.to_dict(),
-        "extra": dict(extra or {}),
+        "extra": extra,
     }
 
 
-def checkpoint_to_bytes(model: nn.Module, **kwargs: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(checkpoint_payload(model, **kwargs), buffer)
-    return buffer.getvalue()
-
-
-def save_checkpoint(
-    path: str | Path,
+def checkpoint_to_bytes(
     model: nn.Module,
     *,
     model_config: ModelConfig,
     class_map: ClassMap,
     preprocess: PreprocessConfig,
-    extra: dict | None = None,
+    extra: dict[str, Any] | None = None,
+) -> bytes:
+    """A checkpoint as bytes, e.g. for a single S3 PUT; `load_checkpoint` reads it back."""
+    buffer = io.BytesIO()
+    torch.save(
+        checkpoint_payload(
+            model,
+            model_config=model_config,
+            class_map=class_map,
+            preprocess=preprocess,
+            extra=extra,
+        ),
+        buffer,
+    )
+    return buffer.getvalue()
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    model_config: ModelConfig,
+    class_map: ClassMap,
+    preprocess: PreprocessConfig,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = checkpoint_to_bytes(
+    """Write a checkpoint atomically: a temporary file in the same folder, fsync, then rename.
+
+    A reader sees the old file or the new one, never half of one. DDP / torch.compile wrappers
+    are unwrapped; ``extra`` must be plain data (TypeError names the offending entry).
+    """
+    payload = checkpoint_payload(
         model, model_config=model_config, class_map=class_map, preprocess=preprocess, extra=extra
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with open(tmp, "xb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
 
 
 @dataclass
 class LoadedModel:
     model: UNet
+    """Rebuilt from model_config with the saved weights, in eval mode."""
     model_config: ModelConfig
     class_map: ClassMap
     preprocess: PreprocessConfig
@@ -91,34 +169,53 @@ class LoadedModel:
 
 
 def load_checkpoint(
-    source: str | Path | bytes | BinaryIO, *, map_location: str | torch.device = "cpu"
+    source: Source, *, map_location: str | torch.device | None = "cpu"
 ) -> LoadedModel:
-    """Rebuild the UNet from a checkpoint file, bytes or stream (``weights_only=True``)."""
-    name = str(source) if isinstance(source, (str, Path)) else "<checkpoint bytes>"
-    if isinstance(source, (str, Path)) and not Path(source).is_file():
-        raise FileNotFoundError(f"checkpoint {source} does not exist")
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    """Rebuild the UNet from a checkpoint file, its bytes, or a binary stream.
+
+    Loads with ``weights_only=True``: files holding pickled objects are refused. The model is
+    placed on ``map_location`` (when it names a device) and put in eval mode. Errors name the file.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        if not Path(name).is_file():
+            raise FileNotFoundError(
+                f"checkpoint {name} does not exist (or is not a file); pass the path of a .pt file "
+                "written by unet_core.checkpoint.save_checkpoint"
+            )
+        stream: Any = name
+    else:
+        name = "<checkpoint bytes>"
+        stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
         payload = torch.load(stream, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+    except Exception as exc:  # torch raises several types for corrupt, truncated or unsafe files
         raise ValueError(
             f"{name}: not a loadable unet-ray checkpoint ({type(exc).__name__}: {exc}); only "
             "files written by unet_core.checkpoint.save_checkpoint are accepted"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{name}: expected checkpoint format {FORMAT!r}, found {found!r}")
-    model_config = ModelConfig.from_dict(payload["model_config"])
-    model = UNet.from_config(model_config)
-    state = {
-        k.removeprefix("module.").removeprefix("_orig_mod."): v
-        for k, v in payload["state_dict"].items()
-    }
-    model.load_state_dict(state)
+        raise ValueError(
+            f"{name}: expected checkpoint format {FORMAT!r}, found {found!r}; write it with "
+            "unet_core.checkpoint.save_checkpoint"
+        )
+    missing = [k for k in _KEYS if k not in payload]
+    if missing:
+        raise ValueError(f"{name}: checkpoint lacks {missing}; the file is incomplete")
+    try:
+        model_config = ModelConfig.from_dict(payload["model_config"])
+        model = UNet.from_config(model_config)
+        model.load_state_dict({_strip_prefixes(k): v for k, v in payload["state_dict"].items()})
+        preprocess = PreprocessConfig.from_dict(payload["preprocess"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{name}: weights or configs do not fit together: {exc}") from exc
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
     return LoadedModel(
-        model=model,
+        model=model.eval(),
         model_config=model_config,
         class_map=ClassMap.from_dict(payload["class_map"], source=name),
-        preprocess=PreprocessConfig.from_dict(payload["preprocess"]),
+        preprocess=preprocess,
         extra=dict(payload.get("extra") or {}),
     )

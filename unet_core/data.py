@@ -1,11 +1,18 @@
-"""The data contract: `images/` and `masks/` under a root, paired by relative path and stem."""
+"""The data contract: `images/` and `masks/` under a root, paired by relative path and stem.
+
+``images/a/b.jpg`` pairs with ``masks/a/b.png`` (key ``a/b``), never by listing order. Listing
+goes through a `Lister` (folder -> relative file paths), so a local folder and an S3 prefix
+pair with the same function. Decoding turns bytes into arrays with errors that name the file.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import os
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,13 +21,16 @@ from PIL import Image, UnidentifiedImageError
 
 from unet_core.classes import CLASS_MAP_FILENAME, ClassMap, MaskValueError
 
+logger = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+"""Extensions of image and mask files (compared lower-case); other files are ignored."""
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
 
 Lister = Callable[[str], list[str]]
-"""Given a folder relative to the data root ("images"), return the relative paths (posix,
-recursive) of the files under it; [] when it does not exist. Local and S3 listers share it."""
+"""Given a folder relative to the data root ("images"), return the paths of the files under it
+relative to that folder (posix separators, recursive); [] when it does not exist."""
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -39,13 +49,16 @@ __all__ = [
     "split_pairs",
 ]
 
+_LIST_LIMIT = 10
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
 
 class PairingError(ValueError):
     """Images and masks under a root do not pair one to one."""
 
 
 class ImageDecodeError(ValueError):
-    """A file is not a readable image (corrupt, truncated, empty, or not an image)."""
+    """A file is not a readable image (corrupt, truncated, empty, too large, or not an image)."""
 
 
 @dataclass(frozen=True)
@@ -58,222 +71,298 @@ class Pair:
     """Relative path without extension, e.g. ``a/b``: the identity of the case."""
 
 
+# --- listing and pairing ---------------------------------------------------------------------
 def local_lister(root: str | Path) -> Lister:
+    """A Lister over a local folder (follows symlinked folders; skips hidden folders)."""
     root = Path(root)
 
     def lister(folder: str) -> list[str]:
         base = root / folder
         if not base.is_dir():
             return []
-        return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
+        out = []
+        for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel_dir = Path(dirpath).relative_to(base).as_posix()
+            prefix = "" if rel_dir == "." else rel_dir + "/"
+            out.extend(prefix + name for name in filenames)
+        return sorted(out)
 
     return lister
 
 
-def _is_image(rel: str) -> bool:
-    parts = rel.split("/")
-    if any(part.startswith(".") for part in parts):
+def is_image_file(rel: str) -> bool:
+    """True for a non-hidden file with an image extension (case-insensitive)."""
+    if any(part.startswith(".") for part in rel.split("/")):
         return False
     return posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _by_key(files: list[str], folder: str, root: str) -> dict[str, str]:
-    keyed: dict[str, list[str]] = {}
-    for rel in files:
-        if _is_image(rel):
-            keyed.setdefault(posixpath.splitext(rel)[0], []).append(rel)
-    dups = {k: v for k, v in keyed.items() if len(v) > 1}
-    if dups:
-        shown = "; ".join(
-            " and ".join(f"{folder}/{f}" for f in v) for _, v in sorted(dups.items())[:10]
-        )
-        raise PairingError(
-            f"{root}: {len(dups)} stems appear more than once in {folder}/ ({shown}); "
-            "keep one file per stem"
-        )
-    return {k: v[0] for k, v in keyed.items()}
-
-
-def _listing(names: list[str], limit: int = 10) -> str:
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+def _listing(names: Sequence[str], limit: int = _LIST_LIMIT) -> str:
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _key_files(files: list[str], folder: str) -> tuple[dict[str, list[str]], list[str]]:
+    """key -> files (root-relative) for the image files; and the non-image files skipped."""
+    keyed: dict[str, list[str]] = {}
+    skipped = []
+    for rel in files:
+        if is_image_file(rel):
+            keyed.setdefault(posixpath.splitext(rel)[0], []).append(f"{folder}/{rel}")
+        elif not any(part.startswith(".") for part in rel.split("/")):
+            skipped.append(f"{folder}/{rel}")
+    return keyed, skipped
+
+
+def _empty_error(root: str, folder: str, skipped: list[str]) -> PairingError:
+    what = "images" if folder == IMAGES_DIR else "masks (one per image)"
+    msg = f"{root}: {folder}/ is missing or holds no image files"
+    if skipped:
+        msg += f" ({_plural(len(skipped), 'file', 'files')} with other extensions: {_listing(skipped)})"
+    return PairingError(
+        f"{msg}. A labelled data root holds images/ and masks/ side by side; put the {what} "
+        f"under {root}/{folder}/ as {'/'.join(sorted(IMAGE_EXTENSIONS))} files, or point the "
+        "data root at the folder that contains images/ and masks/."
+    )
 
 
 def pair_images_and_masks(root: str | Path, *, lister: Lister | None = None) -> list[Pair]:
     """Pair ``images/<key>.<ext>`` with ``masks/<key>.<ext>``; sorted by key.
 
-    Raises PairingError naming the files when a folder is missing or empty, an image has no
-    mask, a mask has no image, or two files in one folder share a stem.
+    Hidden files (any path part starting with '.') and non-image extensions are ignored.
+    Raises PairingError naming the files (the first ten and a count) when ``images/`` or
+    ``masks/`` is missing or empty, an image has no mask, a mask has no image, or two files in
+    one folder share a key (``a.png`` and ``a.jpg``).
     """
-    root_s = str(root)
+    root_s = str(root).rstrip("/") or "/"
     lister = lister or local_lister(root)
-    images = _by_key(lister(IMAGES_DIR), IMAGES_DIR, root_s)
-    masks = _by_key(lister(MASKS_DIR), MASKS_DIR, root_s)
+    images, skipped_images = _key_files(lister(IMAGES_DIR), IMAGES_DIR)
+    masks, skipped_masks = _key_files(lister(MASKS_DIR), MASKS_DIR)
     if not images:
-        raise PairingError(
-            f"{root_s}: no images found under {IMAGES_DIR}/ (extensions "
-            f"{sorted(IMAGE_EXTENSIONS)}); a data root holds images/ and masks/"
-        )
+        raise _empty_error(root_s, IMAGES_DIR, skipped_images)
     if not masks:
-        raise PairingError(
-            f"{root_s}: no masks found under {MASKS_DIR}/; a labelled root "
-            "holds masks/ with one mask per image, same relative path and stem"
-        )
-    no_mask = sorted(set(images) - set(masks))
-    no_image = sorted(set(masks) - set(images))
+        raise _empty_error(root_s, MASKS_DIR, skipped_masks)
+
     problems = []
+    duplicates = [
+        " and ".join(sorted(files))
+        for keyed in (images, masks)
+        for _, files in sorted(keyed.items())
+        if len(files) > 1
+    ]
+    if duplicates:
+        problems.append(
+            f"{_plural(len(duplicates), 'key has', 'keys have')} more than one file "
+            f"({_listing(duplicates)}): keep one file per stem in each folder"
+        )
+    no_mask = [images[k][0] for k in sorted(set(images) - set(masks))]
     if no_mask:
         problems.append(
-            f"{len(no_mask)} images have no mask: "
-            + _listing([f"{IMAGES_DIR}/{images[k]}" for k in no_mask])
+            f"{_plural(len(no_mask), 'image has', 'images have')} no mask: {_listing(no_mask)}"
         )
+    no_image = [masks[k][0] for k in sorted(set(masks) - set(images))]
     if no_image:
         problems.append(
-            f"{len(no_image)} masks have no image: "
-            + _listing([f"{MASKS_DIR}/{masks[k]}" for k in no_image])
+            f"{_plural(len(no_image), 'mask has', 'masks have')} no image: {_listing(no_image)}"
         )
     if problems:
         raise PairingError(
-            f"{root_s}: "
+            f"{root_s}: images and masks do not pair one to one. "
             + "; ".join(problems)
-            + ". Each image needs a mask with the same relative path and stem "
-            "(images/a/b.jpg <-> masks/a/b.png): add or remove the files named."
+            + ". Each image needs exactly one mask with the same relative path and stem "
+            "(images/a/b.jpg <-> masks/a/b.png): add, rename or remove the files named."
         )
-    return [
-        Pair(image=f"{IMAGES_DIR}/{images[k]}", mask=f"{MASKS_DIR}/{masks[k]}", key=k)
-        for k in sorted(images)
-    ]
+    pairs = [Pair(image=images[k][0], mask=masks[k][0], key=k) for k in sorted(images)]
+    logger.debug("%s: %d image/mask pairs", root_s, len(pairs))
+    return pairs
 
 
+# --- splitting ------------------------------------------------------------------------------
 def _unit_hash(seed: int, key: str) -> float:
+    """A number in [0, 1) fixed by (seed, key) alone: the split of a key never changes."""
     digest = hashlib.sha1(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def split_pairs(
-    pairs: list[Pair], *, val_fraction: float, seed: int = 0
+    pairs: Sequence[Pair], *, val_fraction: float, seed: int = 0
 ) -> tuple[list[Pair], list[Pair]]:
-    """Deterministic train/val split by a hash of the key: a case never changes side when the
-    folder grows. When val_fraction > 0 and there are >= 2 pairs, val is never empty."""
-    if val_fraction <= 0:
-        return list(pairs), []
-    scored = sorted(pairs, key=lambda p: _unit_hash(seed, p.key))
-    val = [p for p in scored if _unit_hash(seed, p.key) < val_fraction]
-    if not val and len(pairs) >= 2:
-        val = scored[:1]
-    val_keys = {p.key for p in val}
-    train = [p for p in pairs if p.key not in val_keys]
-    return train, sorted(val, key=lambda p: p.key)
+    """Deterministic (train, val) split by a hash of (seed, key), both sorted by key.
+
+    A pair goes to val when sha1(f"{seed}:{key}") as a number in [0, 1) is below
+    ``val_fraction``, so a case never changes side when the folder grows. With >= 2 pairs and
+    ``val_fraction > 0``, neither side is left empty (the lowest-hash pair moves to val, or the
+    highest-hash one to train) — the only case where a pair's side depends on the others.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    ordered = sorted(pairs, key=lambda p: p.key)
+    if val_fraction == 0 or not ordered:
+        return ordered, []
+    scores = {p.key: _unit_hash(seed, p.key) for p in ordered}
+    val_keys = {k for k, s in scores.items() if s < val_fraction}
+    if len(ordered) >= 2:
+        by_score = sorted(scores, key=scores.__getitem__)
+        if not val_keys:
+            val_keys = {by_score[0]}
+        elif len(val_keys) == len(ordered):
+            val_keys.discard(by_score[-1])
+    train = [p for p in ordered if p.key not in val_keys]
+    val = [p for p in ordered if p.key in val_keys]
+    return train, val
 
 
+# --- decoding -------------------------------------------------------------------------------
 def _open(data: bytes, source: str, kind: str) -> Image.Image:
+    """Open and fully decode (``load``) so corrupt or truncated files fail here, by name."""
     if not data:
         raise ImageDecodeError(f"{source}: empty file (0 bytes); re-export or remove it")
     try:
         img = Image.open(io.BytesIO(data))
-        img.load()  # decode now, so truncated files fail here and not later
+        img.load()
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(
-            f"{source}: {exc}; tile the image or raise PIL.Image.MAX_IMAGE_PIXELS"
+            f"{source}: {kind} is too large to decode safely ({exc}); split it into tiles, or "
+            "raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
         ) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, EOFError, ...)
+        reason = (
+            "not a recognised image format"
+            if isinstance(exc, UnidentifiedImageError)
+            else f"{type(exc).__name__}: {exc}"
+        )
         raise ImageDecodeError(
-            f"{source}: cannot decode {kind} ({type(exc).__name__}: {exc}); the file is corrupt, "
-            "truncated or not an image"
+            f"{source}: cannot decode {kind} ({reason}); the file is "
+            "corrupt, truncated or not an image: re-export or remove it"
         ) from exc
     return img
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit/int/float grayscale -> 8-bit L, scaled by the type's range."""
-    arr = np.asarray(img)
-    if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
-        arr = arr.astype(np.float64) / (65535.0 if arr.max(initial=0) <= 65535 else arr.max())
-        return Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if img.mode == "F":
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        return Image.fromarray(np.clip((arr - lo) * scale + 0.5, 0, 255).astype(np.uint8))
-    return Image.fromarray(arr.astype(np.uint8))
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Grayscale of a wider type -> uint8.
+
+    16-bit modes divide by 257 (65535 -> 255). Mode I (32-bit int) keeps 0..255 data as is,
+    treats 0..65535 as 16-bit, and stretches anything else from its min to its max. Mode F
+    maps [0, 1] data to 0..255, keeps [0, 255] data, and stretches anything else.
+    """
+    x = arr.astype(np.float64)
+    if mode == "F":
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if mode in _SIXTEEN_BIT_MODES:
+        x = x / 257.0
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        x = x * 255.0
+    elif lo >= 0 and hi <= 255:
+        pass
+    elif mode == "I" and lo >= 0 and hi <= 65535:
+        x = x / 257.0
+    else:
+        x = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def decode_image(data: bytes, *, channels: int, source: str = "<image>") -> np.ndarray:
     """Encoded bytes -> HxWxC uint8 with C = ``channels`` (1 or 3).
 
-    Palette, CMYK, alpha (dropped), 1-bit and 16-bit inputs are converted; RGB becomes
-    luminance for 1-channel models, grayscale is replicated for 3-channel models.
+    Handles L, LA, P, PA, RGB, RGBA (alpha dropped, not composited), CMYK, YCbCr, 1-bit,
+    16-bit (I;16*, scaled by 1/257), 32-bit int (I) and float (F) images. Grayscale is
+    replicated for 3 channels; colour becomes luminance (PIL's ``convert("L")``) for 1.
+    Raises ImageDecodeError naming ``source`` for corrupt, truncated, empty, oversized or
+    non-image data.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     img = _open(data, source, "image")
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        img = _to_8bit(img)
-    elif img.mode == "LA":
-        img = img.getchannel("L")
-    elif img.mode in ("PA",):
-        img = img.convert("RGBA")
     target = "L" if channels == 1 else "RGB"
-    if img.mode != target:
-        img = img.convert(target)
+    try:
+        if img.mode in (*_SIXTEEN_BIT_MODES, "I", "F"):
+            img = Image.fromarray(_to_uint8(np.asarray(img), img.mode))
+        elif img.mode in ("LA", "La"):
+            img = img.getchannel("L")
+        elif img.mode == "P":
+            # Palette with transparency goes through RGBA so Pillow applies it without warning.
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        elif img.mode == "PA":
+            img = img.convert("RGBA")
+        if img.mode != target:
+            img = img.convert(target)
+    except (ValueError, OSError) as exc:
+        raise ImageDecodeError(
+            f"{source}: cannot convert a mode {img.mode} image to {target} ({exc}); re-save it "
+            "as 8-bit grayscale or RGB"
+        ) from exc
     arr = np.asarray(img, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return arr
+    return arr[:, :, None] if arr.ndim == 2 else arr  # (H, W, C)
 
 
 def decode_mask(data: bytes, class_map: ClassMap, *, source: str = "<mask>") -> np.ndarray:
     """Encoded mask -> HxW uint8 class indices (IGNORE_INDEX for ignored values).
 
-    Palette PNGs are read as their indices (never converted to colours); 8/16-bit grayscale
-    as values; an RGB mask is accepted only when its channels are equal.
+    Palette (P) PNGs are read as their indices, never converted to colours; L, I;16 and I
+    masks as values (8- or 16-bit); 1-bit masks as 0/255 (as Pillow's ``convert("L")``);
+    RGB/RGBA masks only when their colour channels are equal (alpha is ignored).
     """
     img = _open(data, source, "mask")
-    if img.mode in ("P", "L", "1", "I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img)
-        if img.mode == "1":
-            arr = arr.astype(np.uint8) * 255
-    elif img.mode in ("RGB", "RGBA", "LA", "PA"):
-        arr = np.asarray(img)
-        if img.mode in ("LA", "PA"):
-            arr = arr[..., 0]
-        else:
-            rgb = arr[..., :3]
-            if not (
-                np.array_equal(rgb[..., 0], rgb[..., 1])
-                and np.array_equal(rgb[..., 0], rgb[..., 2])
-            ):
-                raise MaskValueError(
-                    f"{source}: colour (RGB) masks are not supported; save masks as "
-                    "single-channel PNGs of class values or as palette PNGs"
-                )
-            arr = rgb[..., 0]
-    else:
+    mode = img.mode
+    arr = np.asarray(img)
+    if mode == "1":
+        arr = arr.astype(np.uint8) * 255
+    elif mode in ("LA", "PA"):
+        arr = arr[:, :, 0]
+    elif mode in ("RGB", "RGBA", "RGBX"):
+        rgb = arr[:, :, :3]
+        if not (
+            np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+        ):
+            colours = np.unique(rgb.reshape(-1, 3), axis=0)
+            shown = ", ".join(str(tuple(int(x) for x in c)) for c in colours[:5])
+            more = f" ... ({len(colours)} in all)" if len(colours) > 5 else ""
+            raise MaskValueError(
+                f"{source}: colour (RGB) mask with colours {shown}{more}; masks must hold one "
+                "class value per pixel: save them as single-channel (L or 16-bit) or palette "
+                "PNGs whose values are listed in the class map"
+            )
+        arr = rgb[:, :, 0]
+    elif mode not in ("P", "L", "I", "F", *_SIXTEEN_BIT_MODES):
         raise MaskValueError(
-            f"{source}: unsupported mask mode {img.mode}; save masks as "
-            "8/16-bit single-channel or palette PNGs"
+            f"{source}: unsupported mask mode {mode}; save masks as 8/16-bit single-channel "
+            "or palette PNGs"
         )
-    if arr.dtype.kind == "i":
-        arr = arr.astype(np.int64)
-    return class_map.decode(arr, source=source)
+    try:
+        return class_map.decode(arr, source=source)
+    except MaskValueError as exc:
+        if img.format == "JPEG":
+            raise MaskValueError(
+                f"{exc} (JPEG compression changes mask values: save masks as PNG)"
+            ) from exc
+        raise
 
 
 def read_image(path: str | Path, *, channels: int) -> np.ndarray:
+    """``decode_image`` of a local file."""
     return decode_image(Path(path).read_bytes(), channels=channels, source=str(path))
 
 
 def read_mask(path: str | Path, class_map: ClassMap) -> np.ndarray:
+    """``decode_mask`` of a local file."""
     return decode_mask(Path(path).read_bytes(), class_map, source=str(path))
 
 
 def load_class_map(root: str | Path, class_map_path: str | Path | None = None) -> ClassMap:
-    """The class map given, else ``<root>/classes.json`` (local roots)."""
+    """The class map at ``class_map_path`` if given, else ``<root>/classes.json`` (local)."""
     if class_map_path is not None:
         return ClassMap.from_file(class_map_path)
     path = Path(root) / CLASS_MAP_FILENAME
     if not path.is_file():
         raise FileNotFoundError(
-            f"{root}: no {CLASS_MAP_FILENAME} at the data root; add one or pass "
-            "--class-map FILE (see README: class map format)"
+            f"{root}: no {CLASS_MAP_FILENAME} at the data root; add one (class names, the mask "
+            "value of each class, ignore_values) or pass --class-map FILE"
         )
     return ClassMap.from_file(path)
 
@@ -283,6 +372,6 @@ def image_channels(data: bytes, *, source: str = "<image>") -> int:
     try:
         with Image.open(io.BytesIO(data)) as img:
             mode = img.mode
-    except (UnidentifiedImageError, OSError) as exc:
+    except Exception as exc:
         raise ImageDecodeError(f"{source}: cannot read the image header ({exc})") from exc
-    return 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
+    return 1 if mode in ("1", "L", "LA", "La", "I", "F", *_SIXTEEN_BIT_MODES) else 3

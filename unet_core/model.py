@@ -1,4 +1,7 @@
-"""UNet (Ronneberger et al. 2015) with same-size logits for any input height and width."""
+"""UNet (Ronneberger et al. 2015) with same-size logits for any input height and width.
+
+Pure PyTorch: no device placement, DDP, AMP or compile here (see unet_core.predict / engine).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +13,20 @@ from torch import nn
 
 from unet_core.config import ModelConfig
 
+MAX_GROUPS = 8
+"""GroupNorm uses gcd(width, 8) groups: always a divisor of the width, 8 for the usual widths."""
+
 
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
-        return nn.GroupNorm(math.gcd(channels, 8), channels)
+        return nn.GroupNorm(math.gcd(channels, MAX_GROUPS), channels)
     return nn.Identity()
 
 
 class DoubleConv(nn.Sequential):
-    """(3x3 conv, norm, ReLU) twice, padding 1 so the spatial size is kept."""
+    """(3x3 conv, norm, ReLU) twice; padding 1 keeps the size. Convs carry a bias only without norm."""
 
     def __init__(self, cin: int, cout: int, norm: str, dropout: float = 0.0) -> None:
         bias = norm == "none"
@@ -38,7 +44,7 @@ class DoubleConv(nn.Sequential):
 
 
 class Up(nn.Module):
-    """Upsample x2, concatenate the skip, double conv."""
+    """Upsample x2 (2x2 transposed conv, or bilinear + 1x1 conv), concatenate the skip, double conv."""
 
     def __init__(self, cin: int, cout: int, norm: str, upsampling: str) -> None:
         super().__init__()
@@ -52,15 +58,16 @@ class Up(nn.Module):
         self.conv = DoubleConv(2 * cout, cout, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.up(x)  # (B, cout, 2h, 2w)
-        return self.conv(torch.cat([skip, x], dim=1))  # (B, cout, 2h, 2w)
+        x = self.up(x)  # (B, cin, h, w) -> (B, cout, 2h, 2w)
+        return self.conv(torch.cat([skip, x], dim=1))  # (B, 2 cout, 2h, 2w) -> (B, cout, 2h, 2w)
 
 
 class UNet(nn.Module):
-    """Encoder of `depth` poolings, symmetric decoder with skip connections, 1x1 head.
+    """Encoder of `depth` 2x2 poolings, symmetric decoder with skip connections, 1x1 head.
 
-    Inputs of any size are padded (reflect) to a multiple of 2**depth and the logits cropped
-    back, so ``model(x).shape[-2:] == x.shape[-2:]`` always.
+    Widths are base_width * 2**level (64 ... 1024 in the paper). Inputs of any size are padded
+    (reflect) to a multiple of 2**depth and the logits cropped back, so
+    ``model(x).shape == (B, num_classes, H, W)`` for every ``x.shape == (B, C, H, W)``.
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        # ModelConfig validates every argument with a message that says what to change.
         self._config = ModelConfig(
             in_channels=in_channels,
             num_classes=num_classes,
@@ -86,6 +94,7 @@ class UNet(nn.Module):
         )
         widths = [base_width * 2**i for i in range(depth + 1)]
         self.stem = DoubleConv(in_channels, widths[0], norm)
+        # down[i]: pool, then widths[i] -> widths[i + 1]; the last one is the bottleneck.
         self.down = nn.ModuleList(
             DoubleConv(widths[i], widths[i + 1], norm, dropout if i == depth - 1 else 0.0)
             for i in range(depth)
@@ -110,6 +119,7 @@ class UNet(nn.Module):
 
     @property
     def config(self) -> ModelConfig:
+        """A copy of the architecture settings (enough to rebuild the model)."""
         return ModelConfig(**self._config.to_dict())
 
     def _init_weights(self) -> None:
@@ -124,16 +134,16 @@ class UNet(nn.Module):
         multiple = 2**self._config.depth
         pad_h, pad_w = (-h) % multiple, (-w) % multiple
         if pad_h or pad_w:
-            # reflect needs pad < size; tiny inputs fall back to replicate
+            # reflect needs pad < size; inputs smaller than that fall back to replicate
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        x = self.stem(x)  # (B, w0, H, W)
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)  # (B, C, H_pad, W_pad)
+        x = self.stem(x)  # (B, w0, H_pad, W_pad)
         skips = [x]
         for block in self.down:
-            x = block(F.max_pool2d(x, 2))  # (B, w_{i+1}, H/2^(i+1), W/2^(i+1))
+            x = block(F.max_pool2d(x, 2))  # (B, w_{i+1}, H_pad / 2^(i+1), W_pad / 2^(i+1))
             skips.append(x)
-        skips.pop()  # the bottleneck is x itself
+        skips.pop()  # the bottleneck output is x itself
         for block in self.up:
-            x = block(x, skips.pop())
+            x = block(x, skips.pop())  # (B, w_i, H_pad / 2^i, W_pad / 2^i)
         logits = self.head(x)  # (B, K, H_pad, W_pad)
-        return logits[..., :h, :w]
+        return logits[..., :h, :w]  # (B, K, H, W)

@@ -1,13 +1,28 @@
-"""Inference: whole images, batches of equal-size images, and sliding-window tiles.
+"""Inference: one image, a batch of equal-size images, or sliding-window tiles for large ones.
 
-All paths run under ``torch.inference_mode`` with channels-last inputs, bf16 autocast on CUDA
-and on CPUs with native bf16, and select the class on the device so only uint8 masks and
-float confidences come back.
+Every path runs the model in eval mode under ``torch.inference_mode`` with channels-last input,
+bf16 autocast on CUDA (and on CPUs with native bf16), and picks the class on the device, so only
+uint8 masks and float32 confidences travel back to the host. Results are deterministic, and
+``predict(model, im)`` equals ``predict_batch(model, [im])[0]`` exactly (same code path).
+
+Memory of tiled prediction (image H x W, K classes, C channels, tile T, B = ``tile_batch``):
+
+- input: the uint8 image itself; tiles are normalised B at a time, (B, C, T, T) float32;
+- accumulator: one band of tile rows, (K, T, W) float32 probabilities + (T, W) weights, on the
+  model's device. Each finished band is reduced to class + confidence at once, so the full
+  (K, H, W) probability tensor is never held (it is a bound of O(K * T * W), not O(K * H * W));
+- per forward pass: the model's activations for B tiles and their (B, K, T, T) probabilities;
+- output: (H, W) uint8 mask + (H, W) float32 confidence, 5 bytes per pixel.
+
+For a 4000 x 4000 RGB image, K = 3, T = 1024: 48 MB image, 49 MB band, 80 MB output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,30 +32,51 @@ from torch import nn
 
 from unet_core.config import PreprocessConfig
 
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Prediction",
+    "autocast_context",
+    "cpu_supports_bf16",
+    "predict",
+    "predict_batch",
+    "predict_tensor",
+    "prepare_for_inference",
+    "resolve_device",
+]
+
+WINDOW_FLOOR = 1e-3
+"""Smallest blending weight, so a pixel that only one tile's edge covers keeps a defined average."""
+
 
 @dataclass
 class Prediction:
     mask: np.ndarray
     """(H, W) uint8 class indices."""
     confidence: np.ndarray
-    """(H, W) float32 softmax probability of the chosen class."""
+    """(H, W) float32 softmax probability of the chosen class, in [0, 1]."""
 
 
 def resolve_device(device: torch.device | str | None = None) -> torch.device:
+    """The given device, else CUDA when available, else CPU."""
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@functools.cache
 def cpu_supports_bf16() -> bool:
-    """Native bf16 math (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    cpu = getattr(torch, "cpu", None)
+    """Native bf16 math on this CPU (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    if not torch.backends.mkldnn.is_available():
+        return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def autocast_context(device: torch.device | str, enabled: bool | None = None):
-    """bf16 autocast on CUDA, and on CPU when it has native bf16; otherwise a no-op."""
+def autocast_context(
+    device: torch.device | str, enabled: bool | None = None
+) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, and on CPUs with native bf16; ``enabled`` forces it on or off."""
     device = torch.device(device)
     if enabled is None:
         enabled = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
@@ -50,23 +86,35 @@ def autocast_context(device: torch.device | str, enabled: bool | None = None):
 
 
 def prepare_for_inference(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
-    device = resolve_device(device)
-    return model.eval().to(device).to(memory_format=torch.channels_last)
+    """Eval mode, moved to ``device`` (default: `resolve_device`), channels-last weights."""
+    return model.eval().to(resolve_device(device)).to(memory_format=torch.channels_last)
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
-def _probs(model: nn.Module, x: torch.Tensor, *, tta: bool, amp: bool | None) -> torch.Tensor:
-    """(B, C, H, W) normalised -> (B, K, H, W) float32 softmax, flip-TTA averaged."""
-    x = x.to(_model_device(model)).contiguous(memory_format=torch.channels_last)
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Predict with running statistics and no dropout, then restore the caller's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _softmax(model: nn.Module, x: torch.Tensor, *, tta: bool, amp: bool | None) -> torch.Tensor:
+    """(B, C, H, W) normalised -> (B, K, H, W) float32 probabilities on the model's device."""
+    x = x.to(_model_device(model), non_blocking=True).contiguous(memory_format=torch.channels_last)
     with autocast_context(x.device, amp):
         probs = model(x).float().softmax(dim=1)
-        if tta:
-            probs = probs + model(x.flip(-1)).float().softmax(dim=1).flip(-1)
-            probs = probs + model(x.flip(-2)).float().softmax(dim=1).flip(-2)
-            probs = probs / 3.0
+        if tta:  # mean over identity, horizontal flip, vertical flip
+            probs += model(x.flip(-1)).float().softmax(dim=1).flip(-1)
+            probs += model(x.flip(-2)).float().softmax(dim=1).flip(-2)
+            probs /= 3.0
     return probs
 
 
@@ -74,93 +122,149 @@ def _probs(model: nn.Module, x: torch.Tensor, *, tta: bool, amp: bool | None) ->
 def predict_tensor(
     model: nn.Module, batch: torch.Tensor, *, tta: bool = False, amp: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C, H, W) -> uint8 classes (B, H, W) and confidence (B, H, W), on the model's device."""
-    confidence, classes = _probs(model, batch, tta=tta, amp=amp).max(dim=1)
+    """(B, C, H, W) normalised -> classes (B, H, W) uint8 and confidence (B, H, W) float32.
+
+    Both stay on the model's device: the argmax and max happen there, before any copy back.
+    """
+    with _eval_mode(model):
+        confidence, classes = _softmax(model, batch, tta=tta, amp=amp).max(dim=1)
     return classes.to(torch.uint8), confidence
 
 
+_HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
 def _as_array(image: np.ndarray | Image.Image, channels: int) -> np.ndarray:
+    """PIL image or HxW / HxWxC uint8 array -> HxWx``channels`` uint8.
+
+    Grayscale is replicated to RGB, RGB becomes luminance (ITU-R 601, as PIL's "L"), alpha is
+    dropped.
+    """
     if isinstance(image, Image.Image):
-        image = image.convert("L" if channels == 1 else "RGB")
-        arr = np.asarray(image)
+        if image.mode in _HIGH_BIT_MODES:
+            raise ValueError(
+                f"PIL image mode {image.mode!r} is not 8-bit; scale it to 8 bits first "
+                "(unet_core.data.decode_image does this for encoded files)"
+            )
+        if image.mode in ("LA", "La"):
+            image = image.getchannel("L")
+        arr = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     else:
         arr = np.asarray(image)
         if arr.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 image, got {arr.dtype}; convert it to 8 bits")
+            raise ValueError(
+                f"expected a uint8 image, got dtype {arr.dtype}; scale it to 0..255 and "
+                "cast with .astype(np.uint8)"
+            )
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    if arr.shape[2] == 4:
-        arr = arr[:, :, :3]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or 0 in arr.shape:
+        raise ValueError(
+            f"expected an HxW or HxWxC image with C in 1..4 and H, W > 0, got shape {arr.shape}"
+        )
+    if arr.shape[2] in (2, 4):
+        arr = arr[:, :, :-1]  # LA / RGBA: drop alpha
     if arr.shape[2] == 1 and channels == 3:
         arr = np.repeat(arr, 3, axis=2)
     elif arr.shape[2] == 3 and channels == 1:
-        arr = np.asarray(Image.fromarray(arr).convert("L"))[:, :, None]
+        arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).convert("L"))[:, :, None]
     return arr
 
 
-def _ramp(n: int, overlap: int) -> np.ndarray:
-    """1-D blending weights: linear ramps over the overlap at both ends, floor 1e-3."""
-    ramp = np.ones(n, dtype=np.float32)
-    if overlap > 0:
-        edge = (np.arange(overlap, dtype=np.float32) + 1) / (overlap + 1)
-        ramp[:overlap] = np.minimum(ramp[:overlap], edge)
-        ramp[-overlap:] = np.minimum(ramp[-overlap:], edge[::-1])
-    return np.maximum(ramp, 1e-3)
+def _overlap_pixels(tile_size: int, tile_overlap: float) -> int:
+    """An overlap in pixels, or as a fraction of the tile when 0 < tile_overlap < 1."""
+    overlap = round(tile_overlap * tile_size) if 0 < tile_overlap < 1 else int(tile_overlap)
+    if not 0 <= overlap < tile_size:
+        raise ValueError(
+            f"tile_overlap must be in [0, tile_size) pixels or a fraction in (0, 1), got "
+            f"{tile_overlap} with tile_size {tile_size}"
+        )
+    return overlap
+
+
+def _needs_tiles(h: int, w: int, tile_size: int | None) -> bool:
+    if tile_size is not None and tile_size < 0:
+        raise ValueError(f"tile_size must be > 0, or None / 0 for no tiling; got {tile_size}")
+    return bool(tile_size) and (h > tile_size or w > tile_size)
 
 
 def _starts(size: int, tile: int, stride: int) -> list[int]:
-    starts = list(range(0, max(1, size - tile + 1), stride))
+    """Tile offsets along one side: every `stride`, the last one flush with the end."""
+    starts = list(range(0, size - tile + 1, stride))
     if starts[-1] != size - tile:
         starts.append(size - tile)
     return starts
 
 
+def _window(n: int, overlap: int, *, ramps: bool) -> torch.Tensor:
+    """(n,) blending weights: linear ramps over the overlap at both ends; ones for a lone tile."""
+    weight = torch.ones(n)
+    r = min(overlap, n // 2)
+    if ramps and r > 0:
+        edge = torch.arange(1, r + 1, dtype=torch.float32) / (r + 1)
+        weight[:r] = edge
+        weight[n - r :] = edge.flip(0)
+    return weight.clamp_min(WINDOW_FLOOR)
+
+
+@torch.inference_mode()
 def _predict_tiled(
     model: nn.Module,
-    x: np.ndarray,
+    arr: np.ndarray,
     *,
-    tile: int,
+    preprocess: PreprocessConfig,
+    tile_size: int,
     overlap: int,
     tta: bool,
     amp: bool | None,
-    num_classes: int,
     tile_batch: int,
 ) -> Prediction:
-    """Sliding window over (C, H, W), accumulating weighted softmax one row band at a time.
+    """Sliding window over an HxWxC uint8 image, one band of tile rows at a time (see module doc).
 
-    Memory: a (K, tile, W) float32 accumulator for the current band of rows plus the tiles in
-    flight; finished rows are reduced to uint8 class + float32 confidence straight away, so a
-    full-resolution (K, H, W) tensor is never held.
+    Each pixel gets the weighted mean of the softmax of every tile covering it. With a single
+    tile the weights are all 1, so the result is bit-identical to untiled prediction.
     """
-    _, h, w = x.shape
-    th, tw = min(tile, h), min(tile, w)
-    stride = max(1, tile - overlap)
+    h, w = arr.shape[:2]
+    th, tw = min(tile_size, h), min(tile_size, w)
+    stride = tile_size - overlap
     ys, xs = _starts(h, th, stride), _starts(w, tw, stride)
-    weight = np.outer(_ramp(th, min(overlap, th // 2)), _ramp(tw, min(overlap, tw // 2)))
+    device = _model_device(model)
+    weight = torch.outer(
+        _window(th, overlap, ramps=len(ys) > 1), _window(tw, overlap, ramps=len(xs) > 1)
+    ).to(device)  # (th, tw)
+    log.debug("tiled prediction of %dx%d: %d x %d tiles of %dx%d", h, w, len(ys), len(xs), th, tw)
     mask = np.empty((h, w), dtype=np.uint8)
     confidence = np.empty((h, w), dtype=np.float32)
-    acc = np.zeros((num_classes, th, w), dtype=np.float32)  # rows [base, base + th)
-    wsum = np.zeros((th, w), dtype=np.float32)
-    base = 0
+    acc: torch.Tensor | None = None  # (K, th, W): image rows [y, y + th) of the current band
+    wsum = torch.zeros(th, w, device=device)  # (th, W)
     for i, y in enumerate(ys):
         for j in range(0, len(xs), tile_batch):
-            chunk = xs[j : j + tile_batch]
-            batch = torch.from_numpy(np.stack([x[:, y : y + th, c : c + tw] for c in chunk]))
-            with torch.inference_mode():
-                probs = _probs(model, batch, tta=tta, amp=amp).cpu().numpy()  # (b, K, th, tw)
-            for p, c in zip(probs, chunk, strict=True):
-                acc[:, y - base : y - base + th, c : c + tw] += p * weight
-                wsum[y - base : y - base + th, c : c + tw] += weight
-        done = (ys[i + 1] if i + 1 < len(ys) else h) - base  # rows no later tile touches
-        band = acc[:, :done] / wsum[None, :done]
-        mask[base : base + done] = band.argmax(axis=0)
-        confidence[base : base + done] = band.max(axis=0)
-        acc = np.concatenate([acc[:, done:], np.zeros_like(acc[:, :done])], axis=1)
-        wsum = np.concatenate([wsum[done:], np.zeros_like(wsum[:done])], axis=0)
-        base += done
+            cols = xs[j : j + tile_batch]
+            tiles = [preprocess.normalize(arr[y : y + th, x : x + tw]) for x in cols]
+            probs = _softmax(model, torch.from_numpy(np.stack(tiles)), tta=tta, amp=amp)
+            if acc is None:  # (b, K, th, tw): K is known from the first output
+                acc = torch.zeros(probs.shape[1], th, w, device=device)
+            for p, x in zip(probs, cols, strict=True):
+                acc[:, :, x : x + tw] += p * weight
+                wsum[:, x : x + tw] += weight
+        assert acc is not None
+        # Rows above the next band get no more contributions: reduce them and shift them out.
+        done = (ys[i + 1] if i + 1 < len(ys) else h) - y
+        conf, classes = (acc[:, :done] / wsum[:done]).max(dim=0)  # (done, W) each
+        mask[y : y + done] = classes.to(torch.uint8).cpu().numpy()
+        confidence[y : y + done] = conf.cpu().numpy()
+        acc = acc.roll(-done, dims=1)
+        acc[:, th - done :] = 0
+        wsum = wsum.roll(-done, dims=0)
+        wsum[th - done :] = 0
     return Prediction(mask=mask, confidence=confidence)
 
 
+def _on_device(model: nn.Module, device: torch.device | str | None) -> nn.Module:
+    return model if device is None else model.to(torch.device(device))
+
+
+@torch.inference_mode()
 def predict(
     model: nn.Module,
     image: np.ndarray | Image.Image,
@@ -168,54 +272,116 @@ def predict(
     preprocess: PreprocessConfig,
     tta: bool = False,
     tile_size: int | None = 512,
-    tile_overlap: int = 64,
+    tile_overlap: float = 64,
+    device: torch.device | str | None = None,
     amp: bool | None = None,
     tile_batch: int = 4,
 ) -> Prediction:
-    """Class mask and confidence for one image of any size.
+    """Class mask and confidence for one image (PIL, or uint8 HxW / HxWxC array) of any size.
 
-    Images larger than ``tile_size`` on either side are predicted in overlapping tiles
-    (``tile_overlap`` pixels) blended with linear ramps. The model should be prepared with
-    `prepare_for_inference` (eval mode on its device).
+    Args:
+        preprocess: channels and normalisation the model was trained with; the image is
+            converted to ``preprocess.channels`` (RGB -> luminance, grayscale -> replicated).
+        tta: average the softmax over identity, horizontal and vertical flips (3x the compute).
+        tile_size: images larger than this on either side are predicted in overlapping tiles
+            (memory bound in the module docstring); None or 0 predicts the whole image at once.
+        tile_overlap: overlap of neighbouring tiles in pixels, or a fraction of tile_size in (0, 1);
+            tiles are blended with linear ramps over the overlap.
+        device: where to run; the model is moved there (in place). None: where the model is.
+        amp: bf16 autocast; None chooses it on CUDA and on CPUs with native bf16.
+        tile_batch: tiles per forward pass.
+
+    The model runs in eval mode (its previous mode is restored); prepare it once with
+    `prepare_for_inference` for channels-last weights.
     """
     arr = _as_array(image, preprocess.channels)
-    x = preprocess.normalize(arr)  # (C, H, W)
-    h, w = x.shape[1:]
-    if tile_size and (h > tile_size or w > tile_size):
-        if tile_overlap >= tile_size:
-            raise ValueError(f"tile_overlap ({tile_overlap}) must be < tile_size ({tile_size})")
-        num_classes = model.config.num_classes if hasattr(model, "config") else None
-        if num_classes is None:
-            raise ValueError("tiled prediction needs a UNet (model.config.num_classes)")
-        return _predict_tiled(
-            model,
-            x,
-            tile=tile_size,
-            overlap=tile_overlap,
-            tta=tta,
-            amp=amp,
-            num_classes=num_classes,
-            tile_batch=tile_batch,
-        )
-    classes, conf = predict_tensor(model, torch.from_numpy(x)[None], tta=tta, amp=amp)
-    return Prediction(mask=classes[0].cpu().numpy(), confidence=conf[0].float().cpu().numpy())
+    model = _on_device(model, device)
+    return _predict_array(
+        model,
+        arr,
+        preprocess=preprocess,
+        tta=tta,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        amp=amp,
+        tile_batch=tile_batch,
+    )
 
 
+def _predict_array(
+    model: nn.Module,
+    arr: np.ndarray,
+    *,
+    preprocess: PreprocessConfig,
+    tta: bool,
+    tile_size: int | None,
+    tile_overlap: float,
+    amp: bool | None,
+    tile_batch: int,
+) -> Prediction:
+    h, w = arr.shape[:2]
+    if _needs_tiles(h, w, tile_size):
+        assert tile_size is not None
+        with _eval_mode(model):
+            return _predict_tiled(
+                model,
+                arr,
+                preprocess=preprocess,
+                tile_size=tile_size,
+                overlap=_overlap_pixels(tile_size, tile_overlap),
+                tta=tta,
+                amp=amp,
+                tile_batch=max(1, tile_batch),
+            )
+    x = torch.from_numpy(preprocess.normalize(arr))[None]  # (1, C, H, W)
+    classes, conf = predict_tensor(model, x, tta=tta, amp=amp)
+    return Prediction(mask=classes[0].cpu().numpy(), confidence=conf[0].cpu().numpy())
+
+
+@torch.inference_mode()
 def predict_batch(
     model: nn.Module,
-    images: list[np.ndarray | Image.Image],
+    images: Sequence[np.ndarray | Image.Image],
     *,
     preprocess: PreprocessConfig,
     tta: bool = False,
+    tile_size: int | None = 512,
+    tile_overlap: float = 64,
+    device: torch.device | str | None = None,
     amp: bool | None = None,
+    tile_batch: int = 4,
 ) -> list[Prediction]:
-    """One forward pass for a list of equal-size images."""
+    """Predictions for equal-size images in one forward pass (arguments as in `predict`).
+
+    Images larger than ``tile_size`` are tiled one by one, exactly as `predict` does, so
+    ``predict_batch(model, [im])[0]`` always equals ``predict(model, im)``.
+    """
     if not images:
         return []
-    arrays = [preprocess.normalize(_as_array(im, preprocess.channels)) for im in images]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ValueError(f"predict_batch needs equal-size images, got shapes {sorted(shapes)}")
-    classes, conf = predict_tensor(model, torch.from_numpy(np.stack(arrays)), tta=tta, amp=amp)
-    classes, conf = classes.cpu().numpy(), conf.float().cpu().numpy()
-    return [Prediction(mask=classes[i], confidence=conf[i]) for i in range(len(arrays))]
+    arrays = [_as_array(im, preprocess.channels) for im in images]
+    sizes = sorted({a.shape[:2] for a in arrays})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"predict_batch needs equal-size images, got sizes (H, W) {sizes}; group images "
+            "by size or call predict per image"
+        )
+    model = _on_device(model, device)
+    h, w = sizes[0]
+    if _needs_tiles(h, w, tile_size):
+        return [
+            _predict_array(
+                model,
+                a,
+                preprocess=preprocess,
+                tta=tta,
+                tile_size=tile_size,
+                tile_overlap=tile_overlap,
+                amp=amp,
+                tile_batch=tile_batch,
+            )
+            for a in arrays
+        ]
+    x = torch.from_numpy(np.stack([preprocess.normalize(a) for a in arrays]))  # (B, C, H, W)
+    classes, conf = predict_tensor(model, x, tta=tta, amp=amp)
+    classes_np, conf_np = classes.cpu().numpy(), conf.cpu().numpy()
+    return [Prediction(mask=m, confidence=c) for m, c in zip(classes_np, conf_np, strict=True)]

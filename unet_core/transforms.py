@@ -1,12 +1,13 @@
 """Paired transforms: identical geometry for image (HxWxC uint8) and mask (HxW uint8).
 
-Every transform takes an explicit ``np.random.Generator``, so a seed fixes the augmentation.
-Masks are only ever resized with nearest-neighbour and padded with IGNORE_INDEX.
+Every transform is ``t(image, mask, rng) -> (image, mask)`` with an explicit
+``np.random.Generator``, so a seed fixes the augmentation. Masks are only ever resized with
+nearest-neighbour and padded with IGNORE_INDEX; colour changes touch the image only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,50 +16,108 @@ from PIL import Image
 from unet_core.config import IGNORE_INDEX, PreprocessConfig
 
 Arrays = tuple[np.ndarray, np.ndarray]
+Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], Arrays]
+
+__all__ = [
+    "CenterCrop",
+    "ColorJitter",
+    "Compose",
+    "PadTo",
+    "RandomCrop",
+    "RandomFlip",
+    "RandomRotate90",
+    "Resize",
+    "eval_transforms",
+    "to_tensors",
+    "train_transforms",
+]
 
 
 def _size2(size: int | Sequence[int]) -> tuple[int, int]:
-    """(height, width) from an int or a pair."""
-    if isinstance(size, int):
-        return size, size
-    h, w = size
+    """(height, width) from an int or a (height, width) pair; both >= 1."""
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else size
+    if int(h) < 1 or int(w) < 1:
+        raise ValueError(f"size must be positive (height, width), got {size!r}")
     return int(h), int(w)
 
 
+def _probability(p: float, name: str) -> float:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} is a probability in [0, 1], got {p}")
+    return float(p)
+
+
+def _pad(
+    image: np.ndarray,
+    mask: np.ndarray,
+    top: int,
+    bottom: int,
+    left: int,
+    right: int,
+    pad_value: int,
+    mask_pad: int,
+) -> Arrays:
+    image = np.pad(image, ((top, bottom), (left, right), (0, 0)), constant_values=pad_value)
+    mask = np.pad(mask, ((top, bottom), (left, right)), constant_values=mask_pad)
+    return image, mask
+
+
 class Compose:
-    def __init__(self, transforms: Sequence) -> None:
+    """Apply transforms in order; checks that image and mask agree in size first."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
         self.transforms = list(transforms)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Arrays:
+        if image.ndim != 3 or mask.ndim != 2 or image.shape[:2] != mask.shape:
+            raise ValueError(
+                f"image {image.shape} and mask {mask.shape} do not match: expected HxWxC and "
+                "HxW of the same height and width (is the mask paired with the right image?)"
+            )
         for t in self.transforms:
             image, mask = t(image, mask, rng)
         return image, mask
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"
 
 
 class Resize:
     """Resize to (height, width): bilinear or area (box) for the image, nearest for the mask."""
 
+    _RESAMPLE = {"bilinear": Image.BILINEAR, "area": Image.BOX}
+
     def __init__(self, size: int | Sequence[int], image_interp: str = "bilinear") -> None:
         self.size = _size2(size)
-        resample = {"bilinear": Image.BILINEAR, "area": Image.BOX}
-        if image_interp not in resample:
+        if image_interp not in self._RESAMPLE:
             raise ValueError(f"image_interp must be 'bilinear' or 'area', got {image_interp!r}")
-        self.resample = resample[image_interp]
+        self.image_interp = image_interp
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Arrays:
         h, w = self.size
         if image.shape[:2] == (h, w):
             return image, mask
-        channels = [
-            np.asarray(Image.fromarray(image[:, :, c]).resize((w, h), self.resample))
-            for c in range(image.shape[2])
-        ]
+        resample = self._RESAMPLE[self.image_interp]
+        if image.shape[2] == 3:
+            out = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), resample))
+        else:  # one PIL "L" image per channel
+            out = np.stack(
+                [
+                    np.asarray(Image.fromarray(image[:, :, c]).resize((w, h), resample))
+                    for c in range(image.shape[2])
+                ],
+                axis=2,
+            )
         out_mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
-        return np.stack(channels, axis=2), out_mask
+        return out, out_mask
+
+    def __repr__(self) -> str:
+        return f"Resize({self.size}, {self.image_interp!r})"
 
 
 class PadTo:
-    """Pad bottom/right to at least (height, width): image with 0, mask with IGNORE_INDEX."""
+    """Pad bottom/right to at least (height, width): image with ``pad_value``, mask with
+    ``mask_pad`` (IGNORE_INDEX: padding counts in no loss or metric)."""
 
     def __init__(
         self, size: int | Sequence[int], pad_value: int = 0, mask_pad: int = IGNORE_INDEX
@@ -72,13 +131,40 @@ class PadTo:
         ph, pw = max(0, self.size[0] - h), max(0, self.size[1] - w)
         if not ph and not pw:
             return image, mask
-        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=self.pad_value)
-        mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=self.mask_pad)
-        return image, mask
+        return _pad(image, mask, 0, ph, 0, pw, self.pad_value, self.mask_pad)
 
 
 class RandomCrop:
-    """A random (height, width) window; smaller inputs are padded first."""
+    """A random (height, width) window. A smaller input is padded at a random offset first
+    (image with ``pad_value``, mask with ``mask_pad``)."""
+
+    def __init__(
+        self, size: int | Sequence[int], pad_value: int = 0, mask_pad: int = IGNORE_INDEX
+    ) -> None:
+        self.size = _size2(size)
+        self.pad_value = pad_value
+        self.mask_pad = mask_pad
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Arrays:
+        ch, cw = self.size
+        h, w = image.shape[:2]
+        ph, pw = max(0, ch - h), max(0, cw - w)
+        if ph or pw:
+            top, left = int(rng.integers(0, ph + 1)), int(rng.integers(0, pw + 1))
+            image, mask = _pad(
+                image, mask, top, ph - top, left, pw - left, self.pad_value, self.mask_pad
+            )
+            h, w = image.shape[:2]
+        top = int(rng.integers(0, h - ch + 1))
+        left = int(rng.integers(0, w - cw + 1))
+        return image[top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
+
+    def __repr__(self) -> str:
+        return f"RandomCrop({self.size})"
+
+
+class CenterCrop:
+    """The central (height, width) window; smaller inputs are padded bottom/right first."""
 
     def __init__(
         self, size: int | Sequence[int], pad_value: int = 0, mask_pad: int = IGNORE_INDEX
@@ -90,42 +176,37 @@ class RandomCrop:
         image, mask = self.pad(image, mask, rng)
         h, w = image.shape[:2]
         ch, cw = self.size
-        top = int(rng.integers(0, h - ch + 1))
-        left = int(rng.integers(0, w - cw + 1))
-        return image[top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
-
-
-class CenterCrop:
-    def __init__(self, size: int | Sequence[int]) -> None:
-        self.size = _size2(size)
-        self.pad = PadTo(size)
-
-    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Arrays:
-        image, mask = self.pad(image, mask, rng)
-        h, w = image.shape[:2]
-        ch, cw = self.size
         top, left = (h - ch) // 2, (w - cw) // 2
         return image[top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
 
+    def __repr__(self) -> str:
+        return f"CenterCrop({self.size})"
+
 
 class RandomFlip:
+    """Mirror left-right with probability ``horizontal``, up-down with ``vertical``."""
+
     def __init__(self, horizontal: float = 0.5, vertical: float = 0.0) -> None:
-        self.horizontal = horizontal
-        self.vertical = vertical
+        self.horizontal = _probability(horizontal, "horizontal")
+        self.vertical = _probability(vertical, "vertical")
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Arrays:
-        if rng.random() < self.horizontal:
+        flip_h, flip_v = rng.random(2) < (self.horizontal, self.vertical)
+        if flip_h:
             image, mask = image[:, ::-1], mask[:, ::-1]
-        if rng.random() < self.vertical:
+        if flip_v:
             image, mask = image[::-1], mask[::-1]
         return image, mask
 
+    def __repr__(self) -> str:
+        return f"RandomFlip(horizontal={self.horizontal}, vertical={self.vertical})"
+
 
 class RandomRotate90:
-    """Rotate by k * 90 degrees (k uniform in 0..3) with probability p."""
+    """With probability ``p``, rotate by 90, 180 or 270 degrees (uniform)."""
 
     def __init__(self, p: float = 0.5) -> None:
-        self.p = p
+        self.p = _probability(p, "p")
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Arrays:
         if rng.random() < self.p:
@@ -133,27 +214,42 @@ class RandomRotate90:
             image, mask = np.rot90(image, k, axes=(0, 1)), np.rot90(mask, k, axes=(0, 1))
         return image, mask
 
+    def __repr__(self) -> str:
+        return f"RandomRotate90(p={self.p})"
+
 
 class ColorJitter:
-    """Random brightness and contrast (image only)."""
+    """Random brightness and contrast factors in [1 - x, 1 + x] (image only).
+
+    brightness scales the pixels; contrast then scales their distance to the image mean.
+    """
 
     def __init__(self, brightness: float = 0.2, contrast: float = 0.2) -> None:
-        self.brightness = brightness
-        self.contrast = contrast
+        if not (0.0 <= brightness < 1.0 and 0.0 <= contrast < 1.0):
+            raise ValueError(
+                f"brightness and contrast must be in [0, 1), got {brightness} and {contrast}"
+            )
+        self.brightness = float(brightness)
+        self.contrast = float(contrast)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Arrays:
         b = 1.0 + rng.uniform(-self.brightness, self.brightness)
         c = 1.0 + rng.uniform(-self.contrast, self.contrast)
-        x = image.astype(np.float32)
+        x = image.astype(np.float32) * b
         mean = x.mean()
-        x = (x - mean) * c + mean * b
-        return np.clip(x + 0.5, 0, 255).astype(np.uint8), mask
+        x = (x - mean) * c + mean
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8), mask
+
+    def __repr__(self) -> str:
+        return f"ColorJitter(brightness={self.brightness}, contrast={self.contrast})"
 
 
 def train_transforms(
     crop_size: int | None, *, flips: bool = True, rotate90: bool = True, jitter: bool = True
 ) -> Compose:
-    steps: list = []
+    """Random crop (padding smaller images; None or 0 keeps whole images), then optional
+    horizontal/vertical flips, 90-degree rotations and brightness/contrast jitter."""
+    steps: list[Transform] = []
     if crop_size:
         steps.append(RandomCrop(crop_size))
     if flips:
@@ -166,7 +262,7 @@ def train_transforms(
 
 
 def eval_transforms(crop_size: int | None = None) -> Compose:
-    """Identity for whole-image evaluation, or a deterministic center crop."""
+    """Identity for whole-image evaluation, or a deterministic center crop (padded if smaller)."""
     return Compose([CenterCrop(crop_size)] if crop_size else [])
 
 
@@ -175,5 +271,5 @@ def to_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, H, W) float32 normalised image and (H, W) int64 class indices."""
     x = torch.from_numpy(preprocess.normalize(np.ascontiguousarray(image)))
-    y = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
+    y = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
     return x, y
