@@ -1,45 +1,121 @@
+import pytest
 import torch
+import torch.nn.functional as F
 
 from unet_core.config import IGNORE_INDEX
 from unet_core.losses import SegmentationLoss, soft_dice_loss
 
 
-def test_ignored_pixels_change_neither_loss_nor_gradient():
+def _perfect_logits(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    safe = torch.where(target == IGNORE_INDEX, 0, target)
+    return F.one_hot(safe, num_classes).permute(0, 3, 1, 2).float() * 50  # (B, K, H, W)
+
+
+@pytest.mark.parametrize("class_weights", [None, [1.0, 2.0, 0.5]])
+def test_ignored_pixels_change_neither_loss_nor_gradient(class_weights):
     torch.manual_seed(0)
     target = torch.randint(0, 3, (2, 8, 8))
     target[:, :4] = IGNORE_INDEX
     logits = torch.randn(2, 3, 8, 8, requires_grad=True)
-    loss_fn = SegmentationLoss(3)
+    loss_fn = SegmentationLoss(3, class_weights=class_weights)
     loss = loss_fn(logits, target)
     loss.backward()
-    assert torch.all(logits.grad[:, :, :4] == 0)
+    assert torch.all(logits.grad[:, :, :4] == 0)  # exactly zero, not just small
+    assert logits.grad[:, :, 4:].abs().sum() > 0
     other = logits.detach().clone()
     other[:, :, :4] = torch.randn(2, 3, 4, 8) * 10
-    assert torch.allclose(loss_fn(other, target), loss)
+    assert torch.equal(loss_fn(other, target), loss.detach())
 
 
-def test_all_ignored_batch_gives_zero_not_nan():
+def test_all_ignored_batch_gives_zero_with_a_graph():
     logits = torch.randn(1, 2, 4, 4, requires_grad=True)
-    loss = SegmentationLoss(2)(logits, torch.full((1, 4, 4), IGNORE_INDEX))
-    loss.backward()
-    assert torch.isfinite(loss)
+    target = torch.full((1, 4, 4), IGNORE_INDEX)
+    parts = SegmentationLoss(2).components(logits, target)
+    assert parts["ce"].item() == 0 and parts["dice"].item() == 0 and parts["loss"].item() == 0
+    assert parts["loss"].requires_grad
+    parts["loss"].backward()
+    assert torch.all(logits.grad == 0)
 
 
-def test_perfect_prediction_has_small_dice_loss():
+def test_cross_entropy_term_matches_torch():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 5, 7)
+    target = torch.randint(0, 3, (2, 5, 7))
+    target[0, 0] = IGNORE_INDEX
+    weights = torch.tensor([0.2, 1.0, 3.0])
+    parts = SegmentationLoss(3, class_weights=weights).components(logits, target)
+    expected = F.cross_entropy(logits, target, weight=weights, ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(parts["ce"], expected)
+
+
+def test_soft_dice_by_hand():
+    # One image, two pixels, two classes; probabilities (0.75, 0.25) and (0.5, 0.5).
+    p0 = torch.tensor([0.75, 0.5])
+    logits = torch.stack([p0.log(), (1 - p0).log()]).view(1, 2, 1, 2)
+    target = torch.tensor([[[0, 1]]])
+    # class 0: I = 0.75, |P| = 1.25, |Y| = 1 -> dice = (1.5 + 1) / (2.25 + 1)
+    # class 1: I = 0.5,  |P| = 0.75, |Y| = 1 -> dice = (1.0 + 1) / (1.75 + 1)
+    expected = 1 - ((2.5 / 3.25) + (2.0 / 2.75)) / 2
+    assert soft_dice_loss(logits, target, smooth=1.0).item() == pytest.approx(expected, rel=1e-5)
+    # An ignored pixel drops out of intersections and cardinalities; class 1 becomes absent.
+    target_ignored = torch.tensor([[[0, IGNORE_INDEX]]])
+    expected_ignored = 1 - (1.5 + 1) / (1.75 + 1)
+    got = soft_dice_loss(logits, target_ignored, smooth=1.0).item()
+    assert got == pytest.approx(expected_ignored, rel=1e-5)
+
+
+def test_perfect_prediction_has_near_zero_dice_loss():
+    torch.manual_seed(0)
     target = torch.randint(0, 3, (1, 16, 16))
-    logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
-    assert soft_dice_loss(logits, target) < 1e-3
+    assert soft_dice_loss(_perfect_logits(target, 3), target) < 1e-3
+    # Classes absent from the target (here 1 and 2 of 4) do not count in the mean.
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, :2] = 3
+    assert soft_dice_loss(_perfect_logits(target, 4), target) < 1e-3
+
+
+def test_wrong_logits_at_ignored_pixels_do_not_spoil_a_perfect_prediction():
+    target = torch.randint(0, 2, (2, 6, 6))
+    logits = _perfect_logits(target, 2)
+    target[:, :, :3] = IGNORE_INDEX
+    logits[:, 1, :, :3] = 100.0  # confidently wrong where nobody is looking
+    assert SegmentationLoss(2)(logits, target) < 1e-3
 
 
 def test_loss_decreases_under_sgd():
     torch.manual_seed(0)
-    target = torch.randint(0, 2, (2, 8, 8))
-    logits = torch.zeros(2, 2, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[:, 0] = IGNORE_INDEX
+    logits = torch.zeros(2, 3, 8, 8, requires_grad=True)
     opt = torch.optim.SGD([logits], lr=5.0)
-    loss_fn = SegmentationLoss(2, ce_weight=1.0, dice_weight=0.5)
+    loss_fn = SegmentationLoss(3, ce_weight=1.0, dice_weight=0.5)
     first = loss_fn(logits, target).item()
-    for _ in range(50):
+    for _ in range(30):
         opt.zero_grad()
         loss_fn(logits, target).backward()
         opt.step()
-    assert loss_fn(logits, target).item() < first * 0.5
+    assert loss_fn(logits, target).item() < first * 0.3
+
+
+def test_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 8, 8)
+    target = torch.randint(0, 3, (1, 8, 8))
+    loss_fn = SegmentationLoss(3)
+    reference = loss_fn(logits, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = loss_fn.components(logits.bfloat16(), target)
+    assert parts["dice"].dtype == torch.float32 and parts["loss"].dtype == torch.float32
+    torch.testing.assert_close(parts["loss"], reference, rtol=2e-2, atol=2e-2)
+
+
+def test_bad_inputs_raise_clear_errors():
+    loss_fn = SegmentationLoss(3)
+    with pytest.raises(ValueError, match="3 classes"):
+        loss_fn(torch.randn(1, 2, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="spatial size"):
+        loss_fn(torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="class_weights"):
+        SegmentationLoss(3, class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="num_classes"):
+        SegmentationLoss(1)
