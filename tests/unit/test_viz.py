@@ -22,7 +22,12 @@ MASK = np.array([[0, 1], [2, IGNORE_INDEX]], dtype=np.uint8)
 def test_colorize_mask_colours_known_pixels():
     rgb = colorize_mask(MASK, COLORS)
     assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
-    assert [tuple(p) for p in rgb.reshape(-1, 3)] == [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 0)]
+    assert [tuple(p) for p in rgb.reshape(-1, 3)] == [
+        (0, 0, 0),
+        (255, 0, 0),
+        (0, 255, 0),
+        (0, 0, 0),
+    ]
     # int64 masks (e.g. from a tensor): unknown and out-of-range indices are black too
     wide = colorize_mask(np.array([[1, 7], [-3, 1000]]), COLORS)
     assert tuple(wide[0, 0]) == (255, 0, 0) and not wide.reshape(-1, 3)[1:].any()
