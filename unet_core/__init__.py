@@ -3,7 +3,12 @@
 from unet_core import UNet, predict, load_checkpoint
 """
 
-from unet_core.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
+from unet_core.checkpoint import (
+    LoadedModel,
+    checkpoint_to_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
 from unet_core.classes import ClassInfo, ClassMap, MaskValueError
 from unet_core.config import IGNORE_INDEX, ModelConfig, PreprocessConfig, TrainConfig
 from unet_core.data import (
@@ -20,7 +25,15 @@ from unet_core.engine import evaluate, fit, train_one_epoch
 from unet_core.losses import SegmentationLoss
 from unet_core.metrics import ConfusionMatrix
 from unet_core.model import UNet
-from unet_core.predict import Prediction, predict, predict_batch, prepare_for_inference
+from unet_core.predict import (
+    Prediction,
+    autocast_context,
+    predict,
+    predict_batch,
+    predict_tensor,
+    prepare_for_inference,
+    resolve_device,
+)
 from unet_core.synthetic import make_synthetic_dataset
 
 __all__ = [
@@ -39,6 +52,8 @@ __all__ = [
     "SegmentationLoss",
     "TrainConfig",
     "UNet",
+    "autocast_context",
+    "checkpoint_to_bytes",
     "decode_image",
     "decode_mask",
     "evaluate",
@@ -49,7 +64,9 @@ __all__ = [
     "pair_images_and_masks",
     "predict",
     "predict_batch",
+    "predict_tensor",
     "prepare_for_inference",
+    "resolve_device",
     "save_checkpoint",
     "split_pairs",
     "train_one_epoch",
