@@ -1,0 +1,506 @@
+"""Real servers for the end-to-end tests, all on 127.0.0.1, one set per test session.
+
+- S3: the moto server of the root conftest (`s3_endpoint`), with a bucket holding a small
+  labelled data set and a prefix of unlabelled images.
+- MLflow: `python -m mlflow server` with a sqlite backend, artifacts proxied to the bucket
+  (`--artifacts-destination s3://...`) and, when `mlflow[auth]` is installed, the basic-auth
+  app, as cluster/mlflow_server.md runs it.
+- Ray: `ray start --head --block` with token authentication, its own HOME (so ~/.ray/auth_token
+  is this session's token, not the machine's) and its own temp dir.
+
+Jobs go in through the CLI a user types (`ray job submit --working-dir . --runtime-env ...`).
+Every server runs in its own process group and is stopped in a `finally`, also when a test
+fails; nothing is stopped by name (`ray stop` would kill every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import REPO_ROOT, upload_tree
+
+LOOPBACK = "127.0.0.1"
+VENV_BIN = Path(sys.executable).parent
+RUNTIME_ENV_FILE = REPO_ROOT / "cluster" / "runtime_env.yaml"
+NO_PROXY = f"{LOOPBACK},localhost"
+
+# Environment that keeps every child process on this machine: no usage stats or telemetry,
+# no EC2 metadata lookups, no proxies for loopback, and a single-node Ray that binds to
+# loopback (`ray start --node-ip-address=127.0.0.1` alone resolves to the host's interface).
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "NO_PROXY": NO_PROXY,
+    "no_proxy": NO_PROXY,
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment without Ray/MLflow/AWS settings, plus QUIET_ENV and `extra`.
+
+    PATH starts with the project's venv, so `ray`, `mlflow` and the job's `python` are its own.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_", "MLFLOW_", "AWS_"))
+        and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+    }
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(QUIET_ENV)
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"<no log at {path}>"
+
+
+def wait_until(
+    ready: Callable[[], bool], *, timeout: float, what: str, proc: subprocess.Popen, log: Path
+) -> float:
+    """Poll `ready` until it is true; fail with the log's tail on timeout or if `proc` exits."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; log {log}:\n{tail(log)}")
+        try:
+            if ready():
+                return time.monotonic() - start
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f} s; log {log}:\n{tail(log)}")
+
+
+def _pids_marked(marker: str) -> list[int]:
+    """Processes of this user whose command line or environment contains `marker` (a path
+    unique to this session): the ones this session started, found by id."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in blob:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_process_tree(proc: subprocess.Popen, *, marker: str, grace: float = 5.0) -> None:
+    """Stop a server and everything it started: SIGTERM the leader (`ray start --block` then
+    stops its children), after `grace` seconds SIGTERM its process group and the processes
+    carrying `marker` (Ray workers run in process groups of their own and rename themselves,
+    but keep the environment), then SIGKILL whatever is left of both."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    for sig, pause in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.0)):
+        if proc.poll() is not None and not _group_alive(proc.pid) and not _pids_marked(marker):
+            break
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        for pid in _pids_marked(marker):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=pause or 10)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def e2e_tmp() -> Iterator[Path]:
+    """A short private folder (Ray's socket paths must stay under ~100 characters)."""
+    root = Path(tempfile.mkdtemp(prefix="unet-e2e-", dir="/tmp"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- S3 -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Store:
+    endpoint: str
+    bucket: str
+    labelled_uri: str
+    unlabelled_uri: str
+    unlabelled_images: tuple[str, ...]
+    """Paths of the unlabelled images relative to unlabelled_uri."""
+    env: dict[str, str]
+    """AWS_* settings that reach this endpoint with boto3 and the project's pyarrow factory."""
+
+    def keys(self, prefix: str) -> list[str]:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint)
+        keys: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    def read(self, key: str) -> bytes:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint)
+        return client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+
+@pytest.fixture(scope="session")
+def e2e_s3(s3_endpoint: str, e2e_tmp: Path) -> S3Store:
+    """A bucket with a labelled set (10 images, 64 px) and 6 unlabelled images, one level nested."""
+    import boto3
+
+    from unet_core.synthetic import make_synthetic_dataset
+
+    bucket = f"unet-e2e-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+
+    labelled = e2e_tmp / "labelled"
+    make_synthetic_dataset(labelled, num_images=10, size=64, seed=0)
+    labelled_uri = upload_tree(labelled, bucket, "datasets/labelled", s3_endpoint)
+
+    unlabelled = e2e_tmp / "unlabelled-src"
+    make_synthetic_dataset(unlabelled, num_images=6, size=64, seed=1)
+    sources = sorted((unlabelled / "images").glob("*.png"))
+    staged = e2e_tmp / "unlabelled"
+    names = []
+    for i, src in enumerate(sources):
+        rel = f"{'a' if i % 2 else 'b'}/{src.name}"  # nested: masks must keep relative paths
+        (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, staged / rel)
+        names.append(rel)
+    unlabelled_uri = upload_tree(staged, bucket, "images/unlabelled", s3_endpoint)
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+    }
+    return S3Store(s3_endpoint, bucket, labelled_uri, unlabelled_uri, tuple(sorted(names)), env)
+
+
+# --- MLflow ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    url: str
+    username: str | None
+    """Basic-auth user (None: the server runs without the auth app)."""
+    password: str | None
+    artifacts_prefix: str
+    """Key prefix in the bucket under which the server stores artifacts."""
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        env = {"MLFLOW_TRACKING_URI": self.url}
+        if self.username and self.password:
+            env["MLFLOW_TRACKING_USERNAME"] = self.username
+            env["MLFLOW_TRACKING_PASSWORD"] = self.password
+        return env
+
+
+def basic_auth_available() -> bool:
+    """MLflow's basic-auth app needs Flask-WTF (the `mlflow[auth]` extra)."""
+    return importlib.util.find_spec("flask_wtf") is not None
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[MlflowServer]:
+    """`mlflow server` with a sqlite backend, artifacts proxied to the bucket, and the basic-auth
+    app when `mlflow[auth]` is installed (the jobs then authenticate with the runtime_env's
+    MLFLOW_TRACKING_USERNAME/PASSWORD, as on a team server)."""
+    root = e2e_tmp / "mlflow"
+    root.mkdir()
+    port = free_port()
+    password = secrets.token_urlsafe(16)
+    auth_ini = root / "basic_auth.ini"
+    auth_ini.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = child_env(
+        **e2e_s3.env,
+        MLFLOW_S3_ENDPOINT_URL=e2e_s3.endpoint,
+        MLFLOW_AUTH_CONFIG_PATH=str(auth_ini),
+        MLFLOW_AUTH_ADMIN_PASSWORD=password,
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+        # No server-side job runner (seven huey consumer processes, for GenAI features).
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+    )
+    cmd = [
+        str(VENV_BIN / "python"), "-m", "mlflow", "server",
+        "--host", LOOPBACK,
+        "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination", f"s3://{e2e_s3.bucket}/mlartifacts",
+        "--workers", "1",
+    ]  # fmt: skip
+    auth = basic_auth_available()
+    if auth:
+        cmd += ["--app-name", "basic-auth"]
+    log = root / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_until(
+            lambda: requests.get(f"{url}/health", timeout=2).status_code == 200,
+            timeout=90,
+            what="mlflow server",
+            proc=proc,
+            log=log,
+        )
+        yield MlflowServer(
+            url, "admin" if auth else None, password if auth else None, "mlartifacts/"
+        )
+    finally:
+        stop_process_tree(proc, marker=str(root))
+
+
+@pytest.fixture(scope="session")
+def mlflow_client(mlflow_server: MlflowServer) -> Iterator:
+    """An MlflowClient of the server, logged in as the admin (basic auth reads the env)."""
+    from mlflow import MlflowClient
+
+    saved = {k: os.environ.get(k) for k in mlflow_server.client_env}
+    os.environ.update(mlflow_server.client_env)
+    try:
+        yield MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# --- Ray ------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobRun:
+    """One `ray job submit` as run by the CLI."""
+
+    command: list[str]
+    returncode: int
+    output: str
+    seconds: float
+
+    @property
+    def final_json(self) -> dict:
+        """The job's result: the last line of its output that is a JSON object."""
+        for line in reversed(self.output.splitlines()):
+            line = line.strip()
+            if line.startswith("{") and line.endswith("}"):
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(value, dict):
+                    return value
+        raise AssertionError(f"no JSON result line in the job output:\n{self.output[-4000:]}")
+
+    def describe(self, lines: int = 80) -> str:
+        body = "\n".join(self.output.splitlines()[-lines:])
+        return (
+            f"$ {' '.join(self.command)}\nexit {self.returncode} after {self.seconds:.0f} s\n{body}"
+        )
+
+
+@dataclass
+class RayHead:
+    dashboard_url: str
+    home: Path
+    """HOME of the head and of the CLI: ~/.ray/auth_token there is the cluster's token."""
+    token: str
+    env: dict[str, str] = field(repr=False)
+    """Environment of a user with the token configured (RAY_AUTH_MODE=token, this HOME)."""
+
+    def submit(
+        self,
+        entrypoint: list[str],
+        *,
+        runtime_env: Path,
+        env: dict[str, str] | None = None,
+        timeout: float = 600,
+    ) -> JobRun:
+        """`ray job submit --working-dir . --runtime-env FILE -- ENTRYPOINT` from the repo root."""
+        cmd = [
+            str(VENV_BIN / "ray"), "job", "submit",
+            "--address", self.dashboard_url,
+            "--working-dir", ".",
+            "--runtime-env", str(runtime_env),
+            "--", *entrypoint,
+        ]  # fmt: skip
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=REPO_ROOT,
+                env=self.env if env is None else env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+            )
+            code, output = proc.returncode, proc.stdout
+        except subprocess.TimeoutExpired as exc:
+            partial = (
+                exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
+            )
+            code, output = -1, f"{partial or ''}\n<timed out after {timeout:.0f} s>"
+        return JobRun(cmd, code, output, time.monotonic() - start)
+
+    def jobs(self) -> list[dict]:
+        """The cluster's jobs, from the job REST API (with the token)."""
+        response = requests.get(
+            f"{self.dashboard_url}/api/jobs/",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=10,
+        )
+        response.raise_for_status()
+        return response.json()
+
+
+@pytest.fixture(scope="session")
+def ray_head(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[RayHead]:
+    """`ray start --head --block` on loopback with token authentication (RAY_AUTH_MODE=token and
+    a token in this session's ~/.ray/auth_token), 8 logical CPUs, dashboard on 127.0.0.1."""
+    if not (VENV_BIN / "ray").exists():
+        pytest.skip(f"no `ray` CLI beside {sys.executable}: run pytest from the project's venv")
+    home = e2e_tmp / "home"
+    (home / ".ray").mkdir(parents=True)
+    token = secrets.token_hex(32)
+    token_file = home / ".ray" / "auth_token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    temp_dir = e2e_tmp / "ray"
+    temp_dir.mkdir()
+
+    ports = {
+        "port": free_port(),
+        "dashboard-port": free_port(),
+        "ray-client-server-port": free_port(),
+        "dashboard-agent-listen-port": free_port(),
+        "dashboard-agent-grpc-port": free_port(),
+        "runtime-env-agent-port": free_port(),
+        "metrics-export-port": free_port(),
+        "node-manager-port": free_port(),
+        "object-manager-port": free_port(),
+    }
+    # The head's processes (job drivers, Ray workers) inherit this environment: the project's
+    # python on PATH, and the S3 endpoint so that nothing can reach a real AWS endpoint even if
+    # a job's runtime_env lacked it. MLflow settings come only through the runtime_env.
+    env = child_env(HOME=str(home), RAY_AUTH_MODE="token", **e2e_s3.env)
+    cmd = [
+        str(VENV_BIN / "ray"), "start", "--head", "--block",
+        f"--node-ip-address={LOOPBACK}",
+        f"--dashboard-host={LOOPBACK}",
+        "--include-dashboard=true",
+        "--num-cpus=8",
+        "--num-gpus=0",
+        "--object-store-memory=300000000",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        *(f"--{name}={port}" for name, port in ports.items()),
+    ]  # fmt: skip
+    log = e2e_tmp / "ray-head.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=e2e_tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://{LOOPBACK}:{ports['dashboard-port']}"
+    head = RayHead(url, home, token, env)
+    try:
+        wait_until(
+            lambda: (
+                requests.get(
+                    f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=2
+                ).status_code
+                == 200
+            ),
+            timeout=120,
+            what="ray head",
+            proc=proc,
+            log=log,
+        )
+        yield head
+    finally:
+        # Ray workers rename themselves (ray::IDLE) but inherit HOME: the marker finds them.
+        stop_process_tree(proc, marker=str(home))
+
+
+@pytest.fixture(scope="session")
+def job_runtime_env(e2e_tmp: Path, mlflow_server: MlflowServer, e2e_s3: S3Store) -> Path:
+    """cluster/runtime_env.yaml as shipped, plus what a user adds in a private copy: the
+    MLflow server and its credentials, and the S3 endpoint and keys."""
+    runtime_env = yaml.safe_load(RUNTIME_ENV_FILE.read_text())
+    runtime_env.setdefault("env_vars", {}).update(
+        {
+            **mlflow_server.client_env,
+            **e2e_s3.env,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "DO_NOT_TRACK": "true",
+            "UNET_RAY_CACHE": str(e2e_tmp / "cache"),
+        }
+    )
+    path = e2e_tmp / "runtime_env.e2e.yaml"  # outside the repository: never part of the upload
+    path.write_text(yaml.safe_dump(runtime_env, sort_keys=False))
+    return path
