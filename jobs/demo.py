@@ -50,11 +50,15 @@ def picture(data: Path, masks: Path, class_map: ClassMap, path: Path, count: int
     for image_path in sorted((data / "images").glob("*.png"))[:count]:
         image = np.asarray(Image.open(image_path).convert("RGB"))
         mask = np.asarray(Image.open(masks / image_path.name))
-        tiles = [image, colorize_mask(mask, class_map.colors),
-                 overlay(image, mask, class_map.colors, alpha=0.6)]
+        tiles = [
+            image,
+            colorize_mask(mask, class_map.colors),
+            overlay(image, mask, class_map.colors, alpha=0.6),
+        ]
         gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
-        rows.append(Image.fromarray(np.concatenate(
-            [tiles[0], gap, tiles[1], gap, tiles[2]], axis=1)))
+        rows.append(
+            Image.fromarray(np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1))
+        )
     big = stack_panels(rows)
     big = big.resize((big.width * 2, big.height * 2), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,20 +79,31 @@ def main(argv: list[str] | None = None) -> int:
     unlabelled = out / "unlabelled"
     make_synthetic_dataset(unlabelled, num_images=12, size=96, seed=123)
 
-    train = run_job("train.py", ["--data", str(data), "--epochs", str(args.epochs),
-                                 "--run-name", f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
-                                 "--force-alias"])
-    segment = run_job("segment.py", ["--input", str(unlabelled / "images"),
-                                     "--output", str(out / "masks"), "--overwrite"])
+    train = run_job(
+        "train.py",
+        [
+            "--data",
+            str(data),
+            "--epochs",
+            str(args.epochs),
+            "--run-name",
+            f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+            "--force-alias",
+        ],
+    )
+    segment = run_job(
+        "segment.py",
+        ["--input", str(unlabelled / "images"), "--output", str(out / "masks"), "--overwrite"],
+    )
     picture(unlabelled, out / "masks" / "masks", class_map, out / "demo.png")
 
     tracking = train.get("tracking_uri") or "sqlite:///mlflow.db"
     print(f"""
 Demo finished in {time.time() - started:.0f} s.
-  model        {train['model_uri']}  (alias @champion set: {train['alias_set']}, \
-val mIoU {train['val_miou']:.3f})
-  masks        {out / 'masks' / 'masks'}  ({segment['ok']} written, manifest {segment['manifest']})
-  picture      {out / 'demo.png'}  (image | predicted mask | overlay)
+  model        {train["model_uri"]}  (alias @champion set: {train["alias_set"]}, \
+val mIoU {train["val_miou"]:.3f})
+  masks        {out / "masks" / "masks"}  ({segment["ok"]} written, manifest {segment["manifest"]})
+  picture      {out / "demo.png"}  (image | predicted mask | overlay)
   MLflow UI    .venv/bin/mlflow ui --backend-store-uri {tracking}   ->  http://127.0.0.1:5000
 """)
     return 0

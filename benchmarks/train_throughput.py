@@ -1,0 +1,215 @@
+"""Training throughput: a plain PyTorch loop vs this project's Ray Train loop, same everything.
+
+    .venv/bin/python benchmarks/train_throughput.py            # prints one JSON object
+
+(a) plain: `unet_core.engine.train_one_epoch` over batches of in-memory tensors in this process.
+(b) ray:   `jobs/train.py` with one Ray Train worker (Ray Data decoding, the worker's collate,
+           checkpoints and MLflow logging around each epoch), timed by the worker per epoch.
+Same data (generated), model, batch size, torch threads and epochs. The plain loop runs
+before and after the Ray one (other load on a shared machine drifts). The first `--warmup`
+epochs of each are left out (process start, Ray Data start-up, allocator warm-up): the
+figures are steady-state images/s of the training loop, validation excluded in both.
+
+Both loops use `--threads` torch threads, by default one core fewer than the machine has: a
+Ray node runs its own processes (raylet, GCS, Ray Train's controller and watchers, idle
+workers, the dataset split coordinator) next to the training worker, and on a small machine
+a worker whose threads take every core loses much more than that share (compare with
+`--threads $(nproc)`). Ray workers run at nice 0 here, like the plain loop (Ray's default
+is 15, which on a shared machine measures other users' load instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Ray starts a 1-CPU worker with OMP_NUM_THREADS=1; give the plain loop the same environment
+# (both then set `--threads` intra-op threads), or the two would not run the same kernels setup.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray runs its workers at nice 15 by default; on a shared machine that measures other users'
+# load, not this loop. The plain loop runs at nice 0, so the Ray workers do too here.
+os.environ.setdefault("RAY_worker_niceness", "0")
+
+import torch  # noqa: E402
+
+from unet_core.classes import ClassMap  # noqa: E402
+from unet_core.config import ModelConfig, PreprocessConfig, TrainConfig  # noqa: E402
+from unet_core.data import pair_images_and_masks, read_image, read_mask  # noqa: E402
+from unet_core.engine import (  # noqa: E402
+    amp_dtype_for,
+    make_optimizer,
+    make_scheduler,
+    train_one_epoch,
+)
+from unet_core.losses import SegmentationLoss  # noqa: E402
+from unet_core.model import UNet  # noqa: E402
+from unet_core.synthetic import make_synthetic_dataset  # noqa: E402
+from unet_core.transforms import to_tensors  # noqa: E402
+
+
+def plain_loop(root: Path, class_map: ClassMap, args: argparse.Namespace) -> list[float]:
+    """images/s per epoch of the single-process loop over in-memory tensors."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    preprocess = PreprocessConfig.for_channels(3)
+    pairs = pair_images_and_masks(root)
+    tensors = [
+        to_tensors(
+            read_image(root / p.image, channels=3), read_mask(root / p.mask, class_map), preprocess
+        )
+        for p in pairs
+    ]
+    images = torch.stack([x for x, _ in tensors])  # (N, C, H, W)
+    masks = torch.stack([y for _, y in tensors])  # (N, H, W)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, crop_size=0)
+    model = UNet.from_config(model_config(args, class_map.num_classes)).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    steps = -(-len(pairs) // args.batch_size)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=steps)
+    loss_fn = SegmentationLoss(class_map.num_classes)
+    speeds = []
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(epoch))
+        batches = (
+            (images[order[i : i + args.batch_size]], masks[order[i : i + args.batch_size]])
+            for i in range(0, len(pairs), args.batch_size)
+        )
+        stats = train_one_epoch(
+            model,
+            batches,
+            optimizer,
+            loss_fn,
+            device=device,
+            scheduler=scheduler,
+            amp_dtype=amp_dtype_for(device),
+            max_grad_norm=cfg.max_grad_norm,
+        )
+        speeds.append(stats.images_per_second)
+    return speeds
+
+
+def model_config(args: argparse.Namespace, num_classes: int) -> ModelConfig:
+    return ModelConfig(
+        in_channels=3,
+        num_classes=num_classes,
+        base_width=args.base_width,
+        depth=args.depth,
+        norm=args.norm,
+    )
+
+
+def ray_loop(root: Path, args: argparse.Namespace, scratch: Path) -> dict[str, list[float]]:
+    """images/s and data-wait seconds per epoch that the Ray Train worker measured (from the
+    run's MLflow history)."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.train import main
+
+    uri = f"sqlite:///{scratch / 'mlflow.db'}"
+    argv = [
+        "--data", str(root), "--val-data", str(root), "--num-workers", "1",
+        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--crop-size", "0",
+        "--no-augment", "--lr", "1e-3", "--base-width", str(args.base_width),
+        "--depth", str(args.depth), "--norm", args.norm, "--torch-threads", str(args.threads),
+        "--cpus-per-worker", "1", "--tracking-uri", uri, "--storage-path", str(scratch / "runs"),
+        "--run-name", "throughput", "--log-level", "WARNING",
+    ]  # fmt: skip
+    import ray
+
+    if args.no_dashboard and not ray.is_initialized():  # the job then uses this Ray as is
+        ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 1)), include_dashboard=False)
+    cwd = os.getcwd()
+    os.chdir(scratch)  # MLflow artifacts go to ./mlruns
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is this benchmark's JSON only
+            code = main(argv)
+        if code != 0:
+            raise SystemExit("the training job failed")
+    finally:
+        os.chdir(cwd)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("unet")
+    (run,) = client.search_runs([experiment.experiment_id], max_results=1)
+    return {
+        key: [
+            m.value
+            for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+        ]
+        for key in ("images_per_second", "data_wait_seconds")
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=256, help="generated training images")
+    parser.add_argument("--size", type=int, default=96, help="image side in pixels")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per step")
+    parser.add_argument("--base-width", type=int, default=16, help="UNet base width")
+    parser.add_argument("--depth", type=int, default=3, help="UNet depth")
+    parser.add_argument("--norm", default="group", help="batch, group or none")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per loop")
+    parser.add_argument("--warmup", type=int, default=2, help="first epochs left out")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) - 1),
+        help="torch threads in both loops (default: one core left for Ray's own processes)",
+    )
+    parser.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="start Ray without its dashboard (its metrics agents take CPU on small machines)",
+    )
+    args = parser.parse_args(argv)
+    if args.epochs <= args.warmup:
+        parser.error("--epochs must exceed --warmup")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        root = scratch / "data"
+        class_map = make_synthetic_dataset(root, num_images=args.images, size=args.size, seed=0)
+        started = time.time()
+        # plain before and after: other load on the machine drifts, and this halves its bias
+        plain = plain_loop(root, class_map, args)
+        ray_history = ray_loop(root, args, scratch)
+        plain_after = plain_loop(root, class_map, args)
+    ray_speeds = ray_history["images_per_second"]
+    steady_plain = plain[args.warmup :] + plain_after[args.warmup :]
+    steady_ray = ray_speeds[args.warmup :]
+    plain_ips = sum(steady_plain) / len(steady_plain)
+    ray_ips = sum(steady_ray) / len(steady_ray)
+    result = {
+        "plain_images_per_second": round(plain_ips, 2),
+        "ray_images_per_second": round(ray_ips, 2),
+        "ratio": round(ray_ips / plain_ips, 3),
+        "per_epoch": {
+            "plain_before": [round(v, 2) for v in plain],
+            "ray": [round(v, 2) for v in ray_speeds],
+            "plain_after": [round(v, 2) for v in plain_after],
+            "ray_data_wait_seconds": [round(v, 3) for v in ray_history["data_wait_seconds"]],
+        },
+        "config": {
+            **vars(args),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+        },
+        "seconds": round(time.time() - started, 1),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Ray wiring shared by the segment and evaluate jobs: decode tasks -> predictor actors.
+
+    rows (input URI, relative path)            driver: listed once, small
+      -> map_batches(decode_batch)              CPU tasks: read bytes, decode, per-row errors
+      -> map_batches(Predictor, ActorPool)      GPU/CPU actors: model loaded once per actor
+      -> (the caller adds its last stage)       CPU tasks: encode + write masks / score
+
+Ray Data streams blocks through the stages, so decoding and writing overlap with the model and
+memory stays bounded however many images there are. The checkpoint is read once on the driver
+and shared through the object store (works on a multi-node cluster; no actor calls MLflow).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.image_io import decode_batch
+from jobs.predictor import Predictor, PredictorSettings
+from jobs.segment_config import InferenceConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_INPUT_BLOCKS = 20_000
+"""Cap on the number of input blocks (very large listings get bigger blocks instead)."""
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def resolve_endpoint(cfg: InferenceConfig) -> str | None:
+    """The S3 endpoint, fixed on the driver and passed to every task explicitly."""
+    return (
+        cfg.s3_endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or None
+    )
+
+
+def init_ray(cfg: InferenceConfig) -> bool:
+    """Connect to --ray-address / $RAY_ADDRESS, or start a local Ray; True when this call did
+    (the caller then shuts it down). A Ray already running in-process is used as it is.
+    AWS_* variables of the driver are forwarded to the workers (jobs.ray_setup)."""
+    import ray
+
+    from jobs.ray_setup import forwarded_env
+
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": forwarded_env()}
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # Inside `ray job submit` the job's runtime_env already reaches the workers, and Ray
+        # refuses a driver runtime_env that repeats one of its env vars.
+        submitted = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        ray.init(address=address, runtime_env=None if submitted else runtime_env)
+        return True
+    # More logical CPUs than cores on small machines: decode and write tasks then run beside
+    # the predictor actor instead of queueing behind it (they are short and I/O-bound).
+    num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
+    return True
+
+
+def actor_gpus(cfg: InferenceConfig) -> float:
+    """--num-gpus-per-actor, else 1 when the cluster has GPUs, else 0."""
+    if cfg.num_gpus_per_actor is not None:
+        return cfg.num_gpus_per_actor
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def torch_threads(cfg: InferenceConfig, use_gpu: bool) -> int:
+    """CPU actors share the node's cores (Ray would give each only num_cpus threads)."""
+    if cfg.torch_threads or use_gpu:
+        return cfg.torch_threads
+    return max(1, (os.cpu_count() or 1) // cfg.max_actors)
+
+
+def predictor_settings(
+    cfg: InferenceConfig, *, use_gpu: bool, confidence_map: bool = False, keep_pixels: bool = False
+) -> PredictorSettings:
+    return PredictorSettings(
+        tile_size=cfg.tile_size,
+        tile_overlap=cfg.tile_overlap,
+        tta=cfg.tta,
+        amp=cfg.amp_flag,
+        use_gpu=use_gpu,
+        torch_threads=torch_threads(cfg, use_gpu),
+        batch_size=cfg.batch_size,
+        confidence_map=confidence_map,
+        keep_pixels=keep_pixels,
+    )
+
+
+def cpu_stage_args(cfg: InferenceConfig, *, rows: int, batch_size: int) -> dict[str, Any]:
+    """Resources of a CPU task stage (decode; encode/write or scoring) over ``rows`` rows."""
+    import ray
+
+    size = cfg.cpu_tasks or max(1, int(ray.cluster_resources().get("CPU", 1) // 4))
+    size = min(size, max(1, math.ceil(rows / batch_size)))  # never more tasks than batches
+    return {"num_cpus": cfg.decode_cpus, "compute": ray.data.TaskPoolStrategy(size=size)}
+
+
+def build_prediction_dataset(
+    rows: list[dict[str, Any]],
+    *,
+    cfg: InferenceConfig,
+    checkpoint_ref: Any,
+    channels: int,
+    endpoint_url: str | None,
+    confidence_map: bool = False,
+    keep_pixels: bool = False,
+):
+    """A lazy Dataset of ``rows`` (each with an ``input`` URI) after decode and predict."""
+    import ray
+
+    num_gpus = actor_gpus(cfg)
+    settings = predictor_settings(
+        cfg, use_gpu=num_gpus > 0, confidence_map=confidence_map, keep_pixels=keep_pixels
+    )
+    rows_per_block = max(cfg.batch_size, math.ceil(len(rows) / MAX_INPUT_BLOCKS))
+    ds = ray.data.from_items(
+        rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block))
+    )
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={"channels": channels, "endpoint_url": endpoint_url},
+        batch_format="pyarrow",
+        batch_size=cfg.batch_size,
+        **cpu_stage_args(cfg, rows=len(rows), batch_size=cfg.batch_size),
+    )
+    return ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"checkpoint": checkpoint_ref, "settings": settings},
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
+        batch_format="pyarrow",
+        batch_size=cfg.batch_size,
+        num_gpus=num_gpus,
+        num_cpus=cfg.num_cpus_per_actor,
+    )
+
+
+@dataclass
+class Progress:
+    """Periodic progress lines on stderr (logging): done / total, rate, failures, ETA."""
+
+    total: int
+    every: float = 10.0
+    label: str = "segment"
+    done: int = 0
+    failed: int = 0
+
+    def __post_init__(self) -> None:
+        self.start = self._last = time.perf_counter()
+
+    def update(self, done: int, failed: int = 0) -> None:
+        self.done += done
+        self.failed += failed
+        now = time.perf_counter()
+        if now - self._last >= self.every or self.done >= self.total:
+            self._last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            logger.info(
+                "%s: %d/%d images (%d failed), %.2f images/s, eta %.0f s",
+                self.label,
+                self.done,
+                self.total,
+                self.failed,
+                rate,
+                eta,
+            )

@@ -1,0 +1,54 @@
+"""MLflow pyfunc wrapper of a trained UNet, logged as *code* (models-from-code, MLflow 3).
+
+The training job logs this file with ``python_model=<path of this file>`` and the unet_core
+checkpoint as the artifact ``unet`` (stored at ``artifacts/unet.pt`` in the model folder).
+Loading executes this file and rebuilds the UNet from the checkpoint's architecture and
+weights (``torch.load(weights_only=True)``): nothing is unpickled. Needs ``unet_core``
+importable where the model is loaded (``pip install -e .`` of this repository).
+
+    model = mlflow.pyfunc.load_model("models:/unet@champion")
+    mask = model.predict(image)          # image: HxW or HxWxC uint8 -> HxW uint8 class indices
+    frame = model.predict(pd.DataFrame({"image": [png_bytes, ...]}))   # -> column "mask"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+
+ARTIFACT_KEY = "unet"
+
+
+class UNetPyfunc(mlflow.pyfunc.PythonModel):
+    """Predict class-index masks from uint8 images (arrays, or encoded bytes in a DataFrame)."""
+
+    def load_context(self, context: Any) -> None:
+        from unet_core.checkpoint import load_checkpoint
+        from unet_core.predict import prepare_for_inference
+
+        self.loaded = load_checkpoint(context.artifacts[ARTIFACT_KEY])
+        self.model = prepare_for_inference(self.loaded.model)
+
+    def _predict_one(self, image: Any) -> np.ndarray:
+        from unet_core.data import decode_image
+        from unet_core.predict import predict
+
+        if isinstance(image, (bytes, bytearray)):
+            image = decode_image(bytes(image), channels=self.loaded.preprocess.channels)
+        return predict(self.model, np.asarray(image), preprocess=self.loaded.preprocess).mask
+
+    # An ndarray hint: MLflow neither infers nor enforces a schema for it (a list[...] hint
+    # would make it convert inputs), so DataFrames pass through unchanged too.
+    def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> Any:
+        import pandas as pd
+
+        if isinstance(model_input, pd.DataFrame):
+            column = "image" if "image" in model_input.columns else model_input.columns[0]
+            masks = [self._predict_one(v) for v in model_input[column]]
+            return pd.DataFrame({"mask": masks})
+        return self._predict_one(model_input)
+
+
+mlflow.models.set_model(UNetPyfunc())

@@ -1,0 +1,368 @@
+"""Configuration of the training job: one typed dataclass; the CLI and config files map onto it.
+
+`TrainJobConfig` composes the library's `TrainConfig` (optimisation) and `ModelConfig`
+(architecture; `in_channels` and `num_classes` come from the data) with the job's own fields.
+Every field becomes a flag (`--batch-size`) whose help is the field's docstring; `--config FILE`
+(JSON, or YAML when PyYAML is installed) sets the same fields by name; flags override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import json
+import re
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unet_core.config import ModelConfig, TrainConfig
+
+DEMO_PRESET: dict[str, Any] = {
+    "epochs": 8,
+    "batch_size": 4,
+    "crop_size": 0,
+    "lr": 1e-2,
+    "warmup_epochs": 1.0,
+    "base_width": 16,
+    "depth": 3,
+    "norm": "group",
+    "augment": False,
+}
+"""Defaults used when --data is omitted: a tiny CPU model on the generated demo set, so that
+`python jobs/train.py` ends in about a minute on a laptop. Flags and --config still override."""
+
+MODEL_FIELDS_FROM_DATA = ("in_channels", "num_classes")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class TrainJobConfig:
+    """Everything `jobs/train.py` needs; `train` and `model` are the library's own configs."""
+
+    data: str | None = None
+    """Data root (local folder or s3://bucket/prefix) holding images/, masks/ and classes.json.
+    Omitted: a synthetic demo set is generated into $UNET_RAY_CACHE (default ~/.cache/unet-ray)
+    and the tiny demo preset applies."""
+    val_data: str | None = None
+    """Separate validation root (same layout). Omitted: a deterministic stem-hash split of --data
+    (--val-fraction)."""
+    class_map: str | None = None
+    """Class map JSON file (local or s3://); default: classes.json at the data root."""
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO, a local server); default: $AWS_ENDPOINT_URL."""
+    in_channels: int | None = None
+    """Model input channels (1 grayscale, 3 RGB); default: inferred from the images."""
+    num_workers: int = 2
+    """Ray Train workers (DDP processes); the global batch is batch_size * num_workers."""
+    use_gpu: bool | None = None
+    """One GPU per worker; default: yes when the cluster has at least num_workers GPUs."""
+    cpus_per_worker: float | None = None
+    """Logical CPUs reserved per worker; default: 1, less on small nodes so that Ray Data tasks
+    always have CPU left."""
+    torch_threads: int = 0
+    """torch intra-op threads per worker; 0 = Ray's default (the worker's CPU count)."""
+    ray_address: str | None = None
+    """Ray cluster to connect to; default: $RAY_ADDRESS, else a local Ray is started."""
+    run_name: str | None = None
+    """Name of the run in Ray Train storage and MLflow; reusing a name resumes that run from its
+    last checkpoint. Default: unet-<timestamp>."""
+    storage_path: str | None = None
+    """Where Ray Train keeps checkpoints (local or s3://); default: $UNET_RAY_CACHE/runs."""
+    max_failures: int = 2
+    """Worker-group failures to recover from (restart from the last checkpoint); -1 = unlimited."""
+    keep_checkpoints: int = 2
+    """Checkpoints to keep, best by val_miou (the latest is always kept for resuming)."""
+    cache_data: bool | None = None
+    """Keep decoded images in the Ray object store across epochs; default: when they fit in a fifth
+    of it."""
+    check_limit: int = 1000
+    """Data sets up to this many pairs are validated in full on the driver; larger ones on a seeded
+    sample there, then in Ray Data tasks."""
+    full_check: bool = True
+    """For sets above --check-limit, also check every mask in parallel Ray Data tasks before
+    training."""
+    experiment: str = "unet"
+    """MLflow experiment (tracking URI from $MLFLOW_TRACKING_URI, default
+    sqlite:///<cwd>/mlflow.db)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; overrides $MLFLOW_TRACKING_URI."""
+    register_as: str = "unet"
+    """Registered model name in the MLflow Model Registry."""
+    alias: str = "champion"
+    """Alias moved to the new version when it passes the gate (--min-miou, and not worse than the
+    version holding it)."""
+    min_miou: float = 0.0
+    """Validation mIoU a version needs to receive the alias."""
+    force_alias: bool = False
+    """Move the alias even when the new version scores below the version holding it."""
+    demo_images: int = 32
+    """Images in the generated demo set (only without --data)."""
+    demo_size: int = 64
+    """Side in pixels of the generated demo images (only without --data)."""
+    log_level: str = "INFO"
+    """Logging level of the driver and the workers."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_workers < 1:
+            problems.append(f"--num-workers must be >= 1, got {self.num_workers}")
+        if self.in_channels not in (None, 1, 3):
+            problems.append(f"--in-channels must be 1 or 3, got {self.in_channels}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            problems.append(f"--cpus-per-worker must be > 0, got {self.cpus_per_worker}")
+        if self.max_failures < -1:
+            problems.append(f"--max-failures must be >= -1, got {self.max_failures}")
+        if self.keep_checkpoints < 1:
+            problems.append(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if not 0.0 <= self.min_miou <= 1.0:
+            problems.append(f"--min-miou must be in [0, 1], got {self.min_miou}")
+        if self.run_name is not None and not _RUN_NAME.match(self.run_name):
+            problems.append(
+                f"--run-name {self.run_name!r} must be 1-128 letters, digits, '.', '_' or '-'"
+            )
+        if self.check_limit < 1:
+            problems.append(f"--check-limit must be >= 1, got {self.check_limit}")
+        if self.demo_images < 4 or self.demo_size < 16:
+            problems.append("--demo-images must be >= 4 and --demo-size >= 16")
+        if self.torch_threads < 0:
+            problems.append(f"--torch-threads must be >= 0, got {self.torch_threads}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_flat(self) -> dict[str, Any]:
+        """All fields in one flat dict, as the flags name them (for logging and files)."""
+        out = {f.name: getattr(self, f.name) for f in _job_fields()}
+        out.update(self.train.to_dict())
+        out.update(
+            {k: v for k, v in self.model.to_dict().items() if k not in MODEL_FIELDS_FROM_DATA}
+        )
+        return out
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> TrainJobConfig:
+        """Build from flat field names; unknown names are an error that lists the known ones."""
+        known = {name for name, *_ in _all_fields()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        job = {f.name for f in _job_fields()}
+        train_names = {f.name for f in dataclasses.fields(TrainConfig)}
+        return cls(
+            **{k: v for k, v in values.items() if k in job},
+            train=TrainConfig(**{k: v for k, v in values.items() if k in train_names}),
+            model=ModelConfig(
+                **{k: v for k, v in values.items() if k not in job and k not in train_names}
+            ),
+        )
+
+
+# --- fields, docstrings and types ------------------------------------------------------------
+
+
+def _job_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(TrainJobConfig) if f.name not in ("train", "model")]
+
+
+@functools.cache
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field) read from the class source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _all_fields() -> list[tuple[str, Any, Any, str, str]]:
+    """(name, type, default, help, section) for every settable field, job fields first."""
+    rows = []
+    for cls, section, skip in (
+        (TrainJobConfig, "job", ("train", "model")),
+        (TrainConfig, "training", ()),
+        (ModelConfig, "model", MODEL_FIELDS_FROM_DATA),
+    ):
+        hints = typing.get_type_hints(cls)
+        docs = _field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            rows.append((f.name, hints[f.name], f.default, docs.get(f.name, ""), section))
+    return rows
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(underlying type, optional?) of `X` or `X | None`."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def _converter(tp: type, optional: bool):
+    def convert(text: str) -> Any:
+        if optional and text.lower() in ("none", "null", ""):
+            return None
+        return tp(text)
+
+    convert.__name__ = tp.__name__  # argparse names the type in its error messages
+    return convert
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check and convert a value read from a config file to the field's type."""
+    base, optional = _base_type(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config key {name!r} must not be null")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key {name!r} must be true or false, got {value!r}")
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is str and isinstance(value, str):
+        return value
+    raise ValueError(f"config key {name!r} must be {base.__name__}, got {value!r}")
+
+
+# --- argparse and config files ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    preset = ", ".join(f"{k}={v}" for k, v in DEMO_PRESET.items())
+    parser = argparse.ArgumentParser(
+        prog="jobs/train.py",
+        description=(
+            "Train a UNet with Ray Train (DDP) on data read by Ray Data from a folder or S3; "
+            "track the run in MLflow, register the model and move an alias when it passes the "
+            "gate. The last line of stdout is a JSON summary. Without --data, a demo set is "
+            f"generated and the demo preset applies ({preset})."
+        ),
+        argument_default=argparse.SUPPRESS,  # absent flags stay absent: the file can set them
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON or YAML file with any of the fields below (flat names, e.g. batch_size: 8); "
+        "flags given on the command line override it",
+    )
+    groups = {
+        "job": parser.add_argument_group("data, cluster, run and registry"),
+        "training": parser.add_argument_group("training (unet_core TrainConfig)"),
+        "model": parser.add_argument_group("architecture (unet_core ModelConfig)"),
+    }
+    for name, tp, default, doc, section in _all_fields():
+        group = groups[section]
+        flag = "--" + name.replace("_", "-")
+        base, optional = _base_type(tp)
+        text = doc if default is None else f"{doc} (default: {default})"
+        if base is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=text)
+            if name == "use_gpu":
+                group.add_argument(
+                    "--no-gpu", dest=name, action="store_false", help="same as --no-use-gpu"
+                )
+        else:
+            group.add_argument(
+                flag,
+                dest=name,
+                type=_converter(base, optional),
+                metavar={int: "N", float: "X"}.get(base, "TEXT"),
+                help=text,
+            )
+    return parser
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Flat field values from a JSON or YAML file (`train:` / `model:` sections are accepted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise ValueError(
+                f"{path}: reading YAML needs PyYAML (pip install pyyaml); or use a .json file"
+            ) from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc}); YAML files need .yaml/.yml") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of field names to values")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("train", "model") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    flat = {k.replace("-", "_"): v for k, v in flat.items()}
+    types_by_name = {name: tp for name, tp, *_ in _all_fields()}
+    unknown = sorted(set(flat) - set(types_by_name))
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; run jobs/train.py --help for the fields")
+    try:
+        return {k: _coerce(k, v, types_by_name[k]) for k, v in flat.items()}
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def resolve_config(
+    cli: dict[str, Any], file_values: dict[str, Any] | None = None
+) -> TrainJobConfig:
+    """Defaults < demo preset (no --data) < config file < command line."""
+    values = dict(file_values or {})
+    values.update(cli)
+    if values.get("data") is None:
+        values = {**DEMO_PRESET, **values}
+    return TrainJobConfig.from_flat(values)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainJobConfig:
+    """Parse the command line (and --config); invalid values exit 2 with the reason."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    config_path = args.pop("config", None)
+    try:
+        file_values = load_config_file(config_path) if config_path else {}
+        return resolve_config(args, file_values)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits
+
+
+def default_cache_dir() -> Path:
+    """$UNET_RAY_CACHE, else ~/.cache/unet-ray: demo data and the default checkpoint storage."""
+    import os
+
+    return Path(
+        os.environ.get("UNET_RAY_CACHE") or Path.home() / ".cache" / "unet-ray"
+    ).expanduser()
