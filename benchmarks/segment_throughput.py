@@ -125,8 +125,9 @@ def naive(ckpt: Path, paths: list[Path], out: Path) -> float:
 
 
 # --- (b) the job, with its memory ----------------------------------------------------------------
-def _tree_rss_mb(root: int) -> float:
-    """Summed VmRSS of ``root`` and all its descendants (from /proc; no psutil needed)."""
+def _tree_memory_mb(root: int) -> tuple[float, float]:
+    """(summed VmRSS, summed PSS) of ``root`` and its descendants, from /proc (no psutil).
+    RSS counts shared pages (libraries, the object store) once per process; PSS splits them."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -137,19 +138,19 @@ def _tree_rss_mb(root: int) -> float:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-    total_kb, stack = 0, [root]
+    rss_kb = pss_kb = 0
+    stack = [root]
     while stack:
         pid = stack.pop()
         stack.extend(children.get(pid, []))
         try:
             with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total_kb += int(line.split()[1])
-                        break
+                rss_kb += next((int(x.split()[1]) for x in f if x.startswith("VmRSS:")), 0)
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                pss_kb += next((int(x.split()[1]) for x in f if x.startswith("Pss:")), 0)
         except OSError:
             continue
-    return total_kb / 1024
+    return rss_kb / 1024, pss_kb / 1024
 
 
 def run_job(inputs: Path, out: Path, ckpt: Path, batch_size: int, num_cpus: int) -> dict:
@@ -182,11 +183,12 @@ def run_job(inputs: Path, out: Path, ckpt: Path, batch_size: int, num_cpus: int)
         cwd=out.parent,
         start_new_session=True,
     )
-    peak = [0.0]
+    peak = [0.0, 0.0]
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
+            rss, pss = _tree_memory_mb(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -197,7 +199,7 @@ def run_job(inputs: Path, out: Path, ckpt: Path, batch_size: int, num_cpus: int)
         raise SystemExit(f"segment.py failed ({proc.returncode}): {stdout[-2000:]}")
     summary = json.loads(stdout.strip().splitlines()[-1])
     summary["wall_seconds"] = time.perf_counter() - start
-    summary["peak_rss_mb"] = peak[0]
+    summary["peak_rss_mb"], summary["peak_pss_mb"] = peak
     # Steady state: rows finished between the first and the last write (start-up excluded).
     import pyarrow.parquet as pq
 
@@ -289,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb_n": round(peak_n, 1),
         "peak_rss_mb_10n": round(b10["peak_rss_mb"], 1) if b10 else None,
         "peak_rss_10n_vs_n": round(b10["peak_rss_mb"] / peak_n, 3) if b10 else None,
+        "peak_pss_mb_n": round(max(x["peak_pss_mb"] for x in b_runs), 1),
+        "peak_pss_mb_10n": round(b10["peak_pss_mb"], 1) if b10 else None,
         "pipeline_steady_images_per_second": round(steady, 3),
         "pipeline_steady_vs_model": round(steady / a, 3),
         "pipeline_images_per_second_10n": round(b10["images_per_second"], 3) if b10 else None,

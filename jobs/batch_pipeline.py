@@ -112,6 +112,14 @@ def cpu_stage_args(cfg: InferenceConfig, *, rows: int, batch_size: int) -> dict[
     return {"num_cpus": cfg.decode_cpus, "compute": ray.data.TaskPoolStrategy(size=size)}
 
 
+def in_flight_limit_mb(cfg: InferenceConfig, image_bytes: int | None) -> int:
+    """--max-in-flight-mb, else 16 batches of ``image_bytes`` per actor (at least 256 MiB)."""
+    if cfg.max_in_flight_mb:
+        return cfg.max_in_flight_mb
+    per_image = image_bytes or 4 * 2**20
+    return max(256, math.ceil(16 * cfg.batch_size * cfg.max_actors * per_image / 2**20))
+
+
 def build_prediction_dataset(
     rows: list[dict[str, Any]],
     *,
@@ -121,8 +129,10 @@ def build_prediction_dataset(
     endpoint_url: str | None,
     confidence_map: bool = False,
     keep_pixels: bool = False,
+    image_bytes: int | None = None,
 ):
-    """A lazy Dataset of ``rows`` (each with an ``input`` URI) after decode and predict."""
+    """A lazy Dataset of ``rows`` (each with an ``input`` URI) after decode and predict;
+    ``image_bytes`` (decoded size of a typical input) sizes the in-flight limit."""
     import ray
 
     num_gpus = actor_gpus(cfg)
@@ -133,6 +143,12 @@ def build_prediction_dataset(
     ds = ray.data.from_items(
         rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block))
     )
+    # Decoding is much faster than the model: without a limit Ray Data decodes ahead until a
+    # share of the whole object store is full, so memory would grow with the number of images.
+    limit_mb = in_flight_limit_mb(cfg, image_bytes)
+    options = ds.context.execution_options  # this pipeline's own copy of the DataContext
+    options.resource_limits = options.resource_limits.copy(object_store_memory=limit_mb * 2**20)
+    logger.info("at most %d MiB of blocks in flight in the object store", limit_mb)
     ds = ds.map_batches(
         decode_batch,
         fn_kwargs={"channels": channels, "endpoint_url": endpoint_url},

@@ -34,6 +34,7 @@ from jobs.batch_pipeline import (
     setup_logging,
 )
 from jobs.evaluation import image_figures, load_eval_class_map, log_evaluation, score_batch
+from jobs.image_io import estimate_image_bytes
 from jobs.model_source import (
     ModelSourceError,
     checkpoint_digest,
@@ -81,6 +82,11 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
             checkpoint_ref=ray.put(checkpoint),
             channels=loaded.preprocess.channels,
             endpoint_url=endpoint,
+            image_bytes=estimate_image_bytes(
+                [r["input"] for r in rows[:3]],
+                channels=loaded.preprocess.channels,
+                endpoint_url=endpoint,
+            ),
         )
         ds = ds.map_batches(
             score_batch,

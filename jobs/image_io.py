@@ -11,6 +11,7 @@ Decoded pixels travel as raw bytes (``pixels``, HxWxC uint8, C-order) with ``hei
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 
@@ -47,6 +48,21 @@ def read_and_decode(
         return None, str(exc)
     except Exception as exc:  # a decoder bug must not stop the job either
         return None, f"{uri}: cannot decode ({type(exc).__name__}: {exc})"
+
+
+def estimate_image_bytes(
+    uris: list[str], *, channels: int, endpoint_url: str | None = None, tries: int = 3
+) -> int | None:
+    """Decoded size (H * W * channels) of the first readable of ``uris``, from its header."""
+    from PIL import Image
+
+    for uri in uris[:tries]:
+        try:
+            with Image.open(io.BytesIO(fs.read_bytes(uri, endpoint_url=endpoint_url))) as img:
+                return img.width * img.height * channels
+        except Exception:  # a bad first file: try the next one
+            continue
+    return None
 
 
 def image_from_row(pixels: pa.Scalar | bytes, height: int, width: int, channels: int) -> np.ndarray:

@@ -39,6 +39,7 @@ from jobs.batch_pipeline import (
     resolve_endpoint,
     setup_logging,
 )
+from jobs.image_io import estimate_image_bytes
 from jobs.mask_writer import MASKS_DIR, WriterSettings, mask_key, write_batch
 from jobs.model_source import (
     ModelSourceError,
@@ -229,6 +230,11 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
             endpoint_url=endpoint,
             confidence_map=cfg.confidence,
             keep_pixels=cfg.overlays,
+            image_bytes=estimate_image_bytes(
+                [r["input"] for r in work.todo[:3]],
+                channels=loaded.preprocess.channels,
+                endpoint_url=endpoint,
+            ),
         )
         ds = ds.map_batches(
             write_batch,

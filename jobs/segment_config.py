@@ -50,6 +50,8 @@ class InferenceConfig:
     """Logical CPUs reserved per decode and per encode/write task."""
     cpu_tasks: int = 0
     """Most decode tasks (and, apart, encode/write tasks) running at once; 0 = auto: a quarter of the cluster's logical CPUs, at least 1 (each task process costs a Python + torch start-up, and on small nodes every extra one takes CPU from the model)."""
+    max_in_flight_mb: int = 0
+    """Object-store memory (MiB) that this job's blocks in flight (decoded images, masks) may use; 0 = auto: 16 batches of the first input's size per actor, at least 256. Bounds memory however many images there are."""
     tile_size: int = 512
     """Images larger than this on either side are predicted in overlapping tiles; 0 = never tile."""
     tile_overlap: int = 64
@@ -81,6 +83,10 @@ class InferenceConfig:
             problems.append(f"--num-gpus-per-actor must be >= 0, got {self.num_gpus_per_actor}")
         if self.num_cpus_per_actor < 0 or self.decode_cpus <= 0:
             problems.append("--num-cpus-per-actor must be >= 0 and --decode-cpus > 0")
+        if self.max_in_flight_mb < 0:
+            problems.append(
+                f"--max-in-flight-mb must be >= 0 (0 = auto), got {self.max_in_flight_mb}"
+            )
         if self.cpu_tasks < 0:
             problems.append(f"--cpu-tasks must be >= 0 (0 = auto), got {self.cpu_tasks}")
         if self.torch_threads < 0:
