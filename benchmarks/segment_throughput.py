@@ -230,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--base-width", type=int, default=16)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="images per forward pass in (a) and (b); 0 = the job's auto value",
+    )
     parser.add_argument(
         "--num-cpus", type=int, default=4, help="logical CPUs of the job's local Ray"
     )
@@ -239,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
 
+    args.batch_size = args.batch_size or (16 if torch.cuda.is_available() else 2)
     sources = sorted(p for p in args.data.iterdir() if p.suffix.lower() == ".png")
     with tempfile.TemporaryDirectory(prefix="segbench-") as tmp:
         work = args.workdir or Path(tmp)

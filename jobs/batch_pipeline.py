@@ -97,7 +97,7 @@ def predictor_settings(
         amp=cfg.amp_flag,
         use_gpu=use_gpu,
         torch_threads=torch_threads(cfg, use_gpu),
-        batch_size=cfg.batch_size,
+        batch_size=cfg.forward_batch(use_gpu),
         confidence_map=confidence_map,
         keep_pixels=keep_pixels,
     )
@@ -112,12 +112,13 @@ def cpu_stage_args(cfg: InferenceConfig, *, rows: int, batch_size: int) -> dict[
     return {"num_cpus": cfg.decode_cpus, "compute": ray.data.TaskPoolStrategy(size=size)}
 
 
-def in_flight_limit_mb(cfg: InferenceConfig, image_bytes: int | None) -> int:
-    """--max-in-flight-mb, else 16 batches of ``image_bytes`` per actor (at least 256 MiB)."""
+def in_flight_limit_mb(cfg: InferenceConfig, image_bytes: int | None, rows_per_call: int) -> int:
+    """--max-in-flight-mb, else 12 calls' worth of ``image_bytes`` per actor (at least 32 MiB):
+    enough to keep every actor fed, small enough that memory does not grow with the input."""
     if cfg.max_in_flight_mb:
         return cfg.max_in_flight_mb
     per_image = image_bytes or 4 * 2**20
-    return max(256, math.ceil(16 * cfg.batch_size * cfg.max_actors * per_image / 2**20))
+    return max(32, math.ceil(12 * rows_per_call * cfg.max_actors * per_image / 2**20))
 
 
 def build_prediction_dataset(
@@ -139,13 +140,14 @@ def build_prediction_dataset(
     settings = predictor_settings(
         cfg, use_gpu=num_gpus > 0, confidence_map=confidence_map, keep_pixels=keep_pixels
     )
-    rows_per_block = max(cfg.batch_size, math.ceil(len(rows) / MAX_INPUT_BLOCKS))
+    call_rows = cfg.call_rows(num_gpus > 0)
+    rows_per_block = max(call_rows, math.ceil(len(rows) / MAX_INPUT_BLOCKS))
     ds = ray.data.from_items(
         rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block))
     )
     # Decoding is much faster than the model: without a limit Ray Data decodes ahead until a
     # share of the whole object store is full, so memory would grow with the number of images.
-    limit_mb = in_flight_limit_mb(cfg, image_bytes)
+    limit_mb = in_flight_limit_mb(cfg, image_bytes, call_rows)
     options = ds.context.execution_options  # this pipeline's own copy of the DataContext
     options.resource_limits = options.resource_limits.copy(object_store_memory=limit_mb * 2**20)
     logger.info("at most %d MiB of blocks in flight in the object store", limit_mb)
@@ -153,15 +155,15 @@ def build_prediction_dataset(
         decode_batch,
         fn_kwargs={"channels": channels, "endpoint_url": endpoint_url},
         batch_format="pyarrow",
-        batch_size=cfg.batch_size,
-        **cpu_stage_args(cfg, rows=len(rows), batch_size=cfg.batch_size),
+        batch_size=call_rows,
+        **cpu_stage_args(cfg, rows=len(rows), batch_size=call_rows),
     )
     return ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"checkpoint": checkpoint_ref, "settings": settings},
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         batch_format="pyarrow",
-        batch_size=cfg.batch_size,
+        batch_size=call_rows,
         num_gpus=num_gpus,
         num_cpus=cfg.num_cpus_per_actor,
     )

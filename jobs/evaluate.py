@@ -92,8 +92,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
             score_batch,
             fn_kwargs={"class_map": class_map.to_dict(), "endpoint_url": endpoint},
             batch_format="pyarrow",
-            batch_size=cfg.batch_size,
-            **cpu_stage_args(cfg, rows=len(rows), batch_size=cfg.batch_size),
+            batch_size=cfg.rows_per_call,
+            **cpu_stage_args(cfg, rows=len(rows), batch_size=cfg.rows_per_call),
         )
         progress = Progress(total=len(rows), every=cfg.progress_seconds, label="evaluate")
         k = class_map.num_classes

@@ -79,6 +79,12 @@ def test_config_parsing_and_validation(capsys):
         )
     assert exc.value.code == 2
     assert "--mask-format must be one of" in capsys.readouterr().err
+    assert (cfg.forward_batch(use_gpu=False), cfg.forward_batch(use_gpu=True)) == (2, 16)
+    assert (cfg.call_rows(use_gpu=False), cfg.call_rows(use_gpu=True)) == (8, 16)
+    from jobs.batch_pipeline import in_flight_limit_mb
+
+    assert in_flight_limit_mb(cfg, 480 * 360 * 3, 8) == 143  # 12 calls of 8 images, 3 actors
+    assert in_flight_limit_mb(cfg, 10, 8) == 32  # the floor
     with pytest.raises(ValueError, match="--min-actors"):
         SegmentConfig(input="a", output="b", min_actors=3, max_actors=2)
     with pytest.raises(ValueError, match="--tile-overlap"):
