@@ -4,6 +4,7 @@
 
 (a) model only: decoded, normalised tensors already in memory; forward + class selection
     (unet_core.predict.predict_tensor: bf16 autocast where native, channels-last, inference mode)
+    in the job's actor layout: --actors model copies in as many processes, --torch-threads each
 (b) the job end to end: `python jobs/segment.py` as a subprocess on its own local Ray: list,
     read, decode, predict, encode, write, manifest. Rate = the job's own images_per_second
     (from building the pipeline to its last batch: actor start-up and model load included,
@@ -11,7 +12,8 @@
 (c) the naive loop a user writes from the seed repos: PIL open, fp32 tensor, model, argmax,
     PIL save, one image at a time, under torch.no_grad.
 
-Same model (random weights: speed does not depend on them), same machine, same threads.
+Same model (random weights: speed does not depend on them), same machine, same
+processes and threads for (a) and (b).
 Images are CamVid val (480x360 RGB PNG) repeated by symlink to --images N. Peak memory is the
 summed RSS of the job's process tree (driver, raylet, GCS, Ray workers) sampled every 0.2 s,
 at N and at 10N images. Prints one JSON object.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -87,7 +90,8 @@ def make_inputs(folder: Path, sources: list[Path], n: int) -> list[Path]:
 
 
 # --- (a) model only ------------------------------------------------------------------------------
-def model_only(ckpt: Path, sources: list[Path], n: int, batch_size: int) -> float:
+def _model_only_worker(ckpt, sources, n, batch_size, threads, barrier, queue) -> None:
+    torch.set_num_threads(threads)
     loaded = load_checkpoint(ckpt)
     model = prepare_for_inference(loaded.model, "cpu")
     tensors = torch.stack(
@@ -97,13 +101,37 @@ def model_only(ckpt: Path, sources: list[Path], n: int, batch_size: int) -> floa
         ]
     )
     predict_tensor(model, tensors[:batch_size])  # warm-up (oneDNN primitive creation)
+    barrier.wait()
     start, done = time.perf_counter(), 0
     while done < n:
         idx = [(done + i) % len(sources) for i in range(min(batch_size, n - done))]
         classes, _ = predict_tensor(model, tensors[idx])
         classes.cpu().numpy()
         done += len(idx)
-    return n / (time.perf_counter() - start)
+    queue.put(time.perf_counter() - start)
+
+
+def model_only(
+    ckpt: Path, sources: list[Path], n: int, batch_size: int, *, processes: int, threads: int
+) -> float:
+    """Images/s of ``processes`` model copies with ``threads`` each, started together, sharing
+    ``n`` images: the job's actor layout without any I/O."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    share = -(-n // processes)
+    workers = [
+        ctx.Process(
+            target=_model_only_worker,
+            args=(ckpt, sources, share, batch_size, threads, barrier, queue),
+        )
+        for _ in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    seconds = [queue.get() for _ in workers]
+    for w in workers:
+        w.join()
+    return share * processes / max(seconds)
 
 
 # --- (c) naive loop ------------------------------------------------------------------------------
@@ -153,7 +181,9 @@ def _tree_memory_mb(root: int) -> tuple[float, float]:
     return rss_kb / 1024, pss_kb / 1024
 
 
-def run_job(inputs: Path, out: Path, ckpt: Path, batch_size: int, num_cpus: int) -> dict:
+def run_job(
+    inputs: Path, out: Path, ckpt: Path, batch_size: int, num_cpus: int, actors: int, threads: int
+) -> dict:
     cmd = [
         sys.executable,
         str(REPO / "jobs" / "segment.py"),
@@ -167,6 +197,10 @@ def run_job(inputs: Path, out: Path, ckpt: Path, batch_size: int, num_cpus: int)
         str(batch_size),
         "--num-cpus",
         str(num_cpus),
+        "--max-actors",
+        str(actors),
+        "--torch-threads",
+        str(threads),
         "--progress-seconds",
         "30",
         "--overwrite",
@@ -239,12 +273,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--num-cpus", type=int, default=4, help="logical CPUs of the job's local Ray"
     )
+    parser.add_argument(
+        "--actors",
+        type=int,
+        default=0,
+        help="predictor actors of the job and model copies of (a); 0 = the job's CPU default "
+        "(one per core)",
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="threads per actor; 0 = cores / actors"
+    )
     parser.add_argument("--data", type=Path, default=CAMVID, help="folder of source images")
     parser.add_argument("--skip-10n", action="store_true", help="skip the 10N memory run")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
 
     args.batch_size = args.batch_size or (16 if torch.cuda.is_available() else 2)
+    cores = os.cpu_count() or 1
+    args.actors = args.actors or cores
+    args.torch_threads = args.torch_threads or max(1, cores // args.actors)
+    layout = {"processes": args.actors, "threads": args.torch_threads}
+    job = {"actors": args.actors, "threads": args.torch_threads}
     sources = sorted(p for p in args.data.iterdir() if p.suffix.lower() == ".png")
     with tempfile.TemporaryDirectory(prefix="segbench-") as tmp:
         work = args.workdir or Path(tmp)
@@ -257,9 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         load_start = os.getloadavg()[0]
         a_runs, b_runs, c_runs = [], [], []
         for r in range(args.repeats):
-            a_runs.append(model_only(ckpt, sources, n, args.batch_size))
+            a_runs.append(model_only(ckpt, sources, n, args.batch_size, **layout))
             b_runs.append(
-                run_job(work / "inputs_n", work / "out_n", ckpt, args.batch_size, args.num_cpus)
+                run_job(
+                    work / "inputs_n", work / "out_n", ckpt, args.batch_size, args.num_cpus, **job
+                )
             )
             c_runs.append(naive(ckpt, paths[: args.naive_images], work / "naive"))
             print(
@@ -276,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_10n:
             make_inputs(work / "inputs_10n", sources, 10 * n)
             b10 = run_job(
-                work / "inputs_10n", work / "out_10n", ckpt, args.batch_size, args.num_cpus
+                work / "inputs_10n", work / "out_10n", ckpt, args.batch_size, args.num_cpus, **job
             )
             print(
                 f"(b) job, 10N={10 * n}: {b10['images_per_second']:.2f} images/s, peak RSS "
@@ -316,8 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         "precision": "bf16 autocast (native CPU bf16)" if cpu_supports_bf16() else "fp32",
         "naive_precision": "fp32",
         "batch_size": args.batch_size,
+        "actors": args.actors,
+        "torch_threads_per_actor": args.torch_threads,
         "image_size": "480x360 RGB PNG (CamVid val)",
-        "torch_threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
         "load_average_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "command": "python benchmarks/segment_throughput.py " + " ".join(argv or sys.argv[1:]),

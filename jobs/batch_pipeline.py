@@ -71,6 +71,14 @@ def init_ray(cfg: InferenceConfig) -> bool:
     return True
 
 
+def local_cores(cfg: InferenceConfig) -> int | None:
+    """This machine's cores when the job runs on a local Ray (no --ray-address or $RAY_ADDRESS);
+    None on a cluster, whose nodes may differ from the driver's."""
+    if cfg.ray_address or os.environ.get("RAY_ADDRESS"):
+        return None
+    return os.cpu_count() or 1
+
+
 def actor_gpus(cfg: InferenceConfig) -> float:
     """--num-gpus-per-actor, else 1 when the cluster has GPUs, else 0."""
     if cfg.num_gpus_per_actor is not None:
@@ -80,15 +88,52 @@ def actor_gpus(cfg: InferenceConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
-def torch_threads(cfg: InferenceConfig, use_gpu: bool) -> int:
-    """CPU actors share the node's cores (Ray would give each only num_cpus threads)."""
-    if cfg.torch_threads or use_gpu:
-        return cfg.torch_threads
-    return max(1, (os.cpu_count() or 1) // cfg.max_actors)
+@dataclass(frozen=True)
+class ActorPool:
+    """Size of the predictor actor pool and the torch threads of each CPU actor."""
+
+    min_size: int
+    max_size: int
+    torch_threads: int
+    """0 = keep torch's setting (GPU actors)."""
+
+
+def actor_pool(
+    cfg: InferenceConfig,
+    *,
+    num_gpus: float,
+    cluster: dict[str, float],
+    local_cores: int | None,
+) -> ActorPool:
+    """--min/--max-actors and --torch-threads, else a fixed pool that fills the hardware.
+
+    GPU: one actor per ``num_gpus`` of the cluster's GPUs. CPU: one single-threaded actor per
+    core (``local_cores``, the cores of a local Ray this job started; on a cluster half its
+    logical CPUs, the rest left to decode and write tasks). Single-threaded actors do not stall
+    at OpenMP barriers while a decode task holds a core: on 2 cores, 2 actors x 1 thread ran the
+    job at 12.0 images/s against 10.8 for 1 actor x 2 threads (benchmarks/segment_throughput.py).
+    """
+    if cfg.max_actors:
+        size = cfg.max_actors
+    elif num_gpus > 0:
+        size = int(cluster.get("GPU", 0) // num_gpus)
+    else:
+        size = local_cores or int(cluster.get("CPU", 0) // 2)
+    size = max(1, size)
+    if num_gpus > 0 or cfg.torch_threads:
+        threads = cfg.torch_threads
+    else:
+        threads = max(1, (local_cores or 1) // size)
+    return ActorPool(min_size=cfg.min_actors or size, max_size=size, torch_threads=threads)
 
 
 def predictor_settings(
-    cfg: InferenceConfig, *, use_gpu: bool, confidence_map: bool = False, keep_pixels: bool = False
+    cfg: InferenceConfig,
+    *,
+    use_gpu: bool,
+    torch_threads: int,
+    confidence_map: bool = False,
+    keep_pixels: bool = False,
 ) -> PredictorSettings:
     return PredictorSettings(
         tile_size=cfg.tile_size,
@@ -96,7 +141,7 @@ def predictor_settings(
         tta=cfg.tta,
         amp=cfg.amp_flag,
         use_gpu=use_gpu,
-        torch_threads=torch_threads(cfg, use_gpu),
+        torch_threads=torch_threads,
         batch_size=cfg.forward_batch(use_gpu),
         confidence_map=confidence_map,
         keep_pixels=keep_pixels,
@@ -112,13 +157,15 @@ def cpu_stage_args(cfg: InferenceConfig, *, rows: int, batch_size: int) -> dict[
     return {"num_cpus": cfg.decode_cpus, "compute": ray.data.TaskPoolStrategy(size=size)}
 
 
-def in_flight_limit_mb(cfg: InferenceConfig, image_bytes: int | None, rows_per_call: int) -> int:
+def in_flight_limit_mb(
+    cfg: InferenceConfig, image_bytes: int | None, rows_per_call: int, actors: int
+) -> int:
     """--max-in-flight-mb, else 12 calls' worth of ``image_bytes`` per actor (at least 32 MiB):
     enough to keep every actor fed, small enough that memory does not grow with the input."""
     if cfg.max_in_flight_mb:
         return cfg.max_in_flight_mb
     per_image = image_bytes or 4 * 2**20
-    return max(32, math.ceil(12 * rows_per_call * cfg.max_actors * per_image / 2**20))
+    return max(32, math.ceil(12 * rows_per_call * actors * per_image / 2**20))
 
 
 def build_prediction_dataset(
@@ -137,8 +184,21 @@ def build_prediction_dataset(
     import ray
 
     num_gpus = actor_gpus(cfg)
+    pool = actor_pool(
+        cfg, num_gpus=num_gpus, cluster=ray.cluster_resources(), local_cores=local_cores(cfg)
+    )
+    logger.info(
+        "predictor pool: %d-%d actors, %s",
+        pool.min_size,
+        pool.max_size,
+        f"{num_gpus:g} GPU each" if num_gpus else f"{pool.torch_threads} torch thread(s) each",
+    )
     settings = predictor_settings(
-        cfg, use_gpu=num_gpus > 0, confidence_map=confidence_map, keep_pixels=keep_pixels
+        cfg,
+        use_gpu=num_gpus > 0,
+        torch_threads=pool.torch_threads,
+        confidence_map=confidence_map,
+        keep_pixels=keep_pixels,
     )
     call_rows = cfg.call_rows(num_gpus > 0)
     rows_per_block = max(call_rows, math.ceil(len(rows) / MAX_INPUT_BLOCKS))
@@ -147,7 +207,7 @@ def build_prediction_dataset(
     )
     # Decoding is much faster than the model: without a limit Ray Data decodes ahead until a
     # share of the whole object store is full, so memory would grow with the number of images.
-    limit_mb = in_flight_limit_mb(cfg, image_bytes, call_rows)
+    limit_mb = in_flight_limit_mb(cfg, image_bytes, call_rows, pool.max_size)
     options = ds.context.execution_options  # this pipeline's own copy of the DataContext
     options.resource_limits = options.resource_limits.copy(object_store_memory=limit_mb * 2**20)
     logger.info("at most %d MiB of blocks in flight in the object store", limit_mb)
@@ -161,7 +221,7 @@ def build_prediction_dataset(
     return ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"checkpoint": checkpoint_ref, "settings": settings},
-        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
         batch_format="pyarrow",
         batch_size=call_rows,
         num_gpus=num_gpus,

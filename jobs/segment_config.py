@@ -35,25 +35,25 @@ class InferenceConfig:
     s3_endpoint_url: str | None = None
     """S3-compatible endpoint for s3:// inputs and outputs (MinIO, a local server); default $AWS_ENDPOINT_URL."""
     batch_size: int = 0
-    """Images per forward pass (equal-size images are stacked; others are predicted apart); 0 = auto: 16 on GPU, 2 on CPU, where small batches stay in cache (480x360 on 2 cores: 28 images/s at 2 against 16 at 8)."""
+    """Images per forward pass (equal-size images are stacked; others are predicted apart); 0 = auto: 16 on GPU, 2 on CPU (larger CPU batches are no faster and leave the cache)."""
     rows_per_call: int = 8
     """Images per Ray Data batch handed to a decode task or a predictor actor call (at least --batch-size); larger amortises per-call overhead."""
-    min_actors: int = 1
-    """Smallest size of the predictor actor pool (each actor loads the model once)."""
-    max_actors: int = 1
-    """Largest size of the predictor actor pool (Ray Data scales between min and max)."""
+    min_actors: int = 0
+    """Smallest size of the predictor actor pool (each actor loads the model once); 0 = --max-actors."""
+    max_actors: int = 0
+    """Largest size of the predictor actor pool (Ray Data scales between min and max); 0 = auto: one actor per GPU (by --num-gpus-per-actor), on CPU one single-threaded actor per core of a local Ray (half the logical CPUs of a cluster)."""
     num_gpus_per_actor: float | None = None
     """GPUs per predictor actor; default 1 when the cluster has GPUs, else 0 (CPU)."""
     num_cpus_per_actor: float = 1.0
     """Logical CPUs reserved per predictor actor."""
     torch_threads: int = 0
-    """torch intra-op threads per CPU actor; 0 = the node's cores divided by --max-actors."""
+    """torch intra-op threads per CPU actor; 0 = auto: a local Ray's cores divided by the pool size, 1 on a cluster."""
     decode_cpus: float = 0.5
     """Logical CPUs reserved per decode and per encode/write task."""
     cpu_tasks: int = 0
     """Most decode tasks (and, apart, encode/write tasks) running at once; 0 = auto: a quarter of the cluster's logical CPUs, at least 1 (each task process costs a Python + torch start-up, and on small nodes every extra one takes CPU from the model)."""
     max_in_flight_mb: int = 0
-    """Object-store memory (MiB) that this job's blocks in flight (decoded images, masks) may use; 0 = auto: 16 batches of the first input's size per actor, at least 256. Bounds memory however many images there are."""
+    """Object-store memory (MiB) that this job's blocks in flight (decoded images, masks) may use; 0 = auto: 12 calls (--rows-per-call images of the first input's size) per actor, at least 32. Bounds memory however many images there are."""
     tile_size: int = 512
     """Images larger than this on either side are predicted in overlapping tiles; 0 = never tile."""
     tile_overlap: int = 64
@@ -79,9 +79,12 @@ class InferenceConfig:
             problems.append(f"--batch-size must be >= 0 (0 = auto), got {self.batch_size}")
         if self.rows_per_call < 1:
             problems.append(f"--rows-per-call must be >= 1, got {self.rows_per_call}")
-        if self.min_actors < 1 or self.max_actors < self.min_actors:
+        if self.min_actors < 0 or self.max_actors < 0:
+            problems.append("--min-actors and --max-actors must be >= 0 (0 = auto)")
+        elif self.min_actors and self.max_actors < self.min_actors:
             problems.append(
-                f"need 1 <= --min-actors <= --max-actors, got {self.min_actors} and {self.max_actors}"
+                f"need --min-actors <= --max-actors, got {self.min_actors} and {self.max_actors} "
+                "(give --max-actors with --min-actors)"
             )
         if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
             problems.append(f"--num-gpus-per-actor must be >= 0, got {self.num_gpus_per_actor}")

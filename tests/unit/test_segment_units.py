@@ -83,12 +83,38 @@ def test_config_parsing_and_validation(capsys):
     assert (cfg.call_rows(use_gpu=False), cfg.call_rows(use_gpu=True)) == (8, 16)
     from jobs.batch_pipeline import in_flight_limit_mb
 
-    assert in_flight_limit_mb(cfg, 480 * 360 * 3, 8) == 143  # 12 calls of 8 images, 3 actors
-    assert in_flight_limit_mb(cfg, 10, 8) == 32  # the floor
+    assert in_flight_limit_mb(cfg, 480 * 360 * 3, 8, 3) == 143  # 12 calls of 8 images, 3 actors
+    assert in_flight_limit_mb(cfg, 10, 8, 3) == 32  # the floor
     with pytest.raises(ValueError, match="--min-actors"):
         SegmentConfig(input="a", output="b", min_actors=3, max_actors=2)
     with pytest.raises(ValueError, match="--tile-overlap"):
         SegmentConfig(input="a", output="b", tile_size=64, tile_overlap=64)
+    with pytest.raises(ValueError, match="give --max-actors"):
+        SegmentConfig(input="a", output="b", min_actors=2)
+
+
+def test_actor_pool_sizes():
+    from jobs.batch_pipeline import ActorPool, actor_pool
+
+    auto = SegmentConfig(input="a", output="b")
+    # CPU, local Ray on 2 cores: one single-threaded actor per core
+    assert actor_pool(auto, num_gpus=0, cluster={"CPU": 4}, local_cores=2) == ActorPool(2, 2, 1)
+    # CPU cluster: half the logical CPUs, one thread each
+    assert actor_pool(auto, num_gpus=0, cluster={"CPU": 64}, local_cores=None) == ActorPool(
+        32, 32, 1
+    )
+    # GPUs: one actor per GPU share; torch threads left alone
+    assert actor_pool(auto, num_gpus=1, cluster={"CPU": 32, "GPU": 4}, local_cores=None) == (
+        ActorPool(4, 4, 0)
+    )
+    assert actor_pool(auto, num_gpus=0.5, cluster={"GPU": 2}, local_cores=None).max_size == 4
+    # explicit flags win; threads split the local cores between the actors
+    fixed = SegmentConfig(input="a", output="b", min_actors=1, max_actors=3)
+    assert actor_pool(fixed, num_gpus=0, cluster={"CPU": 4}, local_cores=8) == ActorPool(1, 3, 2)
+    threads = SegmentConfig(input="a", output="b", max_actors=2, torch_threads=4)
+    assert actor_pool(threads, num_gpus=0, cluster={}, local_cores=None) == ActorPool(2, 2, 4)
+    # never an empty pool
+    assert actor_pool(auto, num_gpus=0, cluster={"CPU": 1}, local_cores=None).max_size == 1
 
 
 # --- inputs and planning ---------------------------------------------------------------------
