@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
 
-    args.batch_size = args.batch_size or (16 if torch.cuda.is_available() else 2)
+    args.batch_size = args.batch_size or (16 if torch.cuda.is_available() else 1)
     cores = os.cpu_count() or 1
     args.actors = args.actors or cores
     args.torch_threads = args.torch_threads or max(1, cores // args.actors)

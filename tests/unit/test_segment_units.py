@@ -79,7 +79,7 @@ def test_config_parsing_and_validation(capsys):
         )
     assert exc.value.code == 2
     assert "--mask-format must be one of" in capsys.readouterr().err
-    assert (cfg.forward_batch(use_gpu=False), cfg.forward_batch(use_gpu=True)) == (2, 16)
+    assert (cfg.forward_batch(use_gpu=False), cfg.forward_batch(use_gpu=True)) == (1, 16)
     assert (cfg.call_rows(use_gpu=False), cfg.call_rows(use_gpu=True)) == (8, 16)
     from jobs.batch_pipeline import in_flight_limit_mb
 
