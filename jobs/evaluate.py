@@ -42,6 +42,7 @@ from jobs.model_source import (
     fetch_checkpoint_bytes,
     resolve_model,
 )
+from jobs.ray_setup import quiet_ray_logs
 from jobs.segment_config import EvaluateConfig, parse_config
 from unet_core.checkpoint import load_checkpoint
 from unet_core.data import PairingError, pair_images_and_masks
@@ -71,6 +72,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     import ray
 
     started_ray = init_ray(cfg)
+    quiet_ray_logs(cfg.log_level)  # our progress lines replace Ray Data's bars
     total = ConfusionMatrix(class_map.num_classes)
     images: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []

@@ -47,6 +47,7 @@ from jobs.model_source import (
     fetch_checkpoint_bytes,
     resolve_model,
 )
+from jobs.ray_setup import quiet_ray_logs
 from jobs.segment_config import SegmentConfig, parse_config
 from unet_core.checkpoint import load_checkpoint
 
@@ -209,6 +210,7 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         import ray
 
         started_ray = init_ray(cfg)
+        quiet_ray_logs(cfg.log_level)  # our progress lines replace Ray Data's bars
         pipeline_start = time.perf_counter()
         writer = WriterSettings(
             output=output,

@@ -23,6 +23,7 @@ def test_decode_and_write_modules_do_not_import_torch():
 
 
 def test_every_public_name_resolves():
+    assert sorted(unet_core.__all__) == sorted(unet_core._EXPORTS)
     for name in unet_core.__all__:
         assert getattr(unet_core, name) is not None, name
     assert set(unet_core.__all__) <= set(dir(unet_core))
