@@ -85,16 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     segment = run_job(
         "segment.py",
-        ["--input", str(unlabelled / "images"), "--output", str(out / "masks"), "--overwrite"],
+        ["--input", str(unlabelled / "images"), "--output", str(out / "segmented"), "--overwrite"],
     )
-    picture(unlabelled, out / "masks" / "masks", class_map, out / "demo.png")
+    picture(unlabelled, out / "segmented" / "masks", class_map, out / "demo.png")
 
     tracking = train.get("tracking_uri") or "sqlite:///mlflow.db"
     print(f"""
 Demo finished in {time.time() - started:.0f} s.
   model        {train["model_uri"]}  (alias @champion set: {train["alias_set"]}, \
 val mIoU {train["val_miou"]:.3f})
-  masks        {out / "masks" / "masks"}  ({segment["ok"]} written, manifest {segment["manifest"]})
+  masks        {out / "segmented" / "masks"}  ({segment["ok"]} written, manifest {segment["manifest"]})
   picture      {out / "demo.png"}  (image | predicted mask | overlay)
   MLflow UI    .venv/bin/mlflow ui --backend-store-uri {tracking}   ->  http://127.0.0.1:5000
 """)
