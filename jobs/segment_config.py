@@ -8,15 +8,12 @@ share (model, cluster, prediction); `SegmentConfig` and `EvaluateConfig` add the
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import functools
-import inspect
-import textwrap
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any
+
+from jobs.cli_fields import NONE_WORDS, base_type, converter, field_docs
 
 DEFAULT_MODEL_URI = "models:/unet@champion"
 MASK_FORMATS = ("indices", "values", "color")
@@ -200,44 +197,6 @@ class EvaluateConfig(InferenceConfig):
 # --- flags from fields ---------------------------------------------------------------------------
 
 
-@functools.cache
-def _field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal under each field), base classes first."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body  # type: ignore[attr-defined]
-        for node, nxt in zip(body, body[1:], strict=False):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)
-            ):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def _base_type(tp: Any) -> tuple[type, bool]:
-    """(underlying type, optional?) of `X` or `X | None`."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
-        return next(a for a in args if a is not type(None)), True
-    return tp, False
-
-
-def _converter(tp: type, optional: bool):
-    def convert(text: str) -> Any:
-        if optional and text.lower() in ("none", "null", "auto", ""):
-            return None
-        return tp(text)
-
-    convert.__name__ = tp.__name__  # argparse names the type in its error messages
-    return convert
-
-
 _REQUIRED = {"input", "output", "data"}
 
 
@@ -247,7 +206,7 @@ def build_parser(cls: type, *, prog: str, description: str) -> argparse.Argument
         prog=prog, description=description, argument_default=argparse.SUPPRESS
     )
     hints = typing.get_type_hints(cls)
-    docs = _field_docs(cls)
+    docs = field_docs(cls)
     own = parser.add_argument_group(f"{prog} options")
     shared = parser.add_argument_group("model, cluster and prediction")
     shared_names = {f.name for f in dataclasses.fields(InferenceConfig)}
@@ -255,7 +214,7 @@ def build_parser(cls: type, *, prog: str, description: str) -> argparse.Argument
     for f in fields:
         group = shared if f.name in shared_names else own
         flag = "--" + f.name.replace("_", "-")
-        base, optional = _base_type(hints[f.name])
+        base, optional = base_type(hints[f.name])
         doc = docs.get(f.name, "")
         if f.name in _REQUIRED:
             text = f"{doc} (required)"
@@ -269,7 +228,7 @@ def build_parser(cls: type, *, prog: str, description: str) -> argparse.Argument
             group.add_argument(
                 flag,
                 dest=f.name,
-                type=_converter(base, optional),
+                type=converter(base, optional, (*NONE_WORDS, "auto")),
                 metavar="URI" if f.name in ("model", "input", "output", "data") else f.name.upper(),
                 help=text,
             )

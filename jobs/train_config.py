@@ -9,19 +9,15 @@ Every field becomes a flag (`--batch-size`) whose help is the field's docstring;
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import functools
-import inspect
 import json
 import re
-import textwrap
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.cli_fields import base_type, converter, field_docs
 from unet_core.config import ModelConfig, TrainConfig
 
 DEMO_PRESET: dict[str, Any] = {
@@ -172,24 +168,6 @@ def _job_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(TrainJobConfig) if f.name not in ("train", "model")]
 
 
-@functools.cache
-def _field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal under each field) read from the class source."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
 def _all_fields() -> list[tuple[str, Any, Any, str, str]]:
     """(name, type, default, help, section) for every settable field, job fields first."""
     rows = []
@@ -199,7 +177,7 @@ def _all_fields() -> list[tuple[str, Any, Any, str, str]]:
         (ModelConfig, "model", MODEL_FIELDS_FROM_DATA),
     ):
         hints = typing.get_type_hints(cls)
-        docs = _field_docs(cls)
+        docs = field_docs(cls)
         for f in dataclasses.fields(cls):
             if f.name in skip:
                 continue
@@ -207,28 +185,9 @@ def _all_fields() -> list[tuple[str, Any, Any, str, str]]:
     return rows
 
 
-def _base_type(tp: Any) -> tuple[type, bool]:
-    """(underlying type, optional?) of `X` or `X | None`."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return rest[0], True
-    return tp, False
-
-
-def _converter(tp: type, optional: bool):
-    def convert(text: str) -> Any:
-        if optional and text.lower() in ("none", "null", ""):
-            return None
-        return tp(text)
-
-    convert.__name__ = tp.__name__  # argparse names the type in its error messages
-    return convert
-
-
 def _coerce(name: str, value: Any, tp: Any) -> Any:
     """Check and convert a value read from a config file to the field's type."""
-    base, optional = _base_type(tp)
+    base, optional = base_type(tp)
     if value is None:
         if optional:
             return None
@@ -275,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, tp, default, doc, section in _all_fields():
         group = groups[section]
         flag = "--" + name.replace("_", "-")
-        base, optional = _base_type(tp)
+        base, optional = base_type(tp)
         text = doc if default is None else f"{doc} (default: {default})"
         if base is bool:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=text)
@@ -287,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(
                 flag,
                 dest=name,
-                type=_converter(base, optional),
+                type=converter(base, optional),
                 metavar={int: "N", float: "X"}.get(base, "TEXT"),
                 help=text,
             )
