@@ -15,138 +15,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # `python jobs/evaluate.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
-
-from jobs import fs
-from jobs.batch_pipeline import (
-    Progress,
-    build_prediction_dataset,
-    cpu_stage_args,
-    init_ray,
-    resolve_endpoint,
-    setup_logging,
-)
-from jobs.evaluation import image_figures, load_eval_class_map, log_evaluation, score_batch
-from jobs.image_io import estimate_image_bytes
-from jobs.model_source import (
-    ModelSourceError,
-    checkpoint_digest,
-    default_tracking_uri,
-    fetch_checkpoint_bytes,
-    resolve_model,
-)
-from jobs.ray_setup import quiet_ray_logs
-from jobs.segment_config import EvaluateConfig, parse_config
-from unet_core.checkpoint import load_checkpoint
-from unet_core.data import PairingError, pair_images_and_masks
-from unet_core.metrics import ConfusionMatrix
+from jobs.common.logs import setup_logging
+from jobs.inference.config import EvaluateConfig, parse_config
+from jobs.inference.evaluation import run_evaluation
+from jobs.inference.model_source import ModelSourceError
+from unet_core.data import PairingError
 
 logger = logging.getLogger("jobs.evaluate")
-
-
-def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Score the model on every pair under --data; returns the report."""
-    started = time.perf_counter()
-    endpoint = resolve_endpoint(cfg)
-    data = fs.absolute(cfg.data)
-    resolved = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri)
-    checkpoint = fetch_checkpoint_bytes(
-        resolved, tracking_uri=cfg.tracking_uri, endpoint_url=endpoint
-    )
-    loaded = load_checkpoint(checkpoint)
-    class_map = load_eval_class_map(data, cfg.class_map, loaded.class_map, endpoint)
-    pairs = pair_images_and_masks(data, lister=fs.make_lister(data, endpoint_url=endpoint))
-    rows = [
-        {"key": p.key, "input": fs.join(data, p.image), "mask_input": fs.join(data, p.mask)}
-        for p in pairs
-    ]
-    logger.info("%d image/mask pairs under %s; model %s", len(rows), data, resolved.uri_resolved)
-
-    import ray
-
-    started_ray = init_ray(cfg)
-    quiet_ray_logs(cfg.log_level)  # our progress lines replace Ray Data's bars
-    total = ConfusionMatrix(class_map.num_classes)
-    images: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
-    pipeline_start = time.perf_counter()
-    try:
-        ds = build_prediction_dataset(
-            rows,
-            cfg=cfg,
-            checkpoint_ref=ray.put(checkpoint),
-            channels=loaded.preprocess.channels,
-            endpoint_url=endpoint,
-            image_bytes=estimate_image_bytes(
-                [r["input"] for r in rows[:3]],
-                channels=loaded.preprocess.channels,
-                endpoint_url=endpoint,
-            ),
-        )
-        ds = ds.map_batches(
-            score_batch,
-            fn_kwargs={"class_map": class_map.to_dict(), "endpoint_url": endpoint},
-            batch_format="pyarrow",
-            batch_size=cfg.rows_per_call,
-            **cpu_stage_args(cfg, rows=len(rows), batch_size=cfg.rows_per_call),
-        )
-        progress = Progress(total=len(rows), every=cfg.progress_seconds, label="evaluate")
-        k = class_map.num_classes
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            batch_failed = 0
-            for row in table.to_pylist():
-                if row["status"] != "ok":
-                    batch_failed += 1
-                    failures.append({"image": row["key"], "error": row["error"]})
-                    continue
-                matrix = np.asarray(row["confusion"], dtype=np.int64).reshape(k, k)
-                total.matrix += matrix
-                images.append(image_figures(row["key"], matrix, class_map.names))
-            progress.update(table.num_rows, batch_failed)
-        pipeline_seconds = time.perf_counter() - pipeline_start
-    finally:
-        if started_ray:
-            ray.shutdown()
-
-    images.sort(key=lambda r: r["image"])
-    summary = total.summary(class_map.names)
-    report = {
-        **summary,
-        "images_evaluated": len(images),
-        "total": len(rows),
-        "ok": len(images),
-        "failed": len(failures),
-        "failed_fraction": len(failures) / max(1, len(rows)),
-        "failures": sorted(failures, key=lambda r: r["image"]),
-        "confusion_matrix": total.matrix.tolist(),
-        "class_names": class_map.names,
-        "data": data,
-        **resolved.to_dict(),
-        "checkpoint_sha256": checkpoint_digest(checkpoint),
-        "images_per_second": len(rows) / pipeline_seconds if pipeline_seconds else 0.0,
-        "seconds": round(time.perf_counter() - started, 3),
-        "images": images,
-    }
-    if cfg.log_to_mlflow:
-        report["mlflow_run_id"] = log_evaluation(
-            report,
-            tracking_uri=default_tracking_uri(cfg.tracking_uri),
-            experiment=cfg.experiment,
-            model_name=resolved.name,
-            model_version=resolved.version,
-        )
-    if cfg.report:
-        fs.write_bytes_atomic(
-            *fs.resolve(cfg.report, endpoint_url=endpoint), json.dumps(report, indent=2).encode()
-        )
-    return report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from unet_core.losses import SegmentationLoss
     from unet_core.metrics import ConfusionMatrix
     from unet_core.model import UNet
+    from unet_core.precision import autocast_context
     from unet_core.predict import (
         Prediction,
-        autocast_context,
         predict,
         predict_batch,
         predict_tensor,
@@ -72,7 +72,7 @@ _EXPORTS = {
     "ConfusionMatrix": "unet_core.metrics",
     "UNet": "unet_core.model",
     "Prediction": "unet_core.predict",
-    "autocast_context": "unet_core.predict",
+    "autocast_context": "unet_core.precision",
     "predict": "unet_core.predict",
     "predict_batch": "unet_core.predict",
     "predict_tensor": "unet_core.predict",

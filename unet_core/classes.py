@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from unet_core.config import IGNORE_INDEX
+from unet_core.messages import shorten_values
 
 CLASS_MAP_FILENAME = "classes.json"
 MAX_CLASSES = IGNORE_INDEX - 1  # indices 0..253 are classes, 255 is ignore: 254 classes at most
@@ -68,13 +69,6 @@ def default_palette(n: int) -> np.ndarray:
         r, g, b = colorsys.hsv_to_rgb(hue, 0.75, value)
         colours.append((round(r * 255), round(g * 255), round(b * 255)))
     return np.asarray(colours, dtype=np.uint8).reshape(n, 3)
-
-
-def _shorten(values: list[int] | np.ndarray, limit: int = 10) -> str:
-    values = [int(v) for v in values]
-    text = ", ".join(str(v) for v in values[:limit])
-    more = f", ... ({len(values)} in all)" if len(values) > limit else ""
-    return f"[{text}{more}]"
 
 
 @dataclass(frozen=True)
@@ -300,7 +294,7 @@ class ClassMap:
             out_of_range = (mask < 0) | (mask > MAX_VALUE)
             if out_of_range.any():
                 raise MaskValueError(
-                    f"{source}: mask values {_shorten(np.unique(mask[out_of_range]))} are "
+                    f"{source}: mask values {shorten_values(np.unique(mask[out_of_range]))} are "
                     f"outside 0..{MAX_VALUE}; masks hold 8- or 16-bit class values"
                 )
             mask = mask.astype(np.uint16)
@@ -309,9 +303,9 @@ class ClassMap:
         if unknown.any():
             bad = np.unique(mask[unknown])
             raise MaskValueError(
-                f"{source}: mask values {_shorten(bad)} ({int(unknown.sum())} pixels) map to no "
-                f"class (class values {_shorten(self.values)}, ignored "
-                f"{_shorten(list(self.ignore_values))}); add them to 'classes' or "
+                f"{source}: mask values {shorten_values(bad)} ({int(unknown.sum())} pixels) map to no "
+                f"class (class values {shorten_values(self.values)}, ignored "
+                f"{shorten_values(list(self.ignore_values))}); add them to 'classes' or "
                 f"'ignore_values' in the class map ({CLASS_MAP_FILENAME})"
             )
         return out.astype(np.uint8)
@@ -327,7 +321,7 @@ class ClassMap:
         bad = (indices < 0) | ((indices >= self.num_classes) & (indices != IGNORE_INDEX))
         if bad.any():
             raise ValueError(
-                f"class indices {_shorten(np.unique(indices[bad]))} are not in "
+                f"class indices {shorten_values(np.unique(indices[bad]))} are not in "
                 f"0..{self.num_classes - 1} or {IGNORE_INDEX} (ignore)"
             )
         lut = np.zeros(256, dtype=dtype)

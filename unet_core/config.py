@@ -99,6 +99,14 @@ class PreprocessConfig:
     def for_channels(cls, channels: int) -> PreprocessConfig:
         return cls(channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels)
 
+    def shift_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel float32 (mean * 255, 1 / (std * 255)): normalised = (x - shift) * scale.
+        The one formula of every normalisation (NumPy here, torch in
+        `unet_core.transforms.normalize_batch`), so training and prediction agree bit for bit."""
+        shift = np.asarray(self.mean, dtype=np.float32) * 255.0
+        scale = 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
+        return shift, scale
+
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """HxWxC uint8 -> CxHxW float32, normalised."""
         if image.ndim == 2:
@@ -107,9 +115,8 @@ class PreprocessConfig:
             raise ValueError(
                 f"image has {image.shape[2]} channels, the model expects {self.channels}"
             )
-        mean = np.asarray(self.mean, dtype=np.float32) * 255.0
-        inv_std = 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
-        out = (image.astype(np.float32) - mean) * inv_std  # (H, W, C)
+        shift, scale = self.shift_scale()
+        out = (image.astype(np.float32) - shift) * scale  # (H, W, C)
         return np.ascontiguousarray(out.transpose(2, 0, 1))  # (C, H, W)
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from unet_core.classes import CLASS_MAP_FILENAME, ClassMap, MaskValueError
+from unet_core.messages import shorten
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ __all__ = [
     "split_pairs",
 ]
 
-_LIST_LIMIT = 10
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
@@ -98,11 +98,6 @@ def is_image_file(rel: str) -> bool:
     return posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _listing(names: Sequence[str], limit: int = _LIST_LIMIT) -> str:
-    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
 def _plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
@@ -123,7 +118,7 @@ def _empty_error(root: str, folder: str, skipped: list[str]) -> PairingError:
     what = "images" if folder == IMAGES_DIR else "masks (one per image)"
     msg = f"{root}: {folder}/ is missing or holds no image files"
     if skipped:
-        msg += f" ({_plural(len(skipped), 'file', 'files')} with other extensions: {_listing(skipped)})"
+        msg += f" ({_plural(len(skipped), 'file', 'files')} with other extensions: {shorten(skipped)})"
     return PairingError(
         f"{msg}. A labelled data root holds images/ and masks/ side by side; put the {what} "
         f"under {root}/{folder}/ as {'/'.join(sorted(IMAGE_EXTENSIONS))} files, or point the "
@@ -158,17 +153,17 @@ def pair_images_and_masks(root: str | Path, *, lister: Lister | None = None) -> 
     if duplicates:
         problems.append(
             f"{_plural(len(duplicates), 'key has', 'keys have')} more than one file "
-            f"({_listing(duplicates)}): keep one file per stem in each folder"
+            f"({shorten(duplicates)}): keep one file per stem in each folder"
         )
     no_mask = [images[k][0] for k in sorted(set(images) - set(masks))]
     if no_mask:
         problems.append(
-            f"{_plural(len(no_mask), 'image has', 'images have')} no mask: {_listing(no_mask)}"
+            f"{_plural(len(no_mask), 'image has', 'images have')} no mask: {shorten(no_mask)}"
         )
     no_image = [masks[k][0] for k in sorted(set(masks) - set(images))]
     if no_image:
         problems.append(
-            f"{_plural(len(no_image), 'mask has', 'masks have')} no image: {_listing(no_image)}"
+            f"{_plural(len(no_image), 'mask has', 'masks have')} no image: {shorten(no_image)}"
         )
     if problems:
         raise PairingError(
@@ -365,13 +360,3 @@ def load_class_map(root: str | Path, class_map_path: str | Path | None = None) -
             "value of each class, ignore_values) or pass --class-map FILE"
         )
     return ClassMap.from_file(path)
-
-
-def image_channels(data: bytes, *, source: str = "<image>") -> int:
-    """Channel count from the header only (no full decode): 1 for grayscale, 3 for colour."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            mode = img.mode
-    except Exception as exc:
-        raise ImageDecodeError(f"{source}: cannot read the image header ({exc})") from exc
-    return 1 if mode in ("1", "L", "LA", "La", "I", "F", *_SIXTEEN_BIT_MODES) else 3

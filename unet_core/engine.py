@@ -6,7 +6,7 @@ runs here over a torch DataLoader and inside Ray Train workers over Ray Data sha
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import math
 import time
@@ -24,22 +24,17 @@ from unet_core.data import Pair, pair_images_and_masks, read_image, read_mask, s
 from unet_core.losses import SegmentationLoss
 from unet_core.metrics import ConfusionMatrix
 from unet_core.model import UNet
-from unet_core.transforms import eval_transforms, to_tensors, train_transforms
+from unet_core.precision import autocast, autocast_dtype
+from unet_core.transforms import (
+    collate_pairs,
+    eval_transforms,
+    to_tensors,
+    transforms_for_training,
+)
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def amp_dtype_for(device: torch.device | str) -> torch.dtype | None:
-    """bf16 autocast for training on GPUs; full precision on CPU (bf16 CPU training is slower)."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else None
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -102,7 +97,7 @@ def train_one_epoch(
     for x, y in batches:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(x)  # (B, K, H, W)
         loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -147,7 +142,7 @@ def evaluate(
     for x, y in batches:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(x)
         loss_sum += loss_fn(logits.float(), y).item() * x.shape[0]
         images += x.shape[0]
@@ -167,6 +162,7 @@ class PairDataset(torch.utils.data.Dataset):
         transform: Callable,
         preprocess: PreprocessConfig,
         seed: int = 0,
+        raw: bool = False,
     ) -> None:
         self.root = Path(root)
         self.pairs = pairs
@@ -174,6 +170,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.preprocess = preprocess
         self.seed = seed
+        self.raw = raw  # the augmented uint8 arrays (for `collate_pairs`), not tensors
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -188,6 +185,8 @@ class PairDataset(torch.utils.data.Dataset):
         mask = read_mask(self.root / pair.mask, self.class_map)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image, mask = self.transform(image, mask, rng)
+        if self.raw:
+            return np.ascontiguousarray(image), np.ascontiguousarray(mask)
         return to_tensors(image, mask, self.preprocess)
 
 
@@ -218,14 +217,15 @@ def fit(
     torch.manual_seed(cfg.seed)
     pairs = pairs if pairs is not None else pair_images_and_masks(root)
     train_pairs, val_pairs = split_pairs(pairs, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    crop = cfg.crop_size or None
-    transform = (
-        train_transforms(crop, flips=cfg.augment, rotate90=cfg.augment, jitter=cfg.augment)
-        if crop
-        else eval_transforms(None)
-    )
+    transform = transforms_for_training(cfg.crop_size, augment=cfg.augment)
     train_set = PairDataset(
-        root, train_pairs, class_map, transform=transform, preprocess=preprocess, seed=cfg.seed
+        root,
+        train_pairs,
+        class_map,
+        transform=transform,
+        preprocess=preprocess,
+        seed=cfg.seed,
+        raw=True,
     )
     loader = torch.utils.data.DataLoader(
         train_set,
@@ -233,6 +233,7 @@ def fit(
         shuffle=True,
         drop_last=False,
         generator=torch.Generator().manual_seed(cfg.seed),
+        collate_fn=functools.partial(collate_pairs, preprocess=preprocess),
     )
     val_loader = None
     if val_pairs:
@@ -247,7 +248,7 @@ def fit(
     )
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=len(loader))
-    amp = amp_dtype_for(device)
+    amp = autocast_dtype(device, training=True)
     history: dict[str, list[float]] = {"train_loss": []}
     val: EvalStats | None = None
     for epoch in range(cfg.epochs):

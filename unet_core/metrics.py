@@ -19,14 +19,9 @@ import numpy as np
 import torch
 
 from unet_core.config import IGNORE_INDEX
+from unet_core.messages import shorten_values
 
 ArrayLike = np.ndarray | torch.Tensor
-
-
-def _values(values: np.ndarray, limit: int = 10) -> str:
-    values = np.unique(values)
-    text = ", ".join(str(int(v)) for v in values[:limit])
-    return f"[{text}{', ...' if values.size > limit else ''}]"
 
 
 class ConfusionMatrix:
@@ -114,13 +109,13 @@ class ConfusionMatrix:
         bad_pred = p[keep & ((p < 0) | (p >= k))]
         if bad_pred.size:
             raise ValueError(
-                f"predictions must be class indices in [0, {k}), got {_values(bad_pred)}; "
+                f"predictions must be class indices in [0, {k}), got {shorten_values(np.unique(bad_pred))}; "
                 f"check that the model has {k} output classes"
             )
         bad_target = t[keep & ((t < 0) | (t >= k))]
         raise ValueError(
             f"targets must be class indices in [0, {k}) or the ignore index "
-            f"{self.ignore_index}, got {_values(bad_target)}; decode masks with the class map"
+            f"{self.ignore_index}, got {shorten_values(np.unique(bad_target))}; decode masks with the class map"
         )
 
     def reset(self) -> None:
@@ -230,13 +225,13 @@ class ConfusionMatrix:
             raise ValueError(f"class_names needs {self.num_classes} distinct names, got {names!r}")
         iou, dice, support = self.iou(), self.dice(), self.support()
         return {
-            "mean_iou": _clean(self.mean_iou()),
-            "mean_dice": _clean(self.mean_dice()),
-            "pixel_accuracy": _clean(self.pixel_accuracy()),
-            "pixel_error": _clean(self.pixel_error()),
+            "mean_iou": finite_or_none(self.mean_iou()),
+            "mean_dice": finite_or_none(self.mean_dice()),
+            "pixel_accuracy": finite_or_none(self.pixel_accuracy()),
+            "pixel_error": finite_or_none(self.pixel_error()),
             "pixels": int(self.matrix.sum()),
             "per_class": {
-                name: {"iou": _clean(iou[i]), "dice": _clean(dice[i]), "support": int(support[i])}
+                name: {"iou": finite_or_none(iou[i]), "dice": finite_or_none(dice[i]), "support": int(support[i])}
                 for i, name in enumerate(names)
             },
         }
@@ -248,5 +243,7 @@ class ConfusionMatrix:
         )
 
 
-def _clean(x: float) -> float | None:
-    return None if np.isnan(x) else float(x)
+def finite_or_none(x: float | None) -> float | None:
+    """``x`` as a float, or None when it is None, NaN or infinite (JSON and MLflow take no NaN):
+    e.g. the IoU of a class absent from both truth and prediction."""
+    return None if x is None or not np.isfinite(x) else float(x)

@@ -20,7 +20,6 @@ For a 4000 x 4000 RGB image, K = 3, T = 1024: 48 MB image, 49 MB band, 80 MB out
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,12 +30,13 @@ from PIL import Image
 from torch import nn
 
 from unet_core.config import PreprocessConfig
+from unet_core.precision import autocast_context, cpu_supports_bf16
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Prediction",
-    "autocast_context",
+    "autocast_context",  # from unet_core.precision, kept importable from here
     "cpu_supports_bf16",
     "predict",
     "predict_batch",
@@ -62,27 +62,6 @@ def resolve_device(device: torch.device | str | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@functools.cache
-def cpu_supports_bf16() -> bool:
-    """Native bf16 math on this CPU (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-
-
-def autocast_context(
-    device: torch.device | str, enabled: bool | None = None
-) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, and on CPUs with native bf16; ``enabled`` forces it on or off."""
-    device = torch.device(device)
-    if enabled is None:
-        enabled = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def prepare_for_inference(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:

@@ -22,14 +22,17 @@ __all__ = [
     "CenterCrop",
     "ColorJitter",
     "Compose",
+    "collate_pairs",
     "PadTo",
     "RandomCrop",
     "RandomFlip",
     "RandomRotate90",
     "Resize",
     "eval_transforms",
+    "normalize_batch",
     "to_tensors",
     "train_transforms",
+    "transforms_for_training",
 ]
 
 
@@ -261,6 +264,15 @@ def train_transforms(
     return Compose(steps)
 
 
+def transforms_for_training(crop_size: int | None, *, augment: bool) -> Compose:
+    """The training pipeline of a TrainConfig: random crops of ``crop_size`` (0/None: whole
+    images) and, when ``augment``, flips, 90-degree rotations and jitter; with neither, the
+    images pass unchanged. The single-process `fit` and the Ray Train workers both use it."""
+    if not crop_size and not augment:
+        return eval_transforms(None)
+    return train_transforms(crop_size or None, flips=augment, rotate90=augment, jitter=augment)
+
+
 def eval_transforms(crop_size: int | None = None) -> Compose:
     """Identity for whole-image evaluation, or a deterministic center crop (padded if smaller)."""
     return Compose([CenterCrop(crop_size)] if crop_size else [])
@@ -273,3 +285,32 @@ def to_tensors(
     x = torch.from_numpy(preprocess.normalize(np.ascontiguousarray(image)))
     y = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
     return x, y
+
+
+def normalize_batch(images: torch.Tensor, preprocess: PreprocessConfig) -> torch.Tensor:
+    """(B, H, W, C) uint8 on any device -> (B, C, H, W) float32 normalised, on that device.
+
+    The arithmetic of `PreprocessConfig.normalize`; the result is an NCHW view with
+    channels-last strides, the layout the model runs in.
+    """
+    shift, scale = (
+        torch.from_numpy(v).to(images.device).view(1, -1, 1, 1) for v in preprocess.shift_scale()
+    )
+    return (images.permute(0, 3, 1, 2).float() - shift) * scale  # (B, C, H, W)
+
+
+def collate_pairs(
+    pairs: Sequence[Arrays], preprocess: PreprocessConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augmented (image, mask) pairs -> one batch: padded to the largest size in the batch
+    (image 0, mask IGNORE_INDEX, which no loss or metric counts) and normalised:
+    (B, C, H, W) float32 and (B, H, W) int64."""
+    h = max(mask.shape[0] for _, mask in pairs)
+    w = max(mask.shape[1] for _, mask in pairs)
+    c = pairs[0][0].shape[2]
+    x = np.zeros((len(pairs), h, w, c), dtype=np.uint8)
+    y = np.full((len(pairs), h, w), IGNORE_INDEX, dtype=np.uint8)
+    for i, (image, mask) in enumerate(pairs):
+        x[i, : image.shape[0], : image.shape[1]] = image
+        y[i, : mask.shape[0], : mask.shape[1]] = mask
+    return normalize_batch(torch.from_numpy(x), preprocess), torch.from_numpy(y).long()

@@ -1,0 +1,156 @@
+"""Command-line flags and config files from typed dataclass fields: shared by every job.
+
+Each field's help text is its attribute docstring (the string literal under it), and its
+argparse type comes from its annotation (``X`` or ``X | None``). A config file (JSON, or YAML
+when PyYAML is installed) sets the same fields by name, checked against their types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import json
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+NONE_WORDS = ("none", "null", "")
+"""Flag values that mean None for an optional field."""
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field), base classes first."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def base_type(tp: Any) -> tuple[type, bool]:
+    """(underlying type, optional?) of `X` or `X | None`."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return tp, False
+
+
+def converter(
+    tp: type, optional: bool, none_words: tuple[str, ...] = NONE_WORDS
+) -> Callable[[str], Any]:
+    """argparse ``type=``: ``tp(text)``, or None for ``none_words`` when the field is optional."""
+
+    def convert(text: str) -> Any:
+        if optional and text.lower() in none_words:
+            return None
+        return tp(text)
+
+    convert.__name__ = tp.__name__  # argparse names the type in its error messages
+    return convert
+
+
+def add_field_flag(
+    group: Any,
+    name: str,
+    tp: Any,
+    text: str,
+    *,
+    metavar: str,
+    none_words: tuple[str, ...] = NONE_WORDS,
+) -> None:
+    """``--field-name`` for a field: ``--x/--no-x`` for booleans, else a typed value."""
+    flag = "--" + name.replace("_", "-")
+    base, optional = base_type(tp)
+    if base is bool:
+        group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=text)
+    else:
+        group.add_argument(
+            flag, dest=name, type=converter(base, optional, none_words), metavar=metavar, help=text
+        )
+
+
+def coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check and convert a value read from a config file to the field's type."""
+    base, optional = base_type(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config key {name!r} must not be null")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key {name!r} must be true or false, got {value!r}")
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is str and isinstance(value, str):
+        return value
+    raise ValueError(f"config key {name!r} must be {base.__name__}, got {value!r}")
+
+
+def _parse_file(path: Path) -> Any:
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise ValueError(
+                f"{path}: reading YAML needs PyYAML (pip install pyyaml); or use a .json file"
+            ) from exc
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); YAML files need .yaml/.yml") from exc
+
+
+def load_config_file(
+    path: str | Path,
+    field_types: Mapping[str, Any],
+    *,
+    sections: tuple[str, ...] = (),
+    prog: str = "the job",
+) -> dict[str, Any]:
+    """Flat field values from a JSON or YAML file; mappings under ``sections`` (e.g. `train:`,
+    `model:`) are flattened. Unknown keys and values of the wrong type name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    data = _parse_file(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of field names to values")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in sections and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    flat = {k.replace("-", "_"): v for k, v in flat.items()}
+    unknown = sorted(set(flat) - set(field_types))
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; run {prog} --help for the fields")
+    try:
+        return {k: coerce(k, v, field_types[k]) for k, v in flat.items()}
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc

@@ -1,0 +1,146 @@
+"""One filesystem factory for local paths and s3:// URIs (AWS, MinIO, a local S3 server alike).
+
+pyarrow's S3FileSystem ignores AWS_ENDPOINT_URL, so the endpoint is passed explicitly here;
+every job lists, reads and writes through `resolve` so local folders and buckets share one code path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from unet_core.data import IMAGE_EXTENSIONS, Lister
+
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+"""Environment variables naming an S3-compatible endpoint, most specific first (boto3's order)."""
+
+
+def s3_endpoint(explicit: str | None = None) -> str | None:
+    """The S3 endpoint: ``explicit`` (--s3-endpoint-url), else $AWS_ENDPOINT_URL_S3, else
+    $AWS_ENDPOINT_URL; None = AWS itself. Jobs fix it on the driver and pass it to every task."""
+    return explicit or next((os.environ[k] for k in ENDPOINT_ENV if os.environ.get(k)), None)
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def s3_filesystem(endpoint_url: str | None = None) -> pafs.S3FileSystem:
+    """An S3 filesystem honouring an S3-compatible endpoint (`s3_endpoint`)."""
+    endpoint = s3_endpoint(endpoint_url)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return _s3_filesystem(endpoint, region)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+    """One client per (endpoint, region) and process: S3 clients are costly to build."""
+    kwargs: dict = {"region": region}
+    if endpoint:
+        scheme, _, host = endpoint.rpartition("://")
+        kwargs["endpoint_override"] = host.rstrip("/")
+        kwargs["scheme"] = scheme or "https"
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str | Path, *, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it). Local paths become absolute, so Ray workers agree on them."""
+    uri = str(uri)
+    if uri.startswith("s3://"):
+        return s3_filesystem(endpoint_url), uri[len("s3://") :].rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if is_remote(uri):
+        raise ValueError(
+            f"unsupported URI scheme in {uri!r}: use a local path or s3://bucket/prefix"
+        )
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def absolute(uri: str | Path) -> str:
+    """A local path made absolute; s3:// URIs unchanged."""
+    uri = str(uri)
+    return uri.rstrip("/") if is_remote(uri) else str(Path(uri).expanduser().resolve())
+
+
+def join(uri: str, *parts: str) -> str:
+    uri = str(uri)
+    if is_remote(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return str(Path(uri).joinpath(*parts))
+
+
+def list_files(uri: str, *, endpoint_url: str | None = None) -> list[str]:
+    """All files under a folder or prefix, recursively, as sorted relative posix paths."""
+    fs, base = resolve(uri, endpoint_url=endpoint_url)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    if info.type == pafs.FileType.File:
+        raise NotADirectoryError(f"{uri} is a file; expected a folder or prefix")
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    prefix = base.rstrip("/") + "/"
+    out = []
+    for item in fs.get_file_info(selector):
+        if item.type != pafs.FileType.File:
+            continue
+        rel = item.path[len(prefix) :] if item.path.startswith(prefix) else item.path
+        out.append(rel.replace(os.sep, "/"))
+    return sorted(out)
+
+
+def list_images(uri: str, *, endpoint_url: str | None = None) -> list[str]:
+    """Image files (case-insensitive extensions) under a folder or prefix; hidden files skipped."""
+    return [
+        rel
+        for rel in list_files(uri, endpoint_url=endpoint_url)
+        if posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in rel.split("/"))
+    ]
+
+
+def make_lister(root_uri: str, *, endpoint_url: str | None = None) -> Lister:
+    """A `unet_core.data.Lister` over a local or S3 root."""
+
+    def lister(folder: str) -> list[str]:
+        return list_files(join(root_uri, folder), endpoint_url=endpoint_url)
+
+    return lister
+
+
+def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
+    fs, path = resolve(uri, endpoint_url=endpoint_url)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def exists(uri: str, *, endpoint_url: str | None = None) -> bool:
+    fs, path = resolve(uri, endpoint_url=endpoint_url)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write so that no reader ever sees a half-written file under `path`.
+
+    Local: write a temporary sibling, then rename over the final name. S3: a single PUT is
+    atomic already (the object appears whole or not at all).
+    """
+    if isinstance(fs, pafs.LocalFileSystem):
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(data)

@@ -1,0 +1,52 @@
+"""Where the MLflow store is, for every job: tracking and registry URIs, a client, key names.
+
+Workers and later runs may have another working directory, and they do not inherit MLFLOW_*
+variables from the driver: the driver resolves the URI once (a relative sqlite path made
+absolute) and hands it on explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-.]")
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The flag, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; sqlite paths made
+    absolute so that workers (another working directory) open the same file."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri[len("sqlite:///") :]
+        uri = f"sqlite:///{Path(path).expanduser().resolve()}"
+    elif "://" not in uri:  # a bare folder is the (refused) file store: say so early
+        raise ValueError(
+            f"tracking URI {uri!r} is a path; MLflow 3 needs a database or server URI, e.g. "
+            f"sqlite:///{Path(uri).resolve()}.db or http://host:5000"
+        )
+    return uri
+
+
+def registry_uri(tracking_uri: str | None, resolved: str) -> str:
+    """$MLFLOW_REGISTRY_URI unless a tracking URI was given explicitly, else the tracking URI."""
+    registry = os.environ.get("MLFLOW_REGISTRY_URI") if not tracking_uri else None
+    return registry or resolved
+
+
+def mlflow_client(tracking_uri: str | None = None):
+    """(MlflowClient, resolved tracking URI) with the registry of `registry_uri`."""
+    from mlflow import MlflowClient
+
+    tracking = resolve_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking, registry_uri=registry_uri(tracking_uri, tracking)), (
+        tracking
+    )
+
+
+def metric_name(text: str) -> str:
+    """A name (a class name may hold any character) made safe as part of an MLflow metric or
+    tag key: anything but letters, digits, '_', '-' and '.' becomes '_'."""
+    return _UNSAFE.sub("_", text)

@@ -1,0 +1,242 @@
+"""Configuration of the batch jobs `jobs/segment.py` and `jobs/evaluate.py`.
+
+Typed dataclasses with a docstring per field; every field becomes a flag (`--batch-size`) whose
+help is that docstring, so `--help` documents them all. `InferenceConfig` holds what both jobs
+share (model, cluster, prediction); `SegmentConfig` and `EvaluateConfig` add their own fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.common.cli import NONE_WORDS, add_field_flag, field_docs
+
+DEFAULT_MODEL_URI = "models:/unet@champion"
+MASK_FORMATS = ("indices", "values", "color")
+MANIFEST_FORMATS = ("parquet", "jsonl")
+AMP_MODES = ("auto", "bf16", "off")
+
+
+@dataclass
+class InferenceConfig:
+    """Model, cluster and prediction settings shared by the segment and evaluate jobs."""
+
+    model: str = DEFAULT_MODEL_URI
+    """MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH) or a local or s3:// unet_core checkpoint (file, or a folder holding unet.pt). An alias is resolved to a fixed version once, on the driver."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (made absolute)."""
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint for s3:// inputs and outputs (MinIO, a local server); default $AWS_ENDPOINT_URL."""
+    batch_size: int = 0
+    """Images per forward pass (equal-size images are stacked; others are predicted apart); 0 = auto: 16 on GPU, 1 on CPU (faster for single-threaded CPU actors; measured in the README)."""
+    rows_per_call: int = 8
+    """Images per Ray Data batch handed to a decode task or a predictor actor call (at least --batch-size); larger amortises per-call overhead."""
+    min_actors: int = 0
+    """Smallest size of the predictor actor pool (each actor loads the model once); 0 = --max-actors."""
+    max_actors: int = 0
+    """Largest size of the predictor actor pool (Ray Data scales between min and max); 0 = auto: one actor per GPU (by --num-gpus-per-actor), on CPU one single-threaded actor per core of a local Ray (half the logical CPUs of a cluster)."""
+    num_gpus_per_actor: float | None = None
+    """GPUs per predictor actor; default 1 when the cluster has GPUs, else 0 (CPU)."""
+    num_cpus_per_actor: float = 1.0
+    """Logical CPUs reserved per predictor actor."""
+    torch_threads: int = 0
+    """torch intra-op threads per CPU actor; 0 = auto: a local Ray's cores divided by the pool size, 1 on a cluster."""
+    decode_cpus: float = 0.5
+    """Logical CPUs reserved per decode and per encode/write task."""
+    cpu_tasks: int = 0
+    """Most decode tasks (and, apart, encode/write tasks) running at once; 0 = auto: a quarter of the cluster's logical CPUs, at least 1 (each task process costs a Python + torch start-up, and on small nodes every extra one takes CPU from the model)."""
+    max_in_flight_mb: int = 0
+    """Object-store memory (MiB) that this job's blocks in flight (decoded images, masks) may use; 0 = auto: 12 calls (--rows-per-call images of the first input's size) per actor, at least 32. Bounds memory however many images there are."""
+    tile_size: int = 512
+    """Images larger than this on either side are predicted in overlapping tiles; 0 = never tile."""
+    tile_overlap: int = 64
+    """Overlap in pixels between neighbouring tiles (blended with linear ramps)."""
+    tta: bool = False
+    """Flip test-time augmentation (average of identity, horizontal and vertical flips)."""
+    amp: str = "auto"
+    """Mixed precision: auto (bf16 on CUDA and on CPUs with native bf16), bf16, or off (fp32)."""
+    max_failed_fraction: float = 0.0
+    """Exit non-zero when failed / total exceeds this (0: any failure sets the exit code)."""
+    progress_seconds: float = 10.0
+    """Seconds between progress lines on stderr."""
+    ray_address: str | None = None
+    """Ray cluster to connect to; default $RAY_ADDRESS, else a local Ray is started."""
+    num_cpus: int | None = None
+    """Logical CPUs of a local Ray started by the job; default max(4, 2 x cores), so decode tasks run beside the actors."""
+    log_level: str = "INFO"
+    """Logging level (stderr)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.batch_size < 0:
+            problems.append(f"--batch-size must be >= 0 (0 = auto), got {self.batch_size}")
+        if self.rows_per_call < 1:
+            problems.append(f"--rows-per-call must be >= 1, got {self.rows_per_call}")
+        if self.min_actors < 0 or self.max_actors < 0:
+            problems.append("--min-actors and --max-actors must be >= 0 (0 = auto)")
+        elif self.min_actors and self.max_actors < self.min_actors:
+            problems.append(
+                f"need --min-actors <= --max-actors, got {self.min_actors} and {self.max_actors} "
+                "(give --max-actors with --min-actors)"
+            )
+        if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
+            problems.append(f"--num-gpus-per-actor must be >= 0, got {self.num_gpus_per_actor}")
+        if self.num_cpus_per_actor < 0 or self.decode_cpus <= 0:
+            problems.append("--num-cpus-per-actor must be >= 0 and --decode-cpus > 0")
+        if self.max_in_flight_mb < 0:
+            problems.append(
+                f"--max-in-flight-mb must be >= 0 (0 = auto), got {self.max_in_flight_mb}"
+            )
+        if self.cpu_tasks < 0:
+            problems.append(f"--cpu-tasks must be >= 0 (0 = auto), got {self.cpu_tasks}")
+        if self.torch_threads < 0:
+            problems.append(f"--torch-threads must be >= 0, got {self.torch_threads}")
+        if self.tile_size < 0:
+            problems.append(f"--tile-size must be >= 0 (0 = never tile), got {self.tile_size}")
+        if self.tile_size and not 0 <= self.tile_overlap < self.tile_size:
+            problems.append(
+                f"--tile-overlap must be in [0, --tile-size), got {self.tile_overlap} "
+                f"with --tile-size {self.tile_size}"
+            )
+        if self.amp not in AMP_MODES:
+            problems.append(f"--amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if not 0.0 <= self.max_failed_fraction <= 1.0:
+            problems.append(
+                f"--max-failed-fraction must be in [0, 1], got {self.max_failed_fraction}"
+            )
+        if self.num_cpus is not None and self.num_cpus < 1:
+            problems.append(f"--num-cpus must be >= 1, got {self.num_cpus}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def forward_batch(self, use_gpu: bool) -> int:
+        """--batch-size, or its automatic value for the device."""
+        return self.batch_size or (16 if use_gpu else 1)
+
+    def call_rows(self, use_gpu: bool) -> int:
+        """Rows per Ray Data batch of the decode and model stages."""
+        return max(self.rows_per_call, self.forward_batch(use_gpu))
+
+    @property
+    def amp_flag(self) -> bool | None:
+        """The ``amp`` argument of unet_core.predict: None = automatic."""
+        return {"auto": None, "bf16": True, "off": False}[self.amp]
+
+
+@dataclass
+class SegmentConfig(InferenceConfig):
+    """`jobs/segment.py`: one mask per input image under --output, plus a manifest."""
+
+    input: str = ""
+    """Folder or s3://bucket/prefix of images (recursive; png, jpg, jpeg, tif, tiff, bmp in any case). With --input-list: the base that relative entries are joined to."""
+    output: str = ""
+    """Folder or s3://bucket/prefix for masks/, overlays/, confidence/, manifest/ and the manifest."""
+    input_list: str | None = None
+    """Text file (one relative path or URI per line) or Parquet file (a 'path' column) naming the inputs, instead of listing --input."""
+    mask_format: str = "indices"
+    """indices: class indices 0..K-1; values: the class map's pixel values (like training masks, e.g. 0/255); color: a palette PNG in the class colours."""
+    overlays: bool = False
+    """Also write overlays/<path>.jpg (image blended with the class colours)."""
+    confidence: bool = False
+    """Also write confidence/<path>.png (8-bit, 255 = softmax probability 1)."""
+    overwrite: bool = False
+    """Predict and write every input again, even when its mask exists."""
+    manifest_format: str = "parquet"
+    """Format of the final manifest: parquet (manifest.parquet) or jsonl (manifest.jsonl)."""
+    write_batch_size: int = 32
+    """Rows per encode/write task (and per manifest part file)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = []
+        if not self.input:
+            problems.append("--input is required (a folder or s3://bucket/prefix)")
+        if not self.output:
+            problems.append("--output is required (a folder or s3://bucket/prefix)")
+        if self.mask_format not in MASK_FORMATS:
+            problems.append(
+                f"--mask-format must be one of {MASK_FORMATS}, got {self.mask_format!r}"
+            )
+        if self.manifest_format not in MANIFEST_FORMATS:
+            problems.append(
+                f"--manifest-format must be one of {MANIFEST_FORMATS}, got {self.manifest_format!r}"
+            )
+        if self.write_batch_size < 1:
+            problems.append(f"--write-batch-size must be >= 1, got {self.write_batch_size}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class EvaluateConfig(InferenceConfig):
+    """`jobs/evaluate.py`: IoU, Dice and pixel accuracy of a model on a labelled root."""
+
+    data: str = ""
+    """Labelled root (folder or s3://bucket/prefix) with images/ and masks/ paired by relative path and stem."""
+    class_map: str | None = None
+    """Class map JSON (local or s3://) telling which mask values are which class; default <data>/classes.json, else the model's own class map."""
+    log_to_mlflow: bool = False
+    """Record the figures in MLflow: an evaluation run (metrics, report artifact) linked to the model version by tags."""
+    experiment: str = "unet-evaluation"
+    """MLflow experiment of the evaluation run (with --log-to-mlflow)."""
+    report: str | None = None
+    """Also write the full JSON report (with per-image figures) to this local or s3:// path."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.data:
+            raise ValueError(
+                "--data is required (a folder or s3://bucket/prefix with images/, masks/)"
+            )
+
+
+# --- flags from fields ---------------------------------------------------------------------------
+
+
+_REQUIRED = {"input", "output", "data"}
+
+
+def build_parser(cls: type, *, prog: str, description: str) -> argparse.ArgumentParser:
+    """One flag per dataclass field; help = the field's docstring and its default."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, argument_default=argparse.SUPPRESS
+    )
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    own = parser.add_argument_group(f"{prog} options")
+    shared = parser.add_argument_group("model, cluster and prediction")
+    shared_names = {f.name for f in dataclasses.fields(InferenceConfig)}
+    fields = sorted(dataclasses.fields(cls), key=lambda f: f.name in shared_names)  # own first
+    for f in fields:
+        group = shared if f.name in shared_names else own
+        doc = docs.get(f.name, "")
+        if f.name in _REQUIRED:
+            text = f"{doc} (required)"
+        elif f.default is None:
+            text = doc if "default" in doc.lower() else f"{doc} (default: none)"
+        else:
+            text = f"{doc} (default: {f.default})"
+        add_field_flag(
+            group,
+            f.name,
+            hints[f.name],
+            text,
+            metavar="URI" if f.name in ("model", "input", "output", "data") else f.name.upper(),
+            none_words=(*NONE_WORDS, "auto"),
+        )
+    return parser
+
+
+def parse_config(cls: type, argv: list[str] | None, *, prog: str, description: str) -> Any:
+    """Parse flags into `cls`; invalid values exit 2 with the reason."""
+    parser = build_parser(cls, prog=prog, description=description)
+    values = vars(parser.parse_args(argv))
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,92 @@
+"""The decode stage: read each input's bytes and decode it, one error row per bad file.
+
+Runs as Ray Data tasks (``map_batches(decode_images, batch_format="pyarrow")``). Reading and
+decoding are done here rather than by ``ray.data.read_images`` because one undecodable file
+fails a whole read task there; here a corrupt, truncated, empty or non-image file becomes a row
+with its ``error`` and the rest of the batch goes on.
+
+Decoded pixels travel as raw bytes (``pixels``, HxWxC uint8, C-order) with ``height``,
+``width`` and ``channels`` columns: images of any size share one Arrow schema.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from jobs.common import fs
+from unet_core.data import decode_image
+
+logger = logging.getLogger(__name__)
+
+DECODED_FIELDS = [
+    pa.field("pixels", pa.large_binary()),
+    pa.field("height", pa.int32()),
+    pa.field("width", pa.int32()),
+    pa.field("channels", pa.int8()),
+    pa.field("error", pa.string()),
+    pa.field("seconds", pa.float64()),
+]
+"""Columns the decode stage appends to its input rows (which keep their own columns)."""
+
+
+def read_and_decode(
+    uri: str, *, channels: int, endpoint_url: str | None = None
+) -> tuple[np.ndarray | None, str | None]:
+    """(HxWxC uint8 image, None), or (None, error message naming the file)."""
+    try:
+        data = fs.read_bytes(uri, endpoint_url=endpoint_url)
+    except Exception as exc:  # missing file, permissions, network: a row error, not a crash
+        return None, f"{uri}: cannot read ({type(exc).__name__}: {exc})"
+    try:
+        return decode_image(data, channels=channels, source=uri), None
+    except ValueError as exc:  # ImageDecodeError and conversion errors
+        return None, str(exc)
+    except Exception as exc:  # a decoder bug must not stop the job either
+        return None, f"{uri}: cannot decode ({type(exc).__name__}: {exc})"
+
+
+def estimate_image_bytes(
+    uris: list[str], *, channels: int, endpoint_url: str | None = None, tries: int = 3
+) -> int | None:
+    """Decoded size (H * W * channels) of the first readable of ``uris``, from its header."""
+    from PIL import Image
+
+    for uri in uris[:tries]:
+        try:
+            with Image.open(io.BytesIO(fs.read_bytes(uri, endpoint_url=endpoint_url))) as img:
+                return img.width * img.height * channels
+        except Exception:  # a bad first file: try the next one
+            continue
+    return None
+
+
+def image_from_row(pixels: pa.Scalar | bytes, height: int, width: int, channels: int) -> np.ndarray:
+    """Rebuild the HxWxC uint8 array from a row's raw pixel bytes (zero-copy from Arrow)."""
+    buffer = pixels.as_buffer() if isinstance(pixels, pa.Scalar) else pixels
+    return np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, channels)
+
+
+def decode_images(batch: pa.Table, *, channels: int, endpoint_url: str | None = None) -> pa.Table:
+    """Ray Data UDF: rows with an ``input`` URI -> the same rows plus DECODED_FIELDS."""
+    pixels, heights, widths, chans, errors, seconds = [], [], [], [], [], []
+    for uri in batch.column("input").to_pylist():
+        start = time.perf_counter()
+        image, error = read_and_decode(uri, channels=channels, endpoint_url=endpoint_url)
+        if error is not None:
+            logger.warning("%s", error)
+        pixels.append(image.tobytes() if image is not None else b"")
+        heights.append(image.shape[0] if image is not None else 0)
+        widths.append(image.shape[1] if image is not None else 0)
+        chans.append(image.shape[2] if image is not None else 0)
+        errors.append(error)
+        seconds.append(time.perf_counter() - start)
+    columns = [pixels, heights, widths, chans, errors, seconds]
+    out = batch
+    for field, values in zip(DECODED_FIELDS, columns, strict=True):
+        out = out.append_column(field, pa.array(values, type=field.type))
+    return out

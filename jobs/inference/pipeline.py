@@ -1,0 +1,160 @@
+"""Ray wiring shared by the segment and evaluate jobs: decode tasks -> predictor actors.
+
+    rows (input URI, relative path)            driver: listed once, small
+      -> map_batches(decode_images)             CPU tasks: read bytes, decode, per-row errors
+      -> map_batches(Predictor, ActorPool)      GPU/CPU actors: model loaded once per actor
+      -> (the caller adds its last stage)       CPU tasks: encode + write masks / score
+
+Ray Data streams blocks through the stages, so decoding and writing overlap with the model and
+memory stays bounded however many images there are. The checkpoint is read once on the driver
+and shared through the object store (works on a multi-node cluster; no actor calls MLflow).
+The sizes of the actor pool, the task pools and the in-flight limit are `jobs.common.resources`
+policies.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.common import resources
+from jobs.inference.config import InferenceConfig
+from jobs.inference.decode import decode_images
+from jobs.inference.predictor import Predictor, PredictorSettings
+
+logger = logging.getLogger(__name__)
+
+MAX_INPUT_BLOCKS = 20_000
+"""Cap on the number of input blocks (very large listings get bigger blocks instead)."""
+
+
+def predictor_settings(
+    cfg: InferenceConfig,
+    *,
+    use_gpu: bool,
+    torch_threads: int,
+    confidence_map: bool = False,
+    keep_pixels: bool = False,
+) -> PredictorSettings:
+    return PredictorSettings(
+        tile_size=cfg.tile_size,
+        tile_overlap=cfg.tile_overlap,
+        tta=cfg.tta,
+        amp=cfg.amp_flag,
+        use_gpu=use_gpu,
+        torch_threads=torch_threads,
+        batch_size=cfg.forward_batch(use_gpu),
+        confidence_map=confidence_map,
+        keep_pixels=keep_pixels,
+    )
+
+
+def cpu_stage_args(cfg: InferenceConfig, *, rows: int, batch_size: int) -> dict[str, Any]:
+    """Resources of a CPU task stage (decode; encode/write or scoring) over ``rows`` rows."""
+    import ray
+
+    size = resources.cpu_tasks(cfg.cpu_tasks, rows=rows, batch_size=batch_size)
+    return {"num_cpus": cfg.decode_cpus, "compute": ray.data.TaskPoolStrategy(size=size)}
+
+
+def build_prediction_dataset(
+    rows: list[dict[str, Any]],
+    *,
+    cfg: InferenceConfig,
+    checkpoint_ref: Any,
+    channels: int,
+    endpoint_url: str | None,
+    confidence_map: bool = False,
+    keep_pixels: bool = False,
+    image_bytes: int | None = None,
+):
+    """A lazy Dataset of ``rows`` (each with an ``input`` URI) after decode and predict;
+    ``image_bytes`` (decoded size of a typical input) sizes the in-flight limit."""
+    import ray
+
+    num_gpus = resources.actor_gpus(cfg.num_gpus_per_actor)
+    pool = resources.actor_pool(
+        min_actors=cfg.min_actors,
+        max_actors=cfg.max_actors,
+        torch_threads=cfg.torch_threads,
+        num_gpus=num_gpus,
+        cluster=ray.cluster_resources(),
+        local_cores=resources.local_cores(cfg.ray_address),
+    )
+    logger.info(
+        "predictor pool: %d-%d actors, %s",
+        pool.min_size,
+        pool.max_size,
+        f"{num_gpus:g} GPU each" if num_gpus else f"{pool.torch_threads} torch thread(s) each",
+    )
+    settings = predictor_settings(
+        cfg,
+        use_gpu=num_gpus > 0,
+        torch_threads=pool.torch_threads,
+        confidence_map=confidence_map,
+        keep_pixels=keep_pixels,
+    )
+    call_rows = cfg.call_rows(num_gpus > 0)
+    rows_per_block = max(call_rows, math.ceil(len(rows) / MAX_INPUT_BLOCKS))
+    ds = ray.data.from_items(
+        rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block))
+    )
+    # Decoding is much faster than the model: without a limit Ray Data decodes ahead until a
+    # share of the whole object store is full, so memory would grow with the number of images.
+    limit_mb = resources.in_flight_limit_mb(
+        cfg.max_in_flight_mb, image_bytes=image_bytes, rows_per_call=call_rows, actors=pool.max_size
+    )
+    options = ds.context.execution_options  # this pipeline's own copy of the DataContext
+    options.resource_limits = options.resource_limits.copy(object_store_memory=limit_mb * 2**20)
+    logger.info("at most %d MiB of blocks in flight in the object store", limit_mb)
+    ds = ds.map_batches(
+        decode_images,
+        fn_kwargs={"channels": channels, "endpoint_url": endpoint_url},
+        batch_format="pyarrow",
+        batch_size=call_rows,
+        **cpu_stage_args(cfg, rows=len(rows), batch_size=call_rows),
+    )
+    return ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"checkpoint": checkpoint_ref, "settings": settings},
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        batch_format="pyarrow",
+        batch_size=call_rows,
+        num_gpus=num_gpus,
+        num_cpus=cfg.num_cpus_per_actor,
+    )
+
+
+@dataclass
+class Progress:
+    """Periodic progress lines on stderr (logging): done / total, rate, failures, ETA."""
+
+    total: int
+    every: float = 10.0
+    label: str = "segment"
+    done: int = 0
+    failed: int = 0
+
+    def __post_init__(self) -> None:
+        self.start = self._last = time.perf_counter()
+
+    def update(self, done: int, failed: int = 0) -> None:
+        self.done += done
+        self.failed += failed
+        now = time.perf_counter()
+        if now - self._last >= self.every or self.done >= self.total:
+            self._last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            logger.info(
+                "%s: %d/%d images (%d failed), %.2f images/s, eta %.0f s",
+                self.label,
+                self.done,
+                self.total,
+                self.failed,
+                rate,
+                eta,
+            )

@@ -1,0 +1,214 @@
+"""The model stage: a callable class that Ray Data runs in a pool of (GPU or CPU) actors.
+
+Each actor rebuilds the UNet once, in ``__init__``, from checkpoint bytes the driver put in the
+object store, then predicts batches. Equal-size images are stacked into one forward pass;
+images larger than ``tile_size`` go through unet_core's overlapping-tile prediction; nothing is
+resized. For stacked images, normalisation, the forward pass (bf16 autocast, channels-last,
+inference mode) and the class selection run on the device, so only uint8 masks come back to
+the host; tiles are normalised on the host, a batch of tiles at a time, by unet_core.predict.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from jobs.inference.decode import image_from_row
+from unet_core.checkpoint import load_checkpoint
+from unet_core.predict import predict, predict_tensor, prepare_for_inference
+from unet_core.transforms import normalize_batch
+
+logger = logging.getLogger(__name__)
+
+PREDICTED_FIELDS = [
+    pa.field("mask", pa.large_binary()),
+    pa.field("confidence_map", pa.large_binary()),
+    pa.field("mean_confidence", pa.float64()),
+]
+"""Columns the model stage appends ((H, W) uint8 raw bytes; confidence_map empty unless asked)."""
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    """How the actors predict (everything but the weights)."""
+
+    tile_size: int = 512
+    """Tile images larger than this on either side; 0 = never."""
+    tile_overlap: int = 64
+    """Overlap between tiles in pixels."""
+    tta: bool = False
+    """Flip test-time augmentation."""
+    amp: bool | None = None
+    """bf16 autocast: None = automatic (CUDA, or CPUs with native bf16)."""
+    use_gpu: bool = False
+    """Run on CUDA (the actor was given a GPU)."""
+    torch_threads: int = 0
+    """Intra-op threads on CPU; 0 = keep torch's setting."""
+    batch_size: int = 8
+    """Most images stacked into one forward pass."""
+    confidence_map: bool = False
+    """Return the 8-bit confidence map of every image (for --confidence)."""
+    keep_pixels: bool = False
+    """Keep the decoded pixels in the rows (the writer needs them for overlays)."""
+
+
+@dataclass
+class ImagePrediction:
+    mask: np.ndarray
+    """(H, W) uint8 class indices."""
+    mean_confidence: float
+    """Mean over pixels of the chosen class's softmax probability."""
+    confidence_map: np.ndarray | None = None
+    """(H, W) uint8, round(255 * confidence), when asked for."""
+
+
+class Predictor:
+    """Ray Data callable class: ``ds.map_batches(Predictor, compute=ActorPoolStrategy(...))``."""
+
+    def __init__(self, checkpoint: object, settings: PredictorSettings) -> None:
+        """``checkpoint``: unet_core checkpoint bytes, or the ObjectRef the driver put them in."""
+        if not isinstance(checkpoint, (bytes, bytearray)):
+            import ray  # an ObjectRef put by the driver: fetched once per actor
+
+            checkpoint = ray.get(checkpoint)
+        loaded = load_checkpoint(bytes(checkpoint))
+        self.settings = settings
+        if settings.use_gpu and torch.cuda.is_available():
+            self.device = torch.device("cuda")
+        else:
+            if settings.use_gpu:
+                logger.warning("GPU requested but CUDA is not available here; predicting on CPU")
+            self.device = torch.device("cpu")
+            if settings.torch_threads:
+                torch.set_num_threads(settings.torch_threads)
+        self.model = prepare_for_inference(loaded.model, self.device)
+        self.preprocess = loaded.preprocess
+        self.num_classes = loaded.model_config.num_classes
+        logger.info(
+            "predictor ready on %s (pid %d, %d torch threads, %d classes)",
+            self.device,
+            os.getpid(),
+            torch.get_num_threads(),
+            self.num_classes,
+        )
+
+    # --- prediction on arrays (usable without Ray) ---------------------------------------------
+    def _needs_tiles(self, image: np.ndarray) -> bool:
+        tile = self.settings.tile_size
+        return bool(tile) and (image.shape[0] > tile or image.shape[1] > tile)
+
+    def _forward(self, images: list[np.ndarray]) -> list[ImagePrediction]:
+        """One forward pass over equal-size HxWxC uint8 images."""
+        x = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)  # (B, H, W, C)
+        x = normalize_batch(x, self.preprocess)  # (B, C, H, W), on the device
+        classes, confidence = predict_tensor(
+            self.model, x, tta=self.settings.tta, amp=self.settings.amp
+        )
+        means = confidence.float().mean(dim=(1, 2)).cpu().tolist()
+        conf_u8 = None
+        if self.settings.confidence_map:
+            conf_u8 = (confidence.float() * 255.0).round_().to(torch.uint8).cpu().numpy()
+        masks = classes.cpu().numpy()  # (B, H, W) uint8: the only full-size copy back
+        return [
+            ImagePrediction(masks[i], float(means[i]), None if conf_u8 is None else conf_u8[i])
+            for i in range(len(images))
+        ]
+
+    def _tiled(self, image: np.ndarray) -> ImagePrediction:
+        s = self.settings
+        pred = predict(
+            self.model,
+            image,
+            preprocess=self.preprocess,
+            tta=s.tta,
+            tile_size=s.tile_size,
+            tile_overlap=s.tile_overlap,
+            amp=s.amp,
+        )
+        conf_u8 = None
+        if s.confidence_map:
+            conf_u8 = np.rint(pred.confidence * 255.0).astype(np.uint8)
+        return ImagePrediction(pred.mask, float(pred.confidence.mean()), conf_u8)
+
+    def predict_images(self, images: list[np.ndarray | None]) -> list[ImagePrediction | str | None]:
+        """A prediction per image, an error message where prediction failed, None for None."""
+        out: list[ImagePrediction | str | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            if image is None:
+                continue
+            if self._needs_tiles(image):
+                out[i] = self._guarded(lambda im=image: [self._tiled(im)], 1)[0]
+            else:
+                groups.setdefault(image.shape, []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.settings.batch_size):
+                chunk = indices[start : start + self.settings.batch_size]
+                results = self._guarded(
+                    lambda c=chunk: self._forward([images[j] for j in c]), len(chunk)
+                )
+                if len(chunk) > 1 and all(isinstance(r, str) for r in results):
+                    # e.g. out of memory for the stack: isolate the failure image by image
+                    results = [
+                        self._guarded(lambda j=j: self._forward([images[j]]), 1)[0] for j in chunk
+                    ]
+                for j, result in zip(chunk, results, strict=True):
+                    out[j] = result
+        return out
+
+    @staticmethod
+    def _guarded(fn, count: int) -> list[ImagePrediction | str]:
+        try:
+            return fn()
+        except Exception as exc:  # a failed prediction is a row error; the job goes on
+            logger.exception("prediction failed")
+            return [f"prediction failed ({type(exc).__name__}: {exc})"] * count
+
+    # --- Ray Data entry -------------------------------------------------------------------------
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.perf_counter()
+        pixels = batch.column("pixels")
+        heights = batch.column("height").to_pylist()
+        widths = batch.column("width").to_pylist()
+        channels = batch.column("channels").to_pylist()
+        errors = batch.column("error").to_pylist()
+        images = [
+            None
+            if errors[i] is not None
+            else image_from_row(pixels[i], heights[i], widths[i], channels[i])
+            for i in range(batch.num_rows)
+        ]
+        results = self.predict_images(images)
+        share = (time.perf_counter() - start) / max(1, batch.num_rows)
+        masks, conf_maps, means = [], [], []
+        for i, result in enumerate(results):
+            if isinstance(result, ImagePrediction):
+                masks.append(result.mask.tobytes())
+                cm = result.confidence_map
+                conf_maps.append(cm.tobytes() if cm is not None else b"")
+                means.append(result.mean_confidence)
+            else:
+                if isinstance(result, str):
+                    errors[i] = f"{batch.column('input')[i].as_py()}: {result}"
+                masks.append(b"")
+                conf_maps.append(b"")
+                means.append(None)
+        seconds = [s + share for s in batch.column("seconds").to_pylist()]
+        out = batch
+        if not self.settings.keep_pixels:
+            out = out.drop_columns(["pixels"])
+        out = out.set_column(
+            out.schema.get_field_index("error"), "error", pa.array(errors, pa.string())
+        )
+        out = out.set_column(
+            out.schema.get_field_index("seconds"), "seconds", pa.array(seconds, pa.float64())
+        )
+        for field, values in zip(PREDICTED_FIELDS, (masks, conf_maps, means), strict=True):
+            out = out.append_column(field, pa.array(values, type=field.type))
+        return out

@@ -1,0 +1,254 @@
+"""Configuration of the training job: one typed dataclass; the CLI and config files map onto it.
+
+`TrainJobConfig` composes the library's `TrainConfig` (optimisation) and `ModelConfig`
+(architecture; `in_channels` and `num_classes` come from the data) with the job's own fields.
+Every field becomes a flag (`--batch-size`) whose help is the field's docstring; `--config FILE`
+(JSON, or YAML when PyYAML is installed) sets the same fields by name; flags override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.common.cli import add_field_flag, base_type, field_docs, load_config_file
+from unet_core.config import ModelConfig, TrainConfig
+
+DEMO_PRESET: dict[str, Any] = {
+    "epochs": 8,
+    "batch_size": 4,
+    "crop_size": 0,
+    "lr": 1e-2,
+    "warmup_epochs": 1.0,
+    "base_width": 16,
+    "depth": 3,
+    "norm": "group",
+    "augment": False,
+}
+"""Defaults used when --data is omitted: a tiny CPU model on the generated demo set, so that
+`python jobs/train.py` ends in about a minute on a laptop. Flags and --config still override."""
+
+MODEL_FIELDS_FROM_DATA = ("in_channels", "num_classes")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class TrainJobConfig:
+    """Everything `jobs/train.py` needs; `train` and `model` are the library's own configs."""
+
+    data: str | None = None
+    """Data root (local folder or s3://bucket/prefix) holding images/, masks/ and classes.json.
+    Omitted: a synthetic demo set is generated into $UNET_RAY_CACHE (default ~/.cache/unet-ray)
+    and the tiny demo preset applies."""
+    val_data: str | None = None
+    """Separate validation root (same layout). Omitted: a deterministic stem-hash split of --data
+    (--val-fraction)."""
+    class_map: str | None = None
+    """Class map JSON file (local or s3://); default: classes.json at the data root."""
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO, a local server); default: $AWS_ENDPOINT_URL."""
+    in_channels: int | None = None
+    """Model input channels (1 grayscale, 3 RGB); default: inferred from the images."""
+    num_workers: int = 2
+    """Ray Train workers (DDP processes); the global batch is batch_size * num_workers."""
+    use_gpu: bool | None = None
+    """One GPU per worker; default: yes when the cluster has at least num_workers GPUs."""
+    cpus_per_worker: float | None = None
+    """Logical CPUs reserved per worker; default: 1, less on small nodes so that Ray Data tasks
+    always have CPU left."""
+    torch_threads: int = 0
+    """torch intra-op threads per worker; 0 = Ray's default (the worker's CPU count)."""
+    ray_address: str | None = None
+    """Ray cluster to connect to; default: $RAY_ADDRESS, else a local Ray is started."""
+    run_name: str | None = None
+    """Name of the run in Ray Train storage and MLflow; reusing a name resumes that run from its
+    last checkpoint. Default: unet-<timestamp>."""
+    storage_path: str | None = None
+    """Where Ray Train keeps checkpoints (local or s3://); default: $UNET_RAY_CACHE/runs."""
+    max_failures: int = 2
+    """Worker-group failures to recover from (restart from the last checkpoint); -1 = unlimited."""
+    keep_checkpoints: int = 2
+    """Checkpoints to keep, best by val_miou (the latest is always kept for resuming)."""
+    cache_data: bool | None = None
+    """Keep decoded images in the Ray object store across epochs; default: when they fit in a fifth
+    of it."""
+    check_limit: int = 1000
+    """Data sets up to this many pairs are validated in full on the driver; larger ones on a seeded
+    sample there, then in Ray Data tasks."""
+    full_check: bool = True
+    """For sets above --check-limit, also check every mask in parallel Ray Data tasks before
+    training."""
+    experiment: str = "unet"
+    """MLflow experiment (tracking URI from $MLFLOW_TRACKING_URI, default
+    sqlite:///<cwd>/mlflow.db)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; overrides $MLFLOW_TRACKING_URI."""
+    register_as: str = "unet"
+    """Registered model name in the MLflow Model Registry."""
+    alias: str = "champion"
+    """Alias moved to the new version when it passes the gate (--min-miou, and not worse than the
+    version holding it)."""
+    min_miou: float = 0.0
+    """Validation mIoU a version needs to receive the alias."""
+    force_alias: bool = False
+    """Move the alias even when the new version scores below the version holding it."""
+    demo_images: int = 32
+    """Images in the generated demo set (only without --data)."""
+    demo_size: int = 64
+    """Side in pixels of the generated demo images (only without --data)."""
+    log_level: str = "INFO"
+    """Logging level of the driver and the workers."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_workers < 1:
+            problems.append(f"--num-workers must be >= 1, got {self.num_workers}")
+        if self.in_channels not in (None, 1, 3):
+            problems.append(f"--in-channels must be 1 or 3, got {self.in_channels}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            problems.append(f"--cpus-per-worker must be > 0, got {self.cpus_per_worker}")
+        if self.max_failures < -1:
+            problems.append(f"--max-failures must be >= -1, got {self.max_failures}")
+        if self.keep_checkpoints < 1:
+            problems.append(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if not 0.0 <= self.min_miou <= 1.0:
+            problems.append(f"--min-miou must be in [0, 1], got {self.min_miou}")
+        if self.run_name is not None and not _RUN_NAME.match(self.run_name):
+            problems.append(
+                f"--run-name {self.run_name!r} must be 1-128 letters, digits, '.', '_' or '-'"
+            )
+        if self.check_limit < 1:
+            problems.append(f"--check-limit must be >= 1, got {self.check_limit}")
+        if self.demo_images < 4 or self.demo_size < 16:
+            problems.append("--demo-images must be >= 4 and --demo-size >= 16")
+        if self.torch_threads < 0:
+            problems.append(f"--torch-threads must be >= 0, got {self.torch_threads}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_flat(self) -> dict[str, Any]:
+        """All fields in one flat dict, as the flags name them (for logging and files)."""
+        out = {f.name: getattr(self, f.name) for f in _job_fields()}
+        out.update(self.train.to_dict())
+        out.update(
+            {k: v for k, v in self.model.to_dict().items() if k not in MODEL_FIELDS_FROM_DATA}
+        )
+        return out
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> TrainJobConfig:
+        """Build from flat field names; unknown names are an error that lists the known ones."""
+        known = {name for name, *_ in _all_fields()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        job = {f.name for f in _job_fields()}
+        train_names = {f.name for f in dataclasses.fields(TrainConfig)}
+        return cls(
+            **{k: v for k, v in values.items() if k in job},
+            train=TrainConfig(**{k: v for k, v in values.items() if k in train_names}),
+            model=ModelConfig(
+                **{k: v for k, v in values.items() if k not in job and k not in train_names}
+            ),
+        )
+
+
+# --- fields, docstrings and types ------------------------------------------------------------
+
+
+def _job_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(TrainJobConfig) if f.name not in ("train", "model")]
+
+
+def _all_fields() -> list[tuple[str, Any, Any, str, str]]:
+    """(name, type, default, help, section) for every settable field, job fields first."""
+    rows = []
+    for cls, section, skip in (
+        (TrainJobConfig, "job", ("train", "model")),
+        (TrainConfig, "training", ()),
+        (ModelConfig, "model", MODEL_FIELDS_FROM_DATA),
+    ):
+        hints = typing.get_type_hints(cls)
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            rows.append((f.name, hints[f.name], f.default, docs.get(f.name, ""), section))
+    return rows
+
+
+# --- argparse and config files ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    preset = ", ".join(f"{k}={v}" for k, v in DEMO_PRESET.items())
+    parser = argparse.ArgumentParser(
+        prog="jobs/train.py",
+        description=(
+            "Train a UNet with Ray Train (DDP) on data read by Ray Data from a folder or S3; "
+            "track the run in MLflow, register the model and move an alias when it passes the "
+            "gate. The last line of stdout is a JSON summary. Without --data, a demo set is "
+            f"generated and the demo preset applies ({preset})."
+        ),
+        argument_default=argparse.SUPPRESS,  # absent flags stay absent: the file can set them
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON or YAML file with any of the fields below (flat names, e.g. batch_size: 8); "
+        "flags given on the command line override it",
+    )
+    groups = {
+        "job": parser.add_argument_group("data, cluster, run and registry"),
+        "training": parser.add_argument_group("training (unet_core TrainConfig)"),
+        "model": parser.add_argument_group("architecture (unet_core ModelConfig)"),
+    }
+    for name, tp, default, doc, section in _all_fields():
+        group = groups[section]
+        text = doc if default is None else f"{doc} (default: {default})"
+        metavar = {int: "N", float: "X"}.get(base_type(tp)[0], "TEXT")
+        add_field_flag(group, name, tp, text, metavar=metavar)
+        if name == "use_gpu":
+            group.add_argument(
+                "--no-gpu", dest=name, action="store_false", help="same as --no-use-gpu"
+            )
+    return parser
+
+
+def resolve_config(
+    cli: dict[str, Any], file_values: dict[str, Any] | None = None
+) -> TrainJobConfig:
+    """Defaults < demo preset (no --data) < config file < command line."""
+    values = dict(file_values or {})
+    values.update(cli)
+    if values.get("data") is None:
+        values = {**DEMO_PRESET, **values}
+    return TrainJobConfig.from_flat(values)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainJobConfig:
+    """Parse the command line (and --config); invalid values exit 2 with the reason."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    config_path = args.pop("config", None)
+    try:
+        file_values = (
+            load_config_file(
+                config_path,
+                {name: tp for name, tp, *_ in _all_fields()},
+                sections=("train", "model"),
+                prog="jobs/train.py",
+            )
+            if config_path
+            else {}
+        )
+        return resolve_config(args, file_values)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,195 @@
+"""Ray Data datasets of image/mask pairs (driver side); `jobs.training.batches` iterates them
+on the workers.
+
+- Ray Data tasks (anywhere in the cluster) read bytes through the filesystem factory and
+  decode them: images to HxWxC uint8, masks through the class map to HxW class indices
+  (nearest-neighbour semantics: masks are never interpolated). A file that fails to decode
+  is logged with its path and skipped; it does not fail the read task. Decoded data are
+  deterministic, so small sets are materialised once and reused every epoch (`cache`).
+- Training shards are equal-sized (`streaming_split(equal=True)`: DDP needs the same number
+  of steps on every rank). Validation shards partition the set without dropping a row
+  (`ExactValidationDataConfig`), so all-reduced metrics are exact over the whole set.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+import ray.data
+from ray.train import DataConfig
+
+from jobs.common import fs
+from unet_core.classes import ClassMap
+from unet_core.data import Pair, decode_image, decode_mask
+
+log = logging.getLogger(__name__)
+
+TRAIN, VAL = "train", "val"
+"""Names of the datasets handed to the trainer (and of the shards the workers ask for)."""
+
+
+# --- driver side: datasets ----------------------------------------------------------------
+
+
+def pair_items(root: str, pairs: list[Pair]) -> list[dict[str, str]]:
+    """One row per pair with absolute URIs (workers run elsewhere, with another cwd)."""
+    root = fs.absolute(root)
+    return [
+        {"key": p.key, "image": fs.join(root, p.image), "mask": fs.join(root, p.mask)}
+        for p in pairs
+    ]
+
+
+def decode_pairs(
+    batch: dict[str, np.ndarray],
+    *,
+    class_map: dict,
+    channels: int,
+    endpoint_url: str | None,
+) -> dict[str, list]:
+    """Read and decode a batch of pairs; undecodable rows are logged and dropped."""
+    cmap = ClassMap.from_dict(class_map)
+    keys, images, masks = [], [], []
+    for key, image_uri, mask_uri in zip(batch["key"], batch["image"], batch["mask"], strict=True):
+        try:
+            image = decode_image(
+                fs.read_bytes(image_uri, endpoint_url=endpoint_url),
+                channels=channels,
+                source=image_uri,
+            )
+            mask = decode_mask(
+                fs.read_bytes(mask_uri, endpoint_url=endpoint_url), cmap, source=mask_uri
+            )
+            if mask.shape != image.shape[:2]:
+                raise ValueError(f"{mask_uri}: mask size {mask.shape} != image {image.shape[:2]}")
+        except (OSError, ValueError) as exc:  # decode errors are ValueErrors naming the file
+            log.warning("skipping pair %s: %s", key, exc)
+            continue
+        keys.append(str(key))
+        images.append(image)
+        masks.append(mask)
+    return {"key": keys, "image": images, "mask": masks}
+
+
+def build_dataset(
+    root: str,
+    pairs: list[Pair],
+    *,
+    class_map: ClassMap,
+    channels: int,
+    endpoint_url: str | None = None,
+    shuffle_seed: int | None = None,
+    ray_remote_args: dict | None = None,
+) -> ray.data.Dataset:
+    """Pairs -> a lazy dataset of decoded rows {key, image (H,W,C) uint8, mask (H,W) uint8}."""
+    items = pair_items(root, pairs)
+    if shuffle_seed is not None:  # an initial order that is not the sorted listing
+        random.Random(shuffle_seed).shuffle(items)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
+    return ds.map_batches(
+        decode_pairs,
+        batch_size=8,
+        batch_format="numpy",
+        fn_kwargs={
+            "class_map": class_map.to_dict(),
+            "channels": channels,
+            "endpoint_url": endpoint_url,
+        },
+        **(ray_remote_args or {}),
+    )
+
+
+def build_train_val(
+    plan,
+    *,
+    seed: int,
+    endpoint_url: str | None = None,
+    cache: bool | None = None,
+    ray_remote_args: dict | None = None,
+) -> dict[str, ray.data.Dataset]:
+    """{"train", "val"} datasets of a `jobs.validation.DataPlan`; materialised (decoded once,
+    reused every epoch) when `cache`, or by default when they fit in a fifth of the store."""
+    out = {}
+    for name, root, pairs, shuffle in (
+        (TRAIN, plan.root, plan.train, seed),
+        (VAL, plan.val_root, plan.val, None),
+    ):
+        ds = build_dataset(
+            root,
+            pairs,
+            class_map=plan.class_map,
+            channels=plan.in_channels,
+            endpoint_url=endpoint_url,
+            shuffle_seed=shuffle,
+            ray_remote_args=ray_remote_args,
+        )
+        keep = (
+            cache
+            if cache is not None
+            else should_cache(len(pairs), plan.mean_pixels, plan.in_channels)
+        )
+        out[name] = ds.materialize() if keep else ds
+    return out
+
+
+def should_cache(num_pairs: int, mean_pixels: float, channels: int, fraction: float = 0.2) -> bool:
+    """Whether the decoded set fits comfortably (a fifth) in the object store."""
+    needed = num_pairs * mean_pixels * (channels + 1)
+    available = ray.available_resources().get("object_store_memory", 0.0)
+    return needed <= fraction * available
+
+
+class ExactValidationDataConfig(DataConfig):
+    """Equal shards for training (DDP lock-step); a lossless partition for validation.
+
+    The default `DataConfig` splits every dataset with ``equal=True``, which drops up to
+    ``world_size - 1`` rows; validation metrics must cover every row exactly once.
+    """
+
+    def __init__(self, exact: tuple[str, ...] = (VAL,)) -> None:
+        super().__init__(datasets_to_split="all")
+        self._exact = set(exact)
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        regular = {k: v for k, v in datasets.items() if k not in self._exact}
+        output = (
+            super().configure(regular, world_size, worker_handles, worker_node_ids, **kwargs)
+            if regular
+            else [{} for _ in range(world_size)]
+        )
+        for name, ds in datasets.items():
+            if name not in self._exact:
+                continue
+            if ds.name is None:
+                ds.set_name(name)
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            splits = ds.streaming_split(world_size, equal=False)
+            for i, split in enumerate(splits):
+                output[i][name] = split
+        return output
+
+
+# --- driver side: samples for figures ----------------------------------------------------
+
+
+def read_samples(
+    root: str,
+    pairs: list[Pair],
+    *,
+    class_map: ClassMap,
+    channels: int,
+    endpoint_url: str | None = None,
+    count: int = 4,
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(key, image, mask) of the first `count` pairs, read on the driver (for figures)."""
+    batch = {
+        k: np.array([r[k] for r in pair_items(root, pairs[:count])])
+        for k in ("key", "image", "mask")
+    }
+    rows = decode_pairs(
+        batch, class_map=class_map.to_dict(), channels=channels, endpoint_url=endpoint_url
+    )
+    return list(zip(rows["key"], rows["image"], rows["mask"], strict=True))

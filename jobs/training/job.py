@@ -1,0 +1,73 @@
+"""One training run, from checked data to a registered model: what `jobs/train.py` calls.
+
+Steps: check the data on the driver (`DataValidationError` naming the bad files), connect to
+Ray, start or resume the MLflow run, train with TorchTrainer (`jobs.training.worker_loop` on
+every worker), then publish: curves and a validation panel, the best checkpoint registered and
+its alias gated (`jobs.training.publish`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+from jobs.common.logs import quiet_ray_logs
+from jobs.common.mlflow_store import resolve_tracking_uri
+from jobs.common.ray_cluster import connect_ray
+from jobs.training import tracking
+from jobs.training.config import TrainJobConfig
+from jobs.training.data_checks import check_with_ray, plan_data
+from jobs.training.publish import publish
+from jobs.training.trainer import make_loop_config, make_trainer
+
+
+def run_training(cfg: TrainJobConfig) -> dict:
+    """Train and register; returns the job's JSON summary. `cfg` has its machine defaults
+    filled (`jobs.training.defaults.with_defaults`)."""
+    started = time.time()
+    plan, unchecked = plan_data(
+        cfg.data,
+        val_data=cfg.val_data,
+        class_map_path=cfg.class_map,
+        val_fraction=cfg.train.val_fraction,
+        seed=cfg.train.seed,
+        in_channels=cfg.in_channels,
+        num_workers=cfg.num_workers,
+        check_limit=cfg.check_limit,
+        endpoint_url=cfg.s3_endpoint_url,
+    )
+    owned = connect_ray(cfg.ray_address)
+    quiet_ray_logs(cfg.log_level)
+    try:
+        if unchecked and cfg.full_check:
+            check_with_ray(plan, unchecked, endpoint_url=cfg.s3_endpoint_url)
+        uri = resolve_tracking_uri(cfg.tracking_uri)
+        run_id = tracking.start_or_resume_run(
+            tracking_uri=uri,
+            experiment=cfg.experiment,
+            run_name=cfg.run_name,
+            tags={"data_root": plan.root, "storage_path": cfg.storage_path},
+        )
+        loop_config = make_loop_config(cfg, plan, tracking_uri=uri, run_id=run_id)
+        trainer = make_trainer(cfg, plan, loop_config, owned)
+        tracking.log_run_inputs(
+            uri,
+            run_id,
+            params=tracking.run_params(cfg.to_flat(), loop_config),
+            artifacts={"config.json": loop_config, "split.json": tracking.split_record(plan)},
+        )
+        try:
+            result = trainer.fit()
+        except Exception:
+            tracking.finish_run(uri, run_id, "FAILED")
+            raise
+        with tempfile.TemporaryDirectory() as scratch:
+            summary = publish(cfg, plan, result, uri, run_id, Path(scratch))
+        summary["elapsed_seconds"] = round(time.time() - started, 1)
+        return summary
+    finally:
+        if owned:
+            ray.shutdown()

@@ -1,0 +1,80 @@
+"""The end of a training run (`jobs/train.py`): figures of the run, the best checkpoint logged
+and registered with its alias gate, and the job's JSON summary."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from jobs.training.checkpoints import MODEL_FILE, best_checkpoint
+from jobs.training.config import TrainJobConfig
+from jobs.training.data_checks import DataPlan
+from jobs.training.datasets import read_samples
+from jobs.training.figures import log_curves, log_panel
+from jobs.training.registry import log_and_register
+from jobs.training.tracking import metric_histories
+from unet_core.checkpoint import load_checkpoint
+
+
+def publish(
+    cfg: TrainJobConfig, plan: DataPlan, result: Any, uri: str, run_id: str, scratch: Path
+) -> dict:
+    """The end of a training run: figures, then the best checkpoint (by val_miou) logged,
+    registered and gated; returns the job's JSON summary. `result` is Ray Train's Result."""
+    import mlflow
+
+    checkpoint, metrics = best_checkpoint(result)
+    with checkpoint.as_directory() as folder:
+        shutil.copy(Path(folder) / MODEL_FILE, scratch / MODEL_FILE)
+    loaded = load_checkpoint(scratch / MODEL_FILE)
+    epoch, val_miou = int(metrics["epoch"]), float(metrics["val_miou"])
+    with mlflow.start_run(run_id=run_id):
+        log_curves(uri, run_id, scratch)
+        samples = read_samples(
+            plan.val_root,
+            plan.val,
+            class_map=plan.class_map,
+            channels=plan.in_channels,
+            endpoint_url=cfg.s3_endpoint_url,
+        )
+        log_panel(uri, run_id, loaded, samples, scratch)
+        reg = log_and_register(
+            run_id=run_id,
+            checkpoint_path=scratch / MODEL_FILE,
+            name=cfg.register_as,
+            alias=cfg.alias,
+            val_miou=val_miou,
+            epoch=epoch,
+            min_miou=cfg.min_miou,
+            force_alias=cfg.force_alias,
+            tags={"data_root": plan.root, "run_name": cfg.run_name},
+        )
+        mlflow.set_tags({"model_uri": reg.model_uri, "best_epoch": str(epoch)})
+    speed = metric_histories(uri, run_id, ["images_per_second", "epoch"])
+    steady = speed["images_per_second"][1:] or speed["images_per_second"]  # epoch 1 warms up
+    print(
+        f"alias @{cfg.alias}: {'set' if reg.alias_set else 'not set'} ({reg.reason})",
+        file=sys.stderr,
+    )
+    return {
+        "run_id": run_id,
+        "run_name": cfg.run_name,
+        "experiment": cfg.experiment,
+        "tracking_uri": uri,
+        "model_uri": reg.model_uri,
+        "model_name": reg.name,
+        "model_version": reg.version,
+        "alias": reg.alias,
+        "alias_set": reg.alias_set,
+        "alias_reason": reg.reason,
+        "val_miou": val_miou,
+        "best_epoch": epoch,
+        "epochs": int(max(speed["epoch"], default=0)),
+        "images_per_second": round(sum(steady) / len(steady), 2) if steady else math.nan,
+        "num_workers": cfg.num_workers,
+        "data_root": plan.root,
+        "checkpoints": str(result.path),
+    }

@@ -1,0 +1,155 @@
+"""Log the trained UNet as an MLflow model, register a version, and gate the alias.
+
+The logged model is `jobs/training/pyfunc_model.py` as code plus the unet_core checkpoint as the
+artifact `unet` (`artifacts/unet.pt` in the model folder: what jobs/inference/model_source.py loads).
+The alias (default `champion`) moves to the new version only when its validation mIoU is at
+least `--min-miou` and not below the version holding the alias (its `val_miou` tag), unless
+`--force-alias`; otherwise the version stays registered without the alias and the reason is
+returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PYFUNC_FILE = Path(__file__).resolve().with_name("pyfunc_model.py")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    alias: str
+    alias_set: bool
+    reason: str
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def code_version() -> str:
+    """`git describe` of this checkout, else the package version."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--tags"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        if out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    import unet_core
+
+    return f"unet-ray {unet_core.__version__}"
+
+
+def decide_alias(
+    client, name: str, alias: str, *, val_miou: float, min_miou: float, force: bool
+) -> tuple[bool, str]:
+    """(move the alias?, why) for a version scoring `val_miou`."""
+    from mlflow.exceptions import MlflowException
+
+    if not math.isfinite(val_miou) or val_miou < min_miou:
+        return False, f"val_miou {val_miou:.4f} is below --min-miou {min_miou:.4f}"
+    try:
+        holder = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return True, f"no version held @{alias} yet"
+    try:
+        held = float(holder.tags.get("val_miou", "nan"))
+    except ValueError:
+        held = float("nan")
+    if math.isnan(held):
+        return True, f"version {holder.version} @{alias} has no val_miou tag to compare with"
+    if val_miou < held and not force:
+        return False, (
+            f"val_miou {val_miou:.4f} is below {held:.4f} of version {holder.version} "
+            f"@{alias}; pass --force-alias to move it anyway"
+        )
+    verb = "forced over" if val_miou < held else "not below"
+    return True, f"val_miou {val_miou:.4f} {verb} {held:.4f} of version {holder.version} @{alias}"
+
+
+def find_registered(client, name: str, run_id: str, epoch: int) -> str | None:
+    """The version this run already registered for this epoch (a resubmitted finished run)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    for version in versions:
+        if version.tags.get("epoch") == str(epoch):
+            return str(version.version)
+    return None
+
+
+def log_and_register(
+    *,
+    run_id: str,
+    checkpoint_path: str | Path,
+    name: str,
+    alias: str,
+    val_miou: float,
+    epoch: int,
+    min_miou: float = 0.0,
+    force_alias: bool = False,
+    tags: dict[str, str] | None = None,
+) -> Registration:
+    """Log the model under the active MLflow run `run_id`, register it, maybe move the alias."""
+    import mlflow
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    version = find_registered(client, name, run_id, epoch)
+    if version is None:
+        # No signature: inputs are images of any size (HxW or HxWxC) or a DataFrame of encoded
+        # images; MLflow's warning that it could not infer one is expected, so it is muted.
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_log.level
+        pyfunc_log.setLevel(logging.ERROR)
+        try:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(PYFUNC_FILE),
+                artifacts={"unet": str(checkpoint_path)},
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow"],
+            )
+        finally:
+            pyfunc_log.setLevel(level)
+        registered = mlflow.register_model(info.model_uri, name)
+        version = str(registered.version)
+        all_tags = {
+            "run_id": run_id,
+            "val_miou": f"{val_miou:.6f}",
+            "epoch": str(epoch),
+            "code_version": code_version(),
+            **(tags or {}),
+        }
+        for key, value in all_tags.items():
+            client.set_model_version_tag(name, version, key, value)
+    else:
+        log.info(
+            "run %s already registered epoch %d as %s version %s", run_id, epoch, name, version
+        )
+    alias_set, reason = decide_alias(
+        client, name, alias, val_miou=val_miou, min_miou=min_miou, force=force_alias
+    )
+    if alias_set:
+        client.set_registered_model_alias(name, alias, version)
+        log.info("models:/%s@%s -> version %s (%s)", name, alias, version, reason)
+    else:
+        log.warning("version %s of %s registered without @%s: %s", version, name, alias, reason)
+    return Registration(name, version, alias, alias_set, reason)

@@ -1,0 +1,90 @@
+"""The driver's side of Ray Train: the plain-data config every worker gets, and the
+TorchTrainer over the planned datasets (scaling, storage, failures, checkpoints)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from jobs.common import fs
+from jobs.common.ray_cluster import data_remote_args, forwarded_env
+from jobs.common.resources import worker_resources
+from jobs.training.config import TrainJobConfig
+from jobs.training.data_checks import DataPlan
+from jobs.training.datasets import ExactValidationDataConfig, build_train_val
+from jobs.training.worker_loop import train_loop_per_worker
+from unet_core.config import PreprocessConfig
+
+
+def make_loop_config(
+    cfg: TrainJobConfig, plan: DataPlan, *, tracking_uri: str, run_id: str
+) -> dict[str, Any]:
+    """train_loop_config from the job config and the data plan: plain data, the same for every
+    rank."""
+    model_config = dataclasses.replace(
+        cfg.model, in_channels=plan.in_channels, num_classes=plan.class_map.num_classes
+    )
+    world = cfg.num_workers
+    rows_per_worker = len(plan.train) // world  # equal shards drop the remainder
+    return {
+        "train": cfg.train.to_dict(),
+        "model": model_config.to_dict(),
+        "preprocess": PreprocessConfig.for_channels(plan.in_channels).to_dict(),
+        "class_map": plan.class_map.to_dict(),
+        "steps_per_epoch": max(1, math.ceil(rows_per_worker / cfg.train.batch_size)),
+        "eval_batch_size": max(1, min(cfg.train.batch_size, 8)),
+        "num_workers": world,
+        "global_batch_size": cfg.train.batch_size * world,
+        "torch_threads": cfg.torch_threads,
+        "log_level": cfg.log_level,
+        "run_name": cfg.run_name,
+        "tracking_uri": tracking_uri,
+        "run_id": run_id,
+    }
+
+
+def make_trainer(
+    cfg: TrainJobConfig, plan: DataPlan, loop_config: dict, owned: bool
+) -> TorchTrainer:
+    """TorchTrainer over the planned data; storage, failures and checkpoints from the config.
+    ``owned``: this job started the local Ray, whose runtime_env already reaches every task."""
+    use_gpu, resources = worker_resources(
+        cfg.num_workers, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker
+    )
+    built = build_train_val(
+        plan,
+        seed=cfg.train.seed,
+        endpoint_url=cfg.s3_endpoint_url,
+        cache=cfg.cache_data,
+        ray_remote_args={} if owned else data_remote_args(),
+    )
+    filesystem, storage = fs.resolve(cfg.storage_path, endpoint_url=cfg.s3_endpoint_url)
+    loop_config.update(use_gpu=use_gpu, resources_per_worker=resources)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=storage,
+            storage_filesystem=filesystem if fs.is_remote(cfg.storage_path) else None,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints,
+                checkpoint_score_attribute="val_miou",
+                checkpoint_score_order="max",
+            ),
+            worker_runtime_env={} if owned else {"env_vars": forwarded_env()},
+            logging_config=LoggingConfig(
+                log_level="DEBUG" if cfg.log_level == "DEBUG" else "WARNING"
+            ),
+        ),
+        datasets=built,
+        dataset_config=ExactValidationDataConfig(),
+    )

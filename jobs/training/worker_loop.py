@@ -1,0 +1,280 @@
+"""The loop Ray Train runs on every worker (rank): DDP training, exact validation, checkpoints.
+
+Each epoch: train on this rank's shard; validate this rank's part of the validation set;
+all-reduce the confusion matrix and the loss sums, so every rank holds metrics over the whole
+set; rank 0 logs the epoch to MLflow and writes the checkpoint (`jobs.training.checkpoints`);
+every rank reports (the same number of times). A restarted worker group resumes from
+`ray.train.get_checkpoint()`. `train_loop_config` is built on the driver by
+`jobs.training.trainer.make_loop_config`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from jobs.common.logs import quiet_worker_logs
+from jobs.common.mlflow_store import metric_name
+from jobs.training.batches import eval_batches, train_batches
+from jobs.training.checkpoints import restore, save_train_checkpoint
+from jobs.training.collectives import all_reduce, reduce_eval, sync_buffers
+from jobs.training.datasets import TRAIN, VAL
+from jobs.training.tracking import EpochLogger
+from unet_core.classes import ClassMap
+from unet_core.config import ModelConfig, PreprocessConfig, TrainConfig
+from unet_core.engine import evaluate, make_optimizer, make_scheduler, train_one_epoch
+from unet_core.losses import SegmentationLoss
+from unet_core.metrics import finite_or_none
+from unet_core.model import UNet
+from unet_core.precision import autocast_dtype
+from unet_core.transforms import transforms_for_training
+
+log = logging.getLogger("unet_ray.worker")
+
+RESUMED_TAG = "unet_ray.resumed_from_epochs"
+
+
+@dataclass
+class WorkerSetup:
+    """Everything a rank builds from train_loop_config."""
+
+    cfg: TrainConfig
+    model_config: ModelConfig
+    preprocess: PreprocessConfig
+    class_map: ClassMap
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> WorkerSetup:
+        context = ray.train.get_context()
+        return cls(
+            cfg=TrainConfig.from_dict(config["train"]),
+            model_config=ModelConfig.from_dict(config["model"]),
+            preprocess=PreprocessConfig.from_dict(config["preprocess"]),
+            class_map=ClassMap.from_dict(config["class_map"]),
+            rank=context.get_world_rank(),
+            world_size=context.get_world_size(),
+            device=ray.train.torch.get_device(),
+        )
+
+
+# --- epochs ---------------------------------------------------------------------------
+
+
+class DataWait:
+    """Wraps a batch iterator and adds up the time the training loop waited for batches."""
+
+    def __init__(self, batches: Iterator[Any]) -> None:
+        self._batches = iter(batches)
+        self.seconds = 0.0
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - start
+            yield batch
+
+
+def build_model(setup: WorkerSetup) -> nn.Module:
+    """The same initial weights on every rank (seeded), then a per-rank seed for dropout."""
+    torch.manual_seed(setup.cfg.seed)
+    model = UNet.from_config(setup.model_config).to(memory_format=torch.channels_last)
+    torch.manual_seed(setup.cfg.seed + setup.rank)
+    return model
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: nn.Module,
+    setup: WorkerSetup,
+    *,
+    epoch: int,
+) -> dict[str, float]:
+    """One epoch on this rank's shard; loss and throughput over all ranks."""
+    cfg = setup.cfg
+    transform = transforms_for_training(cfg.crop_size, augment=cfg.augment)
+    batches = train_batches(
+        ray.train.get_dataset_shard(TRAIN),
+        batch_size=cfg.batch_size,
+        transform=transform,
+        preprocess=setup.preprocess,
+        seed=cfg.seed,
+        epoch=epoch,
+        rank=setup.rank,
+    )
+    waits = DataWait(batches)
+    stats = train_one_epoch(
+        model,
+        waits,
+        optimizer,
+        loss_fn,
+        device=setup.device,
+        scheduler=scheduler,
+        amp_dtype=autocast_dtype(setup.device, training=True),
+        max_grad_norm=cfg.max_grad_norm,
+    )
+    sums = all_reduce(
+        torch.tensor(
+            [stats.loss * stats.images, float(stats.images)],
+            dtype=torch.float64,
+            device=setup.device,
+        )
+    )
+    seconds = all_reduce(
+        torch.tensor([stats.seconds], dtype=torch.float64, device=setup.device), "max"
+    )
+    images, slowest = int(sums[1]), float(seconds[0])
+    return {
+        "train_loss": float(sums[0]) / max(1, images),
+        "train_images": images,
+        "train_seconds": slowest,
+        "images_per_second": images / slowest if slowest > 0 else 0.0,
+        "data_wait_seconds": waits.seconds,  # rank 0's; near 0 unless input-bound
+        "lr": optimizer.param_groups[0]["lr"],
+    }
+
+
+def validate(
+    model: nn.Module, loss_fn: nn.Module, setup: WorkerSetup, *, batch_size: int
+) -> dict[str, float]:
+    """Metrics over the whole validation set (every rank evaluates its part, then all-reduce)."""
+    module = getattr(model, "module", model)
+    sync_buffers(module)
+    stats = evaluate(
+        module,
+        eval_batches(
+            ray.train.get_dataset_shard(VAL),
+            batch_size=batch_size,
+            preprocess=setup.preprocess,
+        ),
+        loss_fn,
+        num_classes=setup.model_config.num_classes,
+        device=setup.device,
+        amp_dtype=autocast_dtype(setup.device, training=True),
+    )
+    total = reduce_eval(stats, setup.device)
+    summary = total.confusion.summary(setup.class_map.names)
+    metrics: dict[str, float] = {
+        "val_loss": total.loss,
+        "val_images": total.images,
+        "val_miou": summary["mean_iou"],
+        "val_mean_dice": summary["mean_dice"],
+        "val_pixel_accuracy": summary["pixel_accuracy"],
+    }
+    for name, row in summary["per_class"].items():
+        metrics[f"val_iou/{metric_name(name)}"] = row["iou"]
+        metrics[f"val_dice/{metric_name(name)}"] = row["dice"]
+    return metrics
+
+
+def _finite(value: float | None) -> float:
+    """Ray Train's report and the log line take numbers: NaN/None (no class to score) as 0."""
+    return finite_or_none(value) or 0.0
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry point; `config` is built on the driver (`trainer.make_loop_config`)."""
+    quiet_worker_logs(config.get("log_level", "INFO"))
+    if config.get("torch_threads"):
+        torch.set_num_threads(int(config["torch_threads"]))
+    setup = WorkerSetup.from_config(config)
+    cfg = setup.cfg
+    model = build_model(setup)
+
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = restore(checkpoint, model)
+    model = ray.train.torch.prepare_model(model)  # to the device; DDP when world_size > 1
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=int(config["steps_per_epoch"]))
+    start_epoch = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"])
+    loss_fn = SegmentationLoss(
+        setup.model_config.num_classes, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight
+    )
+    logger = EpochLogger(config.get("tracking_uri"), config.get("run_id"), setup.rank)
+    if setup.rank == 0:
+        if start_epoch:
+            log.info("resuming from the checkpoint of epoch %d", start_epoch)
+            logger.append_tag(RESUMED_TAG, str(start_epoch))
+        log.info(
+            "rank 0 of %d on %s (pid %d): per-worker batch %d, global batch %d, %d steps/epoch; "
+            "AdamW lr %g, warm-up %.2g epochs then cosine; seed %d for weights, seed+rank for "
+            "dropout, (seed, epoch, rank) for shuffling, (seed, epoch, key) for augmentation; "
+            "amp %s; torch threads %d",
+            setup.world_size,
+            setup.device,
+            os.getpid(),
+            cfg.batch_size,
+            cfg.batch_size * setup.world_size,
+            config["steps_per_epoch"],
+            cfg.lr,
+            cfg.warmup_epochs,
+            cfg.seed,
+            autocast_dtype(setup.device, training=True),
+            torch.get_num_threads(),
+        )
+
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        metrics = train_epoch(model, optimizer, scheduler, loss_fn, setup, epoch=epoch)
+        metrics.update(
+            validate(model, loss_fn, setup, batch_size=int(config.get("eval_batch_size", 4)))
+        )
+        metrics["epoch"] = epoch
+        if setup.rank == 0:
+            logger.log_epoch(epoch, metrics)  # before the report: an epoch is never left unlogged
+            log.info(
+                "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_miou %.4f  pixel_acc %.4f  "
+                "%.1f images/s (%d workers)",
+                epoch,
+                cfg.epochs,
+                metrics["train_loss"],
+                metrics["val_loss"],
+                _finite(metrics["val_miou"]),
+                _finite(metrics["val_pixel_accuracy"]),
+                metrics["images_per_second"],
+                setup.world_size,
+            )
+        report = {k: _finite(v) for k, v in metrics.items() if "/" not in k}
+        if setup.rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                save_train_checkpoint(
+                    Path(folder),
+                    model,
+                    optimizer,
+                    scheduler,
+                    model_config=setup.model_config,
+                    class_map=setup.class_map,
+                    preprocess=setup.preprocess,
+                    epoch=epoch,
+                    metrics=metrics,
+                    config=config,
+                )
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(report, checkpoint=None)
+    return {"start_epoch": start_epoch, "epochs": cfg.epochs}

@@ -1,0 +1,168 @@
+"""jobs/segment.py on the synthetic set: local Ray, sqlite MLflow registry, local folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jobs import segment
+from jobs.inference.manifest import read_manifest
+from tests.integration.inference.helpers import (
+    expected_masks,
+    make_checkpoint,
+    register_checkpoint,
+    run_main,
+)
+from unet_core.classes import ClassMap
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def registered(tmp_path, mlflow_uri, synthetic_root):
+    """Version 1 (random seed 1) then version 2 (seed 0) of `unet`; @champion -> 2."""
+    class_map = ClassMap.from_file(synthetic_root / "classes.json")
+    register_checkpoint(make_checkpoint(tmp_path / "v1.pt", class_map, seed=1), tmp_path / "art")
+    ckpt = make_checkpoint(tmp_path / "v2.pt", class_map, seed=0)
+    version = register_checkpoint(ckpt, tmp_path / "art")
+    return ckpt, version
+
+
+def test_segment_alias_masks_match_predict_and_manifest(
+    tmp_path, ray_local, registered, synthetic_root, capsys
+):
+    ckpt, version = registered
+    images = sorted((synthetic_root / "images").glob("*.png"))
+    out = tmp_path / "out"
+    code, summary = run_main(
+        segment.main,
+        [
+            "--input",
+            synthetic_root / "images",
+            "--output",
+            out,
+            "--model",
+            "models:/unet@champion",
+            "--batch-size",
+            4,
+            "--overlays",
+            "--confidence",
+            "--progress-seconds",
+            0,
+        ],
+        capsys,
+    )
+    assert code == 0, summary
+    n = len(images)
+    assert (summary["total"], summary["ok"], summary["failed"], summary["skipped"]) == (n, n, 0, 0)
+    assert summary["model_uri"] == f"models:/unet/{version}"
+    assert summary["images_per_second"] > 0
+
+    # N masks with the same relative paths, equal to unet_core.predict.predict exactly.
+    masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*"))
+    assert masks == [p.name for p in images]
+    expected = expected_masks(ckpt, images)
+    for p in images:
+        got = np.asarray(Image.open(out / "masks" / p.name))
+        assert got.dtype == np.uint8 and got.shape == expected[p.name].shape
+        np.testing.assert_array_equal(got, expected[p.name], err_msg=p.name)
+    assert len(list((out / "overlays").glob("*.jpg"))) == n
+    assert len(list((out / "confidence").glob("*.png"))) == n
+
+    rows = read_manifest(summary["manifest"])
+    assert len(rows) == n
+    assert {r["status"] for r in rows} == {"ok"}
+    assert {(r["model_name"], r["model_version"]) for r in rows} == {("unet", version)}
+    row = next(r for r in rows if r["relative_path"] == images[0].name)
+    assert (row["width"], row["height"]) == expected[images[0].name].shape[::-1]
+    fractions = row["class_fractions"]
+    assert set(fractions) == {"background", "ellipse", "rectangle"}
+    assert sum(fractions.values()) == pytest.approx(1.0)
+    expected_bg = float((expected[images[0].name] == 0).mean())
+    assert fractions["background"] == pytest.approx(expected_bg)
+    assert 0 < row["mean_confidence"] <= 1 and row["seconds"] > 0
+
+
+def test_segment_mask_formats_and_jsonl(tmp_path, ray_local, registered, synthetic_root, capsys):
+    ckpt, version = registered
+    images = sorted((synthetic_root / "images").glob("*.png"))[:3]
+    class_map = ClassMap.from_file(synthetic_root / "classes.json")
+    expected = expected_masks(ckpt, images)
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("# three of them\n" + "\n".join(p.name for p in images) + "\n")
+    for fmt in ("values", "color"):
+        out = tmp_path / fmt
+        code, summary = run_main(
+            segment.main,
+            [
+                "--input",
+                synthetic_root / "images",
+                "--input-list",
+                listing,
+                "--output",
+                out,
+                "--model",
+                f"models:/unet/{version}",
+                "--mask-format",
+                fmt,
+                "--manifest-format",
+                "jsonl",
+            ],
+            capsys,
+        )
+        assert code == 0 and summary["ok"] == 3, summary
+        assert summary["manifest"].endswith("manifest.jsonl")
+        assert len(read_manifest(summary["manifest"])) == 3
+        for p in images:
+            img = Image.open(out / "masks" / p.name)
+            if fmt == "values":
+                assert img.mode == "L"
+                want = np.asarray(class_map.values, dtype=np.uint8)[expected[p.name]]
+                np.testing.assert_array_equal(np.asarray(img), want)
+            else:
+                assert img.mode == "P"  # palette PNG: pixels are indices, shown in colours
+                np.testing.assert_array_equal(np.asarray(img), expected[p.name])
+                palette = np.asarray(img.getpalette()[: 3 * 3], dtype=np.uint8).reshape(3, 3)
+                np.testing.assert_array_equal(palette, class_map.colors)
+
+
+def test_segment_local_checkpoint_and_bad_model(
+    tmp_path, ray_local, synthetic_root, capsys, mlflow_uri
+):
+    class_map = ClassMap.from_file(synthetic_root / "classes.json")
+    make_checkpoint(tmp_path / "model" / "unet.pt", class_map)
+    images = sorted((synthetic_root / "images").glob("*.png"))[:2]
+    listing = tmp_path / "in.txt"
+    listing.write_text("\n".join(str(p) for p in images))  # absolute paths under --input
+    code, summary = run_main(
+        segment.main,
+        [
+            "--input",
+            synthetic_root / "images",
+            "--input-list",
+            listing,
+            "--output",
+            tmp_path / "o",
+            "--model",
+            tmp_path / "model",
+        ],  # a folder holding unet.pt
+        capsys,
+    )
+    assert code == 0 and summary["ok"] == 2 and summary["model_version"] is None
+    assert summary["model_uri"] == str(tmp_path / "model")
+    # An alias nobody set: exit 2, and the message says what to do.
+    code, summary = run_main(
+        segment.main,
+        [
+            "--input",
+            synthetic_root / "images",
+            "--output",
+            tmp_path / "o2",
+            "--model",
+            "models:/nothing@champion",
+        ],
+        capsys,
+    )
+    assert code == 2 and "alias" in summary["error"] and "--model" in summary["error"]
+    assert not (tmp_path / "o2").exists()

@@ -1,0 +1,336 @@
+"""Units of the batch jobs without Ray: config, inputs, decode, predictor, writer, manifest,
+model source."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from jobs.common.mlflow_store import resolve_tracking_uri
+from jobs.inference import manifest
+from jobs.inference.config import EvaluateConfig, SegmentConfig, build_parser, parse_config
+from jobs.inference.decode import decode_images
+from jobs.inference.inputs import list_inputs, plan_inputs, relative_to_base
+from jobs.inference.model_source import (
+    ModelSourceError,
+    fetch_checkpoint_bytes,
+    find_checkpoint,
+    resolve_model,
+)
+from jobs.inference.predictor import Predictor, PredictorSettings
+from jobs.inference.writer import MaskWriter, WriterSettings, encode_mask, mask_key
+from tests.integration.inference.helpers import make_checkpoint
+from unet_core.checkpoint import load_checkpoint
+from unet_core.classes import ClassMap
+from unet_core.predict import predict, prepare_for_inference
+
+CLASSES = ClassMap.from_names(["background", "cell", "edge"], values=[0, 128, 255])
+
+
+# --- config ----------------------------------------------------------------------------------
+def test_help_documents_every_field(capsys):
+    for cls in (SegmentConfig, EvaluateConfig):
+        text = build_parser(cls, prog="x", description="d").format_help()
+        for name in cls.__dataclass_fields__:
+            assert "--" + name.replace("_", "-") in text, name
+    text = build_parser(SegmentConfig, prog="x", description="d").format_help()
+    assert "--max-failed-fraction" in text and "palette PNG" in text
+
+
+def test_config_parsing_and_validation(capsys):
+    cfg = parse_config(
+        SegmentConfig,
+        [
+            "--input",
+            "in",
+            "--output",
+            "s3://b/o",
+            "--tta",
+            "--num-gpus-per-actor",
+            "0.5",
+            "--max-actors",
+            "3",
+            "--mask-format",
+            "color",
+        ],
+        prog="x",
+        description="d",
+    )
+    assert (cfg.tta, cfg.num_gpus_per_actor, cfg.max_actors, cfg.mask_format) == (
+        True,
+        0.5,
+        3,
+        "color",
+    )
+    assert cfg.model == "models:/unet@champion" and cfg.amp_flag is None
+    with pytest.raises(SystemExit) as exc:
+        parse_config(
+            SegmentConfig,
+            ["--input", "in", "--output", "o", "--mask-format", "rgb"],
+            prog="x",
+            description="d",
+        )
+    assert exc.value.code == 2
+    assert "--mask-format must be one of" in capsys.readouterr().err
+    assert (cfg.forward_batch(use_gpu=False), cfg.forward_batch(use_gpu=True)) == (1, 16)
+    assert (cfg.call_rows(use_gpu=False), cfg.call_rows(use_gpu=True)) == (8, 16)
+    with pytest.raises(ValueError, match="--min-actors"):
+        SegmentConfig(input="a", output="b", min_actors=3, max_actors=2)
+    with pytest.raises(ValueError, match="--tile-overlap"):
+        SegmentConfig(input="a", output="b", tile_size=64, tile_overlap=64)
+    with pytest.raises(ValueError, match="give --max-actors"):
+        SegmentConfig(input="a", output="b", min_actors=2)
+
+
+# --- inputs and planning ---------------------------------------------------------------------
+def test_relative_paths_of_list_entries():
+    assert relative_to_base("a/b.png", "/data") == "a/b.png"
+    assert relative_to_base("./a/b.png", "/data") == "a/b.png"
+    assert relative_to_base("/data/a/b.png", "/data") == "a/b.png"
+    assert relative_to_base("/other/b.png", "/data") is None
+    assert relative_to_base("s3://bkt/in/x/y.jpg", "s3://bkt/in") == "x/y.jpg"
+    assert relative_to_base("bkt/in/x/y.jpg", "s3://bkt/in") == "x/y.jpg"  # Ray's scheme-less path
+
+
+def test_list_inputs_from_folder_list_and_parquet(tmp_path):
+    src = tmp_path / "in"
+    for rel in ("a.png", "b.JPG", "sub/c.tiff", "notes.txt", ".hidden.png", "out/old.png"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"x")
+    cfg = SegmentConfig(input=str(src), output=str(src / "out"))
+    assert [r for _, r in list_inputs(cfg, None)] == ["a.png", "b.JPG", "sub/c.tiff"]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# comment\nsub/c.tiff\n\n{src}/a.png\n")
+    cfg = SegmentConfig(input=str(src), output=str(tmp_path / "o"), input_list=str(listing))
+    assert list_inputs(cfg, None) == [
+        (str(src / "a.png"), "a.png"),
+        (str(src / "sub/c.tiff"), "sub/c.tiff"),
+    ]
+    table = pa.table({"path": ["b.JPG", "a.png"]})
+    pq.write_table(table, tmp_path / "list.parquet")
+    cfg = SegmentConfig(
+        input=str(src), output=str(tmp_path / "o"), input_list=str(tmp_path / "list.parquet")
+    )
+    assert [r for _, r in list_inputs(cfg, None)] == ["a.png", "b.JPG"]
+    listing.write_text("/elsewhere/z.png\n")
+    cfg = SegmentConfig(input=str(src), output=str(tmp_path / "o"), input_list=str(listing))
+    with pytest.raises(ValueError, match="not under --input"):
+        list_inputs(cfg, None)
+
+
+def test_plan_skips_existing_and_rejects_name_clashes():
+    inputs = [
+        ("/d/a.jpg", "a.jpg"),
+        ("/d/a.png", "a.png"),
+        ("/d/b.png", "b.png"),
+        ("/d/c.tif", "c.tif"),
+    ]
+    work = plan_inputs(inputs, {"b.png"}, overwrite=False)
+    assert [r["relative_path"] for r in work.todo] == ["a.jpg", "c.tif"]
+    assert work.skipped == [("/d/b.png", "b.png")]
+    assert [r["relative_path"] for r in work.rejected] == ["a.png"]
+    assert "a.jpg" in work.rejected[0]["error"] and work.total == 4
+    assert len(plan_inputs(inputs, {"b.png"}, overwrite=True).todo) == 3
+    assert mask_key("x/y.v2.JPEG") == "x/y.v2.png"
+
+
+# --- decode and predict ----------------------------------------------------------------------
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_decode_batch_keeps_going_past_bad_files(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "ok.png").write_bytes(_png(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)))
+    (tmp_path / "gray.png").write_bytes(_png(rng.integers(0, 256, (4, 6), dtype=np.uint8)))
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    inputs = [str(tmp_path / n) for n in ("ok.png", "bad.png", "gray.png", "missing.png")]
+    out = decode_images(
+        pa.table({"input": inputs, "relative_path": ["1", "2", "3", "4"]}), channels=3
+    )
+    rows = out.to_pylist()
+    assert [r["error"] is None for r in rows] == [True, False, True, False]
+    assert "bad.png" in rows[1]["error"] and "missing.png" in rows[3]["error"]
+    assert (rows[0]["height"], rows[0]["width"], rows[0]["channels"]) == (5, 7, 3)
+    assert (rows[2]["height"], rows[2]["width"], rows[2]["channels"]) == (4, 6, 3)
+    assert len(rows[2]["pixels"]) == 4 * 6 * 3 and rows[0]["relative_path"] == "1"
+
+
+def test_predictor_mixed_sizes_tiles_and_failures(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "unet.pt", CLASSES, base_width=4, depth=2)
+    settings = PredictorSettings(tile_size=48, tile_overlap=8, batch_size=2, confidence_map=True)
+    predictor = Predictor(ckpt.read_bytes(), settings)
+    rng = np.random.default_rng(1)
+    images = [
+        rng.integers(0, 256, (20, 30, 3), dtype=np.uint8),
+        None,
+        rng.integers(0, 256, (20, 30, 3), dtype=np.uint8),
+        rng.integers(0, 256, (17, 9, 3), dtype=np.uint8),
+        rng.integers(0, 256, (20, 30, 3), dtype=np.uint8),
+        rng.integers(0, 256, (70, 50, 3), dtype=np.uint8),  # > tile_size: tiled
+    ]
+    results = predictor.predict_images(images)
+    assert results[1] is None
+    loaded = load_checkpoint(ckpt)
+    model = prepare_for_inference(loaded.model, "cpu")
+    for image, result in zip(images, results, strict=True):
+        if image is None:
+            continue
+        want = predict(model, image, preprocess=loaded.preprocess, tile_size=48, tile_overlap=8)
+        np.testing.assert_array_equal(result.mask, want.mask)
+        assert result.mean_confidence == pytest.approx(float(want.confidence.mean()), abs=1e-3)
+        assert result.confidence_map.shape == image.shape[:2]
+
+
+# --- writer and manifest ---------------------------------------------------------------------
+def test_encode_mask_formats():
+    mask = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    assert np.array_equal(
+        np.asarray(
+            Image.open(io.BytesIO(encode_mask(mask, mask_format="indices", class_map=CLASSES)))
+        ),
+        mask,
+    )
+    values = np.asarray(
+        Image.open(io.BytesIO(encode_mask(mask, mask_format="values", class_map=CLASSES)))
+    )
+    assert values.tolist() == [[0, 128], [255, 0]]
+    img = Image.open(io.BytesIO(encode_mask(mask, mask_format="color", class_map=CLASSES)))
+    assert img.mode == "P" and np.array_equal(np.asarray(img), mask)
+    assert tuple(img.getpalette()[3:6]) == tuple(CLASSES.colors[1])
+
+
+def test_mask_writer_rows_parts_and_final_manifest(tmp_path):
+    out = tmp_path / "out"
+    settings = WriterSettings(
+        output=str(out),
+        class_map=CLASSES.to_dict(),
+        model_name="unet",
+        model_version="7",
+        model_uri="models:/unet/7",
+        job_id="j1",
+    )
+    mask = np.array([[0, 1, 1], [2, 2, 2]], dtype=np.uint8)
+    batch = pa.table(
+        {
+            "input": ["/in/a/x.jpg", "/in/y.png"],
+            "relative_path": ["a/x.jpg", "y.png"],
+            "height": pa.array([2, 0], pa.int32()),
+            "width": pa.array([3, 0], pa.int32()),
+            "channels": pa.array([3, 0], pa.int8()),
+            "error": [None, "/in/y.png: empty file"],
+            "seconds": [0.5, 0.1],
+            "mask": pa.array([mask.tobytes(), b""], pa.large_binary()),
+            "confidence_map": pa.array([b"", b""], pa.large_binary()),
+            "mean_confidence": [0.75, None],
+        }
+    )
+    table = MaskWriter(settings)(batch)
+    rows = {r["relative_path"]: r for r in table.to_pylist()}
+    ok, bad = rows["a/x.jpg"], rows["y.png"]
+    assert ok["status"] == "ok" and ok["output"] == str(out / "masks/a/x.png")
+    assert ok["class_fractions"] == pytest.approx(
+        {"background": 1 / 6, "cell": 2 / 6, "edge": 3 / 6}
+    )
+    assert (ok["width"], ok["height"], ok["model_version"], ok["seconds"] > 0.5) == (
+        3,
+        2,
+        "7",
+        True,
+    )
+    assert bad["status"] == "failed" and bad["output"] is None and "empty" in bad["error"]
+    assert np.array_equal(np.asarray(Image.open(out / "masks/a/x.png")), mask)
+    assert [p.name for p in (out / "manifest").iterdir()] == [
+        manifest.part_name(["/in/a/x.jpg", "/in/y.png"])
+    ]
+    assert not list(out.rglob(".*"))  # no temporary file left behind
+
+    previous = manifest.read_parts(str(out), inputs={"/in/a/x.jpg"})
+    assert set(previous) == {"/in/a/x.jpg"} and previous["/in/a/x.jpg"]["model_version"] == "7"
+    skipped = manifest.skipped_row(
+        "/in/a/x.jpg", "a/x.jpg", ok["output"], previous["/in/a/x.jpg"], "j2"
+    )
+    assert (skipped["status"], skipped["job_id"], skipped["width"]) == ("skipped", "j2", 3)
+    final = pa.concat_tables([table, manifest.rows_to_table([skipped], CLASSES.names)])
+    for fmt in ("parquet", "jsonl"):
+        uri = manifest.write_final(str(out), final, fmt=fmt)
+        back = manifest.read_manifest(uri)
+        assert [r["status"] for r in back] == ["ok", "failed", "skipped"]
+    line = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert line["class_fractions"]["edge"] == pytest.approx(0.5) and "T" in line["finished_at"]
+
+
+def test_cleanup_removes_only_temporary_files(tmp_path):
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks/a.png").write_bytes(b"done")
+    (tmp_path / "masks/.b.png.0123abcd.tmp").write_bytes(b"half")
+    assert manifest.cleanup_temporary_files(str(tmp_path)) == 1
+    assert [p.name for p in (tmp_path / "masks").iterdir()] == ["a.png"]
+
+
+def test_read_parts_prefers_the_latest_row(tmp_path):
+    old = manifest.base_row(
+        input="i",
+        relative_path="i",
+        status="ok",
+        width=1,
+        finished_at=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc),
+    )
+    new = manifest.base_row(input="i", relative_path="i", status="ok", width=2)
+    for rows in ([old], [new, manifest.base_row(input="j", relative_path="j", status="failed")]):
+        manifest.write_part(str(tmp_path), manifest.rows_to_table(rows, ["a", "b"]))
+    latest = manifest.read_parts(str(tmp_path))
+    assert set(latest) == {"i"} and latest["i"]["width"] == 2
+
+
+# --- model source ----------------------------------------------------------------------------
+def test_local_checkpoint_sources(tmp_path, monkeypatch):
+    ckpt = make_checkpoint(tmp_path / "model/artifacts/unet.pt", CLASSES)
+    for source in (str(ckpt), str(tmp_path / "model")):
+        resolved = resolve_model(source)
+        assert resolved.version is None and resolved.uri_resolved == source
+        assert fetch_checkpoint_bytes(resolved) == ckpt.read_bytes()
+    (tmp_path / "two/a").mkdir(parents=True)
+    (tmp_path / "two/b").mkdir()
+    (tmp_path / "two/a/unet.pt").write_bytes(b"1")
+    (tmp_path / "two/b/unet.pt").write_bytes(b"2")
+    with pytest.raises(ModelSourceError, match="exactly one"):
+        find_checkpoint(tmp_path / "two")
+    with pytest.raises(ModelSourceError, match="no such checkpoint"):
+        fetch_checkpoint_bytes(resolve_model(str(tmp_path / "missing.pt")))
+    with pytest.raises(ModelSourceError, match="alias"):
+        resolve_model("models:/unet/Production")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_alias_is_pinned_to_a_version(tmp_path, mlflow_uri):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.create_registered_model("seg")
+    ckpt = make_checkpoint(tmp_path / "v/unet.pt", CLASSES)
+    for _ in range(2):
+        client.create_model_version("seg", source=str(tmp_path / "v"))
+    client.set_registered_model_alias("seg", "champion", "1")
+    resolved = resolve_model("models:/seg@champion")
+    client.set_registered_model_alias("seg", "champion", "2")  # the alias moves mid-job
+    assert (resolved.uri_resolved, resolved.version, resolved.alias) == (
+        "models:/seg/1",
+        "1",
+        "champion",
+    )
+    assert fetch_checkpoint_bytes(resolved) == ckpt.read_bytes()
+    assert resolve_model("models:/seg/2").version == "2"
+    with pytest.raises(ModelSourceError, match="no version"):
+        resolve_model("models:/seg/9")

@@ -1,0 +1,98 @@
+"""The training job's config: flags from the dataclass, config files, precedence, validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs.training.config import DEMO_PRESET, TrainJobConfig, build_parser, parse_args
+
+
+def test_every_field_has_a_documented_flag():
+    text = build_parser().format_help()
+    for flag in (
+        "--class-map", "--epochs", "--batch-size", "--crop-size", "--base-width", "--depth",
+        "--lr", "--seed", "--num-workers", "--use-gpu", "--no-gpu", "--run-name",
+        "--storage-path", "--max-failures", "--register-as", "--alias", "--min-miou",
+        "--force-alias", "--experiment", "--val-data", "--val-fraction", "--s3-endpoint-url",
+        "--in-channels", "--config", "--keep-checkpoints",
+    ):  # fmt: skip
+        assert flag in text, flag
+    # the help is the field's docstring
+    assert "Images per step on each worker" in text
+    assert "Validation mIoU a version needs" in text
+
+
+def test_flags_map_onto_the_nested_configs():
+    cfg = parse_args(
+        ["--data", "/d", "--epochs", "3", "--batch-size", "2", "--base-width", "8",
+         "--no-gpu", "--max-grad-norm", "none", "--no-augment", "--in-channels", "1"]
+    )  # fmt: skip
+    assert cfg.data == "/d" and cfg.in_channels == 1
+    assert cfg.train.epochs == 3 and cfg.train.batch_size == 2 and cfg.train.augment is False
+    assert cfg.train.max_grad_norm is None
+    assert cfg.model.base_width == 8
+    assert cfg.use_gpu is False
+    assert parse_args(["--data", "/d", "--use-gpu"]).use_gpu is True
+    assert parse_args(["--data", "/d"]).use_gpu is None
+
+
+def test_demo_preset_only_without_data():
+    demo = parse_args([])
+    assert demo.train.epochs == DEMO_PRESET["epochs"] and demo.model.base_width == 16
+    assert parse_args(["--epochs", "2"]).train.epochs == 2  # flags still win
+    real = parse_args(["--data", "/d"])
+    assert real.train.epochs == 20 and real.model.base_width == 64  # library defaults
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_config_file_then_flags_override(tmp_path, suffix):
+    values = {"data": "/from-file", "epochs": 5, "lr": 0.01, "model": {"depth": 2}}
+    path = tmp_path / f"cfg{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(values))
+    else:
+        yaml = pytest.importorskip("yaml")
+        path.write_text(yaml.safe_dump(values))
+    cfg = parse_args(["--config", str(path), "--epochs", "9"])
+    assert cfg.data == "/from-file" and cfg.train.lr == 0.01 and cfg.model.depth == 2
+    assert cfg.train.epochs == 9
+
+
+def test_config_file_errors_exit_2_with_the_key(tmp_path, capsys):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"epochz": 3}))
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--config", str(path)])
+    assert exit_info.value.code == 2
+    assert "unknown keys ['epochz']" in capsys.readouterr().err
+    path.write_text(json.dumps({"epochs": "three"}))
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(path)])
+    assert "'epochs' must be int" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--num-workers", "0"], "--num-workers must be >= 1"),
+        (["--in-channels", "2"], "--in-channels must be 1 or 3"),
+        (["--min-miou", "1.5"], "--min-miou must be in [0, 1]"),
+        (["--run-name", "a b"], "--run-name 'a b' must be"),
+        (["--epochs", "0"], "epochs must be >= 1"),
+        (["--norm", "layer"], "norm must be one of"),
+    ],
+)
+def test_invalid_values_exit_2_with_the_fix(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--data", "/d", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_flat_round_trip():
+    cfg = parse_args(["--data", "/d", "--epochs", "4", "--depth", "3"])
+    flat = cfg.to_flat()
+    assert "in_channels" in flat and "num_classes" not in flat
+    assert TrainJobConfig.from_flat(flat) == cfg
