@@ -44,14 +44,10 @@ import torch  # noqa: E402
 from unet_core.classes import ClassMap  # noqa: E402
 from unet_core.config import ModelConfig, PreprocessConfig, TrainConfig  # noqa: E402
 from unet_core.data import pair_images_and_masks, read_image, read_mask  # noqa: E402
-from unet_core.engine import (  # noqa: E402
-    amp_dtype_for,
-    make_optimizer,
-    make_scheduler,
-    train_one_epoch,
-)
+from unet_core.engine import make_optimizer, make_scheduler, train_one_epoch  # noqa: E402
 from unet_core.losses import SegmentationLoss  # noqa: E402
 from unet_core.model import UNet  # noqa: E402
+from unet_core.precision import autocast_dtype  # noqa: E402
 from unet_core.synthetic import make_synthetic_dataset  # noqa: E402
 from unet_core.transforms import to_tensors  # noqa: E402
 
@@ -92,7 +88,7 @@ def plain_loop(root: Path, class_map: ClassMap, args: argparse.Namespace) -> lis
             loss_fn,
             device=device,
             scheduler=scheduler,
-            amp_dtype=amp_dtype_for(device),
+            amp_dtype=autocast_dtype(device, training=True),
             max_grad_norm=cfg.max_grad_norm,
         )
         speeds.append(stats.images_per_second)

@@ -36,7 +36,8 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import REPO_ROOT, upload_tree
+from tests.conftest import upload_tree
+from tests.support import REPO_ROOT, missing
 
 LOOPBACK = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
@@ -424,7 +425,7 @@ def ray_head(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[RayHead]:
     """`ray start --head --block` on loopback with token authentication (RAY_AUTH_MODE=token and
     a token in this session's ~/.ray/auth_token), 8 logical CPUs, dashboard on 127.0.0.1."""
     if not (VENV_BIN / "ray").exists():
-        pytest.skip(f"no `ray` CLI beside {sys.executable}: run pytest from the project's venv")
+        missing(f"no `ray` CLI beside {sys.executable}: run pytest from the project's venv")
     home = e2e_tmp / "home"
     (home / ".ray").mkdir(parents=True)
     token = secrets.token_hex(32)

@@ -9,9 +9,12 @@ import sys
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
 
 
 def test_demo_trains_registers_and_segments(tmp_path):

@@ -117,3 +117,25 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def assert_throughput(summary: dict[str, Any], processed: int) -> None:
+    """The summary's throughput is what its own counts and timings say: ``processed`` inputs
+    (ok + failed of this run) over ``pipeline_seconds`` (rounded there to 3 decimals, hence the
+    bounds), and the pipeline is part of the job's wall time ``seconds``."""
+    rate, pipeline, total = (
+        summary["images_per_second"],
+        summary["pipeline_seconds"],
+        summary["seconds"],
+    )
+    if processed == 0:  # nothing to do: no pipeline ran
+        assert (rate, pipeline) == (0.0, 0.0), summary
+        assert total > 0, summary
+        return
+    assert 0 < pipeline <= total, summary
+    slack = 5e-4 + 1e-9  # round(x, 3) is within 0.0005 of x
+    low, high = processed / (pipeline + slack), processed / max(pipeline - slack, 1e-9)
+    assert low <= rate <= high, (
+        f"images_per_second {rate} is not {processed} inputs / {pipeline} s",
+        summary,
+    )
