@@ -9,6 +9,7 @@ from PIL import Image
 from jobs import segment
 from jobs.inference.manifest import read_manifest
 from tests.integration.inference.helpers import (
+    assert_throughput,
     expected_masks,
     make_checkpoint,
     register_checkpoint,
@@ -57,7 +58,7 @@ def test_segment_alias_masks_match_predict_and_manifest(
     n = len(images)
     assert (summary["total"], summary["ok"], summary["failed"], summary["skipped"]) == (n, n, 0, 0)
     assert summary["model_uri"] == f"models:/unet/{version}"
-    assert summary["images_per_second"] > 0
+    assert_throughput(summary, processed=n)  # all n inputs went through the pipeline
 
     # N masks with the same relative paths, equal to unet_core.predict.predict exactly.
     masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*"))
@@ -112,6 +113,7 @@ def test_segment_mask_formats_and_jsonl(tmp_path, ray_local, registered, synthet
             capsys,
         )
         assert code == 0 and summary["ok"] == 3, summary
+        assert_throughput(summary, processed=3)
         assert summary["manifest"].endswith("manifest.jsonl")
         assert len(read_manifest(summary["manifest"])) == 3
         for p in images:

@@ -1,21 +1,39 @@
-"""Reruns of jobs/segment.py: skip what is done, redo what is missing, survive SIGKILL."""
+"""Reruns of jobs/segment.py: skip what is done, redo what is missing, finish what a kill left.
+
+The crash case is planted, so that it is the same every time: the outputs a killed run leaves
+(complete masks, temporary siblings of files being written, manifest parts of the batches
+that finished and none for the batch in flight) are written with the job's own decode,
+predictor and writer code, then the job is rerun. A real SIGKILL of the job in a subprocess
+is kept as a smoke test of the same end state.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from jobs import segment
-from jobs.inference.manifest import read_manifest
+from jobs.common import fs
+from jobs.inference.decode import decode_images
+from jobs.inference.manifest import MANIFEST_DIR, part_name, read_manifest, rows_to_table
+from jobs.inference.predictor import Predictor, PredictorSettings
+from jobs.inference.writer import MASKS_DIR, MaskWriter, WriterSettings, encode_mask, mask_key
 from tests.integration.inference.helpers import (
     REPO_ROOT,
+    assert_throughput,
     expected_masks,
     make_checkpoint,
     run_main,
@@ -53,6 +71,7 @@ def test_rerun_skips_then_fills_gaps(tmp_path, ray_local, synthetic_root, capsys
     # Second run: everything skipped, no mask touched, the manifest still lists every input.
     code, second = run_main(segment.main, args, capsys)
     assert code == 0 and (second["ok"], second["skipped"], second["failed"]) == (0, n, 0)
+    assert_throughput(second, processed=0)  # nothing to do: no pipeline, no rate
     assert tree(out / "masks") == masks_before
     rows = read_manifest(second["manifest"])
     assert len(rows) == n and {r["status"] for r in rows} == {"skipped"}
@@ -66,6 +85,7 @@ def test_rerun_skips_then_fills_gaps(tmp_path, ray_local, synthetic_root, capsys
         (out / "masks" / name).unlink()
     code, third = run_main(segment.main, args, capsys)
     assert code == 0 and (third["ok"], third["skipped"]) == (len(deleted), n - len(deleted))
+    assert_throughput(third, processed=len(deleted))
     masks_after = tree(out / "masks")
     assert sorted(masks_after) == sorted(masks_before)
     changed = sorted(k for k in masks_after if masks_after[k] != masks_before[k])
@@ -79,81 +99,253 @@ def test_rerun_skips_then_fills_gaps(tmp_path, ray_local, synthetic_root, capsys
     assert all(masks_after[k] != v for k, v in tree(out / "masks").items())
 
 
-def _wait_for_masks(masks_dir, proc, at_least: int, timeout: float) -> int:
+# --- a killed run, planted ---------------------------------------------------------------------
+
+
+def _tmp_sibling(path: Path, data: bytes) -> Path:
+    """A temporary sibling as `jobs.common.fs.write_bytes_atomic` names it, holding ``data``
+    (the start of the file it was writing when the process died)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_bytes(data)
+    return tmp
+
+
+def _model_rows(checkpoint: Path, inputs: list[tuple[str, str]]) -> pa.Table:
+    """What the predictor stage hands the write stage for these (input URI, relative path)
+    rows: the job's own decode and Predictor code, run in-process."""
+    rows = pa.Table.from_pylist([{"input": uri, "relative_path": rel} for uri, rel in inputs])
+    return Predictor(checkpoint.read_bytes(), PredictorSettings())(decode_images(rows, channels=3))
+
+
+def _plant_killed_run(out: Path, checkpoint: Path, inputs: list[tuple[str, str]], class_map):
+    """The outputs of a run killed mid-way, write batches of 4 (in the order below; Ray Data
+    runs several write tasks at once, so any mix of these is what a kill can leave):
+
+    - batch A finished: its 4 masks, then its manifest part;
+    - batch B wrote its 4 masks and was killed while writing its part (a part temporary);
+    - batch C wrote 2 masks, was killed while writing the third (a mask temporary), never
+      reached the fourth, and so wrote no part;
+    - batch D never started;
+    - an earlier interrupted run (``--overwrite``) left a temporary beside one of A's masks.
+
+    Returns (relative paths whose mask is complete, A's manifest rows by relative path)."""
+    writer = MaskWriter(
+        WriterSettings(
+            output=str(out),
+            class_map=class_map.to_dict(),
+            model_uri=str(checkpoint),
+            job_id="killed-run",
+        )
+    )
+    a, b, c = inputs[0:4], inputs[4:8], inputs[8:12]
+    part_a = writer(_model_rows(checkpoint, a))  # what a finished write task does
+    rows_b = _model_rows(checkpoint, b)
+    written_b = [writer.write_row(row, None) for row in rows_b.to_pylist()]
+    part_b = io.BytesIO()
+    pq.write_table(rows_to_table(written_b, class_map.names), part_b)
+    part_b_path = out / MANIFEST_DIR / part_name(uri for uri, _ in b)
+    _tmp_sibling(part_b_path, part_b.getvalue()[: len(part_b.getvalue()) // 2])
+    rows_c = _model_rows(checkpoint, c).to_pylist()
+    for row in rows_c[:2]:
+        writer.write_row(row, None)
+    third = rows_c[2]
+    mask = np.frombuffer(third["mask"], np.uint8).reshape(third["height"], third["width"])
+    data = encode_mask(mask, mask_format="indices", class_map=class_map)
+    _tmp_sibling(out / MASKS_DIR / mask_key(third["relative_path"]), data[: len(data) // 2])
+    _tmp_sibling(out / MASKS_DIR / mask_key(a[1][1]), b"\x89PNG\r\n")
+    complete = [rel for _, rel in (*a, *b, *c[:2])]
+    assert sorted(p.name for p in (out / MASKS_DIR).glob("*.png")) == sorted(complete)
+    assert not part_b_path.exists() and len(list((out / MANIFEST_DIR).glob("part-*"))) == 1
+    return complete, {r["relative_path"]: r for r in part_a.to_pylist()}
+
+
+def _hidden(root: Path) -> list[str]:
+    return [k for k in tree(root) if any(part.startswith(".") for part in k.split("/"))]
+
+
+def _assert_finished_once(out, summary, planted, complete, part_a, checkpoint, images) -> None:
+    """The end state of a rerun over the planted kill (see the test)."""
+    n, missing = len(images), sorted({p.name for p in images} - set(complete))
+    assert (summary["total"], summary["ok"], summary["skipped"], summary["failed"]) == (
+        n, len(missing), len(complete), 0,
+    )  # fmt: skip
+    assert_throughput(summary, processed=len(missing))
+    after = tree(out)
+
+    # No temporary is left; the complete masks (and A's part) are the planted files, untouched;
+    # the missing masks are new; one mask per input and nothing else; all equal to predict().
+    assert _hidden(out) == []
+    for name in complete:
+        assert after[f"{MASKS_DIR}/{name}"] == planted[f"{MASKS_DIR}/{name}"], name
+    for name in missing:
+        assert f"{MASKS_DIR}/{name}" not in planted and f"{MASKS_DIR}/{name}" in after, name
+    assert sorted(k for k in after if k.startswith(f"{MASKS_DIR}/")) == [
+        f"{MASKS_DIR}/{p.name}" for p in images
+    ]
+    expected = expected_masks(checkpoint, images)
+    for p in images:
+        got = np.asarray(Image.open(out / MASKS_DIR / p.name))
+        np.testing.assert_array_equal(got, expected[p.name], err_msg=p.name)
+
+    # Everything missing was processed exactly once: the parts this run wrote hold one ok row
+    # per missing input, and the planted part was not rewritten.
+    parts = sorted(k for k in after if k.startswith(f"{MANIFEST_DIR}/part-"))
+    assert all(after[k] == planted[k] for k in parts if k in planted)
+    redone = [r for k in parts if k not in planted for r in pq.read_table(out / k).to_pylist()]
+    assert sorted(r["relative_path"] for r in redone) == missing
+    assert {(r["status"], r["job_id"]) for r in redone} == {("ok", summary["job_id"])}
+
+    # The final manifest: every input once, skipped where the kill had left a complete mask,
+    # ok where it had not; skipped rows of batch A carry what A's part recorded. (The masks of
+    # B and C have no part, so their skipped rows can say no more than where the mask is.)
+    rows = read_manifest(summary["manifest"])
+    assert sorted(r["relative_path"] for r in rows) == [p.name for p in images]
+    by_rel = {r["relative_path"]: r for r in rows}
+    assert {rel: r["status"] for rel, r in by_rel.items()} == {
+        p.name: "skipped" if p.name in complete else "ok" for p in images
+    }
+    assert {r["job_id"] for r in rows} == {summary["job_id"]}
+    assert all(r["output"] == str(out / MASKS_DIR / rel) for rel, r in by_rel.items())
+    for rel, recorded in part_a.items():
+        for key in ("input", "width", "height", "class_fractions", "mean_confidence",
+                    "model_uri"):  # fmt: skip
+            assert by_rel[rel][key] == recorded[key], (rel, key)
+    for rel in missing:
+        row = by_rel[rel]
+        assert (row["width"], row["height"]) == expected[rel].shape[::-1]
+        assert row["class_fractions"]["background"] == pytest.approx(
+            float((expected[rel] == 0).mean())
+        )
+
+
+def test_rerun_after_a_kill_finishes_everything_once(tmp_path, ray_local, synthetic_root, capsys):
+    class_map = ClassMap.from_file(synthetic_root / "classes.json")
+    ckpt = make_checkpoint(tmp_path / "unet.pt", class_map)
+    images = sorted((synthetic_root / "images").glob("*.png"))
+    base = fs.absolute(synthetic_root / "images")
+    inputs = [(fs.join(base, p.name), p.name) for p in images]  # as the job lists them
+    out = tmp_path / "out"
+    complete, part_a = _plant_killed_run(out, ckpt, inputs, class_map)
+    assert len(complete) == 10 and len(images) == 16
+    planted = tree(out)
+    assert len(_hidden(out)) == 3  # the three temporaries
+
+    args = ["--input", base, "--output", out, "--model", ckpt, "--batch-size", 4,
+            "--write-batch-size", 4]  # fmt: skip
+    code, summary = run_main(segment.main, args, capsys)
+    assert code == 0, summary
+    _assert_finished_once(out, summary, planted, complete, part_a, ckpt, images)
+
+
+# --- a real SIGKILL (smoke test) --------------------------------------------------------------
+
+
+def _final_masks(masks_dir: Path) -> set[str]:
+    """Masks under their final names (temporaries are hidden)."""
+    if not masks_dir.exists():
+        return set()
+    return {p.name for p in masks_dir.glob("*.png") if not p.name.startswith(".")}
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Live processes of session ``sid``: the job (started in a session of its own) and all it
+    started, its Ray included, wherever they were re-parented. Zombies are dead already."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_job(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL the job and everything of its session; fail unless all are gone in time."""
+    with contextlib.suppress(ProcessLookupError):  # the group at once, as a kill of the job
+        os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while pids := _session_pids(proc.pid):
+        if time.monotonic() > deadline:
+            pytest.fail(f"processes of the killed job still alive after {timeout} s: {pids}")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # it died meanwhile
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    proc.wait(timeout=timeout)
+
+
+def _wait_for_first_mask(masks_dir: Path, proc: subprocess.Popen, log: Path, timeout: float):
+    """Return as soon as a mask exists under its final name (or the job ended having written
+    some); fail the test when none appears within ``timeout`` or the job ends without one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        count = len(list(masks_dir.rglob("*.png"))) if masks_dir.exists() else 0
-        if count >= at_least:
-            return count
+        if _final_masks(masks_dir):
+            return
         if proc.poll() is not None:
-            pytest.fail(f"the job ended (exit {proc.returncode}) before {at_least} masks existed")
-        time.sleep(0.05)
-    pytest.fail(f"fewer than {at_least} masks after {timeout} s")
+            if _final_masks(masks_dir):  # it finished between two looks
+                return
+            tail = log.read_text(errors="replace")[-3000:]
+            pytest.fail(f"the job ended (exit {proc.returncode}) without a mask:\n{tail}")
+        time.sleep(0.02)
+    pytest.fail(f"no mask under {masks_dir} within {timeout} s")
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_gives_the_complete_set(tmp_path, ray_local, capsys):
+def test_sigkill_then_rerun_gives_the_complete_set(tmp_path, ray_local, capsys, record_property):
     data = tmp_path / "data"
-    class_map = make_synthetic_dataset(data, num_images=48, size=160, seed=3)
+    class_map = make_synthetic_dataset(data, num_images=32, size=128, seed=3)
     images = sorted((data / "images").glob("*.png"))
-    # Big enough (with TTA) that the job is still writing when it is killed.
-    ckpt = make_checkpoint(tmp_path / "unet.pt", class_map, base_width=16, depth=3)
+    n = len(images)
+    ckpt = make_checkpoint(tmp_path / "unet.pt", class_map, base_width=8, depth=2)
     out = tmp_path / "out"
-    args = [
-        "--input",
-        data / "images",
-        "--output",
-        out,
-        "--model",
-        ckpt,
-        "--tta",
-        "--batch-size",
-        1,
-        "--write-batch-size",
-        1,
-    ]
+    args = ["--input", data / "images", "--output", out, "--model", ckpt, "--batch-size", 1,
+            "--write-batch-size", 1]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO_ROOT)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO_ROOT / "jobs" / "segment.py"),
-            *map(str, args),
-            "--num-cpus",
-            "4",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the driver and the Ray it started
-    )
-    try:
-        written = _wait_for_masks(out / "masks", proc, at_least=3, timeout=240)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert written < len(images), "the job finished before the kill: make it slower"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # until every process of the group has gone
+    log = tmp_path / "job.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "jobs" / "segment.py"), *map(str, args),
+             "--num-cpus", "4"],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a session of its own: the driver and the Ray it started
+        )  # fmt: skip
         try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    done_before = {p.name for p in (out / "masks").glob("*.png")}
+            _wait_for_first_mask(out / MASKS_DIR, proc, log, timeout=240)
+        finally:
+            _kill_job(proc)
+    # The kill usually lands mid-run; when the job had finished first (exit 0), the rerun must
+    # skip everything, which the assertions below check just the same.
+    done = _final_masks(out / MASKS_DIR)
+    record_property("killed_mid_run", proc.returncode != 0)
+    record_property("masks_before_rerun", len(done))
+    before = tree(out / MASKS_DIR)
 
     code, summary = run_main(segment.main, args, capsys)
     assert code == 0, summary
-    assert summary["skipped"] == len(done_before)
-    assert summary["ok"] == len(images) - len(done_before)
-    files = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*"))
-    assert files == [p.name for p in images]  # one mask per input, nothing else
-    assert not [p for p in out.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
-    expected = expected_masks(ckpt, images, tta=True)
+    assert (summary["total"], summary["ok"], summary["skipped"], summary["failed"]) == (
+        n, n - len(done), len(done), 0,
+    )  # fmt: skip
+    assert_throughput(summary, processed=n - len(done))
+    after = tree(out / MASKS_DIR)
+    assert sorted(after) == [p.name for p in images]  # one mask per input, nothing else
+    assert all(after[name] == before[name] for name in done)  # complete masks untouched
+    assert _hidden(out) == []  # no temporary left anywhere under the output
+    expected = expected_masks(ckpt, images)
     for p in images:
         np.testing.assert_array_equal(
-            np.asarray(Image.open(out / "masks" / p.name)), expected[p.name]
+            np.asarray(Image.open(out / MASKS_DIR / p.name)), expected[p.name], err_msg=p.name
         )
     rows = read_manifest(summary["manifest"])
     assert sorted(r["relative_path"] for r in rows) == [p.name for p in images]
+    assert {r["relative_path"]: r["status"] for r in rows} == {
+        p.name: "skipped" if p.name in done else "ok" for p in images
+    }

@@ -22,6 +22,35 @@ def run_job(argv: list[str], capsys) -> tuple[int, dict | None]:
     return code, (json.loads(lines[-1]) if code == 0 else None)
 
 
+def val_miou_of(loaded, root: Path, keys: list[str]) -> tuple[float, float]:
+    """(mean IoU of a loaded checkpoint over the validation images, how far the workers' value
+    may be from it). As the workers compute it: fp32 forward passes, argmax, one confusion
+    matrix over all the images. Not to the bit: their batched passes round differently from
+    single images (logits differ by ~1e-4 for these models), which can flip the argmax of a
+    pixel whose two best logits are that close; each such near tie (within 5e-4) moves the
+    mean IoU by at most 2 / (classes * smallest union)."""
+    import torch
+
+    from unet_core.data import read_image, read_mask
+    from unet_core.metrics import ConfusionMatrix
+
+    k = loaded.class_map.num_classes
+    confusion, near_ties = ConfusionMatrix(k), 0
+    model = loaded.model.eval()
+    with torch.inference_mode():
+        for key in keys:
+            image = read_image(root / "images" / f"{key}.png", channels=loaded.preprocess.channels)
+            logits = model(torch.from_numpy(loaded.preprocess.normalize(image))[None])[0]
+            top2 = logits.topk(2, dim=0).values
+            near_ties += int((top2[0] - top2[1] < 5e-4).sum())
+            truth = read_mask(root / "masks" / f"{key}.png", loaded.class_map)
+            confusion.update(logits.argmax(dim=0).numpy(), truth)
+    m, tp = confusion.matrix, np.diag(confusion.matrix)
+    unions = (m.sum(0) + m.sum(1) - tp)[m.sum(0) + m.sum(1) > 0]
+    assert near_ties < 50 and unions.min() > 2 * near_ties, (near_ties, unions)
+    return confusion.mean_iou(), 1e-9 + near_ties * 2 / (k * (unions.min() - near_ties))
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MLflow keeps artifacts under ./mlruns
@@ -34,7 +63,8 @@ def test_train_logs_registers_and_loads(ray_local, mlflow_uri, synthetic_root, i
 
     from jobs.training.registry import decide_alias
     from unet_core.checkpoint import load_checkpoint
-    from unet_core.predict import predict
+    from unet_core.data import read_image
+    from unet_core.predict import predict, prepare_for_inference
 
     epochs = 3
     code, summary = run_job(
@@ -46,7 +76,7 @@ def test_train_logs_registers_and_loads(ray_local, mlflow_uri, synthetic_root, i
     assert code == 0
     assert ray_local.is_initialized()  # the job used the test's Ray and left it running
     assert summary["model_uri"] == "models:/unet/1" and summary["alias_set"] is True
-    assert summary["epochs"] == epochs and summary["images_per_second"] > 0
+    assert summary["epochs"] == epochs and summary["num_workers"] == 2
     assert 0.0 < summary["val_miou"] <= 1.0
 
     client = MlflowClient()
@@ -73,6 +103,29 @@ def test_train_logs_registers_and_loads(ray_local, mlflow_uri, synthetic_root, i
     assert len(split["train"]) + len(split["val"]) == 16
     assert not set(split["train"]) & set(split["val"])
 
+    # Throughput and counts, exact: every epoch trained on the equal shards of 2 workers (the
+    # remainder dropped) and validated every validation image once; images_per_second of an
+    # epoch is its images over the slowest rank's seconds, and the summary's is the mean over
+    # the epochs after the first (warm-up), as logged.
+    def logged(key: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key),
+                                        key=lambda m: m.step)]  # fmt: skip
+
+    train_images, train_seconds = logged("train_images"), logged("train_seconds")
+    assert train_images == [len(split["train"]) // 2 * 2] * epochs
+    assert logged("val_images") == [len(split["val"])] * epochs
+    assert all(s > 0 for s in train_seconds)
+    rates = logged("images_per_second")
+    assert rates == pytest.approx(
+        [i / s for i, s in zip(train_images, train_seconds, strict=True)], rel=1e-9
+    )
+    assert summary["images_per_second"] == round(sum(rates[1:]) / (epochs - 1), 2)
+    assert sum(train_seconds) < summary["elapsed_seconds"]
+    # The best epoch (val_miou, the later one on ties) is the one reported and registered.
+    val_mious = logged("val_miou")
+    best = max(range(1, epochs + 1), key=lambda e: (val_mious[e - 1], e))
+    assert (summary["best_epoch"], summary["val_miou"]) == (best, val_mious[best - 1])
+
     version = client.get_model_version_by_alias("unet", "champion")
     assert str(version.version) == "1" and version.run_id == summary["run_id"]
     assert {"run_id", "data_root", "val_miou", "code_version"} <= set(version.tags)
@@ -82,10 +135,33 @@ def test_train_logs_registers_and_loads(ray_local, mlflow_uri, synthetic_root, i
     (checkpoint,) = folder.glob("**/unet.pt")
     assert checkpoint.parent.name == "artifacts"
     loaded = load_checkpoint(checkpoint)
-    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
-    prediction = predict(loaded.model, image, preprocess=loaded.preprocess)
-    assert prediction.mask.shape == (40, 56) and prediction.mask.max() < 3
-    assert mlflow.pyfunc.load_model("models:/unet@champion").predict(image).shape == (40, 56)
+    assert (loaded.extra["epoch"], loaded.extra["val_miou"]) == (best, summary["val_miou"])
+    # the very file Ray Train kept for the best epoch (--keep-checkpoints 2 keeps the best)
+    kept = {
+        load_checkpoint(f).extra["epoch"]: f
+        for f in Path(summary["checkpoints"]).glob("checkpoint_*/unet.pt")
+    }
+    assert best in kept and len(kept) == 2, kept
+    assert checkpoint.read_bytes() == kept[best].read_bytes()
+    assert loaded.class_map.names == names and loaded.class_map.values == [
+        c["value"] for c in class_map["classes"]
+    ]
+    model = prepare_for_inference(loaded.model, "cpu")
+    # The registered pyfunc model predicts exactly what unet_core.predict.predict gives with the
+    # checkpoint loaded directly: on an image of another size and on the validation images.
+    pyfunc = mlflow.pyfunc.load_model("models:/unet@champion")
+    noise = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    val_images = {
+        key: read_image(Path(synthetic_root) / "images" / f"{key}.png", channels=3)
+        for key in split["val"]
+    }
+    for name, image in {"noise": noise, **val_images}.items():
+        direct = predict(model, image, preprocess=loaded.preprocess).mask
+        assert direct.shape == image.shape[:2] and direct.dtype == np.uint8
+        np.testing.assert_array_equal(pyfunc.predict(image), direct, err_msg=name)
+    # ...and the registered weights score on the validation split what the run reported.
+    miou, tolerance = val_miou_of(loaded, Path(synthetic_root), split["val"])
+    assert miou == pytest.approx(summary["val_miou"], abs=tolerance), tolerance
 
     # the alias gate, against the version now holding @champion
     held = float(version.tags["val_miou"])
