@@ -41,9 +41,8 @@ def mlflow_client(tracking_uri: str | None = None):
     from mlflow import MlflowClient
 
     tracking = resolve_tracking_uri(tracking_uri)
-    return MlflowClient(tracking_uri=tracking, registry_uri=registry_uri(tracking_uri, tracking)), (
-        tracking
-    )
+    client = MlflowClient(tracking_uri=tracking, registry_uri=registry_uri(tracking_uri, tracking))
+    return client, tracking
 
 
 def metric_name(text: str) -> str:
