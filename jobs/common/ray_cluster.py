@@ -6,8 +6,11 @@
   asks for a count: training workers or predictor actors take about one per core, and Ray
   Data's short, I/O-bound read/decode/write tasks then still get scheduled beside them.
 
-AWS_* variables set for the driver (credentials, region, S3 endpoint) are forwarded to tasks
-and workers, which do not inherit the driver's environment.
+The driver's non-secret AWS settings (region, S3 endpoint) are forwarded to tasks and workers,
+which do not inherit the driver's environment. Credentials never are: they would show in the
+job's metadata, a session token would expire during a long job, and they would override the
+nodes' own instance profile or IRSA/Pod Identity credentials (the standard AWS chain on each
+node; `cluster/README.md`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,6 @@ import ray
 log = logging.getLogger(__name__)
 
 FORWARDED_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
@@ -32,7 +32,8 @@ FORWARDED_ENV = (
 
 
 def forwarded_env() -> dict[str, str]:
-    """AWS_* variables of the driver that its job's runtime_env does not already set.
+    """Region and endpoint settings of the driver that its job's runtime_env does not already
+    set (never credentials).
 
     Inside `ray job submit` the job's runtime_env reaches every worker by itself, and Ray
     refuses to merge a driver runtime_env that sets the same variable again.

@@ -1,0 +1,275 @@
+"""What the Ray cluster is and can become: nodes now, the autoscaler, GPUs it can launch.
+
+Every device and pool decision of the jobs reads a `ClusterView`, taken once on the driver:
+
+- A local Ray this job started (no --ray-address, no $RAY_ADDRESS): one machine; GPU when this
+  machine has CUDA.
+- A cluster: GPUs are used when it has GPU nodes now, when the cluster config Ray reports
+  (`ray._private.state.state.get_cluster_config()`, what Ray Train and Ray Data read for their
+  own limits) has node types with GPUs, or, when only the autoscaler's status is published
+  (autoscaler v1 writes `__autoscaling_status` to the GCS; v2 answers `get_cluster_status`),
+  when the autoscaler starts launching a node after being asked for one GPU
+  (`ray.autoscaler.sdk.request_resources`). Neither autoscaler publishes its node types
+  before a launch, so asking is the only way to learn it; the request is withdrawn after the
+  probe (the trainer's placement group or the actors then ask for what they need).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray
+
+from jobs.common.ray_cluster import cluster_address
+
+log = logging.getLogger(__name__)
+
+AUTOSCALER_STATUS_KEY = "__autoscaling_status"
+"""GCS key where Ray's autoscaler v1 publishes its status (`ray status` reads it)."""
+GPU_PROBE_SECONDS = 20.0
+"""How long the GPU probe waits for the autoscaler to start launching a GPU node (v1 updates
+every 5 s by default)."""
+UNBOUNDED_POOL = 16
+"""Most predictor actors when the cluster's maximum size is not published."""
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """The cluster as the driver sees it when the job starts."""
+
+    local: bool
+    """A local Ray started by this job (or in this process) on this machine."""
+    nodes: int
+    """Alive nodes now."""
+    resources: dict[str, float]
+    """Total resources now (`ray.cluster_resources()`)."""
+    autoscaler: str | None = None
+    """"v1", "v2" or None (no autoscaler publishes its status: the cluster is fixed)."""
+    max_resources: dict[str, float] | None = None
+    """Most resources the cluster can grow to, when Ray reports its cluster config."""
+    node_ids: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def multi_node(self) -> bool:
+        """More than one node now, or an autoscaler that can add some: local paths of the
+        driver are not the workers' paths."""
+        return not self.local and (self.nodes > 1 or self.autoscaler is not None)
+
+    @property
+    def gpus_now(self) -> float:
+        return self.resources.get("GPU", 0.0)
+
+    def most(self, resource: str) -> float | None:
+        """Most of ``resource`` the cluster can have: now, or the reported maximum; None when
+        an autoscaler may add more and does not say how much."""
+        now = self.resources.get(resource, 0.0)
+        if self.max_resources is not None:
+            return max(now, float(self.max_resources.get(resource, 0)))
+        return None if self.autoscaler else now
+
+    def describe(self) -> dict:
+        return {
+            "local": self.local,
+            "nodes": self.nodes,
+            "autoscaler": self.autoscaler,
+            "resources_now": {k: v for k, v in self.resources.items() if k in ("CPU", "GPU")},
+            "max_resources": (
+                {k: v for k, v in self.max_resources.items() if k in ("CPU", "GPU")}
+                if self.max_resources is not None
+                else None
+            ),
+        }
+
+
+def _autoscaler_status() -> dict | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_STATUS_KEY)
+    return json.loads(raw) if raw else None
+
+
+def _autoscaler_version() -> str | None:
+    try:
+        if _autoscaler_status() is not None:
+            return "v1"
+    except Exception:  # noqa: BLE001 - an old or odd GCS: treat as no v1 autoscaler
+        log.debug("no autoscaler v1 status", exc_info=True)
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        if is_autoscaler_v2(fetch_from_server=True):
+            return "v2"
+    except Exception:  # noqa: BLE001
+        log.debug("no autoscaler v2", exc_info=True)
+    return None
+
+
+def _max_resources() -> dict[str, float] | None:
+    try:
+        from ray._private import state
+
+        return state.state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - private API: absent means "not reported"
+        log.debug("no cluster config in the GCS", exc_info=True)
+        return None
+
+
+def cluster_view(address: str | None = None) -> ClusterView:
+    """Take the view of the Ray this process is connected to (`connect_ray` first)."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    local = cluster_address(address) is None
+    return ClusterView(
+        local=local,
+        nodes=len(alive),
+        resources=dict(ray.cluster_resources()),
+        autoscaler=None if local else _autoscaler_version(),
+        max_resources=None if local else _max_resources(),
+        node_ids=tuple(n["NodeID"] for n in alive),
+    )
+
+
+# --- GPUs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuChoice:
+    use_gpu: bool
+    reason: str
+
+
+def _launching(view_version: str | None) -> int:
+    """Nodes the autoscaler is launching or booting now."""
+    if view_version == "v2":
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        return sum(r.count for r in status.pending_launches) + len(status.pending_nodes)
+    report = (_autoscaler_status() or {}).get("autoscaler_report") or {}
+    return sum((report.get("pending_launches") or {}).values()) + len(
+        report.get("pending_nodes") or []
+    )
+
+
+def probe_autoscaler_gpu(
+    view: ClusterView, *, timeout: float = GPU_PROBE_SECONDS, sleep: Callable = time.sleep
+) -> bool:
+    """Ask the autoscaler for one GPU; True when it starts a node for it (or a GPU appears)
+    within ``timeout`` seconds. The request is withdrawn either way."""
+    from ray.autoscaler.sdk import request_resources
+
+    before = _launching(view.autoscaler)
+    request_resources(bundles=[{"GPU": 1}])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            sleep(0.5)
+            if ray.cluster_resources().get("GPU", 0) > 0 or _launching(view.autoscaler) > before:
+                return True
+        return False
+    finally:
+        request_resources(bundles=[])
+
+
+def choose_gpu(view: ClusterView, requested: bool | None, *, what: str) -> GpuChoice:
+    """GPU or CPU for ``what`` ("training workers", "predictor actors"): the flag when given,
+    else the rule of this module's docstring. Logs the choice and its reason in one line."""
+    if requested is not None:
+        choice = GpuChoice(requested, "as requested")
+    elif view.local:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        choice = GpuChoice(
+            cuda, "this machine has CUDA" if cuda else "this machine has no CUDA device"
+        )
+    elif view.gpus_now > 0:
+        choice = GpuChoice(True, f"the cluster has {view.gpus_now:g} GPUs now")
+    elif view.max_resources is not None:
+        most = float(view.max_resources.get("GPU", 0))
+        choice = GpuChoice(
+            most > 0,
+            f"the cluster config allows up to {most:g} GPUs"
+            if most > 0
+            else "no node type of the cluster config has GPUs",
+        )
+    elif view.autoscaler:
+        found = probe_autoscaler_gpu(view)
+        choice = GpuChoice(
+            found,
+            "the autoscaler started a GPU node when asked"
+            if found
+            else f"the autoscaler launched no GPU node within {GPU_PROBE_SECONDS:g} s of asking",
+        )
+    else:
+        choice = GpuChoice(False, "the cluster has no GPUs and no autoscaler")
+    if choice.use_gpu:
+        log.info("%s on GPU: %s", what, choice.reason)
+    else:
+        log.info(
+            "%s on CPU: %s (pass --use-gpu / --num-gpus-per-actor to insist)", what, choice.reason
+        )
+    return choice
+
+
+# --- asking for what a stage needs ---------------------------------------------------------
+
+
+def request_capacity(view: ClusterView, bundles: list[dict[str, float]]) -> None:
+    """Ask the autoscaler to keep ``bundles`` available while the job runs (Ray Data does not
+    submit tasks while the cluster has no CPU for them, so nothing would ever ask for it).
+    A no-op without an autoscaler; `release_capacity` withdraws it."""
+    if not view.autoscaler or not bundles:
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=bundles)
+    log.info("asked the autoscaler for %s", _bundles_text(bundles))
+
+
+def release_capacity(view: ClusterView) -> None:
+    if not view.autoscaler:
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    try:
+        request_resources(bundles=[])
+    except Exception:  # noqa: BLE001 - the cluster may be gone at the end of a job
+        log.debug("could not withdraw the resource request", exc_info=True)
+
+
+def wait_for_cpus(
+    view: ClusterView, cpus: float, *, timeout: float, sleep: Callable = time.sleep
+) -> None:
+    """Block until the cluster has ``cpus`` CPUs (asking the autoscaler for them); fail fast
+    with what is missing when it cannot have them or they do not come up in ``timeout`` s."""
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if have >= cpus:
+        return
+    if not view.autoscaler:
+        raise RuntimeError(
+            f"the job needs {cpus:g} CPUs for its data stage but the cluster has {have:g} and "
+            "no autoscaler: add worker nodes with CPUs (the head may offer none for work)"
+        )
+    request_capacity(view, [{"CPU": 1.0}] * max(1, int(cpus)))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.cluster_resources().get("CPU", 0.0) >= cpus:
+            return
+        sleep(1.0)
+    raise RuntimeError(
+        f"asked the autoscaler for {cpus:g} CPUs; the cluster still has "
+        f"{ray.cluster_resources().get('CPU', 0.0):g} after {timeout:.0f} s: check `ray status` "
+        "for failed launches or the node types' max_workers"
+    )
+
+
+def _bundles_text(bundles: list[dict[str, float]]) -> str:
+    counts: dict[str, int] = {}
+    for bundle in bundles:
+        key = json.dumps(bundle, sort_keys=True)
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} x {key}" for key, n in counts.items())

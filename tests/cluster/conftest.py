@@ -1,0 +1,205 @@
+"""A simulated autoscaling multi-node Ray cluster on this machine, shaped like cluster/kuberay.
+
+`ray start --head --autoscaling-config CFG` with RAY_FAKE_CLUSTER=1 and Ray's `fake_multinode`
+provider: the head offers no CPUs or GPUs for work (like the KubeRay head), and the autoscaler
+launches worker nodes of two types on demand, each min 0, max 2:
+
+- `gpu_worker`: {CPU: 2, GPU: 1} (a fake GPU: the node has no CUDA device)
+- `cpu_worker`: {CPU: 2}
+
+A launched node is a real raylet on 127.0.0.1 that joins in a few seconds. The head runs in its
+own HOME and temp dir (no token left in the user's ~/.ray), in its own process group, and is
+stopped by SIGTERM to its leader, then by process group and by the marker path (never
+`ray stop`, which would kill every Ray on the machine).
+`ray.cluster_utils.AutoscalingCluster` is not used: it needs an example.yaml that the 2.60 wheel
+lacks and runs `ray stop --force`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.servers import (
+    LOOPBACK,
+    VENV_BIN,
+    JobRun,
+    child_env,
+    free_port,
+    stop_process_tree,
+    wait_until,
+)
+from tests.support import REPO_ROOT, missing
+
+WORKER_TYPES = {
+    "gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "min_workers": 0, "max_workers": 2},
+    "cpu_worker": {"resources": {"CPU": 2}, "min_workers": 0, "max_workers": 2},
+}
+
+
+def autoscaling_config(gcs_port: int) -> dict:
+    """The cluster config the fake provider reads (the keys the launcher's schema requires)."""
+    types = {name: {**spec, "node_config": {}} for name, spec in WORKER_TYPES.items()}
+    types["ray.head.default"] = {
+        "resources": {"CPU": 0, "GPU": 0},
+        "node_config": {},
+        "max_workers": 0,
+    }
+    return {
+        "cluster_name": "unet-fake",
+        "max_workers": 4,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 1.0,
+        "provider": {
+            "type": "fake_multinode",
+            "gcs_address": f"{LOOPBACK}:{gcs_port}",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "head_node_type": "ray.head.default",
+        "available_node_types": types,
+        "auth": {"ssh_user": "ubuntu"},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
+@dataclass
+class FakeCluster:
+    address: str
+    """GCS address (what --ray-address / $RAY_ADDRESS take)."""
+    dashboard_url: str
+    root: Path
+    env: dict[str, str] = field(repr=False)
+    """Environment of a driver on this cluster (its HOME, loopback only, the S3 endpoint)."""
+
+    def run_job(
+        self, script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> JobRun:
+        """`python jobs/<script> --ray-address ADDRESS ARGS...` as a driver on this machine."""
+        cmd = [str(VENV_BIN / "python"), f"jobs/{script}", "--ray-address", self.address, *args]
+        return JobRun.run(cmd, cwd=REPO_ROOT, env={**self.env, **(env or {})}, timeout=timeout)
+
+    def submit(self, entrypoint: list[str], *, runtime_env: dict, timeout: float = 300) -> JobRun:
+        """`ray job submit --working-dir . --runtime-env-json ... -- ENTRYPOINT`."""
+        cmd = [
+            str(VENV_BIN / "ray"), "job", "submit",
+            "--address", self.dashboard_url,
+            "--working-dir", ".",
+            "--runtime-env-json", json.dumps(runtime_env),
+            "--", *entrypoint,
+        ]  # fmt: skip
+        return JobRun.run(cmd, cwd=REPO_ROOT, env=self.env, timeout=timeout)
+
+    def jobs(self) -> list[dict]:
+        response = requests.get(f"{self.dashboard_url}/api/jobs/", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def status(self) -> dict:
+        """The autoscaler's published status (the GCS key `ray status` reads)."""
+        out = subprocess.run(
+            [str(VENV_BIN / "python"), "-c", _STATUS_SCRIPT, self.address],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def wait_idle(self, timeout: float = 120) -> None:
+        """Wait until no worker node is left from an earlier test (idle nodes time out after a
+        minute), so each test starts from a cluster at zero."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.status()["nodes"] <= 1:
+                return
+            time.sleep(2)
+
+
+_STATUS_SCRIPT = """
+import json, sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+nodes = [n for n in ray.nodes() if n["Alive"]]
+print(json.dumps({"nodes": len(nodes), "resources": ray.cluster_resources()}))
+"""
+
+
+@pytest.fixture(scope="session")
+def fake_cluster(s3_endpoint: str) -> Iterator[FakeCluster]:
+    if not (VENV_BIN / "ray").exists():
+        missing(f"no `ray` CLI beside {VENV_BIN}: run pytest from the project's venv")
+    root = Path(tempfile.mkdtemp(prefix="unet-fc-", dir="/tmp"))  # short: Ray's socket paths
+    home = root / "home"
+    home.mkdir()
+    gcs_port, dashboard_port = free_port(), free_port()
+    config = root / "autoscaling.yaml"
+    config.write_text(yaml.safe_dump(autoscaling_config(gcs_port), sort_keys=False))
+    s3_env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+    }
+    # The head's processes (and the fake nodes the autoscaler starts) inherit this environment:
+    # the nodes' own "instance credentials" for the local S3 endpoint.
+    env = child_env(
+        HOME=str(home), RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **s3_env
+    )
+    cmd = [
+        str(VENV_BIN / "ray"), "start", "--head", "--block",
+        f"--port={gcs_port}",
+        f"--node-ip-address={LOOPBACK}",
+        "--num-cpus=0",
+        "--num-gpus=0",
+        f"--autoscaling-config={config}",
+        f"--temp-dir={root / 'ray'}",
+        f"--dashboard-host={LOOPBACK}",
+        f"--dashboard-port={dashboard_port}",
+        f"--ray-client-server-port={free_port()}",
+        "--object-store-memory=200000000",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    log = root / "head.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://{LOOPBACK}:{dashboard_port}"
+    try:
+        wait_until(
+            lambda: requests.get(f"{url}/api/version", timeout=2).status_code == 200,
+            timeout=120,
+            what="fake cluster head",
+            proc=proc,
+            log=log,
+        )
+        # Drivers connect from "outside": no credentials of their own unless a test sets them.
+        driver_env = {k: v for k, v in env.items() if k not in ("RAY_FAKE_CLUSTER",)}
+        yield FakeCluster(f"{LOOPBACK}:{gcs_port}", url, root, driver_env)
+    finally:
+        stop_process_tree(proc, marker=str(root))
+        shutil.rmtree(root, ignore_errors=True)
