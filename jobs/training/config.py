@@ -79,6 +79,9 @@ class TrainJobConfig:
     check_limit: int = 1000
     """Data sets up to this many pairs are validated in full on the driver; larger ones on a seeded
     sample there, then in Ray Data tasks."""
+    max_bad_pairs: int = 0
+    """Pairs whose image or mask fails to read or decode during training (training and validation
+    sets) that may be left out; above it the job fails naming them. Logged as bad_pairs."""
     full_check: bool = True
     """For sets above --check-limit, also check every mask in parallel Ray Data tasks before
     training."""
@@ -125,6 +128,8 @@ class TrainJobConfig:
             )
         if self.check_limit < 1:
             problems.append(f"--check-limit must be >= 1, got {self.check_limit}")
+        if self.max_bad_pairs < 0:
+            problems.append(f"--max-bad-pairs must be >= 0, got {self.max_bad_pairs}")
         if self.demo_images < 4 or self.demo_size < 16:
             problems.append("--demo-images must be >= 4 and --demo-size >= 16")
         if self.torch_threads < 0:

@@ -14,8 +14,10 @@ What is checked, and how much is read:
 Sets up to ``--check-limit`` pairs (default 1000) are checked in full here, with a thread pool
 for I/O. Larger sets are checked on a seeded random sample of that size here (fast feedback
 for the common mistakes), then every remaining pair is checked by parallel Ray Data tasks
-(``check_with_ray``), still before training starts; ``--no-full-check`` skips that pass, and
-any undecodable file left is then skipped at training time (Ray Data decodes per row).
+(``check_with_ray``), still before training starts; ``--no-full-check`` skips that pass. A
+file that passes these checks and still fails to decode in training (an image is checked by
+its header only) is left out there, counted and bounded by --max-bad-pairs
+(``jobs.training.bad_pairs``).
 """
 
 from __future__ import annotations

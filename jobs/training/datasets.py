@@ -3,9 +3,11 @@ on the workers.
 
 - Ray Data tasks (anywhere in the cluster) read bytes through the filesystem factory and
   decode them: images to HxWxC uint8, masks through the class map to HxW class indices
-  (nearest-neighbour semantics: masks are never interpolated). A file that fails to decode
-  is logged with its path and skipped; it does not fail the read task. Decoded data are
-  deterministic, so small sets are materialised once and reused every epoch (`cache`).
+  (nearest-neighbour semantics: masks are never interpolated). A pair whose file fails to
+  read or decode does not fail the read task: it is left out, logged and recorded with its
+  error in the job's bad-pair ledger (`jobs.training.bad_pairs`: counted per epoch, bounded
+  by --max-bad-pairs). Decoded data are deterministic, so small sets are materialised once
+  and reused every epoch (`cache`).
 - Training shards are equal-sized (`streaming_split(equal=True)`: DDP needs the same number
   of steps on every rank). Validation shards partition the set without dropping a row
   (`ExactValidationDataConfig`), so all-reduced metrics are exact over the whole set.
@@ -18,9 +20,11 @@ import random
 
 import numpy as np
 import ray.data
+from ray.actor import ActorHandle
 from ray.train import DataConfig
 
 from jobs.common import fs
+from jobs.training.bad_pairs import open_ledger, record_bad_pairs
 from unet_core.classes import ClassMap
 from unet_core.data import Pair, decode_image, decode_mask
 
@@ -42,35 +46,59 @@ def pair_items(root: str, pairs: list[Pair]) -> list[dict[str, str]]:
     ]
 
 
+def _read(uri: str, endpoint_url: str | None) -> bytes:
+    try:
+        return fs.read_bytes(uri, endpoint_url=endpoint_url)
+    except OSError as exc:  # the filesystem's message does not always name the file
+        raise OSError(f"{uri}: cannot read ({type(exc).__name__}: {exc})") from exc
+
+
+def decode_rows(
+    batch: dict[str, np.ndarray],
+    *,
+    class_map: dict,
+    channels: int,
+    endpoint_url: str | None,
+) -> tuple[dict[str, list], dict[str, str]]:
+    """Read and decode a batch of pairs: (the decoded rows, {image URI: error naming the file}
+    of the pairs that failed)."""
+    cmap = ClassMap.from_dict(class_map)
+    keys, images, masks, errors = [], [], [], {}
+    for key, image_uri, mask_uri in zip(batch["key"], batch["image"], batch["mask"], strict=True):
+        try:
+            image = decode_image(
+                _read(image_uri, endpoint_url), channels=channels, source=image_uri
+            )
+            mask = decode_mask(_read(mask_uri, endpoint_url), cmap, source=mask_uri)
+            if mask.shape != image.shape[:2]:
+                raise ValueError(f"{mask_uri}: mask size {mask.shape} != image {image.shape[:2]}")
+        except (OSError, ValueError) as exc:  # decode errors are ValueErrors naming the file
+            errors[str(image_uri)] = str(exc)
+            continue
+        keys.append(str(key))
+        images.append(image)
+        masks.append(mask)
+    return {"key": keys, "image": images, "mask": masks}, errors
+
+
 def decode_pairs(
     batch: dict[str, np.ndarray],
     *,
     class_map: dict,
     channels: int,
     endpoint_url: str | None,
+    ledger: ActorHandle | None = None,
 ) -> dict[str, list]:
-    """Read and decode a batch of pairs; undecodable rows are logged and dropped."""
-    cmap = ClassMap.from_dict(class_map)
-    keys, images, masks = [], [], []
-    for key, image_uri, mask_uri in zip(batch["key"], batch["image"], batch["mask"], strict=True):
-        try:
-            image = decode_image(
-                fs.read_bytes(image_uri, endpoint_url=endpoint_url),
-                channels=channels,
-                source=image_uri,
-            )
-            mask = decode_mask(
-                fs.read_bytes(mask_uri, endpoint_url=endpoint_url), cmap, source=mask_uri
-            )
-            if mask.shape != image.shape[:2]:
-                raise ValueError(f"{mask_uri}: mask size {mask.shape} != image {image.shape[:2]}")
-        except (OSError, ValueError) as exc:  # decode errors are ValueErrors naming the file
-            log.warning("skipping pair %s: %s", key, exc)
-            continue
-        keys.append(str(key))
-        images.append(image)
-        masks.append(mask)
-    return {"key": keys, "image": images, "mask": masks}
+    """Ray Data UDF: the decoded rows of a batch; the pairs that fail are left out and recorded
+    in the job's `ledger` (`jobs.training.bad_pairs`), which counts them and bounds them."""
+    rows, errors = decode_rows(
+        batch, class_map=class_map, channels=channels, endpoint_url=endpoint_url
+    )
+    for error in errors.values():
+        log.warning("leaving out a pair: %s", error)
+    if errors and ledger is not None:
+        record_bad_pairs(ledger, errors)
+    return rows
 
 
 def build_dataset(
@@ -82,8 +110,10 @@ def build_dataset(
     endpoint_url: str | None = None,
     shuffle_seed: int | None = None,
     ray_remote_args: dict | None = None,
+    ledger: ActorHandle | None = None,
 ) -> ray.data.Dataset:
-    """Pairs -> a lazy dataset of decoded rows {key, image (H,W,C) uint8, mask (H,W) uint8}."""
+    """Pairs -> a lazy dataset of decoded rows {key, image (H,W,C) uint8, mask (H,W) uint8};
+    pairs that fail are left out and recorded in `ledger` (`jobs.training.bad_pairs`)."""
     items = pair_items(root, pairs)
     if shuffle_seed is not None:  # an initial order that is not the sorted listing
         random.Random(shuffle_seed).shuffle(items)
@@ -96,6 +126,7 @@ def build_dataset(
             "class_map": class_map.to_dict(),
             "channels": channels,
             "endpoint_url": endpoint_url,
+            "ledger": ledger,
         },
         **(ray_remote_args or {}),
     )
@@ -110,7 +141,9 @@ def build_train_val(
     ray_remote_args: dict | None = None,
 ) -> dict[str, ray.data.Dataset]:
     """{"train", "val"} datasets of a `jobs.validation.DataPlan`; materialised (decoded once,
-    reused every epoch) when `cache`, or by default when they fit in a fifth of the store."""
+    reused every epoch) when `cache`, or by default when they fit in a fifth of the store.
+    Opens this job's bad-pair ledger, which both record into."""
+    ledger = open_ledger()
     out = {}
     for name, root, pairs, shuffle in (
         (TRAIN, plan.root, plan.train, seed),
@@ -124,6 +157,7 @@ def build_train_val(
             endpoint_url=endpoint_url,
             shuffle_seed=shuffle,
             ray_remote_args=ray_remote_args,
+            ledger=ledger,
         )
         keep = (
             cache
@@ -184,12 +218,13 @@ def read_samples(
     endpoint_url: str | None = None,
     count: int = 4,
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(key, image, mask) of the first `count` pairs, read on the driver (for figures)."""
+    """(key, image, mask) of those of the first `count` pairs that decode, read on the driver
+    (for figures)."""
     batch = {
         k: np.array([r[k] for r in pair_items(root, pairs[:count])])
         for k in ("key", "image", "mask")
     }
-    rows = decode_pairs(
+    rows, _ = decode_rows(
         batch, class_map=class_map.to_dict(), channels=channels, endpoint_url=endpoint_url
     )
     return list(zip(rows["key"], rows["image"], rows["mask"], strict=True))

@@ -1,5 +1,6 @@
-"""The end of a training run (`jobs/train.py`): figures of the run, the best checkpoint logged
-and registered with its alias gate, and the job's JSON summary."""
+"""The end of a training run (`jobs/train.py`): the bad-pair bound enforced, figures of the
+run, the best checkpoint logged and registered with its alias gate, and the job's JSON
+summary."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jobs.training.bad_pairs import BadPairsError, examples, read_bad_pairs
 from jobs.training.checkpoints import MODEL_FILE, best_checkpoint
 from jobs.training.config import TrainJobConfig
 from jobs.training.data_checks import DataPlan
 from jobs.training.datasets import read_samples
 from jobs.training.figures import log_curves, log_panel
 from jobs.training.registry import log_and_register
-from jobs.training.tracking import metric_histories
+from jobs.training.tracking import finish_run, metric_histories
 from unet_core.checkpoint import load_checkpoint
 
 
@@ -23,9 +25,15 @@ def publish(
     cfg: TrainJobConfig, plan: DataPlan, result: Any, uri: str, run_id: str, scratch: Path
 ) -> dict:
     """The end of a training run: figures, then the best checkpoint (by val_miou) logged,
-    registered and gated; returns the job's JSON summary. `result` is Ray Train's Result."""
+    registered and gated; returns the job's JSON summary. `result` is Ray Train's Result.
+    Raises BadPairsError (the run marked FAILED) when more pairs failed to decode in training
+    than --max-bad-pairs allows (the workers stopped at the end of that epoch)."""
     import mlflow
 
+    bad = read_bad_pairs()
+    if len(bad) > cfg.max_bad_pairs:
+        finish_run(uri, run_id, "FAILED")
+        raise BadPairsError.of(bad, cfg.max_bad_pairs)
     checkpoint, metrics = best_checkpoint(result)
     with checkpoint.as_directory() as folder:
         shutil.copy(Path(folder) / MODEL_FILE, scratch / MODEL_FILE)
@@ -53,6 +61,8 @@ def publish(
             tags={"data_root": plan.root, "run_name": cfg.run_name},
         )
         mlflow.set_tags({"model_uri": reg.model_uri, "best_epoch": str(epoch)})
+        if bad:  # all of them, where the summary names the first few
+            mlflow.log_dict(bad, "bad_pairs.json")
     speed = metric_histories(uri, run_id, ["images_per_second", "epoch"])
     steady = speed["images_per_second"][1:] or speed["images_per_second"]  # epoch 1 warms up
     print(
@@ -76,5 +86,7 @@ def publish(
         "images_per_second": round(sum(steady) / len(steady), 2) if steady else math.nan,
         "num_workers": cfg.num_workers,
         "data_root": plan.root,
+        "bad_pairs": len(bad),
+        "bad_pair_examples": examples(bad),
         "checkpoints": str(result.path),
     }

@@ -41,6 +41,7 @@ def make_loop_config(
         "global_batch_size": cfg.train.batch_size * world,
         "torch_threads": cfg.torch_threads,
         "log_level": cfg.log_level,
+        "max_bad_pairs": cfg.max_bad_pairs,
         "run_name": cfg.run_name,
         "tracking_uri": tracking_uri,
         "run_id": run_id,

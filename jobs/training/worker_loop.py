@@ -2,8 +2,10 @@
 
 Each epoch: train on this rank's shard; validate this rank's part of the validation set;
 all-reduce the confusion matrix and the loss sums, so every rank holds metrics over the whole
-set; rank 0 logs the epoch to MLflow and writes the checkpoint (`jobs.training.checkpoints`);
-every rank reports (the same number of times). A restarted worker group resumes from
+set; count the pairs Ray Data could not decode (`jobs.training.bad_pairs`); rank 0 logs the
+epoch to MLflow and writes the checkpoint (`jobs.training.checkpoints`); every rank reports
+(the same number of times). Above --max-bad-pairs every rank stops after that report, and
+the driver fails the job naming the pairs. A restarted worker group resumes from
 `ray.train.get_checkpoint()`. `train_loop_config` is built on the driver by
 `jobs.training.trainer.make_loop_config`.
 """
@@ -26,6 +28,7 @@ from torch import nn
 
 from jobs.common.logs import quiet_worker_logs
 from jobs.common.mlflow_store import metric_name
+from jobs.training.bad_pairs import count_over_ranks
 from jobs.training.batches import eval_batches, train_batches
 from jobs.training.checkpoints import restore, save_train_checkpoint
 from jobs.training.collectives import all_reduce, reduce_eval, sync_buffers
@@ -239,17 +242,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             torch.get_num_threads(),
         )
 
+    max_bad_pairs = int(config.get("max_bad_pairs", 0))
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         metrics = train_epoch(model, optimizer, scheduler, loss_fn, setup, epoch=epoch)
         metrics.update(
             validate(model, loss_fn, setup, batch_size=int(config.get("eval_batch_size", 4)))
         )
+        # Pairs left out so far (train and validation), counted where Ray Data decodes them;
+        # read once every rank has drained its shards, and the same number on every rank.
+        metrics["bad_pairs"] = count_over_ranks(setup.device)
+        too_many = metrics["bad_pairs"] > max_bad_pairs
         metrics["epoch"] = epoch
         if setup.rank == 0:
             logger.log_epoch(epoch, metrics)  # before the report: an epoch is never left unlogged
             log.info(
                 "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_miou %.4f  pixel_acc %.4f  "
-                "%.1f images/s (%d workers)",
+                "%.1f images/s (%d workers)  bad_pairs %d",
                 epoch,
                 cfg.epochs,
                 metrics["train_loss"],
@@ -258,7 +266,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 _finite(metrics["val_pixel_accuracy"]),
                 metrics["images_per_second"],
                 setup.world_size,
+                metrics["bad_pairs"],
             )
+            if too_many:
+                log.error(
+                    "stopping after epoch %d: %d pairs failed to read or decode, above "
+                    "--max-bad-pairs %d (the job fails naming them)",
+                    epoch,
+                    metrics["bad_pairs"],
+                    max_bad_pairs,
+                )
         report = {k: _finite(v) for k, v in metrics.items() if "/" not in k}
         if setup.rank == 0:
             with tempfile.TemporaryDirectory() as folder:
@@ -277,4 +294,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(report, checkpoint=None)
+        if too_many:  # every rank alike; the driver raises (a retry would fail the same way)
+            break
     return {"start_epoch": start_epoch, "epochs": cfg.epochs}

@@ -16,7 +16,7 @@ def test_every_field_has_a_documented_flag():
         "--lr", "--seed", "--num-workers", "--use-gpu", "--no-gpu", "--run-name",
         "--storage-path", "--max-failures", "--register-as", "--alias", "--min-miou",
         "--force-alias", "--experiment", "--val-data", "--val-fraction", "--s3-endpoint-url",
-        "--in-channels", "--config", "--keep-checkpoints",
+        "--in-channels", "--config", "--keep-checkpoints", "--max-bad-pairs",
     ):  # fmt: skip
         assert flag in text, flag
     # the help is the field's docstring
@@ -82,6 +82,7 @@ def test_config_file_errors_exit_2_with_the_key(tmp_path, capsys):
         (["--run-name", "a b"], "--run-name 'a b' must be"),
         (["--epochs", "0"], "epochs must be >= 1"),
         (["--norm", "layer"], "norm must be one of"),
+        (["--max-bad-pairs", "-1"], "--max-bad-pairs must be >= 0, got -1"),
     ],
 )
 def test_invalid_values_exit_2_with_the_fix(argv, message, capsys):
@@ -89,6 +90,13 @@ def test_invalid_values_exit_2_with_the_fix(argv, message, capsys):
         parse_args(["--data", "/d", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_max_bad_pairs_defaults_to_none_allowed():
+    assert parse_args(["--data", "/d"]).max_bad_pairs == 0
+    assert parse_args(["--data", "/d", "--max-bad-pairs", "3"]).max_bad_pairs == 3
+    with pytest.raises(ValueError, match="--max-bad-pairs must be >= 0"):
+        TrainJobConfig(data="/d", max_bad_pairs=-2)
 
 
 def test_flat_round_trip():
