@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from unet_core.losses import SegmentationLoss
 from unet_core.metrics import ConfusionMatrix
 from unet_core.model import UNet
 from unet_core.precision import autocast, autocast_dtype
+from unet_core.schedule import ProgressLR
 from unet_core.transforms import (
     collate_pairs,
     eval_transforms,
@@ -52,19 +52,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def make_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step linear warm-up then cosine decay to 1% of the peak learning rate."""
-    steps_per_epoch = max(1, steps_per_epoch)
-    total = cfg.epochs * steps_per_epoch
-    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+) -> ProgressLR:
+    """Per-step linear warm-up then cosine decay to 1% of the peak learning rate, as a function
+    of the epochs done (`unet_core.schedule`), so a resume with another steps_per_epoch keeps
+    to the curve."""
+    return ProgressLR(
+        optimizer,
+        epochs=cfg.epochs,
+        warmup_epochs=cfg.warmup_epochs,
+        steps_per_epoch=steps_per_epoch,
+    )
 
 
 @dataclass

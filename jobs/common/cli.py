@@ -1,7 +1,8 @@
 """Command-line flags and config files from typed dataclass fields: shared by every job.
 
 Each field's help text is its attribute docstring (the string literal under it), and its
-argparse type comes from its annotation (``X`` or ``X | None``). A config file (JSON, or YAML
+argparse type comes from its annotation (``X``, ``X | None``, or a union of plain types
+such as ``int | str``, which takes the first member that fits). A config file (JSON, or YAML
 when PyYAML is installed) sets the same fields by name, checked against their types.
 """
 
@@ -52,17 +53,31 @@ def base_type(tp: Any) -> tuple[type, bool]:
     return tp, False
 
 
+def union_members(tp: Any) -> tuple[type, ...]:
+    """The member types of a union of plain types such as ``int | str``, else ``(tp,)``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
 def converter(
     tp: type, optional: bool, none_words: tuple[str, ...] = NONE_WORDS
 ) -> Callable[[str], Any]:
     """argparse ``type=``: ``tp(text)``, or None for ``none_words`` when the field is optional."""
+    members = union_members(tp)
 
     def convert(text: str) -> Any:
         if optional and text.lower() in none_words:
             return None
-        return tp(text)
+        for member in members[:-1]:  # `int | str`: the first type that takes the text
+            try:
+                return member(text)
+            except ValueError:
+                pass
+        return members[-1](text)
 
-    convert.__name__ = tp.__name__  # argparse names the type in its error messages
+    # argparse names the type in its error messages
+    convert.__name__ = " or ".join(m.__name__ for m in members)
     return convert
 
 
@@ -93,6 +108,15 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         if optional:
             return None
         raise ValueError(f"config key {name!r} must not be null")
+    members = union_members(base)
+    if len(members) > 1:  # `int | str`: the first type the value is
+        for member in members:
+            try:
+                return coerce(name, value, member)
+            except ValueError:
+                pass
+        kinds = " or ".join(m.__name__ for m in members)
+        raise ValueError(f"config key {name!r} must be {kinds}, got {value!r}")
     if base is bool:
         if isinstance(value, bool):
             return value

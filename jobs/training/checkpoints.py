@@ -4,8 +4,9 @@ back, and which one the end of the run registers.
 Layout (one folder per epoch, handed to `ray.train.report`):
   unet.pt         unet_core checkpoint of the unwrapped model (weights, architecture, class
                   map, preprocessing; extra: epoch, val_miou): registered as is at the end
-  train_state.pt  optimizer, scheduler, epoch and the training config (bf16 autocast needs no
-                  loss scaler, so there is none to save)
+  train_state.pt  optimizer, scheduler (its progress in epochs, valid at any world size),
+                  epoch, the world size that wrote it and the training config (bf16 autocast
+                  needs no loss scaler, so there is none to save)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def save_train_checkpoint(
     epoch: int,
     metrics: dict[str, float],
     config: dict[str, Any],
+    world_size: int | None = None,
 ) -> None:
     save_checkpoint(
         folder / MODEL_FILE,
@@ -53,6 +55,7 @@ def save_train_checkpoint(
     torch.save(
         {
             "epoch": epoch,
+            "world_size": world_size,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "config": {k: v for k, v in config.items() if k in ("train", "model", "preprocess")},

@@ -34,6 +34,26 @@ DEMO_PRESET: dict[str, Any] = {
 
 MODEL_FIELDS_FROM_DATA = ("in_channels", "num_classes")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_WORKER_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+
+
+def parse_workers(value: int | str) -> tuple[int, int]:
+    """(MIN, MAX) of ``--num-workers``: N is (N, N), "MIN-MAX" a range; ValueError says why."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"--num-workers must be >= 1, got {value}")
+        return value, value
+    found = _WORKER_RANGE.match(value) if isinstance(value, str) else None
+    if found is None:
+        raise ValueError(
+            f"--num-workers must be a count N or a range MIN-MAX (e.g. 2-8), got {value!r}"
+        )
+    low, high = int(found[1]), int(found[2])
+    if not 1 <= low <= high:
+        raise ValueError(f"--num-workers {value!r}: a range needs 1 <= MIN <= MAX")
+    return low, high
 
 
 @dataclass
@@ -53,10 +73,14 @@ class TrainJobConfig:
     """S3-compatible endpoint (MinIO, a local server); default: $AWS_ENDPOINT_URL."""
     in_channels: int | None = None
     """Model input channels (1 grayscale, 3 RGB); default: inferred from the images."""
-    num_workers: int = 2
-    """Ray Train workers (DDP processes); the global batch is batch_size * num_workers."""
+    num_workers: int | str = 2
+    """Ray Train workers (DDP processes): N, or MIN-MAX for elastic training (starts with as many
+    as the cluster has room for, at least MIN; grows or shrinks with the cluster, resuming from
+    the last checkpoint). The per-worker batch is fixed: the global batch is batch_size * the
+    workers running."""
     use_gpu: bool | None = None
-    """One GPU per worker; default: yes when the cluster has at least num_workers GPUs."""
+    """One GPU per worker; default: yes when the cluster has at least num_workers GPUs (MAX of a
+    range)."""
     cpus_per_worker: float | None = None
     """Logical CPUs reserved per worker; default: 1, less on small nodes so that Ray Data tasks
     always have CPU left."""
@@ -110,8 +134,12 @@ class TrainJobConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.num_workers < 1:
-            problems.append(f"--num-workers must be >= 1, got {self.num_workers}")
+        try:
+            low, high = parse_workers(self.num_workers)
+            fixed = not isinstance(self.num_workers, str) or self.num_workers.strip().isdigit()
+            self.num_workers = low if fixed else f"{low}-{high}"  # "4" -> 4, " 2 - 8" -> "2-8"
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.in_channels not in (None, 1, 3):
             problems.append(f"--in-channels must be 1 or 3, got {self.in_channels}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
@@ -136,6 +164,11 @@ class TrainJobConfig:
             problems.append(f"--torch-threads must be >= 0, got {self.torch_threads}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(MIN, MAX) Ray Train workers; MIN == MAX for a fixed count."""
+        return parse_workers(self.num_workers)
 
     def to_flat(self) -> dict[str, Any]:
         """All fields in one flat dict, as the flags name them (for logging and files)."""
@@ -218,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         group = groups[section]
         text = doc if default is None else f"{doc} (default: {default})"
         metavar = {int: "N", float: "X"}.get(base_type(tp)[0], "TEXT")
+        if name == "num_workers":
+            metavar = "N|MIN-MAX"
         add_field_flag(group, name, tp, text, metavar=metavar)
         if name == "use_gpu":
             group.add_argument(

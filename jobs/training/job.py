@@ -35,7 +35,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
         val_fraction=cfg.train.val_fraction,
         seed=cfg.train.seed,
         in_channels=cfg.in_channels,
-        num_workers=cfg.num_workers,
+        num_workers=cfg.worker_range[1],  # every worker of the largest group gets a shard
         check_limit=cfg.check_limit,
         endpoint_url=cfg.s3_endpoint_url,
     )
@@ -66,6 +66,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
             raise
         with tempfile.TemporaryDirectory() as scratch:
             summary = publish(cfg, plan, result, uri, run_id, Path(scratch))
+        summary["world_size"] = (result.return_value or {}).get("world_size")  # at the end
         summary["elapsed_seconds"] = round(time.time() - started, 1)
         return summary
     finally:

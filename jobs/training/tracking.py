@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Any
 
+from unet_core.schedule import steps_per_epoch
+
 log = logging.getLogger(__name__)
 
 RUN_NAME_TAG = "unet_ray.run_name"
@@ -141,19 +143,31 @@ class EpochLogger:
 
 # --- records of the run (driver) --------------------------------------------------------------
 
+
 def run_params(flat_config: dict[str, Any], loop_config: dict[str, Any]) -> dict[str, Any]:
-    """The resolved job config plus what was derived from the data and the cluster."""
+    """The resolved job config plus what was derived from the data and the cluster. With a
+    range of workers the global batch and the steps per epoch are ranges too ("8-16"); the
+    world size of each epoch is its `world_size` metric."""
+    batch, rows = loop_config["train"]["batch_size"], loop_config["train_rows"]
+    worlds = sorted(set(loop_config["worker_range"]))
+    steps = sorted({steps_per_epoch(rows, world_size=w, batch_size=batch) for w in worlds})
     derived = {
         "in_channels": loop_config["model"]["in_channels"],
         "num_classes": loop_config["model"]["num_classes"],
         "class_names": [c["name"] for c in loop_config["class_map"]["classes"]],
-        "global_batch_size": loop_config["global_batch_size"],
-        "steps_per_epoch": loop_config["steps_per_epoch"],
+        "train_rows": rows,
+        "global_batch_size": _span([batch * w for w in worlds]),
+        "steps_per_epoch": _span(steps),
         "use_gpu": loop_config.get("use_gpu"),
         "resources_per_worker": loop_config.get("resources_per_worker"),
         "preprocess": loop_config["preprocess"],
     }
     return {**flat_config, **derived}
+
+
+def _span(values: list[int]) -> int | str:
+    """One value as is; several as "LOW-HIGH"."""
+    return values[0] if len(values) == 1 else f"{min(values)}-{max(values)}"
 
 
 def split_record(plan) -> dict[str, Any]:

@@ -4,7 +4,6 @@ TorchTrainer over the planned datasets (scaling, storage, failures, checkpoints)
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -24,21 +23,20 @@ def make_loop_config(
     cfg: TrainJobConfig, plan: DataPlan, *, tracking_uri: str, run_id: str
 ) -> dict[str, Any]:
     """train_loop_config from the job config and the data plan: plain data, the same for every
-    rank."""
+    rank. What depends on the world size (steps per epoch, the global batch) is computed on the
+    workers, which know how many of them an elastic run started."""
     model_config = dataclasses.replace(
         cfg.model, in_channels=plan.in_channels, num_classes=plan.class_map.num_classes
     )
-    world = cfg.num_workers
-    rows_per_worker = len(plan.train) // world  # equal shards drop the remainder
     return {
         "train": cfg.train.to_dict(),
         "model": model_config.to_dict(),
         "preprocess": PreprocessConfig.for_channels(plan.in_channels).to_dict(),
         "class_map": plan.class_map.to_dict(),
-        "steps_per_epoch": max(1, math.ceil(rows_per_worker / cfg.train.batch_size)),
+        "train_rows": len(plan.train),  # split in equal shards over the workers running
         "eval_batch_size": max(1, min(cfg.train.batch_size, 8)),
-        "num_workers": world,
-        "global_batch_size": cfg.train.batch_size * world,
+        "num_workers": cfg.num_workers,  # as given: N or "MIN-MAX"
+        "worker_range": list(cfg.worker_range),
         "torch_threads": cfg.torch_threads,
         "log_level": cfg.log_level,
         "max_bad_pairs": cfg.max_bad_pairs,
@@ -53,8 +51,9 @@ def make_trainer(
 ) -> TorchTrainer:
     """TorchTrainer over the planned data; storage, failures and checkpoints from the config.
     ``owned``: this job started the local Ray, whose runtime_env already reaches every task."""
+    low, high = cfg.worker_range
     use_gpu, resources = worker_resources(
-        cfg.num_workers, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker
+        high, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker
     )
     built = build_train_val(
         plan,
@@ -69,7 +68,10 @@ def make_trainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+            # a (MIN, MAX) tuple turns on Ray Train's elastic scaling policy
+            num_workers=high if low == high else (low, high),
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
         ),
         run_config=RunConfig(
             name=cfg.run_name,

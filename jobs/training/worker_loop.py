@@ -41,6 +41,7 @@ from unet_core.losses import SegmentationLoss
 from unet_core.metrics import finite_or_none
 from unet_core.model import UNet
 from unet_core.precision import autocast_dtype
+from unet_core.schedule import steps_per_epoch
 from unet_core.transforms import transforms_for_training
 
 log = logging.getLogger("unet_ray.worker")
@@ -58,7 +59,20 @@ class WorkerSetup:
     class_map: ClassMap
     rank: int
     world_size: int
+    """The workers running now (an elastic run may start, or resize to, fewer than its MAX)."""
     device: torch.device
+    train_rows: int
+    """Training pairs, split in equal shards over the workers (the remainder dropped)."""
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(
+            self.train_rows, world_size=self.world_size, batch_size=self.cfg.batch_size
+        )
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.cfg.batch_size * self.world_size
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> WorkerSetup:
@@ -71,6 +85,7 @@ class WorkerSetup:
             rank=context.get_world_rank(),
             world_size=context.get_world_size(),
             device=ray.train.torch.get_device(),
+            train_rows=int(config["train_rows"]),
         )
 
 
@@ -210,11 +225,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         state = restore(checkpoint, model)
     model = ray.train.torch.prepare_model(model)  # to the device; DDP when world_size > 1
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=int(config["steps_per_epoch"]))
+    # The schedule follows the epochs done, not a step count: a checkpoint of another world
+    # size (an elastic resize, a rerun with another --num-workers) continues the same curve.
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=setup.steps_per_epoch)
     start_epoch = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        scheduler.load_state_dict(state["scheduler"])  # after the optimizer: it sets the lr
         start_epoch = int(state["epoch"])
     loss_fn = SegmentationLoss(
         setup.model_config.num_classes, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight
@@ -222,7 +239,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     logger = EpochLogger(config.get("tracking_uri"), config.get("run_id"), setup.rank)
     if setup.rank == 0:
         if start_epoch:
-            log.info("resuming from the checkpoint of epoch %d", start_epoch)
+            log.info(
+                "resuming from the checkpoint of epoch %d (written by %s workers, now %d)",
+                start_epoch,
+                state.get("world_size", "?"),
+                setup.world_size,
+            )
             logger.append_tag(RESUMED_TAG, str(start_epoch))
         log.info(
             "rank 0 of %d on %s (pid %d): per-worker batch %d, global batch %d, %d steps/epoch; "
@@ -233,8 +255,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             setup.device,
             os.getpid(),
             cfg.batch_size,
-            cfg.batch_size * setup.world_size,
-            config["steps_per_epoch"],
+            setup.global_batch_size,
+            setup.steps_per_epoch,
             cfg.lr,
             cfg.warmup_epochs,
             cfg.seed,
@@ -244,6 +266,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     max_bad_pairs = int(config.get("max_bad_pairs", 0))
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        scheduler.start_epoch(epoch - 1)
         metrics = train_epoch(model, optimizer, scheduler, loss_fn, setup, epoch=epoch)
         metrics.update(
             validate(model, loss_fn, setup, batch_size=int(config.get("eval_batch_size", 4)))
@@ -252,6 +275,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         # read once every rank has drained its shards, and the same number on every rank.
         metrics["bad_pairs"] = count_over_ranks(setup.device)
         too_many = metrics["bad_pairs"] > max_bad_pairs
+        metrics["world_size"] = setup.world_size
         metrics["epoch"] = epoch
         if setup.rank == 0:
             logger.log_epoch(epoch, metrics)  # before the report: an epoch is never left unlogged
@@ -290,10 +314,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                     epoch=epoch,
                     metrics=metrics,
                     config=config,
+                    world_size=setup.world_size,
                 )
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(report, checkpoint=None)
         if too_many:  # every rank alike; the driver raises (a retry would fail the same way)
             break
-    return {"start_epoch": start_epoch, "epochs": cfg.epochs}
+    return {"start_epoch": start_epoch, "epochs": cfg.epochs, "world_size": setup.world_size}
