@@ -20,6 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/evaluate.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.common.cli import finish_dry_run
 from jobs.common.logs import setup_logging
 from jobs.inference.config import EvaluateConfig, parse_config
 from jobs.inference.evaluation import run_evaluation
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         print(json.dumps({"error": str(exc)}), flush=True)
         return 2
+    if cfg.dry_run:
+        return finish_dry_run(report)
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
     for name, figures in report["per_class"].items():
         logger.info(

@@ -20,6 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/segment.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.common.cli import finish_dry_run
 from jobs.common.logs import setup_logging
 from jobs.inference.config import SegmentConfig, parse_config
 from jobs.inference.model_source import ModelSourceError
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         print(json.dumps({"error": str(exc)}), flush=True)
         return 2
+    if cfg.dry_run:
+        return finish_dry_run(summary)
     logger.info(
         "done: %d total, %d ok, %d failed, %d skipped in %.1f s (%.2f images/s); manifest %s",
         summary["total"],

@@ -19,10 +19,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/train.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.common.cli import finish_dry_run
 from jobs.common.logs import setup_logging
+from jobs.common.path_guard import LocalPathError
 from jobs.training.config import parse_args
 from jobs.training.data_checks import DataValidationError
-from jobs.training.defaults import with_defaults
 from jobs.training.job import run_training
 
 log = logging.getLogger("unet_ray.train")
@@ -35,14 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     setup_logging(cfg.log_level)
     try:
-        summary = run_training(with_defaults(cfg))
-    except DataValidationError as exc:
+        summary = run_training(cfg)
+    except (DataValidationError, LocalPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the reason on stderr; the traceback only with --log-level DEBUG
         log.debug("training failed", exc_info=True)
         print(f"error: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    if cfg.dry_run:
+        return finish_dry_run(summary)
     print(json.dumps(summary), flush=True)
     return 0
 

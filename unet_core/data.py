@@ -118,7 +118,9 @@ def _empty_error(root: str, folder: str, skipped: list[str]) -> PairingError:
     what = "images" if folder == IMAGES_DIR else "masks (one per image)"
     msg = f"{root}: {folder}/ is missing or holds no image files"
     if skipped:
-        msg += f" ({_plural(len(skipped), 'file', 'files')} with other extensions: {shorten(skipped)})"
+        msg += (
+            f" ({_plural(len(skipped), 'file', 'files')} with other extensions: {shorten(skipped)})"
+        )
     return PairingError(
         f"{msg}. A labelled data root holds images/ and masks/ side by side; put the {what} "
         f"under {root}/{folder}/ as {'/'.join(sorted(IMAGE_EXTENSIONS))} files, or point the "

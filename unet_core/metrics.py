@@ -231,7 +231,11 @@ class ConfusionMatrix:
             "pixel_error": finite_or_none(self.pixel_error()),
             "pixels": int(self.matrix.sum()),
             "per_class": {
-                name: {"iou": finite_or_none(iou[i]), "dice": finite_or_none(dice[i]), "support": int(support[i])}
+                name: {
+                    "iou": finite_or_none(iou[i]),
+                    "dice": finite_or_none(dice[i]),
+                    "support": int(support[i]),
+                }
                 for i, name in enumerate(names)
             },
         }

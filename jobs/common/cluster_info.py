@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class ClusterView:
     """"v1", "v2" or None (no autoscaler publishes its status: the cluster is fixed)."""
     max_resources: dict[str, float] | None = None
     """Most resources the cluster can grow to, when Ray reports its cluster config."""
+    local_cores: int | None = None
+    """This machine's cores on a local Ray; None on a cluster, whose nodes may differ."""
     node_ids: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -128,6 +131,7 @@ def cluster_view(address: str | None = None) -> ClusterView:
         resources=dict(ray.cluster_resources()),
         autoscaler=None if local else _autoscaler_version(),
         max_resources=None if local else _max_resources(),
+        local_cores=(os.cpu_count() or 1) if local else None,
         node_ids=tuple(n["NodeID"] for n in alive),
     )
 

@@ -49,3 +49,19 @@ def metric_name(text: str) -> str:
     """A name (a class name may hold any character) made safe as part of an MLflow metric or
     tag key: anything but letters, digits, '_', '-' and '.' becomes '_'."""
     return _UNSAFE.sub("_", text)
+
+
+def tracking_problem(uri: str, *, timeout: float = 5.0) -> str | None:
+    """Why the tracking server at ``uri`` cannot be used, or None (databases are not probed:
+    opening one creates it). Asks the server's unauthenticated /health endpoint."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import requests
+
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as exc:
+        return f"the MLflow tracking server {uri} is unreachable: {type(exc).__name__}"
+    if response.status_code != 200:
+        return f"the MLflow tracking server {uri} answered /health with {response.status_code}"
+    return None

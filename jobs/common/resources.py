@@ -1,67 +1,39 @@
 """How much of the cluster each stage asks for: training workers, predictor actors, CPU tasks.
 
-Every policy reads the cluster's resources (``ray.cluster_resources()``) once, when the job
-builds its trainer or pipeline, and an explicit flag always wins over it.
+Every policy reads a `ClusterView` taken when the job starts (what the cluster has now, and
+whether an autoscaler can add more), and an explicit flag always wins over it. On a cluster
+nothing is sized from a snapshot of its resources alone: pools grow as nodes join.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 
-import ray
-
-from jobs.common.ray_cluster import cluster_address
+from jobs.common.cluster_info import UNBOUNDED_POOL, ClusterView
 
 log = logging.getLogger(__name__)
 
 
-def local_cores(address: str | None = None) -> int | None:
-    """This machine's cores when the job runs on a local Ray (no --ray-address or $RAY_ADDRESS);
-    None on a cluster, whose nodes may differ from the driver's."""
-    if cluster_address(address):
-        return None
-    return os.cpu_count() or 1
+def cpus_per_train_worker(view: ClusterView, *, num_workers: int) -> float:
+    """Logical CPUs each training worker reserves, when --cpus-per-worker is not given.
 
-
-def worker_resources(
-    num_workers: int, *, use_gpu: bool | None = None, cpus_per_worker: float | None = None
-) -> tuple[bool, dict[str, float]]:
-    """(use_gpu, resources_per_worker) of Ray Train's ScalingConfig.
-
-    GPU: by default when the cluster has a GPU per worker. CPU per worker: 1, but never more
-    than leaves a quarter of the cluster's CPUs (at least one) to Ray Data; on a 2-CPU node two
-    workers get 0.5 each.
+    Local Ray: 1, but never more than leaves a quarter of its CPUs (at least one) to Ray Data;
+    on a 2-CPU node two workers get 0.5 each. Cluster: 1, Ray Train's own default, on the
+    nodes the autoscaler brings up (GPU nodes hold several CPUs per GPU; the rest decode data).
     """
-    cluster = ray.cluster_resources()
-    gpus = cluster.get("GPU", 0.0)
-    if use_gpu is None:
-        use_gpu = gpus >= num_workers
-    elif use_gpu and gpus < num_workers:
-        log.warning(
-            "%d workers with one GPU each, but the cluster has %g GPUs now: training waits "
-            "until an autoscaler adds them (or pass --no-gpu / fewer --num-workers)",
-            num_workers,
-            gpus,
-        )
-    if cpus_per_worker is None:
-        total = cluster.get("CPU", 1.0)
-        for_data = max(1.0, 0.25 * total)
-        cpus_per_worker = min(1.0, (total - for_data) / num_workers)
-        cpus_per_worker = max(0.1, math.floor(cpus_per_worker * 100) / 100)
-    resources = {"CPU": cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = 1.0
-    return use_gpu, resources
+    if not view.local:
+        return 1.0
+    total = view.resources.get("CPU", 1.0)
+    for_data = max(1.0, 0.25 * total)
+    share = min(1.0, (total - for_data) / num_workers)
+    return max(0.1, math.floor(share * 100) / 100)
 
 
-def actor_gpus(requested: float | None) -> float:
-    """GPUs per predictor actor: ``requested``, else 1 when the cluster has GPUs, else 0."""
-    if requested is not None:
-        return requested
-    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+def worker_resources(*, use_gpu: bool, cpus_per_worker: float) -> dict[str, float]:
+    """resources_per_worker of Ray Train's ScalingConfig."""
+    return {"CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
 
 
 @dataclass(frozen=True)
@@ -80,32 +52,44 @@ def actor_pool(
     max_actors: int,
     torch_threads: int,
     num_gpus: float,
-    cluster: dict[str, float],
-    local_cores: int | None,
+    view: ClusterView,
 ) -> ActorPool:
-    """The flags (0 = auto), else a fixed pool that fills the hardware.
+    """The flags (0 = auto), else a pool that fills the hardware the cluster can have.
 
-    GPU: one actor per ``num_gpus`` of the cluster's GPUs. CPU: one single-threaded actor per
-    core (``local_cores``, the cores of a local Ray this job started; on a cluster half its
-    logical CPUs, the rest left to decode and write tasks). Single-threaded actors do not stall
-    at OpenMP barriers while a decode task holds a core (measured: README, batch segmentation).
+    Most actors: GPU, one per ``num_gpus`` of the GPUs the cluster has or can launch; CPU, one
+    single-threaded actor per core of a local Ray, on a cluster half the logical CPUs it can
+    have (the rest left to decode and write tasks). When an autoscaler may add nodes and Ray
+    does not publish how many, at most `UNBOUNDED_POOL`. Fewest: on a local Ray or a fixed
+    cluster the whole pool (no ramp-up); on an autoscaling cluster 1, and Ray Data adds actors
+    (asking the autoscaler for their nodes) while work queues up. Single-threaded CPU actors do
+    not stall at OpenMP barriers while a decode task holds a core (README, batch segmentation).
     """
+    cores = view.local_cores
     if max_actors:
         size = max_actors
     elif num_gpus > 0:
-        size = int(cluster.get("GPU", 0) // num_gpus)
+        most = view.most("GPU")
+        size = UNBOUNDED_POOL if most is None else int(most // num_gpus)
+    elif cores:
+        size = cores
     else:
-        size = local_cores or int(cluster.get("CPU", 0) // 2)
+        most = view.most("CPU")
+        size = UNBOUNDED_POOL if most is None else int(most // 2)
     size = max(1, size)
+    smallest = min_actors or (1 if view.autoscaler else size)
     auto_threads = num_gpus == 0 and not torch_threads  # CPU actors share the local cores
-    threads = max(1, (local_cores or 1) // size) if auto_threads else torch_threads
-    return ActorPool(min_size=min_actors or size, max_size=size, torch_threads=threads)
+    threads = max(1, (cores or 1) // size) if auto_threads else torch_threads
+    return ActorPool(min_size=min(smallest, size), max_size=size, torch_threads=threads)
 
 
-def cpu_tasks(requested: int, *, rows: int, batch_size: int) -> int:
-    """Tasks of a CPU stage running at once: ``requested``, else a quarter of the cluster's
-    logical CPUs (at least 1); never more than there are batches."""
-    size = requested or max(1, int(ray.cluster_resources().get("CPU", 1) // 4))
+def cpu_tasks(requested: int, *, rows: int, batch_size: int, view: ClusterView) -> int | None:
+    """Tasks of a CPU stage running at once: ``requested``, else on a local Ray a quarter of
+    its logical CPUs (at least 1; each task process costs a Python + torch start-up that the
+    model's cores pay for), never more than there are batches. None on a cluster: Ray Data
+    runs as many as the nodes it has hold, and more as nodes join."""
+    if not requested and not view.local:
+        return None
+    size = requested or max(1, int(view.resources.get("CPU", 1) // 4))
     return min(size, max(1, math.ceil(rows / batch_size)))
 
 

@@ -36,11 +36,11 @@ class InferenceConfig:
     rows_per_call: int = 8
     """Images per Ray Data batch handed to a decode task or a predictor actor call (at least --batch-size); larger amortises per-call overhead."""
     min_actors: int = 0
-    """Smallest size of the predictor actor pool (each actor loads the model once); 0 = --max-actors."""
+    """Smallest size of the predictor actor pool (each actor loads the model once); 0 = auto: 1 on an autoscaling cluster (the pool grows with it), else the whole pool."""
     max_actors: int = 0
-    """Largest size of the predictor actor pool (Ray Data scales between min and max); 0 = auto: one actor per GPU (by --num-gpus-per-actor), on CPU one single-threaded actor per core of a local Ray (half the logical CPUs of a cluster)."""
+    """Largest size of the predictor actor pool (Ray Data scales between min and max); 0 = auto: one actor per GPU the cluster has or can launch (by --num-gpus-per-actor), on CPU one single-threaded actor per core of a local Ray (half the logical CPUs of a cluster); 16 when an autoscaler does not publish its maximum."""
     num_gpus_per_actor: float | None = None
-    """GPUs per predictor actor; default 1 when the cluster has GPUs, else 0 (CPU)."""
+    """GPUs per predictor actor; default 1 when the cluster has GPUs or its autoscaler can launch GPU nodes (on a local Ray: when this machine has CUDA), else 0 (CPU)."""
     num_cpus_per_actor: float = 1.0
     """Logical CPUs reserved per predictor actor."""
     torch_threads: int = 0
@@ -48,7 +48,7 @@ class InferenceConfig:
     decode_cpus: float = 0.5
     """Logical CPUs reserved per decode and per encode/write task."""
     cpu_tasks: int = 0
-    """Most decode tasks (and, apart, encode/write tasks) running at once; 0 = auto: a quarter of the cluster's logical CPUs, at least 1 (each task process costs a Python + torch start-up, and on small nodes every extra one takes CPU from the model)."""
+    """Most decode tasks (and, apart, encode/write tasks) running at once; 0 = auto: on a local Ray a quarter of its logical CPUs, at least 1 (each task process costs a Python + torch start-up that the model's cores pay for); on a cluster unbounded (as many as its nodes hold, more as nodes join)."""
     max_in_flight_mb: int = 0
     """Object-store memory (MiB) that this job's blocks in flight (decoded images, masks) may use; 0 = auto: 12 calls (--rows-per-call images of the first input's size) per actor, at least 32. Bounds memory however many images there are."""
     tile_size: int = 512
@@ -65,6 +65,12 @@ class InferenceConfig:
     """Seconds between progress lines on stderr."""
     ray_address: str | None = None
     """Ray cluster to connect to; default $RAY_ADDRESS, else a local Ray is started."""
+    startup_timeout: float = 600.0
+    """Seconds to wait for the smallest predictor pool (--min-actors) to start, including the nodes an autoscaler launches for it; then the job fails saying so instead of waiting forever."""
+    shared_fs: bool = False
+    """Local paths (--input, --output, --data, a sqlite tracking URI...) are on a filesystem every node mounts at the same path (NFS, EFS, FSx): allow them on a multi-node cluster."""
+    dry_run: bool = False
+    """Resolve everything a run would (model version, inputs and skips, device, actor pool bounds, output) and print it as one JSON object; start no actors, write nothing. Exit 2 when it lists problems."""
     num_cpus: int | None = None
     """Logical CPUs of a local Ray started by the job; default max(4, 2 x cores), so decode tasks run beside the actors."""
     log_level: str = "INFO"
@@ -108,6 +114,8 @@ class InferenceConfig:
             problems.append(
                 f"--max-failed-fraction must be in [0, 1], got {self.max_failed_fraction}"
             )
+        if self.startup_timeout <= 0:
+            problems.append(f"--startup-timeout must be > 0, got {self.startup_timeout}")
         if self.num_cpus is not None and self.num_cpus < 1:
             problems.append(f"--num-cpus must be >= 1, got {self.num_cpus}")
         if problems:

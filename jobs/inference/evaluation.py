@@ -17,12 +17,17 @@ from typing import Any
 import numpy as np
 
 from jobs.common import fs
-from jobs.common.logs import quiet_ray_logs
 from jobs.common.mlflow_store import metric_name, mlflow_client, resolve_tracking_uri
-from jobs.common.ray_cluster import connect_ray
+from jobs.common.path_guard import LocalPathError
 from jobs.inference.config import EvaluateConfig
 from jobs.inference.decode import estimate_image_bytes
-from jobs.inference.model_source import checkpoint_digest, fetch_checkpoint_bytes, resolve_model
+from jobs.inference.launch import ActorPlan, Session, batch_session, dry_run_report, plan_actors
+from jobs.inference.model_source import (
+    ModelSourceError,
+    checkpoint_digest,
+    fetch_checkpoint_bytes,
+    resolve_model,
+)
 from jobs.inference.pipeline import Progress, build_prediction_dataset, cpu_stage_args
 from jobs.inference.scoring import image_figures, load_eval_class_map, score_batch
 from unet_core.checkpoint import load_checkpoint
@@ -33,7 +38,53 @@ logger = logging.getLogger("jobs.evaluate")
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Score the model on every pair under --data; returns the report."""
+    """Score the model on every pair under --data (or, with --dry-run, only plan); returns the
+    report. Local paths a multi-node cluster cannot share are refused first."""
+    with batch_session(cfg) as session:
+        if session.problems and not cfg.dry_run:
+            raise LocalPathError("; ".join(session.problems))
+        actors = plan_actors(cfg, session.view)
+        if cfg.dry_run:
+            return _dry_run(cfg, session, actors)
+        return _evaluate(cfg, session, actors)
+
+
+def _pairs(cfg: EvaluateConfig, endpoint: str | None) -> list[dict[str, str]]:
+    data = fs.absolute(cfg.data)
+    pairs = pair_images_and_masks(data, lister=fs.make_lister(data, endpoint_url=endpoint))
+    return [
+        {"key": p.key, "input": fs.join(data, p.image), "mask_input": fs.join(data, p.mask)}
+        for p in pairs
+    ]
+
+
+def _dry_run(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[str, Any]:
+    endpoint = fs.s3_endpoint(cfg.s3_endpoint_url)
+    problems: list[str] = []
+    model: dict[str, Any] = {}
+    try:
+        model = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri).to_dict()
+    except (ModelSourceError, ValueError, OSError) as exc:
+        problems.append(f"model: {exc}")
+    pairs = None
+    try:
+        pairs = len(_pairs(cfg, endpoint))
+    except (ValueError, OSError) as exc:
+        problems.append(f"data: {exc}")
+    return dry_run_report(
+        session,
+        actors,
+        **model,
+        data=fs.absolute(cfg.data),
+        inputs=pairs,
+        to_process=pairs,
+        problems=problems,
+    )
+
+
+def _evaluate(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[str, Any]:
+    import ray
+
     started = time.perf_counter()
     endpoint = fs.s3_endpoint(cfg.s3_endpoint_url)
     data = fs.absolute(cfg.data)
@@ -43,58 +94,49 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     )
     loaded = load_checkpoint(checkpoint)
     class_map = load_eval_class_map(data, cfg.class_map, loaded.class_map, endpoint)
-    pairs = pair_images_and_masks(data, lister=fs.make_lister(data, endpoint_url=endpoint))
-    rows = [
-        {"key": p.key, "input": fs.join(data, p.image), "mask_input": fs.join(data, p.mask)}
-        for p in pairs
-    ]
+    rows = _pairs(cfg, endpoint)
     logger.info("%d image/mask pairs under %s; model %s", len(rows), data, resolved.uri_resolved)
 
-    import ray
-
-    started_ray = connect_ray(cfg.ray_address, num_cpus=cfg.num_cpus, dashboard=False)
-    quiet_ray_logs(cfg.log_level)  # our progress lines replace Ray Data's bars
     total = ConfusionMatrix(class_map.num_classes)
     images: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
+    session.ask_for_first_nodes(actors)
     pipeline_start = time.perf_counter()
-    try:
-        ds = build_prediction_dataset(
-            rows,
-            cfg=cfg,
-            checkpoint_ref=ray.put(checkpoint),
+    ds = build_prediction_dataset(
+        rows,
+        cfg=cfg,
+        actors=actors,
+        view=session.view,
+        checkpoint_ref=ray.put(checkpoint),
+        channels=loaded.preprocess.channels,
+        endpoint_url=endpoint,
+        image_bytes=estimate_image_bytes(
+            [r["input"] for r in rows[:3]],
             channels=loaded.preprocess.channels,
             endpoint_url=endpoint,
-            image_bytes=estimate_image_bytes(
-                [r["input"] for r in rows[:3]],
-                channels=loaded.preprocess.channels,
-                endpoint_url=endpoint,
-            ),
-        )
-        ds = ds.map_batches(
-            score_batch,
-            fn_kwargs={"class_map": class_map.to_dict(), "endpoint_url": endpoint},
-            batch_format="pyarrow",
-            batch_size=cfg.rows_per_call,
-            **cpu_stage_args(cfg, rows=len(rows), batch_size=cfg.rows_per_call),
-        )
-        progress = Progress(total=len(rows), every=cfg.progress_seconds, label="evaluate")
-        k = class_map.num_classes
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            batch_failed = 0
-            for row in table.to_pylist():
-                if row["status"] != "ok":
-                    batch_failed += 1
-                    failures.append({"image": row["key"], "error": row["error"]})
-                    continue
-                matrix = np.asarray(row["confusion"], dtype=np.int64).reshape(k, k)
-                total.matrix += matrix
-                images.append(image_figures(row["key"], matrix, class_map.names))
-            progress.update(table.num_rows, batch_failed)
-        pipeline_seconds = time.perf_counter() - pipeline_start
-    finally:
-        if started_ray:
-            ray.shutdown()
+        ),
+    )
+    ds = ds.map_batches(
+        score_batch,
+        fn_kwargs={"class_map": class_map.to_dict(), "endpoint_url": endpoint},
+        batch_format="pyarrow",
+        batch_size=cfg.rows_per_call,
+        **cpu_stage_args(cfg, rows=len(rows), batch_size=cfg.rows_per_call, view=session.view),
+    )
+    progress = Progress(total=len(rows), every=cfg.progress_seconds, label="evaluate")
+    k = class_map.num_classes
+    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        batch_failed = 0
+        for row in table.to_pylist():
+            if row["status"] != "ok":
+                batch_failed += 1
+                failures.append({"image": row["key"], "error": row["error"]})
+                continue
+            matrix = np.asarray(row["confusion"], dtype=np.int64).reshape(k, k)
+            total.matrix += matrix
+            images.append(image_figures(row["key"], matrix, class_map.names))
+        progress.update(table.num_rows, batch_failed)
+    pipeline_seconds = time.perf_counter() - pipeline_start
 
     images.sort(key=lambda r: r["image"])
     summary = total.summary(class_map.names)

@@ -84,7 +84,9 @@ class Plan:
         return len(self.todo) + len(self.skipped) + len(self.rejected)
 
 
-def plan_inputs(inputs: list[tuple[str, str]], existing_masks: set[str], *, overwrite: bool) -> Plan:
+def plan_inputs(
+    inputs: list[tuple[str, str]], existing_masks: set[str], *, overwrite: bool
+) -> Plan:
     """Split inputs into to-do, skipped (mask exists) and rejected (mask name taken)."""
     out = Plan()
     owner: dict[str, str] = {}

@@ -51,6 +51,7 @@ def schema(class_names: Sequence[str]) -> pa.Schema:
             pa.field("model_uri", pa.string()),
             pa.field("seconds", pa.float64()),  # read + decode + predict share + encode + write
             pa.field("job_id", pa.string()),  # the run that produced the row
+            pa.field("predicted_on", pa.string()),  # Ray node id of the predictor actor
             pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
         ]
     )

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.common import resources
+from jobs.common.cluster_info import ClusterView
 from jobs.inference.config import InferenceConfig
 from jobs.inference.decode import decode_images
+from jobs.inference.launch import ActorPlan
 from jobs.inference.predictor import Predictor, PredictorSettings
 
 logger = logging.getLogger(__name__)
@@ -52,18 +54,26 @@ def predictor_settings(
     )
 
 
-def cpu_stage_args(cfg: InferenceConfig, *, rows: int, batch_size: int) -> dict[str, Any]:
-    """Resources of a CPU task stage (decode; encode/write or scoring) over ``rows`` rows."""
+def cpu_stage_args(
+    cfg: InferenceConfig, *, rows: int, batch_size: int, view: ClusterView
+) -> dict[str, Any]:
+    """Resources of a CPU task stage (decode; encode/write or scoring) over ``rows`` rows: a
+    fixed task pool on a local Ray, Ray Data's own (growing with the nodes) on a cluster."""
     import ray
 
-    size = resources.cpu_tasks(cfg.cpu_tasks, rows=rows, batch_size=batch_size)
-    return {"num_cpus": cfg.decode_cpus, "compute": ray.data.TaskPoolStrategy(size=size)}
+    size = resources.cpu_tasks(cfg.cpu_tasks, rows=rows, batch_size=batch_size, view=view)
+    args: dict[str, Any] = {"num_cpus": cfg.decode_cpus}
+    if size is not None:
+        args["compute"] = ray.data.TaskPoolStrategy(size=size)
+    return args
 
 
 def build_prediction_dataset(
     rows: list[dict[str, Any]],
     *,
     cfg: InferenceConfig,
+    actors: ActorPlan,
+    view: ClusterView,
     checkpoint_ref: Any,
     channels: int,
     endpoint_url: str | None,
@@ -71,25 +81,12 @@ def build_prediction_dataset(
     keep_pixels: bool = False,
     image_bytes: int | None = None,
 ):
-    """A lazy Dataset of ``rows`` (each with an ``input`` URI) after decode and predict;
-    ``image_bytes`` (decoded size of a typical input) sizes the in-flight limit."""
+    """A lazy Dataset of ``rows`` (each with an ``input`` URI) after decode and predict by the
+    planned ``actors``; ``image_bytes`` (decoded size of a typical input) sizes the in-flight
+    limit."""
     import ray
 
-    num_gpus = resources.actor_gpus(cfg.num_gpus_per_actor)
-    pool = resources.actor_pool(
-        min_actors=cfg.min_actors,
-        max_actors=cfg.max_actors,
-        torch_threads=cfg.torch_threads,
-        num_gpus=num_gpus,
-        cluster=ray.cluster_resources(),
-        local_cores=resources.local_cores(cfg.ray_address),
-    )
-    logger.info(
-        "predictor pool: %d-%d actors, %s",
-        pool.min_size,
-        pool.max_size,
-        f"{num_gpus:g} GPU each" if num_gpus else f"{pool.torch_threads} torch thread(s) each",
-    )
+    num_gpus, pool = actors.num_gpus, actors.pool
     settings = predictor_settings(
         cfg,
         use_gpu=num_gpus > 0,
@@ -109,13 +106,16 @@ def build_prediction_dataset(
     )
     options = ds.context.execution_options  # this pipeline's own copy of the DataContext
     options.resource_limits = options.resource_limits.copy(object_store_memory=limit_mb * 2**20)
+    # Block until the smallest pool is up (its nodes launched), or fail saying so: never wait
+    # forever for resources that will not come.
+    ds.context.wait_for_min_actors_s = max(1, math.ceil(cfg.startup_timeout))
     logger.info("at most %d MiB of blocks in flight in the object store", limit_mb)
     ds = ds.map_batches(
         decode_images,
         fn_kwargs={"channels": channels, "endpoint_url": endpoint_url},
         batch_format="pyarrow",
         batch_size=call_rows,
-        **cpu_stage_args(cfg, rows=len(rows), batch_size=call_rows),
+        **cpu_stage_args(cfg, rows=len(rows), batch_size=call_rows, view=view),
     )
     return ds.map_batches(
         Predictor,

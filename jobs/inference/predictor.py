@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from jobs.common.devices import require_cuda
 from jobs.inference.decode import image_from_row
 from unet_core.checkpoint import load_checkpoint
 from unet_core.predict import predict, predict_tensor, prepare_for_inference
@@ -30,8 +31,9 @@ PREDICTED_FIELDS = [
     pa.field("mask", pa.large_binary()),
     pa.field("confidence_map", pa.large_binary()),
     pa.field("mean_confidence", pa.float64()),
+    pa.field("predicted_on", pa.string()),
 ]
-"""Columns the model stage appends ((H, W) uint8 raw bytes; confidence_map empty unless asked)."""
+"""Columns the model stage appends (predicted_on: the Ray node id of the actor; ((H, W) uint8 raw bytes; confidence_map empty unless asked)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,16 @@ class ImagePrediction:
     """(H, W) uint8, round(255 * confidence), when asked for."""
 
 
+def _node_id() -> str | None:
+    """The Ray node this actor runs on (None outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
 class Predictor:
     """Ray Data callable class: ``ds.map_batches(Predictor, compute=ActorPoolStrategy(...))``."""
 
@@ -79,17 +91,17 @@ class Predictor:
             checkpoint = ray.get(checkpoint)
         loaded = load_checkpoint(bytes(checkpoint))
         self.settings = settings
-        if settings.use_gpu and torch.cuda.is_available():
+        if settings.use_gpu:
+            require_cuda("a predictor actor")
             self.device = torch.device("cuda")
         else:
-            if settings.use_gpu:
-                logger.warning("GPU requested but CUDA is not available here; predicting on CPU")
             self.device = torch.device("cpu")
             if settings.torch_threads:
                 torch.set_num_threads(settings.torch_threads)
         self.model = prepare_for_inference(loaded.model, self.device)
         self.preprocess = loaded.preprocess
         self.num_classes = loaded.model_config.num_classes
+        self.node_id = _node_id()
         logger.info(
             "predictor ready on %s (pid %d, %d torch threads, %d classes)",
             self.device,
@@ -209,6 +221,8 @@ class Predictor:
         out = out.set_column(
             out.schema.get_field_index("seconds"), "seconds", pa.array(seconds, pa.float64())
         )
-        for field, values in zip(PREDICTED_FIELDS, (masks, conf_maps, means), strict=True):
+        nodes = [self.node_id] * batch.num_rows
+        columns = (masks, conf_maps, means, nodes)
+        for field, values in zip(PREDICTED_FIELDS, columns, strict=True):
             out = out.append_column(field, pa.array(values, type=field.type))
         return out

@@ -19,13 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.common import fs
-from jobs.common.logs import quiet_ray_logs
-from jobs.common.ray_cluster import connect_ray
+from jobs.common.path_guard import LocalPathError
 from jobs.inference import manifest
 from jobs.inference.config import SegmentConfig
 from jobs.inference.decode import estimate_image_bytes
 from jobs.inference.inputs import Plan, existing_mask_keys, list_inputs, plan_inputs
+from jobs.inference.launch import ActorPlan, Session, batch_session, dry_run_report, plan_actors
 from jobs.inference.model_source import (
+    ModelSourceError,
     ResolvedModel,
     checkpoint_digest,
     fetch_checkpoint_bytes,
@@ -50,6 +51,8 @@ def _segment(
     cfg: SegmentConfig,
     work: Plan,
     *,
+    session: Session,
+    actors: ActorPlan,
     checkpoint: bytes,
     loaded: LoadedModel,
     resolved: ResolvedModel,
@@ -60,8 +63,7 @@ def _segment(
     """Run the pipeline over the to-do rows; (manifest tables, pipeline seconds)."""
     import ray
 
-    started_ray = connect_ray(cfg.ray_address, num_cpus=cfg.num_cpus, dashboard=False)
-    quiet_ray_logs(cfg.log_level)  # our progress lines replace Ray Data's bars
+    session.ask_for_first_nodes(actors)
     pipeline_start = time.perf_counter()
     writer = WriterSettings(
         output=output,
@@ -75,34 +77,34 @@ def _segment(
         model_uri=resolved.uri_resolved,
         job_id=job_id,
     )
-    try:
-        ds = build_prediction_dataset(
-            work.todo,
-            cfg=cfg,
-            checkpoint_ref=ray.put(checkpoint),
+    ds = build_prediction_dataset(
+        work.todo,
+        cfg=cfg,
+        actors=actors,
+        view=session.view,
+        checkpoint_ref=ray.put(checkpoint),
+        channels=loaded.preprocess.channels,
+        endpoint_url=endpoint,
+        confidence_map=cfg.confidence,
+        keep_pixels=cfg.overlays,
+        image_bytes=estimate_image_bytes(
+            [r["input"] for r in work.todo[:3]],
             channels=loaded.preprocess.channels,
             endpoint_url=endpoint,
-            confidence_map=cfg.confidence,
-            keep_pixels=cfg.overlays,
-            image_bytes=estimate_image_bytes(
-                [r["input"] for r in work.todo[:3]],
-                channels=loaded.preprocess.channels,
-                endpoint_url=endpoint,
-            ),
-        )
-        ds = ds.map_batches(
-            write_batch,
-            fn_kwargs={"settings": writer},
-            batch_format="pyarrow",
-            batch_size=cfg.write_batch_size,
-            **cpu_stage_args(cfg, rows=len(work.todo), batch_size=cfg.write_batch_size),
-        )
-        progress = Progress(total=len(work.todo), every=cfg.progress_seconds)
-        tables = list(_stream(ds, progress))
-        return tables, time.perf_counter() - pipeline_start
-    finally:
-        if started_ray:
-            ray.shutdown()
+        ),
+    )
+    ds = ds.map_batches(
+        write_batch,
+        fn_kwargs={"settings": writer},
+        batch_format="pyarrow",
+        batch_size=cfg.write_batch_size,
+        **cpu_stage_args(
+            cfg, rows=len(work.todo), batch_size=cfg.write_batch_size, view=session.view
+        ),
+    )
+    progress = Progress(total=len(work.todo), every=cfg.progress_seconds)
+    tables = list(_stream(ds, progress))
+    return tables, time.perf_counter() - pipeline_start
 
 
 def _manifest_table(
@@ -135,13 +137,67 @@ def _manifest_table(
     return table.sort_by("relative_path")
 
 
+def _dry_run(
+    cfg: SegmentConfig, session: Session, actors: ActorPlan, *, output: str, endpoint: str | None
+) -> dict[str, Any]:
+    """What a run would do: the model version, how many inputs, how many would be skipped."""
+    problems: list[str] = []
+    model: dict[str, Any] = {}
+    try:
+        model = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri).to_dict()
+    except (ModelSourceError, ValueError, OSError) as exc:
+        problems.append(f"model: {exc}")
+    work = None
+    try:
+        inputs = list_inputs(cfg, endpoint)
+        if not inputs:
+            problems.append(f"no images under {cfg.input_list or cfg.input}")
+        existing = set() if cfg.overwrite else existing_mask_keys(output, endpoint)
+        work = plan_inputs(inputs, existing, overwrite=cfg.overwrite)
+    except (ValueError, OSError) as exc:
+        problems.append(f"inputs: {exc}")
+    return dry_run_report(
+        session,
+        actors,
+        **model,
+        output=output,
+        masks=fs.join(output, MASKS_DIR),
+        inputs=work.total if work else None,
+        to_process=len(work.todo) if work else None,
+        skipped=len(work.skipped) if work else None,
+        rejected=len(work.rejected) if work else None,
+        problems=problems,
+    )
+
+
 def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
-    """Segment every input; returns the summary (also the last stdout line of main)."""
+    """Segment every input (or, with --dry-run, only plan); returns the summary (also the last
+    stdout line of main). Local paths a multi-node cluster cannot share are refused first."""
     started = time.perf_counter()
     job_id = uuid.uuid4().hex[:12]
     endpoint = fs.s3_endpoint(cfg.s3_endpoint_url)
     output = fs.absolute(cfg.output)
+    with batch_session(cfg) as session:
+        if session.problems and not cfg.dry_run:
+            raise LocalPathError("; ".join(session.problems))
+        actors = plan_actors(cfg, session.view)
+        if cfg.dry_run:
+            return _dry_run(cfg, session, actors, output=output, endpoint=endpoint)
+        return _run(
+            cfg, session, actors, started=started, job_id=job_id, output=output, endpoint=endpoint
+        )
 
+
+def _run(
+    cfg: SegmentConfig,
+    session: Session,
+    actors: ActorPlan,
+    *,
+    started: float,
+    job_id: str,
+    output: str,
+    endpoint: str | None,
+) -> dict[str, Any]:
     resolved = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri)
     checkpoint = fetch_checkpoint_bytes(
         resolved, tracking_uri=cfg.tracking_uri, endpoint_url=endpoint
@@ -179,6 +235,8 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         tables, pipeline_seconds = _segment(
             cfg,
             work,
+            session=session,
+            actors=actors,
             checkpoint=checkpoint,
             loaded=loaded,
             resolved=resolved,

@@ -123,6 +123,7 @@ class MaskWriter:
             model_version=self.s.model_version,
             model_uri=self.s.model_uri,
             job_id=self.s.job_id,
+            predicted_on=row.get("predicted_on"),
         )
         error = row.get("error")
         if error is None:

@@ -98,5 +98,3 @@ def eval_batches(shard, *, batch_size: int, preprocess: PreprocessConfig) -> Ite
         batch_size=batch_size, collate_fn=EvalCollate(preprocess), prefetch_batches=1
     ):
         yield from groups.batches
-
-

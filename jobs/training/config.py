@@ -88,6 +88,12 @@ class TrainJobConfig:
     """torch intra-op threads per worker; 0 = Ray's default (the worker's CPU count)."""
     ray_address: str | None = None
     """Ray cluster to connect to; default: $RAY_ADDRESS, else a local Ray is started."""
+    shared_fs: bool = False
+    """Local paths (--data, --storage-path, a sqlite tracking URI...) are on a filesystem every
+    node mounts at the same path (NFS, EFS, FSx): allow them on a multi-node cluster."""
+    dry_run: bool = False
+    """Resolve everything a run would (data, split, device, workers, storage, tracking) and print
+    it as one JSON object; train nothing, write nothing. Exit 2 when it lists problems."""
     run_name: str | None = None
     """Name of the run in Ray Train storage and MLflow; reusing a name resumes that run from its
     last checkpoint. Default: unet-<timestamp>."""

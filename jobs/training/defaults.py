@@ -24,12 +24,15 @@ def default_cache_dir() -> Path:
     ).expanduser()
 
 
-def demo_data_root(cache_dir: Path, *, num_images: int, size: int, seed: int = 0) -> str:
-    """The generated demo set under the cache folder, made once (atomically) and reused."""
+def demo_data_root(
+    cache_dir: Path, *, num_images: int, size: int, seed: int = 0, make: bool = True
+) -> str:
+    """The generated demo set under the cache folder, made once (atomically) and reused;
+    ``make=False`` only names it (a dry run writes nothing)."""
     from unet_core.synthetic import make_synthetic_dataset
 
     root = cache_dir / "demo-data" / f"n{num_images}-s{size}-seed{seed}"
-    if (root / "classes.json").is_file():
+    if (root / "classes.json").is_file() or not make:
         return str(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=root.parent, prefix=".tmp-"))
@@ -49,10 +52,15 @@ def demo_data_root(cache_dir: Path, *, num_images: int, size: int, seed: int = 0
 
 
 def with_defaults(cfg: TrainJobConfig) -> TrainJobConfig:
-    """Fill what depends on the machine: demo data, run name, storage, S3 endpoint."""
+    """Fill what depends on the machine: demo data (generated unless --dry-run), run name,
+    storage, S3 endpoint."""
     cache = default_cache_dir()
     data = cfg.data or demo_data_root(
-        cache, num_images=cfg.demo_images, size=cfg.demo_size, seed=cfg.train.seed
+        cache,
+        num_images=cfg.demo_images,
+        size=cfg.demo_size,
+        seed=cfg.train.seed,
+        make=not cfg.dry_run,
     )
     return dataclasses.replace(
         cfg,

@@ -1,7 +1,8 @@
 """One training run, from checked data to a registered model: what `jobs/train.py` calls.
 
-Steps: check the data on the driver (`DataValidationError` naming the bad files), connect to
-Ray, start or resume the MLflow run, train with TorchTrainer (`jobs.training.worker_loop` on
+Steps: connect to Ray and refuse local paths the cluster's nodes cannot see, check the data on
+the driver (`DataValidationError` naming the bad files), decide the workers' device, start or
+resume the MLflow run, train with TorchTrainer (`jobs.training.worker_loop` on
 every worker), then publish: curves and a validation panel, the best checkpoint registered and
 its alias gated (`jobs.training.publish`).
 """
@@ -14,21 +15,22 @@ from pathlib import Path
 
 import ray
 
+from jobs.common.cluster_info import ClusterView, cluster_view, release_capacity
 from jobs.common.logs import quiet_ray_logs
 from jobs.common.mlflow_store import resolve_tracking_uri
+from jobs.common.path_guard import LocalPathError
 from jobs.common.ray_cluster import connect_ray
 from jobs.training import tracking
 from jobs.training.config import TrainJobConfig
-from jobs.training.data_checks import check_with_ray, plan_data
+from jobs.training.data_checks import DataValidationError, check_with_ray, plan_data
+from jobs.training.defaults import with_defaults
+from jobs.training.launch import decide_workers, dry_run_report, path_problems
 from jobs.training.publish import publish
 from jobs.training.trainer import make_loop_config, make_trainer
 
 
-def run_training(cfg: TrainJobConfig) -> dict:
-    """Train and register; returns the job's JSON summary. `cfg` has its machine defaults
-    filled (`jobs.training.defaults.with_defaults`)."""
-    started = time.time()
-    plan, unchecked = plan_data(
+def _plan(cfg: TrainJobConfig):
+    return plan_data(
         cfg.data,
         val_data=cfg.val_data,
         class_map_path=cfg.class_map,
@@ -39,9 +41,39 @@ def run_training(cfg: TrainJobConfig) -> dict:
         check_limit=cfg.check_limit,
         endpoint_url=cfg.s3_endpoint_url,
     )
+
+
+def dry_run(cfg: TrainJobConfig, view: ClusterView, problems: list[str]) -> dict:
+    """Resolve what the run would use; nothing is trained or written."""
+    demo = cfg.data is None
+    cfg = with_defaults(cfg)
+    cfg, choice = decide_workers(view, cfg)
+    plan = None
+    if not (demo and not Path(cfg.data, "classes.json").is_file()):  # else: made by a real run
+        try:
+            plan, _ = _plan(cfg)
+        except (DataValidationError, OSError, ValueError) as exc:
+            problems = [*problems, f"data: {exc}"]
+    return dry_run_report(cfg, view, choice, plan, problems)
+
+
+def run_training(cfg: TrainJobConfig) -> dict:
+    """Train and register (or, with --dry-run, only plan); returns the job's JSON summary.
+    Machine defaults are filled here (`jobs.training.defaults.with_defaults`), after the
+    cluster is known: on a multi-node cluster every local path is refused first."""
+    started = time.time()
     owned = connect_ray(cfg.ray_address)
     quiet_ray_logs(cfg.log_level)
+    view = cluster_view(cfg.ray_address)
     try:
+        problems = path_problems(view, cfg)
+        if cfg.dry_run:
+            return dry_run(cfg, view, problems)
+        if problems:
+            raise LocalPathError("; ".join(problems))
+        cfg = with_defaults(cfg)
+        plan, unchecked = _plan(cfg)
+        cfg, _ = decide_workers(view, cfg)
         if unchecked and cfg.full_check:
             check_with_ray(plan, unchecked, endpoint_url=cfg.s3_endpoint_url)
         uri = resolve_tracking_uri(cfg.tracking_uri)
@@ -70,5 +102,6 @@ def run_training(cfg: TrainJobConfig) -> dict:
         summary["elapsed_seconds"] = round(time.time() - started, 1)
         return summary
     finally:
+        release_capacity(view)
         if owned:
             ray.shutdown()

@@ -52,9 +52,8 @@ def make_trainer(
     """TorchTrainer over the planned data; storage, failures and checkpoints from the config.
     ``owned``: this job started the local Ray, whose runtime_env already reaches every task."""
     low, high = cfg.worker_range
-    use_gpu, resources = worker_resources(
-        high, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker
-    )
+    use_gpu = bool(cfg.use_gpu)  # decided on the driver: jobs.training.launch.decide_workers
+    resources = worker_resources(use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker or 1.0)
     built = build_train_val(
         plan,
         seed=cfg.train.seed,

@@ -26,6 +26,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from jobs.common.devices import require_cuda
 from jobs.common.logs import quiet_worker_logs
 from jobs.common.mlflow_store import metric_name
 from jobs.training.bad_pairs import count_over_ranks
@@ -213,6 +214,8 @@ def _finite(value: float | None) -> float:
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point; `config` is built on the driver (`trainer.make_loop_config`)."""
     quiet_worker_logs(config.get("log_level", "INFO"))
+    if config.get("use_gpu"):
+        require_cuda("a training worker")
     if config.get("torch_threads"):
         torch.set_num_threads(int(config["torch_threads"]))
     setup = WorkerSetup.from_config(config)

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ def autoscaling_config(gcs_port: int) -> dict:
         "cluster_name": "unet-fake",
         "max_workers": 4,
         "upscaling_speed": 1.0,
-        "idle_timeout_minutes": 1.0,
+        "idle_timeout_minutes": 0.25,
         "provider": {
             "type": "fake_multinode",
             "gcs_address": f"{LOOPBACK}:{gcs_port}",
@@ -89,6 +90,8 @@ def autoscaling_config(gcs_port: int) -> dict:
 class FakeCluster:
     address: str
     """GCS address (what --ray-address / $RAY_ADDRESS take)."""
+    secret: str
+    """The nodes' (and the drivers') AWS secret key: a unique value that no job may carry."""
     dashboard_url: str
     root: Path
     env: dict[str, str] = field(repr=False)
@@ -113,9 +116,16 @@ class FakeCluster:
         return JobRun.run(cmd, cwd=REPO_ROOT, env=self.env, timeout=timeout)
 
     def jobs(self) -> list[dict]:
+        """Every job of the cluster (submitted and driver jobs), from the job REST API."""
         response = requests.get(f"{self.dashboard_url}/api/jobs/", timeout=10)
         response.raise_for_status()
         return response.json()
+
+    def driver_jobs(self) -> list[dict]:
+        """Every job with its config (runtime_env included), from the state API."""
+        from ray.util.state import list_jobs
+
+        return [job.__dict__ for job in list_jobs(address=self.dashboard_url, detail=True)]
 
     def status(self) -> dict:
         """The autoscaler's published status (the GCS key `ray status` reads)."""
@@ -131,7 +141,7 @@ class FakeCluster:
 
     def wait_idle(self, timeout: float = 120) -> None:
         """Wait until no worker node is left from an earlier test (idle nodes time out after a
-        minute), so each test starts from a cluster at zero."""
+        15 s), so each test starts from a cluster at zero."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.status()["nodes"] <= 1:
@@ -157,9 +167,10 @@ def fake_cluster(s3_endpoint: str) -> Iterator[FakeCluster]:
     gcs_port, dashboard_port = free_port(), free_port()
     config = root / "autoscaling.yaml"
     config.write_text(yaml.safe_dump(autoscaling_config(gcs_port), sort_keys=False))
+    secret = f"fake-secret-{uuid.uuid4().hex}"  # moto takes any key
     s3_env = {
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECRET_ACCESS_KEY": secret,
         "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": s3_endpoint,
@@ -179,7 +190,19 @@ def fake_cluster(s3_endpoint: str) -> Iterator[FakeCluster]:
         f"--temp-dir={root / 'ray'}",
         f"--dashboard-host={LOOPBACK}",
         f"--dashboard-port={dashboard_port}",
-        f"--ray-client-server-port={free_port()}",
+        # Own ports: another Ray on this machine (a developer's, a test's) holds the defaults.
+        *(
+            f"--{name}={free_port()}"
+            for name in (
+                "ray-client-server-port",
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "runtime-env-agent-port",
+                "metrics-export-port",
+                "node-manager-port",
+                "object-manager-port",
+            )
+        ),
         "--object-store-memory=200000000",
         "--disable-usage-stats",
     ]  # fmt: skip
@@ -199,7 +222,7 @@ def fake_cluster(s3_endpoint: str) -> Iterator[FakeCluster]:
         )
         # Drivers connect from "outside": no credentials of their own unless a test sets them.
         driver_env = {k: v for k, v in env.items() if k not in ("RAY_FAKE_CLUSTER",)}
-        yield FakeCluster(f"{LOOPBACK}:{gcs_port}", url, root, driver_env)
+        yield FakeCluster(f"{LOOPBACK}:{gcs_port}", secret, url, root, driver_env)
     finally:
         stop_process_tree(proc, marker=str(root))
         shutil.rmtree(root, ignore_errors=True)

@@ -1,9 +1,31 @@
-"""Sizing policies: predictor actor pools, CPU task pools, the in-flight limit."""
+"""Sizing policies: predictor actor pools, CPU task pools, training workers, the in-flight
+limit, on local Rays, fixed clusters and autoscaling ones."""
 
 from __future__ import annotations
 
-from jobs.common.resources import ActorPool, actor_pool, in_flight_limit_mb
+from jobs.common.cluster_info import UNBOUNDED_POOL, ClusterView
+from jobs.common.resources import (
+    ActorPool,
+    actor_pool,
+    cpu_tasks,
+    cpus_per_train_worker,
+    in_flight_limit_mb,
+)
 from jobs.inference.config import SegmentConfig
+
+
+def local(cpus: float, cores: int) -> ClusterView:
+    return ClusterView(local=True, nodes=1, resources={"CPU": cpus}, local_cores=cores)
+
+
+def fixed(**resources: float) -> ClusterView:
+    return ClusterView(local=False, nodes=3, resources=resources)
+
+
+def autoscaling(max_resources: dict | None = None, **resources: float) -> ClusterView:
+    return ClusterView(
+        local=False, nodes=1, resources=resources, autoscaler="v1", max_resources=max_resources
+    )
 
 
 def pool(cfg: SegmentConfig, **kwargs) -> ActorPool:
@@ -17,24 +39,47 @@ def pool(cfg: SegmentConfig, **kwargs) -> ActorPool:
 
 def test_actor_pool_sizes():
     auto = SegmentConfig(input="a", output="b")
-    # CPU, local Ray on 2 cores: one single-threaded actor per core
-    assert pool(auto, num_gpus=0, cluster={"CPU": 4}, local_cores=2) == ActorPool(2, 2, 1)
-    # CPU cluster: half the logical CPUs, one thread each
-    assert pool(auto, num_gpus=0, cluster={"CPU": 64}, local_cores=None) == ActorPool(
-        32, 32, 1
-    )
+    # CPU, local Ray on 2 cores: one single-threaded actor per core, the whole pool at once
+    assert pool(auto, num_gpus=0, view=local(4, 2)) == ActorPool(2, 2, 1)
+    # CPU cluster of fixed size: half the logical CPUs, one thread each
+    assert pool(auto, num_gpus=0, view=fixed(CPU=64)) == ActorPool(32, 32, 1)
     # GPUs: one actor per GPU share; torch threads left alone
-    assert pool(auto, num_gpus=1, cluster={"CPU": 32, "GPU": 4}, local_cores=None) == (
-        ActorPool(4, 4, 0)
-    )
-    assert pool(auto, num_gpus=0.5, cluster={"GPU": 2}, local_cores=None).max_size == 4
+    assert pool(auto, num_gpus=1, view=fixed(CPU=32, GPU=4)) == ActorPool(4, 4, 0)
+    assert pool(auto, num_gpus=0.5, view=fixed(GPU=2)).max_size == 4
     # explicit flags win; threads split the local cores between the actors
-    fixed = SegmentConfig(input="a", output="b", min_actors=1, max_actors=3)
-    assert pool(fixed, num_gpus=0, cluster={"CPU": 4}, local_cores=8) == ActorPool(1, 3, 2)
+    flags = SegmentConfig(input="a", output="b", min_actors=1, max_actors=3)
+    assert pool(flags, num_gpus=0, view=local(4, 8)) == ActorPool(1, 3, 2)
     threads = SegmentConfig(input="a", output="b", max_actors=2, torch_threads=4)
-    assert pool(threads, num_gpus=0, cluster={}, local_cores=None) == ActorPool(2, 2, 4)
+    assert pool(threads, num_gpus=0, view=fixed()) == ActorPool(2, 2, 4)
     # never an empty pool
-    assert pool(auto, num_gpus=0, cluster={"CPU": 1}, local_cores=None).max_size == 1
+    assert pool(auto, num_gpus=0, view=fixed(CPU=1)).max_size == 1
+
+
+def test_actor_pool_grows_with_an_autoscaling_cluster():
+    auto = SegmentConfig(input="a", output="b")
+    # GPU workers at zero now: start with one actor, grow to what the cluster can launch
+    assert pool(auto, num_gpus=1, view=autoscaling({"GPU": 8, "CPU": 64})) == ActorPool(1, 8, 0)
+    # the autoscaler does not publish its maximum: a bounded pool that still grows
+    assert pool(auto, num_gpus=1, view=autoscaling()) == ActorPool(1, UNBOUNDED_POOL, 0)
+    assert pool(auto, num_gpus=0, view=autoscaling(CPU=4)).max_size == UNBOUNDED_POOL
+    # more GPUs now than the published maximum (a stale config): what is there counts
+    assert pool(auto, num_gpus=1, view=autoscaling({"GPU": 1}, GPU=2)).max_size == 2
+
+
+def test_cpu_task_pools_are_pinned_only_on_a_local_ray():
+    assert cpu_tasks(0, rows=1000, batch_size=8, view=local(8, 4)) == 2
+    assert cpu_tasks(0, rows=8, batch_size=8, view=local(8, 4)) == 1  # no more than batches
+    assert cpu_tasks(0, rows=1000, batch_size=8, view=autoscaling(CPU=0)) is None
+    assert cpu_tasks(0, rows=1000, batch_size=8, view=fixed(CPU=64)) is None
+    assert cpu_tasks(3, rows=1000, batch_size=8, view=fixed(CPU=64)) == 3  # the flag
+
+
+def test_training_workers_cpus():
+    assert cpus_per_train_worker(local(4, 2), num_workers=2) == 1.0
+    assert cpus_per_train_worker(local(2, 2), num_workers=2) == 0.5
+    assert cpus_per_train_worker(local(1, 1), num_workers=2) == 0.1
+    # a cluster's head may offer no CPUs now: workers still reserve a whole CPU on their nodes
+    assert cpus_per_train_worker(autoscaling(CPU=0), num_workers=8) == 1.0
 
 
 def test_in_flight_limit():

@@ -1,0 +1,135 @@
+"""What a segment or evaluate run will use, decided on the driver before any work: the cluster,
+the paths it may use there, the predictor actors' device and pool, and `--dry-run` reports."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.common import resources
+from jobs.common.cluster_info import (
+    ClusterView,
+    choose_gpu,
+    cluster_view,
+    release_capacity,
+    request_capacity,
+)
+from jobs.common.logs import quiet_ray_logs
+from jobs.common.mlflow_store import resolve_tracking_uri, tracking_problem
+from jobs.common.path_guard import local_path_problems
+from jobs.common.ray_cluster import connect_ray
+from jobs.inference.config import EvaluateConfig, InferenceConfig, SegmentConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """The predictor actors of a run."""
+
+    num_gpus: float
+    pool: resources.ActorPool
+    reason: str
+    """Why this device (the flag, the cluster's GPUs, the autoscaler, CUDA here)."""
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.num_gpus > 0
+
+
+def guarded_paths(cfg: InferenceConfig) -> dict[str, str | None]:
+    """The flags of ``cfg`` that workers read or write, and a local MLflow store."""
+    paths: dict[str, str | None] = {}
+    if isinstance(cfg, SegmentConfig):
+        paths.update({"--input": cfg.input, "--input-list": cfg.input_list, "--output": cfg.output})
+    if isinstance(cfg, EvaluateConfig):
+        paths.update({"--data": cfg.data, "--class-map": cfg.class_map})
+    if cfg.model.startswith("models:/") or cfg.model.startswith("runs:/"):
+        with contextlib.suppress(ValueError):
+            paths["--tracking-uri / $MLFLOW_TRACKING_URI"] = resolve_tracking_uri(cfg.tracking_uri)
+    return paths
+
+
+def plan_actors(cfg: InferenceConfig, view: ClusterView) -> ActorPlan:
+    """Device and pool bounds of the predictor actors (the flags win)."""
+    requested = None if cfg.num_gpus_per_actor is None else cfg.num_gpus_per_actor > 0
+    choice = choose_gpu(view, requested, what="predictor actors")
+    if cfg.num_gpus_per_actor is not None:
+        num_gpus = cfg.num_gpus_per_actor
+    else:
+        num_gpus = 1.0 if choice.use_gpu else 0.0
+    pool = resources.actor_pool(
+        min_actors=cfg.min_actors,
+        max_actors=cfg.max_actors,
+        torch_threads=cfg.torch_threads,
+        num_gpus=num_gpus,
+        view=view,
+    )
+    logger.info(
+        "predictor pool: %d-%d actors, %s",
+        pool.min_size,
+        pool.max_size,
+        f"{num_gpus:g} GPU each" if num_gpus else f"{pool.torch_threads} torch thread(s) each",
+    )
+    return ActorPlan(num_gpus, pool, choice.reason)
+
+
+@dataclass
+class Session:
+    """The Ray a batch job runs on, with what it knows about it."""
+
+    cfg: InferenceConfig
+    view: ClusterView
+    problems: list[str]
+    """Local paths the cluster's nodes cannot see (refused unless --dry-run reports them)."""
+
+    def ask_for_first_nodes(self, actors: ActorPlan) -> None:
+        """On an autoscaling cluster, ask for the first actor's node and a CPU for decoding:
+        Ray Data submits no task while the cluster has no CPU for it, so nothing would ask."""
+        bundle = {"CPU": self.cfg.num_cpus_per_actor}
+        if actors.num_gpus:
+            bundle["GPU"] = actors.num_gpus
+        request_capacity(self.view, [bundle, {"CPU": max(1.0, self.cfg.decode_cpus)}])
+
+
+@contextlib.contextmanager
+def batch_session(cfg: InferenceConfig) -> Iterator[Session]:
+    """Connect (or start a local Ray), take the cluster's view and check the paths; on exit
+    withdraw resource requests and stop a Ray this job started."""
+    import ray
+
+    owned = connect_ray(cfg.ray_address, num_cpus=cfg.num_cpus, dashboard=False)
+    quiet_ray_logs(cfg.log_level)  # our progress lines replace Ray Data's bars
+    view = cluster_view(cfg.ray_address)
+    try:
+        problems = local_path_problems(view, guarded_paths(cfg), shared_fs=cfg.shared_fs)
+        yield Session(cfg, view, problems)
+    finally:
+        release_capacity(view)
+        if owned:
+            ray.shutdown()
+
+
+def dry_run_report(session: Session, actors: ActorPlan | None, **planned: Any) -> dict[str, Any]:
+    """The common part of the batch jobs' `--dry-run` JSON, plus what each job ``planned``."""
+    cfg = session.cfg
+    problems = list(session.problems) + list(planned.pop("problems", []))
+    tracking = guarded_paths(cfg).get("--tracking-uri / $MLFLOW_TRACKING_URI")
+    unreachable = tracking_problem(tracking) if tracking else None
+    if unreachable:
+        problems.append(unreachable)
+    return {
+        "dry_run": True,
+        "num_gpus_per_actor": actors.num_gpus if actors else None,
+        "device_reason": actors.reason if actors else None,
+        "min_actors": actors.pool.min_size if actors else None,
+        "max_actors": actors.pool.max_size if actors else None,
+        "torch_threads": actors.pool.torch_threads if actors else None,
+        "cluster": session.view.describe(),
+        "tracking_uri": tracking,
+        **planned,
+        "problems": problems,
+    }

@@ -1,0 +1,80 @@
+"""What a training run will use, decided on the driver before any work: the paths it may use
+on this cluster, the device and resources of its workers, and the `--dry-run` report."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jobs.common import resources
+from jobs.common.cluster_info import ClusterView, GpuChoice, choose_gpu
+from jobs.common.mlflow_store import resolve_tracking_uri, tracking_problem
+from jobs.common.path_guard import local_path_problems
+from jobs.training.config import TrainJobConfig
+from jobs.training.data_checks import DataPlan
+from jobs.training.defaults import default_cache_dir
+
+
+def guarded_paths(cfg: TrainJobConfig) -> dict[str, str | None]:
+    """Every flag of ``cfg`` that names a place, with what it resolves to (defaults included:
+    the demo set and the checkpoint storage under the cache, the sqlite tracking store)."""
+    cache = default_cache_dir()
+    try:
+        tracking = resolve_tracking_uri(cfg.tracking_uri)
+    except ValueError:
+        tracking = cfg.tracking_uri
+    return {
+        "--data" if cfg.data else "--data (omitted: the generated demo set)": cfg.data
+        or str(cache / "demo-data"),
+        "--val-data": cfg.val_data,
+        "--class-map": cfg.class_map,
+        "--storage-path" if cfg.storage_path else "--storage-path (default)": cfg.storage_path
+        or str(cache / "runs"),
+        "--tracking-uri / $MLFLOW_TRACKING_URI": tracking,
+    }
+
+
+def path_problems(view: ClusterView, cfg: TrainJobConfig) -> list[str]:
+    return local_path_problems(view, guarded_paths(cfg), shared_fs=cfg.shared_fs)
+
+
+def decide_workers(view: ClusterView, cfg: TrainJobConfig) -> tuple[TrainJobConfig, GpuChoice]:
+    """``cfg`` with use_gpu and cpus_per_worker fixed for this cluster (the flags win)."""
+    choice = choose_gpu(view, cfg.use_gpu, what="training workers")
+    cpus = cfg.cpus_per_worker or resources.cpus_per_train_worker(
+        view, num_workers=cfg.worker_range[1]
+    )
+    return dataclasses.replace(cfg, use_gpu=choice.use_gpu, cpus_per_worker=cpus), choice
+
+
+def dry_run_report(
+    cfg: TrainJobConfig,
+    view: ClusterView,
+    choice: GpuChoice | None,
+    plan: DataPlan | None,
+    problems: list[str],
+) -> dict[str, Any]:
+    """The `--dry-run` JSON: what the run would use, and what would stop it."""
+    low, high = cfg.worker_range
+    tracking = guarded_paths(cfg)["--tracking-uri / $MLFLOW_TRACKING_URI"]
+    unreachable = tracking_problem(tracking) if tracking else None
+    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": 1.0} if cfg.use_gpu else {})}
+    return {
+        "dry_run": True,
+        "use_gpu": bool(cfg.use_gpu),
+        "device_reason": choice.reason if choice else None,
+        "num_workers": low if low == high else [low, high],
+        "resources_per_worker": per_worker,
+        "cluster": view.describe(),
+        "data": plan.root if plan else cfg.data,
+        "val_data": plan.val_root if plan else cfg.val_data,
+        "pairs": {"train": len(plan.train), "val": len(plan.val)} if plan else None,
+        "classes": plan.class_map.names if plan else None,
+        "in_channels": plan.in_channels if plan else cfg.in_channels,
+        "storage_path": cfg.storage_path,
+        "run_name": cfg.run_name,
+        "tracking_uri": tracking,
+        "experiment": cfg.experiment,
+        "register_as": f"{cfg.register_as}@{cfg.alias}",
+        "problems": problems + ([unreachable] if unreachable else []),
+    }
