@@ -255,6 +255,7 @@ def reference_gradients(loop_config: dict, batches) -> dict[str, list[np.ndarray
         rank=0,
         world_size=1,
         device=torch.device("cpu"),
+        train_rows=int(loop_config["train_rows"]),
     )
     model = build_model(setup)  # the same seeded initial weights as every rank
     out: dict[str, list[np.ndarray]] = {}
