@@ -34,6 +34,8 @@ AUTOSCALER_STATUS_KEY = "__autoscaling_status"
 GPU_PROBE_SECONDS = 20.0
 """How long the GPU probe waits for the autoscaler to start launching a GPU node (v1 updates
 every 5 s by default)."""
+NODE_START_TIMEOUT_S = 600.0
+"""How long a job waits for the autoscaler to bring up the CPUs a stage needs before failing."""
 UNBOUNDED_POOL = 16
 """Most predictor actors when the cluster's maximum size is not published."""
 

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import ray
 
-from jobs.common.cluster_info import ClusterView, cluster_view, release_capacity
+from jobs.common.cluster_info import (
+    NODE_START_TIMEOUT_S,
+    ClusterView,
+    cluster_view,
+    release_capacity,
+    wait_for_cpus,
+)
 from jobs.common.logs import quiet_ray_logs
 from jobs.common.mlflow_store import resolve_tracking_uri
 from jobs.common.path_guard import LocalPathError
@@ -75,6 +81,9 @@ def run_training(cfg: TrainJobConfig) -> dict:
         plan, unchecked = _plan(cfg)
         cfg, _ = decide_workers(view, cfg)
         if unchecked and cfg.full_check:
+            # Ray Data submits no task while the cluster has no CPU (a KubeRay head offers
+            # none): ask the autoscaler for one first, or fail saying what is missing.
+            wait_for_cpus(view, 1.0, timeout=NODE_START_TIMEOUT_S)
             check_with_ray(plan, unchecked, endpoint_url=cfg.s3_endpoint_url)
         uri = resolve_tracking_uri(cfg.tracking_uri)
         run_id = tracking.start_or_resume_run(

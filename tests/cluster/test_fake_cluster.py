@@ -172,3 +172,37 @@ def test_no_secret_reaches_a_job(fake_cluster, labelled, checkpoint):
     blob = json.dumps(fake_cluster.jobs()) + json.dumps(jobs, default=str)
     assert "us-east-1" in blob  # runtime_envs are in there
     assert fake_cluster.secret not in blob
+
+
+@pytest.fixture(scope="module")
+def s3_labelled(s3_endpoint: str, labelled: Path) -> str:
+    bucket = f"fc-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return upload_tree(labelled, bucket, "set", s3_endpoint)
+
+
+def test_elastic_cpu_training_from_s3_brings_up_its_nodes(fake_cluster, s3_labelled, tmp_path):
+    """The head has no CPUs: the workers' placement group brings up CPU nodes, Ray Data's
+    tasks run beside the workers, the run starts with the workers it gets (1-2) and finishes."""
+    fake_cluster.wait_idle()
+    bucket = s3_labelled[len("s3://") :].split("/")[0]
+    run = fake_cluster.run_job(
+        "train.py",
+        "--data", s3_labelled,
+        "--storage-path", f"s3://{bucket}/runs",
+        "--shared-fs",  # the sqlite store below: the fake nodes do share this disk
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--no-gpu",
+        "--num-workers", "1-2",
+        "--epochs", "1",
+        "--batch-size", "2",
+        "--base-width", "4",
+        "--depth", "2",
+        "--crop-size", "0",
+        "--no-augment",
+        timeout=420,
+    )  # fmt: skip
+    assert run.returncode == 0, run.describe()
+    summary = run.final_json
+    assert summary["world_size"] in (1, 2), summary
+    assert summary["model_version"], summary
