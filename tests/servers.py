@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,3 +182,28 @@ class JobRun:
         return (
             f"$ {' '.join(self.command)}\nexit {self.returncode} after {self.seconds:.0f} s\n{body}"
         )
+
+
+@contextlib.contextmanager
+def serving(
+    cmd: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+    ready: Callable[[], bool],
+    what: str,
+    timeout: float,
+    marker: str,
+) -> Iterator[subprocess.Popen]:
+    """Start a server in its own process group (output to ``log``), wait until ``ready``,
+    yield it, and stop it and everything it started (`stop_process_tree` by ``marker``)."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until(ready, timeout=timeout, what=what, proc=proc, log=log)
+        yield proc
+    finally:
+        stop_process_tree(proc, marker=marker)

@@ -21,9 +21,15 @@ from jobs.common.mlflow_store import metric_name, mlflow_client, resolve_trackin
 from jobs.common.path_guard import LocalPathError
 from jobs.inference.config import EvaluateConfig
 from jobs.inference.decode import estimate_image_bytes
-from jobs.inference.launch import ActorPlan, Session, batch_session, dry_run_report, plan_actors
+from jobs.inference.launch import (
+    ActorPlan,
+    Session,
+    batch_session,
+    dry_run_report,
+    plan_actors,
+    resolved_model_or_problem,
+)
 from jobs.inference.model_source import (
-    ModelSourceError,
     checkpoint_digest,
     fetch_checkpoint_bytes,
     resolve_model,
@@ -61,11 +67,7 @@ def _pairs(cfg: EvaluateConfig, endpoint: str | None) -> list[dict[str, str]]:
 def _dry_run(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[str, Any]:
     endpoint = fs.s3_endpoint(cfg.s3_endpoint_url)
     problems: list[str] = []
-    model: dict[str, Any] = {}
-    try:
-        model = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri).to_dict()
-    except (ModelSourceError, ValueError, OSError) as exc:
-        problems.append(f"model: {exc}")
+    model = resolved_model_or_problem(cfg, problems)
     pairs = None
     try:
         pairs = len(_pairs(cfg, endpoint))

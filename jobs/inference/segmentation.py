@@ -24,9 +24,15 @@ from jobs.inference import manifest
 from jobs.inference.config import SegmentConfig
 from jobs.inference.decode import estimate_image_bytes
 from jobs.inference.inputs import Plan, existing_mask_keys, list_inputs, plan_inputs
-from jobs.inference.launch import ActorPlan, Session, batch_session, dry_run_report, plan_actors
+from jobs.inference.launch import (
+    ActorPlan,
+    Session,
+    batch_session,
+    dry_run_report,
+    plan_actors,
+    resolved_model_or_problem,
+)
 from jobs.inference.model_source import (
-    ModelSourceError,
     ResolvedModel,
     checkpoint_digest,
     fetch_checkpoint_bytes,
@@ -142,11 +148,7 @@ def _dry_run(
 ) -> dict[str, Any]:
     """What a run would do: the model version, how many inputs, how many would be skipped."""
     problems: list[str] = []
-    model: dict[str, Any] = {}
-    try:
-        model = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri).to_dict()
-    except (ModelSourceError, ValueError, OSError) as exc:
-        problems.append(f"model: {exc}")
+    model = resolved_model_or_problem(cfg, problems)
     work = None
     try:
         inputs = list_inputs(cfg, endpoint)

@@ -37,8 +37,7 @@ from tests.servers import (
     JobRun,
     child_env,
     free_port,
-    stop_process_tree,
-    wait_until,
+    serving,
 )
 from tests.support import REPO_ROOT, missing
 
@@ -206,23 +205,20 @@ def fake_cluster(s3_endpoint: str) -> Iterator[FakeCluster]:
         "--object-store-memory=200000000",
         "--disable-usage-stats",
     ]  # fmt: skip
-    log = root / "head.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
     url = f"http://{LOOPBACK}:{dashboard_port}"
+    # Drivers connect from "outside", with the same (node) environment minus the fake flag.
+    driver_env = {k: v for k, v in env.items() if k != "RAY_FAKE_CLUSTER"}
     try:
-        wait_until(
-            lambda: requests.get(f"{url}/api/version", timeout=2).status_code == 200,
-            timeout=120,
+        with serving(
+            cmd,
+            cwd=root,
+            env=env,
+            log=root / "head.log",
+            ready=lambda: requests.get(f"{url}/api/version", timeout=2).status_code == 200,
             what="fake cluster head",
-            proc=proc,
-            log=log,
-        )
-        # Drivers connect from "outside": no credentials of their own unless a test sets them.
-        driver_env = {k: v for k, v in env.items() if k not in ("RAY_FAKE_CLUSTER",)}
-        yield FakeCluster(f"{LOOPBACK}:{gcs_port}", secret, url, root, driver_env)
+            timeout=120,
+            marker=str(root),
+        ):
+            yield FakeCluster(f"{LOOPBACK}:{gcs_port}", secret, url, root, driver_env)
     finally:
-        stop_process_tree(proc, marker=str(root))
         shutil.rmtree(root, ignore_errors=True)

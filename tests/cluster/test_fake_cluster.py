@@ -206,3 +206,23 @@ def test_elastic_cpu_training_from_s3_brings_up_its_nodes(fake_cluster, s3_label
     summary = run.final_json
     assert summary["world_size"] in (1, 2), summary
     assert summary["model_version"], summary
+
+
+def test_training_on_a_fake_gpu_node_fails_fast(fake_cluster, s3_labelled, tmp_path):
+    bucket = s3_labelled[len("s3://") :].split("/")[0]
+    run = fake_cluster.run_job(
+        "train.py",
+        "--data", s3_labelled,
+        "--storage-path", f"s3://{bucket}/runs-gpu",
+        "--shared-fs",
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--use-gpu",
+        "--num-workers", "1",
+        "--max-failures", "0",
+        "--epochs", "1",
+        "--base-width", "4",
+        "--depth", "2",
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode not in (0, -1), run.describe()  # -1: timed out (a hang)
+    assert "no usable CUDA device" in run.output, run.describe()

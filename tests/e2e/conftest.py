@@ -19,7 +19,6 @@ import importlib.util
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -38,8 +37,7 @@ from tests.servers import (
     JobRun,
     child_env,
     free_port,
-    stop_process_tree,
-    wait_until,
+    serving,
 )
 from tests.support import REPO_ROOT, missing
 
@@ -188,25 +186,20 @@ def mlflow_server(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[MlflowServer]:
     auth = basic_auth_available()
     if auth:
         cmd += ["--app-name", "basic-auth"]
-    log = root / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
     url = f"http://{LOOPBACK}:{port}"
-    try:
-        wait_until(
-            lambda: requests.get(f"{url}/health", timeout=2).status_code == 200,
-            timeout=90,
-            what="mlflow server",
-            proc=proc,
-            log=log,
-        )
+    with serving(
+        cmd,
+        cwd=root,
+        env=env,
+        log=root / "server.log",
+        ready=lambda: requests.get(f"{url}/health", timeout=2).status_code == 200,
+        what="mlflow server",
+        timeout=90,
+        marker=str(root),
+    ):
         yield MlflowServer(
             url, "admin" if auth else None, password if auth else None, "mlartifacts/"
         )
-    finally:
-        stop_process_tree(proc, marker=str(root))
 
 
 @pytest.fixture(scope="session")
@@ -309,30 +302,22 @@ def ray_head(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[RayHead]:
         "--disable-usage-stats",
         *(f"--{name}={port}" for name, port in ports.items()),
     ]  # fmt: skip
-    log = e2e_tmp / "ray-head.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=e2e_tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
     url = f"http://{LOOPBACK}:{ports['dashboard-port']}"
-    head = RayHead(url, home, token, env)
-    try:
-        wait_until(
-            lambda: (
-                requests.get(
-                    f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=2
-                ).status_code
-                == 200
-            ),
-            timeout=120,
-            what="ray head",
-            proc=proc,
-            log=log,
-        )
-        yield head
-    finally:
-        # Ray workers rename themselves (ray::IDLE) but inherit HOME: the marker finds them.
-        stop_process_tree(proc, marker=str(home))
+    headers = {"Authorization": f"Bearer {token}"}
+    # Ray workers rename themselves (ray::IDLE) but inherit HOME: the marker finds them.
+    with serving(
+        cmd,
+        cwd=e2e_tmp,
+        env=env,
+        log=e2e_tmp / "ray-head.log",
+        ready=lambda: (
+            requests.get(f"{url}/api/jobs/", headers=headers, timeout=2).status_code == 200
+        ),
+        what="ray head",
+        timeout=120,
+        marker=str(home),
+    ):
+        yield RayHead(url, home, token, env)
 
 
 @pytest.fixture(scope="session")
