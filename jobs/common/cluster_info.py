@@ -97,9 +97,18 @@ def _autoscaler_status() -> dict | None:
     return json.loads(raw) if raw else None
 
 
+def runs_an_autoscaler(status: dict | None) -> bool:
+    """Whether a v1 monitor status (`__autoscaling_status`) comes from a working autoscaler:
+    every `ray start --head` runs a monitor that publishes load metrics, but only one with an
+    autoscaling config (cluster launcher, KubeRay, fake_multinode) reports autoscaler updates."""
+    return bool(status) and (
+        status.get("autoscaler_report") is not None or "autoscaler_update_time" in status
+    )
+
+
 def _autoscaler_version() -> str | None:
     try:
-        if _autoscaler_status() is not None:
+        if runs_an_autoscaler(_autoscaler_status()):
             return "v1"
     except Exception:  # noqa: BLE001 - an old or odd GCS: treat as no v1 autoscaler
         log.debug("no autoscaler v1 status", exc_info=True)

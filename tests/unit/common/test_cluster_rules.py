@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.common import ray_cluster
-from jobs.common.cluster_info import ClusterView, choose_gpu
+from jobs.common.cluster_info import ClusterView, choose_gpu, runs_an_autoscaler
 from jobs.common.path_guard import LocalPathError, is_local, refuse_local_paths
 
 LOCAL = ClusterView(local=True, nodes=1, resources={"CPU": 4}, local_cores=2)
@@ -73,3 +73,12 @@ def test_only_settings_are_forwarded_never_credentials(monkeypatch):
     assert env["AWS_REGION"] == "eu-west-1" and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(env)
     assert "s3cret" not in str(ray_cluster.data_remote_args())
+
+
+def test_a_plain_head_is_not_an_autoscaling_cluster():
+    # what `ray start --head` without --autoscaling-config publishes: load metrics only
+    plain = {"gcs_request_time": 0.01, "time": 1.0, "monitor_pid": 7, "load_metrics_report": {}}
+    assert not runs_an_autoscaler(plain) and not runs_an_autoscaler(None)
+    # with an autoscaling config (measured on the fake_multinode cluster of tests/cluster)
+    working = {**plain, "autoscaler_update_time": 0.004, "autoscaler_report": {"legacy": True}}
+    assert runs_an_autoscaler(working)
