@@ -98,12 +98,17 @@ def _autoscaler_status() -> dict | None:
 
 
 def runs_an_autoscaler(status: dict | None) -> bool:
-    """Whether a v1 monitor status (`__autoscaling_status`) comes from a working autoscaler:
-    every `ray start --head` runs a monitor that publishes load metrics, but only one with an
-    autoscaling config (cluster launcher, KubeRay, fake_multinode) reports autoscaler updates."""
-    return bool(status) and (
-        status.get("autoscaler_report") is not None or "autoscaler_update_time" in status
-    )
+    """Whether a v1 monitor status (`__autoscaling_status`) comes from an autoscaler that can
+    add nodes. Every `ray start --head` runs one; without an autoscaling config it mirrors the
+    nodes that joined by hand with Ray's read-only provider, whose node types are named after
+    the nodes (`format_readonly_node_type`): then the cluster is fixed."""
+    report = (status or {}).get("autoscaler_report") or {}
+    mapping = report.get("node_type_mapping") or {}
+    if not mapping:
+        return False
+    from ray.autoscaler._private.util import format_readonly_node_type
+
+    return any(kind != format_readonly_node_type(node) for node, kind in mapping.items())
 
 
 def _autoscaler_version() -> str | None:

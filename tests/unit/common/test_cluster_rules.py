@@ -76,9 +76,13 @@ def test_only_settings_are_forwarded_never_credentials(monkeypatch):
 
 
 def test_a_plain_head_is_not_an_autoscaling_cluster():
-    # what `ray start --head` without --autoscaling-config publishes: load metrics only
-    plain = {"gcs_request_time": 0.01, "time": 1.0, "monitor_pid": 7, "load_metrics_report": {}}
-    assert not runs_an_autoscaler(plain) and not runs_an_autoscaler(None)
-    # with an autoscaling config (measured on the fake_multinode cluster of tests/cluster)
-    working = {**plain, "autoscaler_update_time": 0.004, "autoscaler_report": {"legacy": True}}
-    assert runs_an_autoscaler(working)
+    """Statuses as Ray 2.60 publishes them (seen on this machine): `ray start --head` without
+    an autoscaling config mirrors its nodes with the read-only provider; the fake_multinode
+    cluster of tests/cluster maps nodes to the configured types."""
+    node = "7a545e374e8ef4f9496fb7db4927d4dd3361939391a978c0d60fa8d6"
+    plain = {"autoscaler_report": {"node_type_mapping": {node: f"node_{node}"}, "legacy": True}}
+    assert not runs_an_autoscaler(plain)
+    assert not runs_an_autoscaler(None) and not runs_an_autoscaler({"time": 1.0})
+    head = "f" * 51 + "00000"
+    fake = {"autoscaler_report": {"node_type_mapping": {head: "ray.head.default"}}}
+    assert runs_an_autoscaler(fake)
