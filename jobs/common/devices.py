@@ -31,3 +31,32 @@ def require_cuda(what: str) -> None:
         f"CUDA device (torch {torch.__version__}, torch.cuda.is_available() is False): fix the "
         "node's GPU driver or image, or run on CPU (--no-gpu / --num-gpus-per-actor 0)"
     )
+
+
+def check_gpu_node(view, *, what: str, timeout: float) -> None:
+    """Before a stage that wants GPUs starts (Ray Train sets up NCCL before any code of ours
+    runs on a worker): run one GPU task and make sure it sees CUDA. Fails at once when the
+    cluster has no GPUs and no autoscaler, and after ``timeout`` s when no GPU node comes up."""
+    import ray
+
+    if view.gpus_now == 0 and not view.autoscaler:
+        raise NoCudaError(
+            f"{what} asked for GPUs, but the Ray cluster has none and no autoscaler to add "
+            "them: run on CPU (--no-gpu / --num-gpus-per-actor 0) or add GPU nodes"
+        )
+    probe = ray.remote(num_gpus=1, num_cpus=0, max_retries=0)(_probe)
+    ref = probe.options(name=f"unet-gpu-check ({what})").remote(what)
+    try:
+        ray.get(ref, timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise NoCudaError(
+            f"{what} asked for GPUs, but no GPU node came up within {timeout:.0f} s: check "
+            "`ray status` for failed launches and the GPU node type's max_workers"
+        ) from None
+    except ray.exceptions.RayTaskError as exc:
+        raise exc.as_instanceof_cause() from None
+
+
+def _probe(what: str) -> None:
+    require_cuda(what)

@@ -22,6 +22,7 @@ from jobs.common.cluster_info import (
     release_capacity,
     wait_for_cpus,
 )
+from jobs.common.devices import check_gpu_node
 from jobs.common.logs import quiet_ray_logs
 from jobs.common.mlflow_store import resolve_tracking_uri
 from jobs.common.path_guard import LocalPathError
@@ -80,6 +81,8 @@ def run_training(cfg: TrainJobConfig) -> dict:
         cfg = with_defaults(cfg)
         plan, unchecked = _plan(cfg)
         cfg, _ = decide_workers(view, cfg)
+        if cfg.use_gpu:  # fail here, naming the node, rather than in Ray Train's NCCL setup
+            check_gpu_node(view, what="training workers", timeout=NODE_START_TIMEOUT_S)
         if unchecked and cfg.full_check:
             # Ray Data submits no task while the cluster has no CPU (a KubeRay head offers
             # none): ask the autoscaler for one first, or fail saying what is missing.
