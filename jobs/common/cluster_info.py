@@ -20,8 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ray
 
@@ -56,7 +55,6 @@ class ClusterView:
     """Most resources the cluster can grow to, when Ray reports its cluster config."""
     local_cores: int | None = None
     """This machine's cores on a local Ray; None on a cluster, whose nodes may differ."""
-    node_ids: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def multi_node(self) -> bool:
@@ -148,7 +146,6 @@ def cluster_view(address: str | None = None) -> ClusterView:
         autoscaler=None if local else _autoscaler_version(),
         max_resources=None if local else _max_resources(),
         local_cores=(os.cpu_count() or 1) if local else None,
-        node_ids=tuple(n["NodeID"] for n in alive),
     )
 
 
@@ -174,9 +171,7 @@ def _launching(view_version: str | None) -> int:
     )
 
 
-def probe_autoscaler_gpu(
-    view: ClusterView, *, timeout: float = GPU_PROBE_SECONDS, sleep: Callable = time.sleep
-) -> bool:
+def probe_autoscaler_gpu(view: ClusterView, *, timeout: float = GPU_PROBE_SECONDS) -> bool:
     """Ask the autoscaler for one GPU; True when it starts a node for it (or a GPU appears)
     within ``timeout`` seconds. The request is withdrawn either way."""
     from ray.autoscaler.sdk import request_resources
@@ -186,7 +181,7 @@ def probe_autoscaler_gpu(
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            sleep(0.5)
+            time.sleep(0.5)
             if ray.cluster_resources().get("GPU", 0) > 0 or _launching(view.autoscaler) > before:
                 return True
         return False
@@ -261,9 +256,7 @@ def release_capacity(view: ClusterView) -> None:
         log.debug("could not withdraw the resource request", exc_info=True)
 
 
-def wait_for_cpus(
-    view: ClusterView, cpus: float, *, timeout: float, sleep: Callable = time.sleep
-) -> None:
+def wait_for_cpus(view: ClusterView, cpus: float, *, timeout: float) -> None:
     """Block until the cluster has ``cpus`` CPUs (asking the autoscaler for them); fail fast
     with what is missing when it cannot have them or they do not come up in ``timeout`` s."""
     have = ray.cluster_resources().get("CPU", 0.0)
@@ -279,7 +272,7 @@ def wait_for_cpus(
     while time.monotonic() < deadline:
         if ray.cluster_resources().get("CPU", 0.0) >= cpus:
             return
-        sleep(1.0)
+        time.sleep(1.0)
     raise RuntimeError(
         f"asked the autoscaler for {cpus:g} CPUs; the cluster still has "
         f"{ray.cluster_resources().get('CPU', 0.0):g} after {timeout:.0f} s: check `ray status` "

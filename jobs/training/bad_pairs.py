@@ -23,8 +23,9 @@ from ray.exceptions import ActorAlreadyExistsError
 
 from jobs.training.collectives import all_reduce
 from jobs.training.data_checks import DataValidationError
+from unet_core.messages import SHOWN, shorten
 
-MAX_EXAMPLES = 10
+MAX_EXAMPLES = SHOWN
 """Bad pairs named in an error message and in the job's JSON summary."""
 
 
@@ -41,6 +42,9 @@ class BadPairLedger:
 
     def errors(self) -> dict[str, str]:
         return dict(self._errors)
+
+    def count(self) -> int:
+        return len(self._errors)
 
 
 def ledger_name() -> str:
@@ -76,22 +80,25 @@ def record_bad_pairs(ledger: ActorHandle, errors: dict[str, str]) -> None:
     ray.get(ledger.record.remote(errors))
 
 
-def read_bad_pairs() -> dict[str, str]:
-    """{pair: error} of every pair that failed so far in this job."""
+def _ledger() -> ActorHandle:
     try:
-        ledger = ray.get_actor(ledger_name())
+        return ray.get_actor(ledger_name())
     except ValueError as exc:  # never silently zero: that would hide the pairs left out
         raise RuntimeError(
             f"no bad-pair ledger {ledger_name()}: build the datasets with "
             "jobs.training.datasets.build_train_val, one run at a time per Ray job"
         ) from exc
-    return ray.get(ledger.errors.remote())
+
+
+def read_bad_pairs() -> dict[str, str]:
+    """{pair: error} of every pair that failed so far in this job."""
+    return ray.get(_ledger().errors.remote())
 
 
 def count_over_ranks(device: torch.device) -> int:
     """The number of bad pairs so far, the same on every rank: each reads the ledger and the
     largest count wins (a rank that reads later may already see the next epoch's reads)."""
-    count = torch.tensor([len(read_bad_pairs())], dtype=torch.int64, device=device)
+    count = torch.tensor([ray.get(_ledger().count.remote())], dtype=torch.int64, device=device)
     return int(all_reduce(count, "max")[0])
 
 
@@ -105,11 +112,9 @@ class BadPairsError(DataValidationError):
 
     @classmethod
     def of(cls, errors: dict[str, str], max_bad_pairs: int) -> BadPairsError:
-        shown = examples(errors)
-        more = len(errors) - len(shown)
-        listing = "\n".join(f"  {line}" for line in shown)
-        if more:
-            listing += f"\n  ... and {more} more"
+        listing = "  " + shorten(
+            (errors[pair] for pair in sorted(errors)), limit=MAX_EXAMPLES, sep="\n  "
+        )
         return cls(
             f"{len(errors)} image/mask pair(s) could not be read or decoded during training, "
             f"more than --max-bad-pairs {max_bad_pairs} allows:\n{listing}\n"
