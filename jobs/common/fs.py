@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from jobs.common import s3
 from unet_core.data import IMAGE_EXTENSIONS, Lister
 
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
@@ -30,29 +31,30 @@ def is_remote(uri: str) -> bool:
     return "://" in str(uri) and not str(uri).startswith("file://")
 
 
-def s3_filesystem(endpoint_url: str | None = None) -> pafs.S3FileSystem:
-    """An S3 filesystem honouring an S3-compatible endpoint (`s3_endpoint`)."""
+def s3_filesystem(endpoint_url: str | None = None, bucket: str | None = None) -> pafs.S3FileSystem:
+    """An S3 filesystem for an S3-compatible endpoint (`s3_endpoint`) under the project's S3
+    policy (`jobs.common.s3`: retries, timeouts), signing for ``bucket``'s region
+    (`jobs.common.s3.bucket_region`); without a bucket, the explicit region or us-east-1."""
     endpoint = s3_endpoint(endpoint_url)
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    if bucket:
+        region = s3.bucket_region(bucket, endpoint)
+    else:
+        region = s3.explicit_region() or s3.DEFAULT_REGION
     return _s3_filesystem(endpoint, region)
 
 
 @functools.lru_cache(maxsize=8)
 def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
     """One client per (endpoint, region) and process: S3 clients are costly to build."""
-    kwargs: dict = {"region": region}
-    if endpoint:
-        scheme, _, host = endpoint.rpartition("://")
-        kwargs["endpoint_override"] = host.rstrip("/")
-        kwargs["scheme"] = scheme or "https"
-    return pafs.S3FileSystem(**kwargs)
+    return s3.filesystem(endpoint, region)
 
 
 def resolve(uri: str | Path, *, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it). Local paths become absolute, so Ray workers agree on them."""
     uri = str(uri)
     if uri.startswith("s3://"):
-        return s3_filesystem(endpoint_url), uri[len("s3://") :].rstrip("/")
+        path = uri[len("s3://") :].rstrip("/")
+        return s3_filesystem(endpoint_url, bucket=path.split("/", 1)[0]), path
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     if is_remote(uri):
