@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
+import re
 import uuid
 from pathlib import Path
 
@@ -126,16 +127,37 @@ def exists(uri: str, *, endpoint_url: str | None = None) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<owner>[0-9a-z]{1,32})-(?P<nonce>[0-9a-f]{8})\.tmp$")
+
+
+def temp_name(name: str, owner: str = "") -> str:
+    """The hidden sibling a write goes through: ``.<name>.<owner>-<nonce>.tmp``. ``owner`` (a
+    job id) tells cleanup whose file it is, so a job never deletes another live job's."""
+    return f".{name}.{owner or 'anon'}-{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+
+
+def temp_owner(name: str) -> str | None:
+    """The owner (job id) in a `temp_name`; None for any other hidden ``.tmp`` name (an older
+    format, or a tool's): such files are judged by age alone."""
+    match = _TEMP_NAME.match(name)
+    return match.group("owner") if match else None
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes, *, owner: str = "") -> None:
     """Write so that no reader ever sees a half-written file under `path`.
 
-    Local: write a temporary sibling, then rename over the final name. S3: a single PUT is
-    atomic already (the object appears whole or not at all).
+    Local: write a temporary sibling (`temp_name`, carrying ``owner``), then rename over the
+    final name. S3: a single PUT is atomic already (the object appears whole or not at all).
     """
     if isinstance(fs, pafs.LocalFileSystem):
         parent = os.path.dirname(path)
         os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        tmp = os.path.join(parent, temp_name(os.path.basename(path), owner))
         try:
             with open(tmp, "wb") as f:
                 f.write(data)

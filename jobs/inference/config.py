@@ -152,9 +152,13 @@ class SegmentConfig(InferenceConfig):
     confidence: bool = False
     """Also write confidence/<path>.png (8-bit, 255 = softmax probability 1)."""
     overwrite: bool = False
-    """Predict and write every input again, even when its mask exists."""
+    """Predict and write every input again, whatever made its mask."""
+    redo_other_versions: bool = False
+    """Redo exactly the inputs whose mask another model (version) or other output settings (--mask-format, --tta, --tile-size, --tile-overlap) made, as the manifest records; without it a run that finds such masks refuses, naming the versions found."""
+    temp_max_age: float = 3600.0
+    """Seconds after which a temporary file or an unfinished S3 multipart upload under --output counts as abandoned even if the job that wrote it still looks alive; a run removes abandoned ones when it starts (those of jobs that are gone at once)."""
     manifest_format: str = "parquet"
-    """Format of the final manifest: parquet (manifest.parquet) or jsonl (manifest.jsonl)."""
+    """Format of the consolidated manifest (the latest row of every input of the output, beside the manifest/ dataset): parquet (manifest.parquet) or jsonl (manifest.jsonl)."""
     write_batch_size: int = 32
     """Rows per encode/write task (and per manifest part file)."""
 
@@ -173,6 +177,8 @@ class SegmentConfig(InferenceConfig):
             problems.append(
                 f"--manifest-format must be one of {MANIFEST_FORMATS}, got {self.manifest_format!r}"
             )
+        if self.temp_max_age <= 0:
+            problems.append(f"--temp-max-age must be > 0, got {self.temp_max_age}")
         if self.write_batch_size < 1:
             problems.append(f"--write-batch-size must be >= 1, got {self.write_batch_size}")
         if problems:
@@ -188,17 +194,23 @@ class EvaluateConfig(InferenceConfig):
     class_map: str | None = None
     """Class map JSON (local or s3://) telling which mask values are which class; default <data>/classes.json, else the model's own class map."""
     log_to_mlflow: bool = False
-    """Record the figures in MLflow: an evaluation run (metrics, report artifact) linked to the model version by tags."""
+    """Record the figures in MLflow: an evaluation run (metrics, the summary as evaluation.json, the --report Parquet file when given) linked to the model version by tags."""
     experiment: str = "unet-evaluation"
     """MLflow experiment of the evaluation run (with --log-to-mlflow)."""
     report: str | None = None
-    """Also write the full JSON report (with per-image figures) to this local or s3:// path."""
+    """Also write one row per image to this Parquet file (local or s3://, name ending in .parquet; streamed, appears whole at the end; rows in completion order): key, input, mask_input, status (ok | failed), error, height, width, pixels, mean_iou, mean_dice, pixel_accuracy, pixel_error, iou / dice / support (structs with one field per class name; pyarrow.parquet.read_table(path).flatten().to_pandas() gives columns such as iou.cell), confusion (K x K counts, row-major, rows = truth), seconds. Figures are null for a failed image; iou and dice of a class absent from an image's truth and prediction are null."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.data:
             raise ValueError(
                 "--data is required (a folder or s3://bucket/prefix with images/, masks/)"
+            )
+        if self.report and not self.report.lower().endswith(".parquet"):
+            raise ValueError(
+                f"--report {self.report}: the report is a Parquet file (one row per image); "
+                "give a name ending in .parquet, e.g. report.parquet (the summary is the last "
+                "line of stdout, and evaluation.json of the MLflow run with --log-to-mlflow)"
             )
 
 

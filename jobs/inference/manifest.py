@@ -1,26 +1,41 @@
-"""The segmentation manifest: one row per input, written so that kills and reruns behave.
+"""The segmentation manifest: a Parquet dataset under ``<output>/manifest/`` holding the latest
+row of every input ever processed into this output.
 
-While the job runs, each write task stores the rows of its batch as a part file
-``<output>/manifest/part-<hash of the batch's inputs>.parquet`` (atomic; a retried batch
-replaces its own part). At the end the driver writes ``<output>/manifest.parquet`` (or
-``.jsonl``) with a row for EVERY input of the run: ``ok`` and ``failed`` rows from this run,
-``skipped`` rows for inputs whose mask already existed, carrying what the part files of earlier
-runs recorded about them (size, class fractions, model version).
+- **While a job runs,** each write task stores the rows of its batch as
+  ``manifest/part-<job id>-<hash of the batch's inputs>.parquet`` (atomic; a retried batch
+  replaces its own part). A kill loses at most the rows of the batches in flight; their masks
+  then have no row, and the next run redoes them.
+- **At the end,** the job compacts the files it saw when it started compacting into a few
+  large ``data-<time>-<job id>-<bucket>.parquet`` files (hash-partitioned by relative path,
+  one latest row per input), written before any old file is deleted. Rows of earlier runs are
+  carried over; parts another job writes meanwhile are not touched (they are compacted by the
+  next run). Readers see every row at every moment and take the latest per input
+  (`latest_rows`), so duplicates between compaction steps are harmless.
+- ``<output>/manifest.parquet`` (or ``.jsonl``) is the same latest rows in one file, rewritten
+  at the end of each run: it covers every input of the output, not only the last run's.
+
+Anyone can read the dataset: ``pyarrow.dataset.dataset(<output>/manifest)``,
+``ray.data.read_parquet``, pandas; take the row with the latest ``finished_at`` per
+``relative_path``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
 import json
 import logging
+import math
 import posixpath
+import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -31,6 +46,14 @@ logger = logging.getLogger(__name__)
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 MANIFEST_DIR = "manifest"
 PART_PREFIX = "part-"
+DATA_PREFIX = "data-"
+ROWS_PER_DATA_FILE = 1_000_000
+"""Target rows per compacted file (the number of buckets follows from the rows)."""
+FILES_PER_READ_TASK = 64
+"""Manifest files read by one task (parts are small: one per write batch)."""
+PROVENANCE_COLUMNS = ["relative_path", "status", "checkpoint_sha256", "settings", "model_uri",
+                      "model_version", "finished_at"]  # fmt: skip
+"""What a rerun needs to know of an earlier row."""
 
 
 def schema(class_names: Sequence[str]) -> pa.Schema:
@@ -40,7 +63,7 @@ def schema(class_names: Sequence[str]) -> pa.Schema:
             pa.field("input", pa.string()),  # full URI or absolute path of the image
             pa.field("relative_path", pa.string()),  # path under --input (the key)
             pa.field("output", pa.string()),  # mask URI (null when failed)
-            pa.field("status", pa.string()),  # ok | failed | skipped
+            pa.field("status", pa.string()),  # ok | failed
             pa.field("error", pa.string()),
             pa.field("width", pa.int32()),
             pa.field("height", pa.int32()),
@@ -49,6 +72,8 @@ def schema(class_names: Sequence[str]) -> pa.Schema:
             pa.field("model_name", pa.string()),
             pa.field("model_version", pa.string()),
             pa.field("model_uri", pa.string()),
+            pa.field("checkpoint_sha256", pa.string()),  # the weights that made the mask
+            pa.field("settings", pa.string()),  # output settings (`output_settings`)
             pa.field("seconds", pa.float64()),  # read + decode + predict share + encode + write
             pa.field("job_id", pa.string()),  # the run that produced the row
             pa.field("predicted_on", pa.string()),  # Ray node id of the predictor actor
@@ -58,6 +83,12 @@ def schema(class_names: Sequence[str]) -> pa.Schema:
 
 
 FIELDS = schema([]).names
+
+
+def output_settings(*, mask_format: str, tta: bool, tile_size: int, tile_overlap: int) -> str:
+    """The settings that change a mask's pixels, as recorded per row: a mask made with other
+    settings is not "done" for a run with these."""
+    return f"mask_format={mask_format} tta={int(tta)} tile_size={tile_size} overlap={tile_overlap}"
 
 
 def base_row(**values: Any) -> dict[str, Any]:
@@ -76,91 +107,9 @@ def rows_to_table(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) ->
     for row in rows:
         fractions = row.get("class_fractions")
         if isinstance(fractions, dict) and not set(fractions) <= names:
-            fractions = {
-                k: v for k, v in fractions.items() if k in names
-            }  # another model's classes
+            fractions = {k: v for k, v in fractions.items() if k in names}  # another model's
         cleaned.append({**{k: row.get(k) for k in FIELDS}, "class_fractions": fractions})
     return pa.Table.from_pylist(cleaned, schema=sch)
-
-
-def part_name(inputs: Iterable[str]) -> str:
-    digest = hashlib.sha1("\n".join(sorted(inputs)).encode()).hexdigest()[:24]
-    return f"{PART_PREFIX}{digest}.parquet"
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
-
-
-def write_part(output: str, table: pa.Table, *, endpoint_url: str | None = None) -> str:
-    """Atomically write a batch's rows as ``manifest/part-<hash of its inputs>.parquet``."""
-    filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
-    name = part_name(table.column("input").to_pylist())
-    fs.write_bytes_atomic(
-        filesystem, posixpath.join(root, MANIFEST_DIR, name), _parquet_bytes(table)
-    )
-    return name
-
-
-def read_parts(
-    output: str, *, inputs: set[str] | None = None, endpoint_url: str | None = None
-) -> dict[str, dict[str, Any]]:
-    """input -> the most recent ``ok`` row recorded in the part files (optionally only ``inputs``)."""
-    filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
-    base = posixpath.join(root, MANIFEST_DIR)
-    names = [
-        rel
-        for rel in fs.list_files(fs.join(output, MANIFEST_DIR), endpoint_url=endpoint_url)
-        if rel.startswith(PART_PREFIX) and rel.endswith(".parquet")
-    ]
-
-    def read(name: str) -> list[dict[str, Any]]:
-        try:
-            with filesystem.open_input_file(posixpath.join(base, name)) as f:
-                table = pq.read_table(f)
-        except Exception as exc:  # an unreadable part only costs the details of skipped rows
-            logger.warning("ignoring unreadable manifest part %s (%s)", name, exc)
-            return []
-        rows = table.to_pylist()
-        return [
-            r for r in rows if r.get("status") == OK and (inputs is None or r["input"] in inputs)
-        ]
-
-    latest: dict[str, dict[str, Any]] = {}
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for rows in pool.map(read, names):
-            for row in rows:
-                old = latest.get(row["input"])
-                if old is None or _stamp(row) >= _stamp(old):
-                    latest[row["input"]] = row
-    return latest
-
-
-def _stamp(row: dict[str, Any]) -> dt.datetime:
-    return row.get("finished_at") or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
-
-
-def skipped_row(
-    input_uri: str,
-    relative_path: str,
-    output_uri: str,
-    previous: dict[str, Any] | None,
-    job_id: str,
-) -> dict[str, Any]:
-    """A ``skipped`` row, with the details an earlier run recorded when there are any."""
-    row = base_row(input=input_uri, relative_path=relative_path)
-    if previous:
-        row.update({k: previous.get(k) for k in FIELDS})
-    row.update(
-        status=SKIPPED,
-        output=output_uri,
-        error=None,
-        job_id=job_id,
-        finished_at=dt.datetime.now(dt.timezone.utc),
-    )
-    return row
 
 
 def failed_row(input_uri: str, relative_path: str, error: str, **values: Any) -> dict[str, Any]:
@@ -169,24 +118,212 @@ def failed_row(input_uri: str, relative_path: str, error: str, **values: Any) ->
     )
 
 
-def cleanup_temporary_files(output: str, *, endpoint_url: str | None = None) -> int:
-    """Remove temporary siblings (``.<name>.<hex>.tmp``) a killed run left (local outputs; S3
-    writes are single PUTs and leave none). Returns how many were removed."""
+def part_name(inputs: Iterable[str], job_id: str = "") -> str:
+    digest = hashlib.sha1("\n".join(sorted(inputs)).encode()).hexdigest()[:24]
+    return f"{PART_PREFIX}{job_id + '-' if job_id else ''}{digest}.parquet"
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def write_part(
+    output: str, table: pa.Table, *, job_id: str = "", endpoint_url: str | None = None
+) -> str:
+    """Atomically write a batch's rows as ``manifest/part-<job>-<hash of its inputs>.parquet``."""
     filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
-    if not isinstance(filesystem, pafs.LocalFileSystem):
-        return 0
-    removed = 0
-    for rel in fs.list_files(output, endpoint_url=endpoint_url):
-        name = posixpath.basename(rel)
-        if name.startswith(".") and name.endswith(".tmp"):
-            try:
-                filesystem.delete_file(posixpath.join(root, rel))
-                removed += 1
-            except OSError:
-                pass
-    if removed:
-        logger.info("removed %d temporary files left by an interrupted run", removed)
-    return removed
+    name = part_name(table.column("input").to_pylist(), job_id)
+    fs.write_bytes_atomic(
+        filesystem, posixpath.join(root, MANIFEST_DIR, name), parquet_bytes(table), owner=job_id
+    )
+    return name
+
+
+# --- reading the dataset ----------------------------------------------------------------------
+
+
+def dataset_files(
+    output: str,
+    *,
+    endpoint_url: str | None = None,
+    live_jobs: frozenset[str] = frozenset(),
+    max_temp_age_s: float | None = None,
+) -> list[str]:
+    """Paths (inside the filesystem) of the manifest files under ``<output>/manifest``; with
+    ``max_temp_age_s``, temporaries of jobs not in ``live_jobs`` (or older) are removed."""
+    filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
+    selector = pafs.FileSelector(posixpath.join(root, MANIFEST_DIR), allow_not_found=True)
+    files, now = [], time.time()
+    for info in filesystem.get_file_info(selector):
+        name = posixpath.basename(info.path)
+        if info.type != pafs.FileType.File:
+            continue
+        if fs.is_temp(name):
+            age = now - info.mtime.timestamp() if info.mtime else float("inf")
+            stale = fs.temp_owner(name) not in live_jobs or age > (max_temp_age_s or 0)
+            if max_temp_age_s is not None and stale:
+                with contextlib.suppress(OSError):  # removed by another job meanwhile
+                    filesystem.delete_file(info.path)
+            continue
+        if name.endswith(".parquet") and not name.startswith("."):
+            files.append(info.path)
+    return sorted(files)
+
+
+def _read(filesystem: pafs.FileSystem, path: str, columns: list[str] | None) -> pa.Table | None:
+    """One manifest file (the ``columns`` it has, the others null); None when it is gone (a
+    concurrent compaction moved its rows into a newer file) or unreadable."""
+    try:
+        with filesystem.open_input_file(path) as f:
+            table = pq.read_table(f)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # a damaged part costs its rows only: their masks are redone
+        logger.warning("ignoring unreadable manifest file %s (%s)", path, exc)
+        return None
+    if columns is None:
+        return table
+    for name in columns:
+        if name not in table.column_names:
+            field = schema([]).field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(columns)
+
+
+def latest(table: pa.Table) -> pa.Table:
+    """The latest row (by ``finished_at``) of every ``relative_path``."""
+    if table.num_rows == 0:
+        return table
+    order = pc.sort_indices(
+        table, sort_keys=[("relative_path", "ascending"), ("finished_at", "descending")]
+    )
+    table = table.take(order)
+    rels = table.column("relative_path").combine_chunks()
+    first = np.ones(len(rels), dtype=bool)
+    if len(rels) > 1:
+        first[1:] = pc.not_equal(rels.slice(1), rels.slice(0, len(rels) - 1)).to_numpy(
+            zero_copy_only=False
+        )
+    return table.filter(pa.array(first))
+
+
+def concat(tables: Sequence[pa.Table], columns: list[str] | None = None) -> pa.Table:
+    """Manifest tables of models with other classes in one (class_fractions fields merged);
+    no tables: an empty table of ``columns`` (default all)."""
+    if not tables:
+        return schema([]).empty_table().select(columns or FIELDS)
+    return pa.concat_tables(list(tables), promote_options="permissive")
+
+
+def read_latest(
+    paths: Sequence[str], *, output: str, endpoint_url: str | None, columns: list[str] | None
+) -> pa.Table:
+    """The latest rows in these manifest files (a Ray task's share of the dataset)."""
+    filesystem, _ = fs.resolve(output, endpoint_url=endpoint_url)
+    tables = [t for t in (_read(filesystem, p, columns) for p in paths) if t is not None]
+    return latest(concat(tables, columns))
+
+
+def chunks(paths: Sequence[str], size: int = FILES_PER_READ_TASK) -> list[list[str]]:
+    return [list(paths[i : i + size]) for i in range(0, len(paths), size)]
+
+
+def latest_rows(output: str, *, endpoint_url: str | None = None) -> pa.Table:
+    """Every input's latest row, read in this process (for tests and small outputs; jobs read
+    the dataset in Ray tasks)."""
+    files = dataset_files(output, endpoint_url=endpoint_url)
+    return read_latest(files, output=output, endpoint_url=endpoint_url, columns=None)
+
+
+# --- compaction -------------------------------------------------------------------------------
+
+
+def _bucket_of(rels: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
+    values = rels.to_pylist()
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest()) % buckets
+         for v in values),
+        dtype=np.int64,
+        count=len(values),
+    )  # fmt: skip
+
+
+def _split(paths: list[str], output: str, endpoint_url: str | None, buckets: int) -> list:
+    table = read_latest(paths, output=output, endpoint_url=endpoint_url, columns=None)
+    which = _bucket_of(table.column("relative_path"), buckets)
+    parts = [table.filter(pa.array(which == b)) for b in range(buckets)]
+    return parts if buckets > 1 else parts[0]
+
+
+def _merge(
+    name: str, output: str, endpoint_url: str | None, job_id: str, *tables: pa.Table
+) -> dict:
+    merged = latest(concat(tables))
+    filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
+    if merged.num_rows:
+        path = posixpath.join(root, MANIFEST_DIR, name)
+        fs.write_bytes_atomic(filesystem, path, parquet_bytes(merged), owner=job_id)
+    counts = merged.group_by("status").aggregate([("status", "count")]).to_pylist()
+    return {
+        "path": posixpath.join(root, MANIFEST_DIR, name) if merged.num_rows else None,
+        "rows": merged.num_rows,
+        "status": {c["status"]: c["status_count"] for c in counts},
+    }
+
+
+def _delete(paths: list[str], output: str, endpoint_url: str | None) -> int:
+    filesystem, _ = fs.resolve(output, endpoint_url=endpoint_url)
+    deleted = 0
+    for path in paths:
+        try:
+            filesystem.delete_file(path)
+            deleted += 1
+        except (FileNotFoundError, OSError):  # another compaction removed it
+            pass
+    return deleted
+
+
+def compact(
+    output: str, *, job_id: str, expected_rows: int, endpoint_url: str | None = None
+) -> dict[str, Any]:
+    """Compact the manifest dataset in Ray tasks (see the module docstring); returns the new
+    files, the row count and the count per status. Nothing but file paths and counts passes
+    through the driver."""
+    import ray
+
+    files = dataset_files(output, endpoint_url=endpoint_url)
+    if not files:
+        return {"files": [], "rows": 0, "status": {}}
+    buckets = max(1, math.ceil(expected_rows / ROWS_PER_DATA_FILE))
+    split = ray.remote(_split).options(num_cpus=0.5, num_returns=buckets)
+    pieces = [split.remote(chunk, output, endpoint_url, buckets) for chunk in chunks(files)]
+    if buckets == 1:
+        pieces = [[p] for p in pieces]
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    merge = ray.remote(_merge).options(num_cpus=0.5)
+    written = ray.get(
+        [
+            merge.remote(
+                f"{DATA_PREFIX}{stamp}-{job_id}-{b:04d}.parquet",
+                output,
+                endpoint_url,
+                job_id,
+                *[p[b] for p in pieces],
+            )
+            for b in range(buckets)
+        ]
+    )
+    new = {w["path"] for w in written if w["path"]}
+    old = [f for f in files if f not in new]
+    delete = ray.remote(_delete).options(num_cpus=0.25)
+    ray.get([delete.remote(chunk, output, endpoint_url) for chunk in chunks(old, 512)])
+    status: dict[str, int] = {}
+    for w in written:
+        for key, count in w["status"].items():
+            status[key] = status.get(key, 0) + count
+    return {"files": sorted(new), "rows": sum(w["rows"] for w in written), "status": status}
 
 
 def _jsonable(value: Any) -> Any:
@@ -195,24 +332,41 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_final(
-    output: str, table: pa.Table, *, fmt: str = "parquet", endpoint_url: str | None = None
+def _write_final(
+    files: list[str], output: str, fmt: str, endpoint_url: str | None, job_id: str
 ) -> str:
-    """Write the consolidated manifest atomically; returns its URI."""
     filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
-    name = f"manifest.{fmt}"
+    tables = [t for t in (_read(filesystem, p, None) for p in files) if t is not None]
+    table = concat(tables).sort_by("relative_path")
     if fmt == "parquet":
-        data = _parquet_bytes(table)
-    elif fmt == "jsonl":
+        data = parquet_bytes(table)
+    else:
         lines = []
         for batch in table.to_batches(max_chunksize=10_000):
             for row in batch.to_pylist():
                 lines.append(json.dumps({k: _jsonable(v) for k, v in row.items()}))
         data = ("\n".join(lines) + "\n").encode() if lines else b""
-    else:
-        raise ValueError(f"unknown manifest format {fmt!r}; use parquet or jsonl")
-    fs.write_bytes_atomic(filesystem, posixpath.join(root, name), data)
+    name = f"manifest.{fmt}"
+    fs.write_bytes_atomic(filesystem, posixpath.join(root, name), data, owner=job_id)
     return fs.join(output, name)
+
+
+def write_final(
+    output: str,
+    files: list[str],
+    *,
+    fmt: str = "parquet",
+    job_id: str = "",
+    endpoint_url: str | None = None,
+) -> str:
+    """Write ``manifest.<fmt>``: the latest row of every input of the output, sorted by
+    relative path (from the compacted ``files``, in a Ray task); returns its URI."""
+    import ray
+
+    if fmt not in ("parquet", "jsonl"):
+        raise ValueError(f"unknown manifest format {fmt!r}; use parquet or jsonl")
+    task = ray.remote(_write_final).options(num_cpus=0.5)
+    return ray.get(task.remote(files, output, fmt, endpoint_url, job_id))
 
 
 def read_manifest(uri: str, *, endpoint_url: str | None = None) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Ray wiring shared by the segment and evaluate jobs: decode tasks -> predictor actors.
 
-    rows (input URI, relative path)            driver: listed once, small
+    rows (input URI, relative path)            a list, or a Dataset in the object store
       -> map_batches(decode_images)             CPU tasks: read bytes, decode, per-row errors
       -> map_batches(Predictor, ActorPool)      GPU/CPU actors: model loaded once per actor
       -> (the caller adds its last stage)       CPU tasks: encode + write masks / score
@@ -69,7 +69,7 @@ def cpu_stage_args(
 
 
 def build_prediction_dataset(
-    rows: list[dict[str, Any]],
+    source: list[dict[str, Any]] | Any,
     *,
     cfg: InferenceConfig,
     actors: ActorPlan,
@@ -77,13 +77,14 @@ def build_prediction_dataset(
     checkpoint_ref: Any,
     channels: int,
     endpoint_url: str | None,
+    rows: int | None = None,
     confidence_map: bool = False,
     keep_pixels: bool = False,
     image_bytes: int | None = None,
 ):
-    """A lazy Dataset of ``rows`` (each with an ``input`` URI) after decode and predict by the
-    planned ``actors``; ``image_bytes`` (decoded size of a typical input) sizes the in-flight
-    limit."""
+    """A lazy Dataset of ``source`` rows (each with an ``input`` URI: a list, or a Dataset of
+    ``rows`` rows that stays in the object store) after decode and predict by the planned
+    ``actors``; ``image_bytes`` (decoded size of a typical input) sizes the in-flight limit."""
     import ray
 
     num_gpus, pool = actors.num_gpus, actors.pool
@@ -95,10 +96,17 @@ def build_prediction_dataset(
         keep_pixels=keep_pixels,
     )
     call_rows = cfg.call_rows(num_gpus > 0)
-    rows_per_block = max(call_rows, math.ceil(len(rows) / MAX_INPUT_BLOCKS))
-    ds = ray.data.from_items(
-        rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block))
-    )
+    if isinstance(source, list):
+        rows = len(source)
+        rows_per_block = max(call_rows, math.ceil(rows / MAX_INPUT_BLOCKS))
+        ds = ray.data.from_items(
+            source, override_num_blocks=max(1, math.ceil(rows / rows_per_block))
+        )
+    else:
+        rows = rows or 0
+        # Listing blocks are large; blocks of one call each keep every decode task busy.
+        rows_per_block = max(call_rows, math.ceil(rows / MAX_INPUT_BLOCKS))
+        ds = source.repartition(target_num_rows_per_block=rows_per_block)
     # Decoding is much faster than the model: without a limit Ray Data decodes ahead until a
     # share of the whole object store is full, so memory would grow with the number of images.
     limit_mb = resources.in_flight_limit_mb(
@@ -115,7 +123,7 @@ def build_prediction_dataset(
         fn_kwargs={"channels": channels, "endpoint_url": endpoint_url},
         batch_format="pyarrow",
         batch_size=call_rows,
-        **cpu_stage_args(cfg, rows=len(rows), batch_size=call_rows, view=view),
+        **cpu_stage_args(cfg, rows=rows, batch_size=call_rows, view=view),
     )
     return ds.map_batches(
         Predictor,

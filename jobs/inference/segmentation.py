@@ -2,9 +2,12 @@
 calls.
 
 The model is resolved once (an alias becomes a fixed version) and its checkpoint read on the
-driver; inputs are listed and planned (`jobs.inference.inputs`); the to-do rows stream through
-decode tasks, predictor actors and encode/write tasks (`jobs.inference.pipeline`, `.writer`),
-each write task leaving a manifest part; the final manifest holds a row for every input.
+driver. The job takes a lease on the output (`jobs.inference.leases`), lists and decides the
+inputs in Ray tasks (`jobs.inference.plan`), streams the to-do rows through decode tasks,
+predictor actors and encode/write tasks (`jobs.inference.pipeline`, `.writer`), each write
+task leaving a manifest part, and finally compacts the manifest dataset
+(`jobs.inference.manifest`). The driver's memory does not grow with the number of inputs: it
+holds object references, counts and at most a few examples.
 """
 
 from __future__ import annotations
@@ -12,18 +15,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.common import fs
 from jobs.common.path_guard import LocalPathError
-from jobs.inference import manifest
+from jobs.inference import leases, manifest, plan
 from jobs.inference.config import SegmentConfig
 from jobs.inference.decode import estimate_image_bytes
-from jobs.inference.inputs import Plan, existing_mask_keys, list_inputs, plan_inputs
 from jobs.inference.launch import (
     ActorPlan,
     Session,
@@ -32,130 +32,106 @@ from jobs.inference.launch import (
     plan_actors,
     resolved_model_or_problem,
 )
+from jobs.inference.listing import Cleanup
 from jobs.inference.model_source import (
-    ResolvedModel,
+    ModelSourceError,
     checkpoint_digest,
     fetch_checkpoint_bytes,
     resolve_model,
 )
 from jobs.inference.pipeline import Progress, build_prediction_dataset, cpu_stage_args
-from jobs.inference.writer import MASKS_DIR, WriterSettings, mask_key, write_batch
+from jobs.inference.writer import MASKS_DIR, WriterSettings, write_batch, write_failed_rows
 from unet_core.checkpoint import LoadedModel, load_checkpoint
 
 logger = logging.getLogger("jobs.segment")
 
 
-def _stream(ds: Any, progress: Progress) -> Iterator[pa.Table]:
-    """Manifest rows of each written batch, as they complete (nothing else is collected)."""
-    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        failed = sum(1 for s in table.column("status").to_pylist() if s == manifest.FAILED)
-        progress.update(table.num_rows, failed)
-        yield table
+class OtherVersionsError(ValueError):
+    """Masks under --output were made by another model version or other settings."""
 
 
-def _segment(
-    cfg: SegmentConfig,
-    work: Plan,
-    *,
-    session: Session,
-    actors: ActorPlan,
-    checkpoint: bytes,
-    loaded: LoadedModel,
-    resolved: ResolvedModel,
-    output: str,
-    endpoint: str | None,
-    job_id: str,
-) -> tuple[list[pa.Table], float]:
-    """Run the pipeline over the to-do rows; (manifest tables, pipeline seconds)."""
-    import ray
-
-    session.ask_for_first_nodes(actors)
-    pipeline_start = time.perf_counter()
-    writer = WriterSettings(
-        output=output,
-        class_map=loaded.class_map.to_dict(),
+def _settings(cfg: SegmentConfig) -> str:
+    return manifest.output_settings(
         mask_format=cfg.mask_format,
-        overlays=cfg.overlays,
-        confidence=cfg.confidence,
-        endpoint_url=endpoint,
-        model_name=resolved.name,
-        model_version=resolved.version,
-        model_uri=resolved.uri_resolved,
-        job_id=job_id,
+        tta=cfg.tta,
+        tile_size=cfg.tile_size,
+        tile_overlap=cfg.tile_overlap,
     )
-    ds = build_prediction_dataset(
-        work.todo,
-        cfg=cfg,
-        actors=actors,
-        view=session.view,
-        checkpoint_ref=ray.put(checkpoint),
-        channels=loaded.preprocess.channels,
-        endpoint_url=endpoint,
-        confidence_map=cfg.confidence,
-        keep_pixels=cfg.overlays,
-        image_bytes=estimate_image_bytes(
-            [r["input"] for r in work.todo[:3]],
-            channels=loaded.preprocess.channels,
-            endpoint_url=endpoint,
-        ),
-    )
-    ds = ds.map_batches(
-        write_batch,
-        fn_kwargs={"settings": writer},
-        batch_format="pyarrow",
-        batch_size=cfg.write_batch_size,
-        **cpu_stage_args(
-            cfg, rows=len(work.todo), batch_size=cfg.write_batch_size, view=session.view
-        ),
-    )
-    progress = Progress(total=len(work.todo), every=cfg.progress_seconds)
-    tables = list(_stream(ds, progress))
-    return tables, time.perf_counter() - pipeline_start
 
 
-def _manifest_table(
-    tables: list[pa.Table],
-    work: Plan,
+def _plan(
+    cfg: SegmentConfig,
     *,
     output: str,
     endpoint: str | None,
-    class_names: list[str],
-    resolved: ResolvedModel,
-    job_id: str,
-) -> pa.Table:
-    """This run's rows plus a ``skipped`` row per skipped input (with what the earlier run's
-    manifest parts recorded about it) and a ``failed`` row per rejected input."""
-    previous = (
-        manifest.read_parts(output, inputs={u for u, _ in work.skipped}, endpoint_url=endpoint)
-        if work.skipped
-        else {}
+    ours: plan.Provenance,
+    cleanup: Cleanup,
+) -> plan.Plan:
+    return plan.make_plan(
+        base=fs.absolute(cfg.input),
+        input_list=cfg.input_list,
+        output=output,
+        endpoint_url=endpoint,
+        ours=ours,
+        cleanup=cleanup,
+        overwrite=cfg.overwrite,
+        redo_other=cfg.redo_other_versions,
+        num_cpus=cfg.decode_cpus,
     )
-    extra = [
-        manifest.skipped_row(u, r, fs.join(output, MASKS_DIR, mask_key(r)), previous.get(u), job_id)
-        for u, r in work.skipped
-    ]
-    extra += [
-        {**row, "job_id": job_id, "model_uri": resolved.uri_resolved} for row in work.rejected
-    ]
-    tables = [*tables, manifest.rows_to_table(extra, class_names)]
-    schema = manifest.schema(class_names)
-    table = pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
-    return table.sort_by("relative_path")
+
+
+def _problems(cfg: SegmentConfig, work: plan.Plan, output: str) -> list[str]:
+    """Why the run cannot go ahead as planned (each with the fix)."""
+    problems = []
+    if work.total == 0:
+        problems.append(
+            f"no images under {cfg.input_list or cfg.input} (extensions png, jpg, jpeg, tif, "
+            "tiff, bmp, any case); check --input"
+        )
+    if work.n(plan.OUTSIDE):
+        problems.append(
+            f"{cfg.input_list}: {work.n(plan.OUTSIDE)} entries are not under --input "
+            f"{fs.absolute(cfg.input)} (e.g. {work.examples[plan.OUTSIDE][:3]}); list paths "
+            "relative to --input, or URIs under it"
+        )
+    if work.n(plan.OTHER):
+        found = "; ".join(f"{n} by {label}" for label, n in sorted(work.other.items()))
+        problems.append(
+            f"{work.n(plan.OTHER)} inputs already have a mask under {output} made by another "
+            f"model or other settings ({found}; this run: {cfg.model} with "
+            f"{_settings(cfg)}); to replace exactly those pass --redo-other-versions, to redo "
+            "everything --overwrite, or write to a new --output"
+        )
+    return problems
 
 
 def _dry_run(
     cfg: SegmentConfig, session: Session, actors: ActorPlan, *, output: str, endpoint: str | None
 ) -> dict[str, Any]:
-    """What a run would do: the model version, how many inputs, how many would be skipped."""
+    """What a run would do: the model version, how many inputs, how many would be skipped.
+    Nothing is written or removed."""
     problems: list[str] = []
     model = resolved_model_or_problem(cfg, problems)
+    sha = "?"
+    if model:
+        try:
+            resolved = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri)
+            sha = checkpoint_digest(
+                fetch_checkpoint_bytes(
+                    resolved, tracking_uri=cfg.tracking_uri, endpoint_url=endpoint
+                )
+            )
+        except (ModelSourceError, ValueError, OSError) as exc:
+            problems.append(f"model: {exc}")
+    ours = plan.Provenance(sha, _settings(cfg), cfg.model)
     work = None
     try:
-        inputs = list_inputs(cfg, endpoint)
-        if not inputs:
-            problems.append(f"no images under {cfg.input_list or cfg.input}")
-        existing = set() if cfg.overwrite else existing_mask_keys(output, endpoint)
-        work = plan_inputs(inputs, existing, overwrite=cfg.overwrite)
+        live = frozenset(
+            lease.job_id for lease in leases.live_leases(output, endpoint_url=endpoint)
+        )
+        cleanup = Cleanup(live, cfg.temp_max_age, remove=False)
+        work = _plan(cfg, output=output, endpoint=endpoint, ours=ours, cleanup=cleanup)
+        problems += _problems(cfg, work, output)
     except (ValueError, OSError) as exc:
         problems.append(f"inputs: {exc}")
     return dry_run_report(
@@ -165,9 +141,10 @@ def _dry_run(
         output=output,
         masks=fs.join(output, MASKS_DIR),
         inputs=work.total if work else None,
-        to_process=len(work.todo) if work else None,
-        skipped=len(work.skipped) if work else None,
-        rejected=len(work.rejected) if work else None,
+        to_process=work.n(plan.TODO) if work else None,
+        skipped=work.n(plan.DONE) if work else None,
+        rejected=work.n(plan.REJECTED) if work else None,
+        other_versions=work.other if work else None,
         problems=problems,
     )
 
@@ -190,6 +167,63 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         )
 
 
+def _segment(
+    cfg: SegmentConfig,
+    work: plan.Plan,
+    *,
+    session: Session,
+    actors: ActorPlan,
+    checkpoint: bytes,
+    loaded: LoadedModel,
+    writer: WriterSettings,
+    endpoint: str | None,
+) -> tuple[dict[str, int], list[dict[str, str]], float, float | None]:
+    """Run the pipeline over the to-do rows; (counts per status, up to 10 failures, pipeline
+    seconds, seconds to the first written batch)."""
+    import ray
+
+    session.ask_for_first_nodes(actors)
+    pipeline_start = time.perf_counter()
+    todo = work.n(plan.TODO)
+    ds = build_prediction_dataset(
+        plan.dataset_of(work, plan.TODO, ["input", "relative_path"]),
+        rows=todo,
+        cfg=cfg,
+        actors=actors,
+        view=session.view,
+        checkpoint_ref=ray.put(checkpoint),
+        channels=loaded.preprocess.channels,
+        endpoint_url=endpoint,
+        confidence_map=cfg.confidence,
+        keep_pixels=cfg.overlays,
+        image_bytes=estimate_image_bytes(
+            work.examples.get(plan.TODO, [])[:3],
+            channels=loaded.preprocess.channels,
+            endpoint_url=endpoint,
+        ),
+    )
+    ds = ds.map_batches(
+        write_batch,
+        fn_kwargs={"settings": writer},
+        batch_format="pyarrow",
+        batch_size=cfg.write_batch_size,
+        **cpu_stage_args(cfg, rows=todo, batch_size=cfg.write_batch_size, view=session.view),
+    ).select_columns(["input", "status", "error"])
+    progress = Progress(total=todo, every=cfg.progress_seconds)
+    counts = {manifest.OK: 0, manifest.FAILED: 0}
+    failures: list[dict[str, str]] = []
+    first = None
+    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        first = first or time.perf_counter() - pipeline_start
+        failed = table.filter(pc.equal(table.column("status"), manifest.FAILED))
+        counts[manifest.OK] += table.num_rows - failed.num_rows
+        counts[manifest.FAILED] += failed.num_rows
+        if len(failures) < plan.EXAMPLES:
+            failures += failed.select(["input", "error"]).slice(0, plan.EXAMPLES).to_pylist()
+        progress.update(table.num_rows, failed.num_rows)
+    return counts, failures[: plan.EXAMPLES], time.perf_counter() - pipeline_start, first
+
+
 def _run(
     cfg: SegmentConfig,
     session: Session,
@@ -205,84 +239,107 @@ def _run(
         resolved, tracking_uri=cfg.tracking_uri, endpoint_url=endpoint
     )
     loaded = load_checkpoint(checkpoint)  # validated here, before any cluster work
-    class_map = loaded.class_map
+    sha = checkpoint_digest(checkpoint)
     logger.info(
         "model %s (%s classes: %s), checkpoint sha256 %s",
         resolved.uri_resolved,
-        class_map.num_classes,
-        ", ".join(class_map.names),
-        checkpoint_digest(checkpoint),
+        loaded.class_map.num_classes,
+        ", ".join(loaded.class_map.names),
+        sha,
     )
-
-    inputs = list_inputs(cfg, endpoint)
-    if not inputs:
-        raise ValueError(
-            f"no images under {cfg.input_list or cfg.input} (extensions png, jpg, jpeg, tif, "
-            "tiff, bmp, any case); check --input"
+    settings = _settings(cfg)
+    ours = plan.Provenance(sha, settings, resolved.uri_resolved or cfg.model)
+    with leases.hold(
+        output,
+        job_id=job_id,
+        provenance=ours.key,
+        model_uri=ours.model_uri,
+        settings=settings,
+        endpoint_url=endpoint,
+    ) as others:
+        live = frozenset({job_id, *(lease.job_id for lease in others)})
+        leases.abort_stale_uploads(output, max_age_s=cfg.temp_max_age, endpoint_url=endpoint)
+        cleanup = Cleanup(live, cfg.temp_max_age)
+        work = _plan(cfg, output=output, endpoint=endpoint, ours=ours, cleanup=cleanup)
+        problems = _problems(cfg, work, output)
+        if problems:
+            raise (OtherVersionsError if work.n(plan.OTHER) else ValueError)("; ".join(problems))
+        logger.info(
+            "%d inputs: %d to segment (%d made by another model or settings before), %d already "
+            "done (skipped), %d rejected",
+            work.total,
+            work.n(plan.TODO),
+            sum(work.redone.values()),
+            work.n(plan.DONE),
+            work.n(plan.REJECTED),
         )
-    manifest.cleanup_temporary_files(output, endpoint_url=endpoint)
-    existing = set() if cfg.overwrite else existing_mask_keys(output, endpoint)
-    work = plan_inputs(inputs, existing, overwrite=cfg.overwrite)
-    logger.info(
-        "%d inputs: %d to segment, %d already done (skipped), %d rejected",
-        work.total,
-        len(work.todo),
-        len(work.skipped),
-        len(work.rejected),
-    )
-
-    tables: list[pa.Table] = []
-    pipeline_seconds = 0.0
-    if work.todo:
-        tables, pipeline_seconds = _segment(
-            cfg,
-            work,
-            session=session,
-            actors=actors,
-            checkpoint=checkpoint,
-            loaded=loaded,
-            resolved=resolved,
+        writer = WriterSettings(
             output=output,
-            endpoint=endpoint,
+            class_map=loaded.class_map.to_dict(),
+            mask_format=cfg.mask_format,
+            overlays=cfg.overlays,
+            confidence=cfg.confidence,
+            endpoint_url=endpoint,
+            model_name=resolved.name,
+            model_version=resolved.version,
+            model_uri=resolved.uri_resolved,
+            checkpoint_sha256=sha,
+            settings=settings,
             job_id=job_id,
         )
-    table = _manifest_table(
-        tables,
-        work,
-        output=output,
-        endpoint=endpoint,
-        class_names=class_map.names,
-        resolved=resolved,
-        job_id=job_id,
-    )
-    manifest_uri = manifest.write_final(
-        output, table, fmt=cfg.manifest_format, endpoint_url=endpoint
-    )
+        counts, failures = {manifest.OK: 0, manifest.FAILED: 0}, []
+        pipeline_seconds, first = 0.0, None
+        if work.n(plan.REJECTED):
+            failures += write_failed_rows(
+                plan.dataset_of(work, plan.REJECTED, ["input", "relative_path", "error"]),
+                writer,
+            )
+        if work.n(plan.TODO):
+            counts, failed, pipeline_seconds, first = _segment(
+                cfg,
+                work,
+                session=session,
+                actors=actors,
+                checkpoint=checkpoint,
+                loaded=loaded,
+                writer=writer,
+                endpoint=endpoint,
+            )
+            failures += failed
+        compacted = manifest.compact(
+            output, job_id=job_id, expected_rows=work.total, endpoint_url=endpoint
+        )
+        manifest_uri = manifest.write_final(
+            output,
+            compacted["files"],
+            fmt=cfg.manifest_format,
+            job_id=job_id,
+            endpoint_url=endpoint,
+        )
 
-    statuses = table.column("status").to_pylist()
-    counts = {s: statuses.count(s) for s in (manifest.OK, manifest.FAILED, manifest.SKIPPED)}
-    processed = counts[manifest.OK] + counts[manifest.FAILED] - len(work.rejected)
-    failed_inputs = [
-        {"input": r["input"], "error": r["error"]}
-        for r in table.filter(pc.equal(table.column("status"), manifest.FAILED))
-        .select(["input", "error"])
-        .slice(0, 10)
-        .to_pylist()
-    ]
+    failed = counts[manifest.FAILED] + work.n(plan.REJECTED)
+    processed = counts[manifest.OK] + counts[manifest.FAILED]
     return {
         "total": work.total,
         "ok": counts[manifest.OK],
-        "failed": counts[manifest.FAILED],
-        "skipped": counts[manifest.SKIPPED],
-        "failed_fraction": counts[manifest.FAILED] / work.total,
+        "failed": failed,
+        "skipped": work.n(plan.DONE),
+        "rejected": work.n(plan.REJECTED),
+        "redone_other_versions": work.redone,
+        "failed_fraction": failed / work.total,
         "images_per_second": processed / pipeline_seconds if pipeline_seconds else 0.0,
         "pipeline_seconds": round(pipeline_seconds, 3),
+        "seconds_to_first_mask": round(first, 3) if first is not None else None,
         "seconds": round(time.perf_counter() - started, 3),
         **resolved.to_dict(),
-        "checkpoint_sha256": checkpoint_digest(checkpoint),
+        "checkpoint_sha256": sha,
+        "settings": settings,
         "output": output,
         "masks": fs.join(output, MASKS_DIR),
         "manifest": manifest_uri,
+        "manifest_dataset": fs.join(output, manifest.MANIFEST_DIR),
+        "manifest_rows": compacted["rows"],
         "job_id": job_id,
-        "failed_inputs": failed_inputs,
+        "shared_with": sorted(live - {job_id}),
+        "failed_inputs": failures[: plan.EXAMPLES],
     }

@@ -3,7 +3,8 @@
 ``<output>/masks/<relative path of the input, extension .png>``; overlays under ``overlays/``
 (JPEG), confidence maps under ``confidence/`` (8-bit PNG). Every file is written atomically
 (``jobs.common.fs.write_bytes_atomic``) and the mask last, so a mask under its final name means the
-input is completely done: the rerun skip check lists masks and nothing else.
+input's files are complete; its manifest row (in the batch's part, written after all masks
+of the batch) says which model and settings made them, which a rerun checks.
 """
 
 from __future__ import annotations
@@ -95,7 +96,12 @@ class WriterSettings:
     model_name: str | None = None
     model_version: str | None = None
     model_uri: str | None = None
+    checkpoint_sha256: str | None = None
+    """The weights' digest, recorded per row: what a rerun compares."""
+    settings: str | None = None
+    """`jobs.inference.manifest.output_settings` of the run, recorded per row."""
     job_id: str = ""
+    """Stamped on every row and carried by every temporary file name."""
 
 
 class MaskWriter:
@@ -122,6 +128,8 @@ class MaskWriter:
             model_name=self.s.model_name,
             model_version=self.s.model_version,
             model_uri=self.s.model_uri,
+            checkpoint_sha256=self.s.checkpoint_sha256,
+            settings=self.s.settings,
             job_id=self.s.job_id,
             predicted_on=row.get("predicted_on"),
         )
@@ -139,15 +147,21 @@ class MaskWriter:
                         self.filesystem,
                         self._path(OVERLAYS_DIR, overlay_key(rel)),
                         buffer.getvalue(),
+                        owner=self.s.job_id,
                     )
                 if self.s.confidence and row.get("confidence_map"):
                     conf = np.frombuffer(row["confidence_map"], dtype=np.uint8).reshape(h, w)
                     fs.write_bytes_atomic(
-                        self.filesystem, self._path(CONFIDENCE_DIR, mask_key(rel)), encode_png(conf)
+                        self.filesystem,
+                        self._path(CONFIDENCE_DIR, mask_key(rel)),
+                        encode_png(conf),
+                        owner=self.s.job_id,
                     )
                 data = encode_mask(mask, mask_format=self.s.mask_format, class_map=self.class_map)
                 # The mask last: its presence under the final name marks the input as done.
-                fs.write_bytes_atomic(self.filesystem, self._path(MASKS_DIR, mask_key(rel)), data)
+                fs.write_bytes_atomic(
+                    self.filesystem, self._path(MASKS_DIR, mask_key(rel)), data, owner=self.s.job_id
+                )
                 fractions = class_fractions(mask, self.class_map.num_classes)
                 out.update(
                     status=manifest.OK,
@@ -178,10 +192,38 @@ class MaskWriter:
         ]
         table = manifest.rows_to_table(out, self.class_map.names)
         # A part per batch, named by its inputs: a retried or rerun batch replaces its own part.
-        manifest.write_part(self.s.output, table, endpoint_url=self.s.endpoint_url)
+        manifest.write_part(
+            self.s.output, table, job_id=self.s.job_id, endpoint_url=self.s.endpoint_url
+        )
         return table
 
 
 def write_batch(batch: pa.Table, *, settings: WriterSettings) -> pa.Table:
     """Ray Data task UDF (functions run as tasks: encode/write scales with the CPUs)."""
     return MaskWriter(settings)(batch)
+
+
+def write_failed_rows(ds, settings: WriterSettings) -> list[dict[str, str]]:
+    """Write ``failed`` manifest rows for the rows of ``ds`` (input, relative_path, error: the
+    inputs the plan rejected) as one part; returns up to 10 of them (input, error)."""
+    table = pa.concat_tables(list(ds.iter_batches(batch_size=None, batch_format="pyarrow")))
+    class_map = ClassMap.from_dict(settings.class_map)
+    rows = [
+        manifest.failed_row(
+            r["input"],
+            r["relative_path"],
+            r["error"],
+            model_name=settings.model_name,
+            model_version=settings.model_version,
+            model_uri=settings.model_uri,
+            checkpoint_sha256=settings.checkpoint_sha256,
+            settings=settings.settings,
+            job_id=settings.job_id,
+        )
+        for r in table.to_pylist()
+    ]
+    part = manifest.rows_to_table(rows, class_map.names)
+    manifest.write_part(
+        settings.output, part, job_id=settings.job_id, endpoint_url=settings.endpoint_url
+    )
+    return [{"input": r["input"], "error": r["error"]} for r in rows[:10]]

@@ -28,7 +28,15 @@ from PIL import Image
 from jobs import segment
 from jobs.common import fs
 from jobs.inference.decode import decode_images
-from jobs.inference.manifest import MANIFEST_DIR, part_name, read_manifest, rows_to_table
+from jobs.inference.manifest import (
+    MANIFEST_DIR,
+    latest_rows,
+    output_settings,
+    part_name,
+    read_manifest,
+    rows_to_table,
+)
+from jobs.inference.model_source import checkpoint_digest
 from jobs.inference.predictor import Predictor, PredictorSettings
 from jobs.inference.writer import MASKS_DIR, MaskWriter, WriterSettings, encode_mask, mask_key
 from tests.integration.inference.helpers import (
@@ -68,16 +76,17 @@ def test_rerun_skips_then_fills_gaps(tmp_path, ray_local, synthetic_root, capsys
     masks_before = tree(out / "masks")
     assert len(masks_before) == n
 
-    # Second run: everything skipped, no mask touched, the manifest still lists every input.
+    # Second run: everything skipped, no mask touched; the manifest still holds every input's
+    # row, the one the first run wrote (a skip writes no row).
     code, second = run_main(segment.main, args, capsys)
     assert code == 0 and (second["ok"], second["skipped"], second["failed"]) == (0, n, 0)
     assert_throughput(second, processed=0)  # nothing to do: no pipeline, no rate
     assert tree(out / "masks") == masks_before
     rows = read_manifest(second["manifest"])
-    assert len(rows) == n and {r["status"] for r in rows} == {"skipped"}
-    # Skipped rows carry what the first run recorded (from its manifest parts).
+    assert len(rows) == n and {r["status"] for r in rows} == {"ok"}
     assert all(r["width"] == 64 and r["class_fractions"] for r in rows)
-    assert {r["job_id"] for r in rows} == {second["job_id"]}
+    assert {r["job_id"] for r in rows} == {first["job_id"]}
+    assert second["manifest_rows"] == n
 
     # Delete three masks: exactly those are written again.
     deleted = [p.name for p in images[::6]]
@@ -90,8 +99,10 @@ def test_rerun_skips_then_fills_gaps(tmp_path, ray_local, synthetic_root, capsys
     assert sorted(masks_after) == sorted(masks_before)
     changed = sorted(k for k in masks_after if masks_after[k] != masks_before[k])
     assert changed == sorted(deleted)
-    rows = {r["relative_path"]: r["status"] for r in read_manifest(third["manifest"])}
-    assert rows == {p.name: "ok" if p.name in deleted else "skipped" for p in images}
+    rows = {r["relative_path"]: r["job_id"] for r in read_manifest(third["manifest"])}
+    assert rows == {
+        p.name: third["job_id"] if p.name in deleted else first["job_id"] for p in images
+    }
 
     # --overwrite redoes everything.
     code, fourth = run_main(segment.main, [*args, "--overwrite"], capsys)
@@ -129,12 +140,17 @@ def _plant_killed_run(out: Path, checkpoint: Path, inputs: list[tuple[str, str]]
     - batch D never started;
     - an earlier interrupted run (``--overwrite``) left a temporary beside one of A's masks.
 
-    Returns (relative paths whose mask is complete, A's manifest rows by relative path)."""
+    Returns (relative paths whose mask is complete AND recorded: A's; A's manifest rows by
+    relative path). The masks of B and C have no manifest row, so the rerun redoes them."""
     writer = MaskWriter(
         WriterSettings(
             output=str(out),
             class_map=class_map.to_dict(),
             model_uri=str(checkpoint),
+            checkpoint_sha256=checkpoint_digest(checkpoint.read_bytes()),
+            settings=output_settings(
+                mask_format="indices", tta=False, tile_size=512, tile_overlap=64
+            ),
             job_id="killed-run",
         )
     )
@@ -157,29 +173,28 @@ def _plant_killed_run(out: Path, checkpoint: Path, inputs: list[tuple[str, str]]
     complete = [rel for _, rel in (*a, *b, *c[:2])]
     assert sorted(p.name for p in (out / MASKS_DIR).glob("*.png")) == sorted(complete)
     assert not part_b_path.exists() and len(list((out / MANIFEST_DIR).glob("part-*"))) == 1
-    return complete, {r["relative_path"]: r for r in part_a.to_pylist()}
+    return [rel for _, rel in a], {r["relative_path"]: r for r in part_a.to_pylist()}
 
 
 def _hidden(root: Path) -> list[str]:
     return [k for k in tree(root) if any(part.startswith(".") for part in k.split("/"))]
 
 
-def _assert_finished_once(out, summary, planted, complete, part_a, checkpoint, images) -> None:
+def _assert_finished_once(out, summary, planted, recorded, part_a, checkpoint, images) -> None:
     """The end state of a rerun over the planted kill (see the test)."""
-    n, missing = len(images), sorted({p.name for p in images} - set(complete))
+    n, redo = len(images), sorted({p.name for p in images} - set(recorded))
     assert (summary["total"], summary["ok"], summary["skipped"], summary["failed"]) == (
-        n, len(missing), len(complete), 0,
+        n, len(redo), len(recorded), 0,
     )  # fmt: skip
-    assert_throughput(summary, processed=len(missing))
+    assert_throughput(summary, processed=len(redo))
     after = tree(out)
 
-    # No temporary is left; the complete masks (and A's part) are the planted files, untouched;
-    # the missing masks are new; one mask per input and nothing else; all equal to predict().
+    # No temporary is left; A's masks (complete and recorded) are the planted files,
+    # untouched; every other input's mask was written by this run (the orphans of B and C
+    # again); one mask per input and nothing else; all equal to predict().
     assert _hidden(out) == []
-    for name in complete:
+    for name in recorded:
         assert after[f"{MASKS_DIR}/{name}"] == planted[f"{MASKS_DIR}/{name}"], name
-    for name in missing:
-        assert f"{MASKS_DIR}/{name}" not in planted and f"{MASKS_DIR}/{name}" in after, name
     assert sorted(k for k in after if k.startswith(f"{MASKS_DIR}/")) == [
         f"{MASKS_DIR}/{p.name}" for p in images
     ]
@@ -188,35 +203,30 @@ def _assert_finished_once(out, summary, planted, complete, part_a, checkpoint, i
         got = np.asarray(Image.open(out / MASKS_DIR / p.name))
         np.testing.assert_array_equal(got, expected[p.name], err_msg=p.name)
 
-    # Everything missing was processed exactly once: the parts this run wrote hold one ok row
-    # per missing input, and the planted part was not rewritten.
-    parts = sorted(k for k in after if k.startswith(f"{MANIFEST_DIR}/part-"))
-    assert all(after[k] == planted[k] for k in parts if k in planted)
-    redone = [r for k in parts if k not in planted for r in pq.read_table(out / k).to_pylist()]
-    assert sorted(r["relative_path"] for r in redone) == missing
-    assert {(r["status"], r["job_id"]) for r in redone} == {("ok", summary["job_id"])}
-
-    # The final manifest: every input once, skipped where the kill had left a complete mask,
-    # ok where it had not; skipped rows of batch A carry what A's part recorded. (The masks of
-    # B and C have no part, so their skipped rows can say no more than where the mask is.)
-    rows = read_manifest(summary["manifest"])
-    assert sorted(r["relative_path"] for r in rows) == [p.name for p in images]
-    by_rel = {r["relative_path"]: r for r in rows}
-    assert {rel: r["status"] for rel, r in by_rel.items()} == {
-        p.name: "skipped" if p.name in complete else "ok" for p in images
+    # The manifest dataset, compacted: every input once; A's rows as A's part recorded them
+    # (job "killed-run"), every other input processed exactly once by this run.
+    assert not [k for k in after if k.startswith(f"{MANIFEST_DIR}/part-")]  # compacted
+    latest = latest_rows(str(out)).to_pylist()
+    assert sorted(r["relative_path"] for r in latest) == [p.name for p in images]
+    by_rel = {r["relative_path"]: r for r in latest}
+    assert {rel: r["job_id"] for rel, r in by_rel.items()} == {
+        p.name: "killed-run" if p.name in recorded else summary["job_id"] for p in images
     }
-    assert {r["job_id"] for r in rows} == {summary["job_id"]}
+    assert {r["status"] for r in latest} == {"ok"}
     assert all(r["output"] == str(out / MASKS_DIR / rel) for rel, r in by_rel.items())
-    for rel, recorded in part_a.items():
+    for rel, row in part_a.items():
         for key in ("input", "width", "height", "class_fractions", "mean_confidence",
-                    "model_uri"):  # fmt: skip
-            assert by_rel[rel][key] == recorded[key], (rel, key)
-    for rel in missing:
+                    "model_uri", "job_id"):  # fmt: skip
+            assert by_rel[rel][key] == row[key], (rel, key)
+    for rel in redo:
         row = by_rel[rel]
         assert (row["width"], row["height"]) == expected[rel].shape[::-1]
         assert row["class_fractions"]["background"] == pytest.approx(
             float((expected[rel] == 0).mean())
         )
+    # manifest.parquet holds the same rows, sorted.
+    final = read_manifest(summary["manifest"])
+    assert [r["relative_path"] for r in final] == [p.name for p in images]
 
 
 def test_rerun_after_a_kill_finishes_everything_once(tmp_path, ray_local, synthetic_root, capsys):
@@ -226,8 +236,8 @@ def test_rerun_after_a_kill_finishes_everything_once(tmp_path, ray_local, synthe
     base = fs.absolute(synthetic_root / "images")
     inputs = [(fs.join(base, p.name), p.name) for p in images]  # as the job lists them
     out = tmp_path / "out"
-    complete, part_a = _plant_killed_run(out, ckpt, inputs, class_map)
-    assert len(complete) == 10 and len(images) == 16
+    recorded, part_a = _plant_killed_run(out, ckpt, inputs, class_map)
+    assert len(recorded) == 4 and len(images) == 16
     planted = tree(out)
     assert len(_hidden(out)) == 3  # the three temporaries
 
@@ -235,7 +245,7 @@ def test_rerun_after_a_kill_finishes_everything_once(tmp_path, ray_local, synthe
             "--write-batch-size", 4]  # fmt: skip
     code, summary = run_main(segment.main, args, capsys)
     assert code == 0, summary
-    _assert_finished_once(out, summary, planted, complete, part_a, ckpt, images)
+    _assert_finished_once(out, summary, planted, recorded, part_a, ckpt, images)
 
 
 # --- a real SIGKILL (smoke test) --------------------------------------------------------------
@@ -323,10 +333,14 @@ def test_sigkill_then_rerun_gives_the_complete_set(tmp_path, ray_local, capsys, 
         finally:
             _kill_job(proc)
     # The kill usually lands mid-run; when the job had finished first (exit 0), the rerun must
-    # skip everything, which the assertions below check just the same.
-    done = _final_masks(out / MASKS_DIR)
+    # skip everything, which the assertions below check just the same. Done = a complete mask
+    # with its manifest row (a mask whose batch's part the kill prevented is redone).
+    masks = _final_masks(out / MASKS_DIR)
+    rows = latest_rows(str(out)).to_pylist()
+    done = {r["relative_path"] for r in rows if r["status"] == "ok"} & masks
     record_property("killed_mid_run", proc.returncode != 0)
-    record_property("masks_before_rerun", len(done))
+    record_property("masks_before_rerun", len(masks))
+    record_property("recorded_before_rerun", len(done))
     before = tree(out / MASKS_DIR)
 
     code, summary = run_main(segment.main, args, capsys)
@@ -337,15 +351,18 @@ def test_sigkill_then_rerun_gives_the_complete_set(tmp_path, ray_local, capsys, 
     assert_throughput(summary, processed=n - len(done))
     after = tree(out / MASKS_DIR)
     assert sorted(after) == [p.name for p in images]  # one mask per input, nothing else
-    assert all(after[name] == before[name] for name in done)  # complete masks untouched
+    assert all(after[name] == before[name] for name in done)  # done masks untouched
     assert _hidden(out) == []  # no temporary left anywhere under the output
+    assert not (out / MANIFEST_DIR / "_leases").exists() or not list(
+        (out / MANIFEST_DIR / "_leases").iterdir()
+    )  # the killed job's lease went with it
     expected = expected_masks(ckpt, images)
     for p in images:
         np.testing.assert_array_equal(
             np.asarray(Image.open(out / MASKS_DIR / p.name)), expected[p.name], err_msg=p.name
         )
     rows = read_manifest(summary["manifest"])
-    assert sorted(r["relative_path"] for r in rows) == [p.name for p in images]
-    assert {r["relative_path"]: r["status"] for r in rows} == {
-        p.name: "skipped" if p.name in done else "ok" for p in images
-    }
+    assert [r["relative_path"] for r in rows] == [p.name for p in images]
+    assert {r["status"] for r in rows} == {"ok"}
+    redone = {r["relative_path"] for r in rows if r["job_id"] == summary["job_id"]}
+    assert redone == {p.name for p in images} - done

@@ -3,13 +3,10 @@ model source."""
 
 from __future__ import annotations
 
-import datetime as dt
 import io
-import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -17,7 +14,6 @@ from jobs.common.mlflow_store import resolve_tracking_uri
 from jobs.inference import manifest
 from jobs.inference.config import EvaluateConfig, SegmentConfig, build_parser, parse_config
 from jobs.inference.decode import decode_images
-from jobs.inference.inputs import list_inputs, plan_inputs, relative_to_base
 from jobs.inference.model_source import (
     ModelSourceError,
     fetch_checkpoint_bytes,
@@ -87,58 +83,6 @@ def test_config_parsing_and_validation(capsys):
         SegmentConfig(input="a", output="b", tile_size=64, tile_overlap=64)
     with pytest.raises(ValueError, match="give --max-actors"):
         SegmentConfig(input="a", output="b", min_actors=2)
-
-
-# --- inputs and planning ---------------------------------------------------------------------
-def test_relative_paths_of_list_entries():
-    assert relative_to_base("a/b.png", "/data") == "a/b.png"
-    assert relative_to_base("./a/b.png", "/data") == "a/b.png"
-    assert relative_to_base("/data/a/b.png", "/data") == "a/b.png"
-    assert relative_to_base("/other/b.png", "/data") is None
-    assert relative_to_base("s3://bkt/in/x/y.jpg", "s3://bkt/in") == "x/y.jpg"
-    assert relative_to_base("bkt/in/x/y.jpg", "s3://bkt/in") == "x/y.jpg"  # Ray's scheme-less path
-
-
-def test_list_inputs_from_folder_list_and_parquet(tmp_path):
-    src = tmp_path / "in"
-    for rel in ("a.png", "b.JPG", "sub/c.tiff", "notes.txt", ".hidden.png", "out/old.png"):
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_bytes(b"x")
-    cfg = SegmentConfig(input=str(src), output=str(src / "out"))
-    assert [r for _, r in list_inputs(cfg, None)] == ["a.png", "b.JPG", "sub/c.tiff"]
-    listing = tmp_path / "list.txt"
-    listing.write_text(f"# comment\nsub/c.tiff\n\n{src}/a.png\n")
-    cfg = SegmentConfig(input=str(src), output=str(tmp_path / "o"), input_list=str(listing))
-    assert list_inputs(cfg, None) == [
-        (str(src / "a.png"), "a.png"),
-        (str(src / "sub/c.tiff"), "sub/c.tiff"),
-    ]
-    table = pa.table({"path": ["b.JPG", "a.png"]})
-    pq.write_table(table, tmp_path / "list.parquet")
-    cfg = SegmentConfig(
-        input=str(src), output=str(tmp_path / "o"), input_list=str(tmp_path / "list.parquet")
-    )
-    assert [r for _, r in list_inputs(cfg, None)] == ["a.png", "b.JPG"]
-    listing.write_text("/elsewhere/z.png\n")
-    cfg = SegmentConfig(input=str(src), output=str(tmp_path / "o"), input_list=str(listing))
-    with pytest.raises(ValueError, match="not under --input"):
-        list_inputs(cfg, None)
-
-
-def test_plan_skips_existing_and_rejects_name_clashes():
-    inputs = [
-        ("/d/a.jpg", "a.jpg"),
-        ("/d/a.png", "a.png"),
-        ("/d/b.png", "b.png"),
-        ("/d/c.tif", "c.tif"),
-    ]
-    work = plan_inputs(inputs, {"b.png"}, overwrite=False)
-    assert [r["relative_path"] for r in work.todo] == ["a.jpg", "c.tif"]
-    assert work.skipped == [("/d/b.png", "b.png")]
-    assert [r["relative_path"] for r in work.rejected] == ["a.png"]
-    assert "a.jpg" in work.rejected[0]["error"] and work.total == 4
-    assert len(plan_inputs(inputs, {"b.png"}, overwrite=True).todo) == 3
-    assert mask_key("x/y.v2.JPEG") == "x/y.v2.png"
 
 
 # --- decode and predict ----------------------------------------------------------------------
@@ -250,46 +194,14 @@ def test_mask_writer_rows_parts_and_final_manifest(tmp_path):
     assert bad["status"] == "failed" and bad["output"] is None and "empty" in bad["error"]
     assert np.array_equal(np.asarray(Image.open(out / "masks/a/x.png")), mask)
     assert [p.name for p in (out / "manifest").iterdir()] == [
-        manifest.part_name(["/in/a/x.jpg", "/in/y.png"])
+        manifest.part_name(["/in/a/x.jpg", "/in/y.png"], "j1")
     ]
     assert not list(out.rglob(".*"))  # no temporary file left behind
-
-    previous = manifest.read_parts(str(out), inputs={"/in/a/x.jpg"})
-    assert set(previous) == {"/in/a/x.jpg"} and previous["/in/a/x.jpg"]["model_version"] == "7"
-    skipped = manifest.skipped_row(
-        "/in/a/x.jpg", "a/x.jpg", ok["output"], previous["/in/a/x.jpg"], "j2"
-    )
-    assert (skipped["status"], skipped["job_id"], skipped["width"]) == ("skipped", "j2", 3)
-    final = pa.concat_tables([table, manifest.rows_to_table([skipped], CLASSES.names)])
-    for fmt in ("parquet", "jsonl"):
-        uri = manifest.write_final(str(out), final, fmt=fmt)
-        back = manifest.read_manifest(uri)
-        assert [r["status"] for r in back] == ["ok", "failed", "skipped"]
-    line = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
-    assert line["class_fractions"]["edge"] == pytest.approx(0.5) and "T" in line["finished_at"]
-
-
-def test_cleanup_removes_only_temporary_files(tmp_path):
-    (tmp_path / "masks").mkdir()
-    (tmp_path / "masks/a.png").write_bytes(b"done")
-    (tmp_path / "masks/.b.png.0123abcd.tmp").write_bytes(b"half")
-    assert manifest.cleanup_temporary_files(str(tmp_path)) == 1
-    assert [p.name for p in (tmp_path / "masks").iterdir()] == ["a.png"]
-
-
-def test_read_parts_prefers_the_latest_row(tmp_path):
-    old = manifest.base_row(
-        input="i",
-        relative_path="i",
-        status="ok",
-        width=1,
-        finished_at=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc),
-    )
-    new = manifest.base_row(input="i", relative_path="i", status="ok", width=2)
-    for rows in ([old], [new, manifest.base_row(input="j", relative_path="j", status="failed")]):
-        manifest.write_part(str(tmp_path), manifest.rows_to_table(rows, ["a", "b"]))
-    latest = manifest.read_parts(str(tmp_path))
-    assert set(latest) == {"i"} and latest["i"]["width"] == 2
+    assert mask_key("x/y.v2.JPEG") == "x/y.v2.png"
+    back = manifest.latest_rows(str(out)).sort_by("relative_path").to_pylist()
+    assert [(r["relative_path"], r["status"], r["job_id"]) for r in back] == [
+        ("a/x.jpg", "ok", "j1"), ("y.png", "failed", "j1"),
+    ]  # fmt: skip
 
 
 # --- model source ----------------------------------------------------------------------------

@@ -1,0 +1,318 @@
+"""What a segment run has to do, decided in Ray tasks: for every listed input, whether to
+segment it, skip it (done by this model with these settings), or not (another model made its
+mask; a second input would write the same mask; an --input-list entry outside --input).
+
+    listing blocks (jobs.inference.listing)        -> materialised in the object store
+    manifest dataset (latest row per input, ok)    -> tasks, a share of the files each
+    complete masks under <output>/masks            -> listing tasks (digests only)
+      => known outputs: sorted digests of the inputs whose mask is complete AND whose latest
+         manifest row is ok, with a code for the model + settings that made it (0 = ours)
+      => duplicates: masks two inputs would both write (a.png, a.jpg), with the winner
+      => decide (Ray Data tasks): one ``decision`` per row; counts come back as numbers
+
+The driver holds object references, a handful of labels and counts: never a row per input. A
+mask without a manifest row (a kill between the two) is not "done": it is redone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.inference import listing, manifest
+from jobs.inference.listing import Cleanup, digest, digests_to_numpy
+from jobs.inference.writer import mask_key
+
+logger = logging.getLogger(__name__)
+
+TODO, DONE, OTHER = "todo", "done", "other"
+REJECTED, DUPLICATE, OUTSIDE = "rejected", "duplicate", "outside"
+OURS = 0
+"""``made_by`` code of the masks this run's model and settings made; -1 = no complete mask."""
+EXAMPLES = 10
+DECIDED_SCHEMA = listing.INPUT_SCHEMA.append(pa.field("decision", pa.string())).append(
+    pa.field("made_by", pa.int32())
+)
+"""Listing rows with what the plan decided for them."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What makes a mask: the weights and the output settings."""
+
+    checkpoint_sha256: str
+    settings: str
+    model_uri: str
+    """How the weights were named (models:/NAME/VERSION, a path): for messages only."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.checkpoint_sha256}|{self.settings}"
+
+
+def _in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found mask, index) of ``values`` in the sorted array ``sorted_values``."""
+    if len(sorted_values) == 0:
+        return np.zeros(len(values), dtype=bool), np.zeros(len(values), dtype=np.int64)
+    idx = np.searchsorted(sorted_values, values)
+    idx = np.minimum(idx, len(sorted_values) - 1)
+    return sorted_values[idx] == values, idx
+
+
+def known_outputs(
+    ours: str, n_manifest: int, *tables: pa.Table
+) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Ray task: ``tables`` = manifest shares (`manifest.read_latest`), then mask-digest
+    blocks. Returns ((sorted input digests, made_by codes), label per code)."""
+    rows = manifest.latest(manifest.concat(tables[:n_manifest], manifest.PROVENANCE_COLUMNS))
+    rows = rows.filter(pc.equal(rows.column("status"), manifest.OK))
+    blocks = [digests_to_numpy(t.column("mask")) for t in tables[n_manifest:] if t.num_rows]
+    masks = np.sort(np.concatenate(blocks)) if blocks else np.empty(0, dtype="S16")
+    rels = rows.column("relative_path").to_pylist()
+    present, _ = _in_sorted(masks, digests_to_numpy(digest([mask_key(r) for r in rels])))
+    rows = rows.filter(pa.array(present))
+    makers = pc.binary_join_element_wise(
+        pc.fill_null(rows.column("checkpoint_sha256"), "?"),
+        pc.fill_null(rows.column("settings"), "?"),
+        "|",
+    ).to_pylist()
+    labels_by_key = {ours: "this model and settings"}
+    uris = rows.column("model_uri").to_pylist()
+    settings = rows.column("settings").to_pylist()
+    for maker, uri, setting in zip(makers, uris, settings, strict=True):
+        if maker not in labels_by_key:
+            labels_by_key[maker] = (
+                f"{uri or 'an unnamed model'} ({setting or 'settings not recorded'})"
+            )
+    code_of = {key: i for i, key in enumerate(labels_by_key)}
+    codes = np.fromiter((code_of[m] for m in makers), dtype=np.int32, count=len(makers))
+    keys = digests_to_numpy(digest(rows.column("relative_path")))
+    order = np.argsort(keys, kind="stable")
+    return (keys[order].copy(), codes[order]), list(labels_by_key.values())
+
+
+def duplicates(*tables: pa.Table) -> pa.Table:
+    """Ray task over the listing blocks: for every mask that two or more inputs would write,
+    the winning row (the first relative path; the first listed of equal entries)."""
+    columns = ["mask", "relative_path", "row_id"]
+    valid = [t.filter(pc.is_null(t.column("error"))).select(columns) for t in tables if t.num_rows]
+    blocks = [digests_to_numpy(t.column("mask")) for t in valid if t.num_rows]
+    empty = pa.schema([listing.INPUT_SCHEMA.field(c) for c in columns]).empty_table()
+    if not blocks:
+        return empty
+    unique, counts = np.unique(np.concatenate(blocks), return_counts=True)
+    taken = unique[counts > 1]
+    if len(taken) == 0:
+        return empty
+    hits = [t.filter(pa.array(_in_sorted(taken, digests_to_numpy(t.column("mask")))[0]))
+            for t in valid if t.num_rows]  # fmt: skip
+    table = pa.concat_tables(hits).sort_by(
+        [("mask", "ascending"), ("relative_path", "ascending"), ("row_id", "ascending")]
+    )
+    m = digests_to_numpy(table.column("mask"))
+    first = np.ones(len(m), dtype=bool)
+    first[1:] = m[1:] != m[:-1]
+    return table.filter(pa.array(first))
+
+
+def _value(item: Any) -> Any:
+    """An object reference's value (zero-copy for NumPy arrays), or the value itself."""
+    import ray
+
+    return ray.get(item) if isinstance(item, ray.ObjectRef) else item
+
+
+def decide(
+    batch: pa.Table, *, known: list, taken: list, overwrite: bool, redo_other: bool
+) -> pa.Table:
+    """Ray task over a listing block: its rows + ``decision`` and ``made_by`` (the code of whoever made
+    the input's complete mask, -1 for none). ``known`` (`known_outputs`) and ``taken``
+    (`duplicates`) hold one item each: an object reference (the arrays live in the object
+    store; NumPy reads them zero-copy) or the value."""
+    if batch.num_rows == 0:
+        return DECIDED_SCHEMA.empty_table()
+    (keys, codes), winners = _value(known[0]), _value(taken[0])
+    n = batch.num_rows
+    found, idx = _in_sorted(keys, digests_to_numpy(batch.column("key")))
+    made_by = np.where(found, codes[idx] if len(codes) else -1, -1).astype(np.int32)
+    decision = np.full(n, TODO, dtype=object)
+    if not overwrite:
+        decision[made_by == OURS] = DONE
+        decision[made_by > OURS] = TODO if redo_other else OTHER
+    errors = batch.column("error").to_pylist()
+    if winners.num_rows:
+        hit, at = _in_sorted(
+            digests_to_numpy(winners.column("mask")), digests_to_numpy(batch.column("mask"))
+        )
+        rels = batch.column("relative_path").to_pylist()
+        ids = batch.column("row_id").to_numpy()
+        win_rels = winners.column("relative_path").to_pylist()
+        win_ids = winners.column("row_id").to_numpy()
+        uris = batch.column("input").to_pylist()
+        for i in np.flatnonzero(hit):
+            j = at[i]
+            if ids[i] == win_ids[j]:
+                continue
+            if rels[i] == win_rels[j]:
+                decision[i] = DUPLICATE  # the same entry listed twice: done once
+            else:
+                decision[i] = REJECTED
+                errors[i] = (
+                    f"{uris[i]}: its mask masks/{mask_key(rels[i])} is already the mask of "
+                    f"{win_rels[j]} (same path, other extension); rename one of the two"
+                )
+    for i, error in enumerate(errors):
+        if error is not None and decision[i] != REJECTED:
+            decision[i] = OUTSIDE
+    out = batch.set_column(
+        batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string())
+    )
+    out = out.append_column("decision", pa.array(decision.tolist(), pa.string()))
+    return out.append_column("made_by", pa.array(made_by, pa.int32()))
+
+
+def count(*tables: pa.Table) -> dict[str, Any]:
+    """Ray task over the decided blocks: counts per decision, per maker of the masks another
+    model made, and a few examples (never a row per input)."""
+    decisions: Counter[str] = Counter()
+    others: Counter[int] = Counter()
+    redone: Counter[int] = Counter()
+    examples: dict[str, list[str]] = {OUTSIDE: [], REJECTED: [], OTHER: [], TODO: []}
+    for t in tables:
+        if t.num_rows == 0:
+            continue
+        d = t.column("decision")
+        for key, n in zip(
+            *np.unique(np.asarray(d.to_pylist(), dtype=object), return_counts=True), strict=True
+        ):
+            decisions[str(key)] += int(n)
+        made_by = t.column("made_by").to_numpy()
+        dec = np.asarray(d.to_pylist(), dtype=object)
+        for code, n in zip(*np.unique(made_by[dec == OTHER], return_counts=True), strict=True):
+            others[int(code)] += int(n)
+        for code, n in zip(
+            *np.unique(made_by[(dec == TODO) & (made_by > OURS)], return_counts=True), strict=True
+        ):
+            redone[int(code)] += int(n)
+        for kind, bucket in examples.items():
+            if len(bucket) < EXAMPLES:
+                column = "error" if kind in (OUTSIDE, REJECTED) else "input"
+                picked = t.filter(pc.equal(d, kind)).column(column).slice(0, EXAMPLES)
+                bucket += picked.to_pylist()[: EXAMPLES - len(bucket)]
+    return {
+        "decisions": dict(decisions),
+        "other": dict(others),
+        "redone": dict(redone),
+        "examples": examples,
+    }
+
+
+@dataclass
+class Plan:
+    """The decided inputs (in the object store) and what the driver needs to know of them."""
+
+    blocks: list = field(default_factory=list)
+    """Object references of the decided listing blocks."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Inputs per decision."""
+    other: dict[str, int] = field(default_factory=dict)
+    """Inputs whose complete mask another model or other settings made, per maker label."""
+    redone: dict[str, int] = field(default_factory=dict)
+    """Of those, the ones this run redoes (--redo-other-versions, --overwrite), per maker."""
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Inputs of the run (entries listed twice count once)."""
+        return sum(n for d, n in self.counts.items() if d != DUPLICATE)
+
+    def n(self, decision: str) -> int:
+        return self.counts.get(decision, 0)
+
+
+def select(batch: pa.Table, *, decision: str, columns: list[str]) -> pa.Table:
+    """Ray Data UDF: the rows with this decision, these columns."""
+    if "decision" not in batch.column_names:  # an empty block
+        return DECIDED_SCHEMA.empty_table().select(columns)
+    return batch.filter(pc.equal(batch.column("decision"), decision)).select(columns)
+
+
+def make_plan(
+    *,
+    base: str,
+    input_list: str | None,
+    output: str,
+    endpoint_url: str | None,
+    ours: Provenance,
+    cleanup: Cleanup,
+    overwrite: bool,
+    redo_other: bool,
+    num_cpus: float,
+) -> Plan:
+    """List and decide every input in Ray tasks (see the module docstring); abandoned
+    temporaries under the output are removed on the way."""
+    import ray
+
+    listed = listing.input_blocks(
+        base_uri=base,
+        input_list=input_list,
+        output_uri=output,
+        endpoint_url=endpoint_url,
+        num_cpus=num_cpus,
+    )
+    masks = listing.output_blocks(
+        output_uri=output, endpoint_url=endpoint_url, cleanup=cleanup, num_cpus=num_cpus
+    )
+    files = manifest.dataset_files(
+        output,
+        endpoint_url=endpoint_url,
+        live_jobs=cleanup.live_jobs,
+        max_temp_age_s=cleanup.max_age_s if cleanup.remove else None,
+    )
+    task = ray.remote(manifest.read_latest).options(num_cpus=num_cpus)
+    shares = [
+        task.remote(
+            chunk, output=output, endpoint_url=endpoint_url, columns=manifest.PROVENANCE_COLUMNS
+        )
+        for chunk in manifest.chunks(files)
+    ]
+    known, labels = (
+        ray.remote(known_outputs)
+        .options(num_cpus=num_cpus, num_returns=2)
+        .remote(ours.key, len(shares), *shares, *masks)
+    )
+    taken = ray.remote(duplicates).options(num_cpus=num_cpus).remote(*listed)
+    decide_task = ray.remote(decide).options(num_cpus=num_cpus)
+    blocks = [
+        decide_task.remote(
+            block, known=[known], taken=[taken], overwrite=overwrite, redo_other=redo_other
+        )
+        for block in listed
+    ]
+    counted = ray.get(ray.remote(count).options(num_cpus=num_cpus).remote(*blocks))
+    names = ray.get(labels)
+    return Plan(
+        blocks=blocks,
+        counts=counted["decisions"],
+        other={names[c]: n for c, n in counted["other"].items()},
+        redone={names[c]: n for c, n in counted["redone"].items()},
+        examples=counted["examples"],
+    )
+
+
+def dataset_of(plan: Plan, decision: str, columns: list[str]):
+    """A lazy Dataset of the planned rows with this decision (the blocks stay where they are)."""
+    import ray
+
+    return ray.data.from_arrow_refs(plan.blocks).map_batches(
+        select,
+        fn_kwargs={"decision": decision, "columns": columns},
+        batch_format="pyarrow",
+        batch_size=None,
+    )

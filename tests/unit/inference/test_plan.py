@@ -1,0 +1,218 @@
+"""The segment job's listing, plan, manifest dataset and leases, as plain functions (the job
+runs them in Ray tasks; the integration tests run them there)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+
+import pyarrow as pa
+import pytest
+
+from jobs.common import fs
+from jobs.inference import leases, listing, manifest, plan
+from jobs.inference.listing import Cleanup
+from jobs.inference.writer import mask_key
+
+OURS = plan.Provenance("sha-new", "mask_format=indices", "models:/unet/2")
+OLD = plan.Provenance("sha-old", "mask_format=indices", "models:/unet/1")
+
+
+def _touch(root, *rels, data=b"x"):
+    for rel in rels:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def _listed(base, skip=()):
+    found = listing.shards(str(base), endpoint_url=None, skip=skip)
+    rows = pa.Table.from_pylist(listing.shard_items(found), schema=listing.SHARD_SCHEMA)
+    tables = list(listing.list_input_shards(rows, base_uri=str(base), endpoint_url=None, skip=skip))
+    return found, pa.concat_tables(tables)
+
+
+def test_listing_in_shards_finds_every_image_once(tmp_path):
+    src = tmp_path / "in"
+    images = ["a.png", "b.JPG", "d1/c.tiff", "d1/e/f.png", "d1/e/g/h.bmp", "d2/i.jpeg"]
+    _touch(src, *images, "notes.txt", ".hidden.png", ".cache/x.png", "d1/.tmp/y.png",
+           "out/masks/old.png")  # fmt: skip
+    found, table = _listed(src, skip=["out"])
+    # Root and first-level folders list their own files; second-level folders recurse.
+    assert {(os.path.relpath(s.path, src), s.recursive) for s in found} == {
+        (".", False), ("d1", False), ("d2", False), ("d1/e", True),
+    }  # fmt: skip
+    assert sorted(table.column("relative_path").to_pylist()) == sorted(images)
+    assert table.column("input").to_pylist()[0].startswith(str(src) + "/")
+    assert len(set(table.column("row_id").to_pylist())) == len(images)
+    assert (
+        table.column("key").to_pylist()[0]
+        == listing.digest([table["relative_path"][0].as_py()])[0].as_py()
+    )
+    with pytest.raises(NotADirectoryError):
+        listing.shards(str(src / "a.png"), endpoint_url=None)
+    assert listing.shards(str(tmp_path / "missing"), endpoint_url=None) == []
+
+
+def test_input_list_entries():
+    batch = pa.table({"text": ["a/b.png", "# note", "", "/data/c.png", "/other/d.png", "../e.png"]})
+    rows = listing.input_list_rows(batch, base_uri="/data", column="text")
+    assert rows.column("relative_path").to_pylist()[:2] == ["a/b.png", "c.png"]
+    assert rows.column("input").to_pylist()[:2] == ["/data/a/b.png", "/data/c.png"]
+    errors = rows.column("error").to_pylist()
+    assert errors[:2] == [None, None] and all("not under --input /data" in e for e in errors[2:])
+    assert listing.relative_to_base("bkt/in/x/y.jpg", "s3://bkt/in") == "x/y.jpg"
+
+
+def test_temporary_names_carry_their_job():
+    name = fs.temp_name("a.png", "0123456789ab")
+    assert fs.is_temp(name) and fs.temp_owner(name) == "0123456789ab"
+    assert fs.temp_owner(".a.png.0123abcd.tmp") is None  # an older format: judged by age
+    assert not fs.is_temp("a.png")
+
+
+def test_output_listing_keeps_live_temporaries_and_removes_abandoned_ones(tmp_path):
+    out = tmp_path / "out"
+    live, gone = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
+    _touch(out, "masks/a.png", "masks/sub/b.png", "overlays/a.jpg", "manifest.parquet")
+    live_tmp = out / "masks" / fs.temp_name("c.png", live)
+    gone_tmp = out / "masks/sub" / fs.temp_name("d.png", gone)
+    legacy_tmp = out / "overlays" / ".e.jpg.0123abcd.tmp"
+    old_live_tmp = out / "masks" / fs.temp_name("f.png", live)
+    for path in (live_tmp, gone_tmp, legacy_tmp, old_live_tmp):
+        path.write_bytes(b"half")
+    os.utime(old_live_tmp, (time.time() - 7200, time.time() - 7200))
+    found = listing.shards(str(out), endpoint_url=None, skip=["manifest"])
+    rows = pa.Table.from_pylist(listing.shard_items(found), schema=listing.SHARD_SCHEMA)
+    cleanup = Cleanup(frozenset({live}), max_age_s=3600)
+    tables = list(listing.list_output_shards(rows, output_uri=str(out), endpoint_url=None,
+                                             cleanup=cleanup))  # fmt: skip
+    masks = pa.concat_tables(tables).column("mask").to_pylist()
+    assert sorted(masks) == sorted(listing.digest(["a.png", "sub/b.png"]).to_pylist())
+    assert live_tmp.exists()
+    assert not gone_tmp.exists() and not legacy_tmp.exists() and not old_live_tmp.exists()
+    # A dry run looks and removes nothing.
+    gone_tmp.write_bytes(b"half")
+    list(listing.list_output_shards(rows, output_uri=str(out), endpoint_url=None,
+                                    cleanup=Cleanup(frozenset(), 3600, remove=False)))  # fmt: skip
+    assert gone_tmp.exists()
+
+
+def _row(rel, *, maker=OURS, status="ok", at=0):
+    return manifest.base_row(
+        input=f"/in/{rel}",
+        relative_path=rel,
+        status=status,
+        checkpoint_sha256=maker.checkpoint_sha256,
+        settings=maker.settings,
+        model_uri=maker.model_uri,
+        finished_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=at),
+    )
+
+
+def _decide(listed, rows, masks, **flags):
+    table = manifest.rows_to_table(rows, ["bg", "fg"]).select(manifest.PROVENANCE_COLUMNS)
+    mask_table = pa.table(
+        [listing.digest([mask_key(m) for m in masks])], schema=listing.OUTPUT_SCHEMA
+    )
+    (keys, codes), labels = plan.known_outputs(OURS.key, 1, table, mask_table)
+    taken = plan.duplicates(listed)
+    decided = plan.decide(listed, known=[(keys, codes)], taken=[taken],
+                          overwrite=flags.get("overwrite", False),
+                          redo_other=flags.get("redo_other", False))  # fmt: skip
+    return decided, labels
+
+
+def test_plan_decides_by_provenance_and_mask():
+    rels = ["done.png", "old.png", "failed.png", "nomask.png", "norow.png", "new.png",
+            "clash.jpg", "clash.png", "relisted.png", "relisted.png"]  # fmt: skip
+    listed = listing.input_rows([f"/in/{r}" for r in rels], rels)
+    rows = [
+        _row("done.png", maker=OLD, at=0), _row("done.png", at=5),  # redone by us later
+        _row("old.png", maker=OURS, at=0), _row("old.png", maker=OLD, at=5),
+        _row("failed.png", status="failed"), _row("nomask.png"),
+    ]  # fmt: skip
+    masks = ["done.png", "old.png", "failed.png", "norow.png"]  # nomask's mask was deleted
+    decided, labels = _decide(listed, rows, masks)
+    pairs = zip(decided["relative_path"].to_pylist(), decided["decision"].to_pylist(), strict=True)
+    got = {rel: d for rel, d in pairs if d != plan.DUPLICATE}
+    assert got == {
+        "done.png": plan.DONE, "old.png": plan.OTHER, "failed.png": plan.TODO,
+        "nomask.png": plan.TODO, "norow.png": plan.TODO,  # a mask without a row is redone
+        "new.png": plan.TODO, "clash.jpg": plan.TODO, "clash.png": plan.REJECTED,
+        "relisted.png": plan.TODO,
+    }  # fmt: skip
+    assert decided["decision"].to_pylist().count(plan.DUPLICATE) == 1
+    rejected = decided.filter(pa.compute.equal(decided["decision"], plan.REJECTED))
+    assert "already the mask of clash.jpg" in rejected["error"][0].as_py()
+    counted = plan.count(decided)
+    assert counted["decisions"] == {plan.DONE: 1, plan.OTHER: 1, plan.TODO: 6,
+                                    plan.REJECTED: 1, plan.DUPLICATE: 1}  # fmt: skip
+    assert {labels[c]: n for c, n in counted["other"].items()} == {
+        "models:/unet/1 (mask_format=indices)": 1
+    }
+    work = plan.Plan(counts=counted["decisions"])
+    assert work.total == 9  # the entry listed twice counts once
+
+    redo, _ = _decide(listed, rows, masks, redo_other=True)
+    assert (
+        dict(zip(redo["relative_path"].to_pylist(), redo["decision"].to_pylist(), strict=True))[
+            "old.png"
+        ]
+        == plan.TODO
+    )
+    assert plan.count(redo)["redone"] == {1: 1}
+    everything, _ = _decide(listed, rows, masks, overwrite=True)
+    assert plan.DONE not in everything["decision"].to_pylist()
+
+
+def test_outside_entries_are_marked():
+    rows = listing.input_list_rows(
+        pa.table({"text": ["a.png", "/x/b.png"]}), base_uri="/in", column="text"
+    )
+    decided, _ = _decide(rows, [], [])
+    assert decided["decision"].to_pylist() == [plan.TODO, plan.OUTSIDE]
+    assert plan.count(decided)["examples"][plan.OUTSIDE] == ["/x/b.png: not under --input /in"]
+
+
+def test_manifest_dataset_latest_rows_across_models(tmp_path):
+    out = str(tmp_path)
+    first = manifest.rows_to_table([_row("a.png", at=0), _row("b.png", at=0)], ["bg", "fg"])
+    second = manifest.rows_to_table([_row("a.png", maker=OLD, at=9)], ["bg", "road"])
+    manifest.write_part(out, first, job_id="job1")
+    manifest.write_part(out, second, job_id="job2")
+    (tmp_path / "manifest" / fs.temp_name("part-x.parquet", "deadjob")).write_bytes(b"half")
+    (tmp_path / "manifest" / "part-broken.parquet").write_bytes(b"not parquet")
+    files = manifest.dataset_files(out, max_temp_age_s=3600)
+    assert len(files) == 3 and not list((tmp_path / "manifest").glob(".*"))
+    table = manifest.latest_rows(out)
+    rows = {r["relative_path"]: r for r in table.to_pylist()}
+    assert set(rows) == {"a.png", "b.png"} and rows["a.png"]["model_uri"] == "models:/unet/1"
+    fractions = table.schema.field("class_fractions").type
+    assert {fractions.field(i).name for i in range(fractions.num_fields)} == {"bg", "fg", "road"}
+
+
+def test_leases_share_same_model_and_refuse_another(tmp_path):
+    out = str(tmp_path)
+    with leases.hold(out, job_id="first0000000", provenance=OURS.key, model_uri="m2",
+                     settings="s") as others:  # fmt: skip
+        assert others == []
+        with leases.hold(out, job_id="second000000", provenance=OURS.key, model_uri="m2",
+                         settings="s") as others:  # fmt: skip
+            assert [lease.job_id for lease in others] == ["first0000000"]
+        with pytest.raises(leases.OutputBusyError, match="job first0000000 .*model m2"), \
+                leases.hold(out, job_id="third0000000", provenance=OLD.key, model_uri="m1",
+                            settings="s"):  # fmt: skip
+            pass
+        assert [lease.job_id for lease in leases.live_leases(out)] == ["first0000000"]
+    assert leases.live_leases(out) == []  # released at exit
+
+
+def test_a_lease_of_a_dead_process_is_not_live(tmp_path):
+    lease = leases.Lease("j", "p", "m", "s", leases.socket.gethostname(), 2**22 + 12345,
+                         time.time(), time.time())  # fmt: skip
+    assert not lease.alive(time.time())
+    alive = leases.Lease("j", "p", "m", "s", leases.socket.gethostname(), os.getpid(),
+                         time.time(), time.time())  # fmt: skip
+    assert alive.alive(time.time()) and not alive.alive(time.time() + leases.LEASE_TTL_S + 1)
