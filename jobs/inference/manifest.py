@@ -332,12 +332,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _write_final(
-    files: list[str], output: str, fmt: str, endpoint_url: str | None, job_id: str
-) -> str:
-    filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
-    tables = [t for t in (_read(filesystem, p, None) for p in files) if t is not None]
-    table = concat(tables).sort_by("relative_path")
+def _write_final(output: str, fmt: str, endpoint_url: str | None, job_id: str) -> str:
+    files = dataset_files(output, endpoint_url=endpoint_url)
+    table = read_latest(files, output=output, endpoint_url=endpoint_url, columns=None)
+    table = table.sort_by("relative_path")
     if fmt == "parquet":
         data = parquet_bytes(table)
     else:
@@ -346,27 +344,24 @@ def _write_final(
             for row in batch.to_pylist():
                 lines.append(json.dumps({k: _jsonable(v) for k, v in row.items()}))
         data = ("\n".join(lines) + "\n").encode() if lines else b""
+    filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
     name = f"manifest.{fmt}"
     fs.write_bytes_atomic(filesystem, posixpath.join(root, name), data, owner=job_id)
     return fs.join(output, name)
 
 
 def write_final(
-    output: str,
-    files: list[str],
-    *,
-    fmt: str = "parquet",
-    job_id: str = "",
-    endpoint_url: str | None = None,
+    output: str, *, fmt: str = "parquet", job_id: str = "", endpoint_url: str | None = None
 ) -> str:
-    """Write ``manifest.<fmt>``: the latest row of every input of the output, sorted by
-    relative path (from the compacted ``files``, in a Ray task); returns its URI."""
+    """Write ``manifest.<fmt>``: the latest row of every input of the output (the whole
+    dataset as it is now, another job's rows included), sorted by relative path, in a Ray
+    task; returns its URI."""
     import ray
 
     if fmt not in ("parquet", "jsonl"):
         raise ValueError(f"unknown manifest format {fmt!r}; use parquet or jsonl")
     task = ray.remote(_write_final).options(num_cpus=0.5)
-    return ray.get(task.remote(files, output, fmt, endpoint_url, job_id))
+    return ray.get(task.remote(output, fmt, endpoint_url, job_id))
 
 
 def read_manifest(uri: str, *, endpoint_url: str | None = None) -> list[dict[str, Any]]:

@@ -80,7 +80,7 @@ def _plan(
     )
 
 
-def _problems(cfg: SegmentConfig, work: plan.Plan, output: str) -> list[str]:
+def _problems(cfg: SegmentConfig, work: plan.Plan, output: str, ours: plan.Provenance) -> list[str]:
     """Why the run cannot go ahead as planned (each with the fix)."""
     problems = []
     if work.total == 0:
@@ -98,8 +98,8 @@ def _problems(cfg: SegmentConfig, work: plan.Plan, output: str) -> list[str]:
         found = "; ".join(f"{n} by {label}" for label, n in sorted(work.other.items()))
         problems.append(
             f"{work.n(plan.OTHER)} inputs already have a mask under {output} made by another "
-            f"model or other settings ({found}; this run: {cfg.model} with "
-            f"{_settings(cfg)}); to replace exactly those pass --redo-other-versions, to redo "
+            f"model or other settings ({found}; this run: {ours.model_uri} with "
+            f"{ours.settings}); to replace exactly those pass --redo-other-versions, to redo "
             "everything --overwrite, or write to a new --output"
         )
     return problems
@@ -123,7 +123,7 @@ def _dry_run(
             )
         except (ModelSourceError, ValueError, OSError) as exc:
             problems.append(f"model: {exc}")
-    ours = plan.Provenance(sha, _settings(cfg), cfg.model)
+    ours = plan.Provenance(sha, _settings(cfg), model.get("model_uri") or cfg.model)
     work = None
     try:
         live = frozenset(
@@ -131,7 +131,7 @@ def _dry_run(
         )
         cleanup = Cleanup(live, cfg.temp_max_age, remove=False)
         work = _plan(cfg, output=output, endpoint=endpoint, ours=ours, cleanup=cleanup)
-        problems += _problems(cfg, work, output)
+        problems += _problems(cfg, work, output, ours)
     except (ValueError, OSError) as exc:
         problems.append(f"inputs: {exc}")
     return dry_run_report(
@@ -261,7 +261,7 @@ def _run(
         leases.abort_stale_uploads(output, max_age_s=cfg.temp_max_age, endpoint_url=endpoint)
         cleanup = Cleanup(live, cfg.temp_max_age)
         work = _plan(cfg, output=output, endpoint=endpoint, ours=ours, cleanup=cleanup)
-        problems = _problems(cfg, work, output)
+        problems = _problems(cfg, work, output, ours)
         if problems:
             raise (OtherVersionsError if work.n(plan.OTHER) else ValueError)("; ".join(problems))
         logger.info(
@@ -311,7 +311,6 @@ def _run(
         )
         manifest_uri = manifest.write_final(
             output,
-            compacted["files"],
             fmt=cfg.manifest_format,
             job_id=job_id,
             endpoint_url=endpoint,
