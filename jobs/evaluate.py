@@ -1,13 +1,14 @@
 """Evaluate a model on a labelled set: per-class IoU and Dice, mean IoU, pixel accuracy/error.
 
     python jobs/evaluate.py --model models:/unet@champion --data ../shared/data/isbi2012/train \\
-        --class-map isbi_classes.json --log-to-mlflow
+        --class-map isbi_classes.json --report eval/isbi.parquet --log-to-mlflow
 
 Runs the segmentation pipeline (decode tasks -> predictor actors) over images/ of the root,
 then scores each prediction against its mask (paired by relative path and stem) in CPU tasks.
 Figures over the whole set come from the summed confusion matrix (absent classes are left out
-of the means); per-image figures are listed too. Pixel error = 1 - pixel accuracy, the U-Net
-paper's ISBI 2012 metric. The last line of stdout is the JSON report.
+of the means); per-image figures go to the --report Parquet file, one row per image. Pixel
+error = 1 - pixel accuracy, the U-Net paper's ISBI 2012 metric. The last line of stdout is the
+JSON summary (totals, figures, confusion matrix, the first failures, the report's URI).
 """
 
 from __future__ import annotations
@@ -39,15 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     setup_logging(cfg.log_level)
     try:
-        report = run_evaluation(cfg)
+        summary = run_evaluation(cfg)
     except (ModelSourceError, PairingError, ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         print(json.dumps({"error": str(exc)}), flush=True)
         return 2
     if cfg.dry_run:
-        return finish_dry_run(report)
+        return finish_dry_run(summary)
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
-    for name, figures in report["per_class"].items():
+    for name, figures in summary["per_class"].items():
         logger.info(
             "  %-20s IoU %s  Dice %s  (%d pixels)",
             name,
@@ -57,15 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     logger.info(
         "%d images: mean IoU %s, pixel accuracy %s, pixel error %s (%d failed)",
-        report["ok"],
-        fmt(report["mean_iou"]),
-        fmt(report["pixel_accuracy"]),
-        fmt(report["pixel_error"]),
-        report["failed"],
+        summary["ok"],
+        fmt(summary["mean_iou"]),
+        fmt(summary["pixel_accuracy"]),
+        fmt(summary["pixel_error"]),
+        summary["failed"],
     )
-    too_many = report["failed"] > 0 and report["failed_fraction"] > cfg.max_failed_fraction
+    too_many = summary["failed"] > 0 and summary["failed_fraction"] > cfg.max_failed_fraction
     sys.stdout.flush()
-    print(json.dumps(report), flush=True)
+    print(json.dumps(summary), flush=True)
     return 1 if too_many else 0
 
 

@@ -2,19 +2,22 @@
 in MLflow.
 
 Images go through the segmentation pipeline (decode tasks -> predictor actors), then the scoring
-stage (`jobs.inference.scoring`) returns one confusion matrix per image; the driver sums them.
-Figures over the whole set come from the summed matrix (absent classes are left out of the
-means); per-image figures are listed too. Pixel error = 1 - pixel accuracy.
+stage (`jobs.inference.scoring`) returns one row per image with its confusion matrix and
+figures. As each batch of rows arrives the driver adds its matrices into one (`Tally`) and, with
+--report, appends the rows to the Parquet report (`jobs.inference.report`): its memory does not
+grow with the number of images. Figures over the whole set come from the summed matrix (absent
+classes are left out of the means). Pixel error = 1 - pixel accuracy.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import time
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs.common import fs
 from jobs.common.mlflow_store import metric_name, mlflow_client, resolve_tracking_uri
@@ -35,12 +38,17 @@ from jobs.inference.model_source import (
     resolve_model,
 )
 from jobs.inference.pipeline import Progress, build_prediction_dataset, cpu_stage_args
-from jobs.inference.scoring import image_figures, load_eval_class_map, score_batch
+from jobs.inference.report import ParquetReport
+from jobs.inference.scoring import load_eval_class_map, report_schema, score_batch
 from unet_core.checkpoint import load_checkpoint
+from unet_core.classes import ClassMap
 from unet_core.data import pair_images_and_masks
 from unet_core.metrics import ConfusionMatrix
 
 logger = logging.getLogger("jobs.evaluate")
+
+FAILURE_EXAMPLES = 10
+"""Failures listed in the summary (those of smallest key); `failed` counts them all."""
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -84,9 +92,36 @@ def _dry_run(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[s
     )
 
 
-def _evaluate(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[str, Any]:
-    import ray
+class Tally:
+    """What the driver keeps of the scored rows: their summed confusion matrix, the counts and
+    the `FAILURE_EXAMPLES` failures of smallest key, whatever the number of images."""
 
+    def __init__(self, num_classes: int) -> None:
+        self.matrix = ConfusionMatrix(num_classes)
+        self.ok = 0
+        self.failed = 0
+        self.failures: list[dict[str, str]] = []
+
+    def add(self, table: pa.Table) -> int:
+        """Count one batch of `scoring.report_schema` rows; returns how many of them failed."""
+        ok = pc.equal(table["status"], "ok")
+        scored, failed = table.filter(ok), table.filter(pc.invert(ok))
+        if scored.num_rows:
+            k = self.matrix.num_classes
+            counts = pc.list_flatten(scored["confusion"]).to_numpy()  # (n * K * K,)
+            self.matrix.matrix += counts.reshape(-1, k, k).sum(axis=0)
+        if failed.num_rows:
+            examples = failed.select(["key", "error"]).sort_by("key").slice(0, FAILURE_EXAMPLES)
+            merged = self.failures + [
+                {"image": r["key"], "error": r["error"]} for r in examples.to_pylist()
+            ]
+            self.failures = sorted(merged, key=lambda r: r["image"])[:FAILURE_EXAMPLES]
+        self.ok += scored.num_rows
+        self.failed += failed.num_rows
+        return failed.num_rows
+
+
+def _evaluate(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[str, Any]:
     started = time.perf_counter()
     endpoint = fs.s3_endpoint(cfg.s3_endpoint_url)
     data = fs.absolute(cfg.data)
@@ -97,81 +132,102 @@ def _evaluate(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[
     loaded = load_checkpoint(checkpoint)
     class_map = load_eval_class_map(data, cfg.class_map, loaded.class_map, endpoint)
     rows = _pairs(cfg, endpoint)
-    logger.info("%d image/mask pairs under %s; model %s", len(rows), data, resolved.uri_resolved)
+    total = len(rows)
+    logger.info("%d image/mask pairs under %s; model %s", total, data, resolved.uri_resolved)
 
-    total = ConfusionMatrix(class_map.num_classes)
-    images: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
-    session.ask_for_first_nodes(actors)
-    pipeline_start = time.perf_counter()
+    # The report is opened first, so that a bad destination fails before any work.
+    opened = (
+        ParquetReport(cfg.report, report_schema(class_map.names), endpoint_url=endpoint)
+        if cfg.report
+        else contextlib.nullcontext()
+    )
+    with opened as report:
+        session.ask_for_first_nodes(actors)
+        pipeline_start = time.perf_counter()
+        ds = _scored_dataset(
+            cfg,
+            session,
+            actors,
+            rows,
+            checkpoint=checkpoint,
+            channels=loaded.preprocess.channels,
+            class_map=class_map,
+        )
+        del rows  # the dataset's blocks hold them now
+        progress = Progress(total=total, every=cfg.progress_seconds, label="evaluate")
+        tally = Tally(class_map.num_classes)
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            progress.update(table.num_rows, tally.add(table))
+            if report is not None:
+                report.write(table)
+        pipeline_seconds = time.perf_counter() - pipeline_start
+
+        summary = {
+            **tally.matrix.summary(class_map.names),
+            "images_evaluated": tally.ok,
+            "total": total,
+            "ok": tally.ok,
+            "failed": tally.failed,
+            "failed_fraction": tally.failed / max(1, total),
+            "failures": tally.failures,
+            "confusion_matrix": tally.matrix.matrix.tolist(),
+            "class_names": class_map.names,
+            "data": data,
+            **resolved.to_dict(),
+            "checkpoint_sha256": checkpoint_digest(checkpoint),
+            "images_per_second": total / pipeline_seconds if pipeline_seconds else 0.0,
+            "pipeline_seconds": round(pipeline_seconds, 3),
+        }
+        if report is not None:
+            report.publish()
+            summary["report"] = report.uri
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        if cfg.log_to_mlflow:
+            summary["mlflow_run_id"] = log_evaluation(
+                summary,
+                tracking_uri=resolve_tracking_uri(cfg.tracking_uri),
+                experiment=cfg.experiment,
+                model_name=resolved.name,
+                model_version=resolved.version,
+                report_file=report.local_file if report is not None else None,
+            )
+    return summary
+
+
+def _scored_dataset(
+    cfg: EvaluateConfig,
+    session: Session,
+    actors: ActorPlan,
+    rows: list[dict[str, str]],
+    *,
+    checkpoint: bytes,
+    channels: int,
+    class_map: ClassMap,
+):
+    """The lazy Dataset of ``rows`` (image/mask pairs) after decode, predict and score: one
+    `scoring.report_schema` row per pair."""
+    import ray
+
+    endpoint = fs.s3_endpoint(cfg.s3_endpoint_url)
     ds = build_prediction_dataset(
         rows,
         cfg=cfg,
         actors=actors,
         view=session.view,
         checkpoint_ref=ray.put(checkpoint),
-        channels=loaded.preprocess.channels,
+        channels=channels,
         endpoint_url=endpoint,
         image_bytes=estimate_image_bytes(
-            [r["input"] for r in rows[:3]],
-            channels=loaded.preprocess.channels,
-            endpoint_url=endpoint,
+            [r["input"] for r in rows[:3]], channels=channels, endpoint_url=endpoint
         ),
     )
-    ds = ds.map_batches(
+    return ds.map_batches(
         score_batch,
         fn_kwargs={"class_map": class_map.to_dict(), "endpoint_url": endpoint},
         batch_format="pyarrow",
         batch_size=cfg.rows_per_call,
         **cpu_stage_args(cfg, rows=len(rows), batch_size=cfg.rows_per_call, view=session.view),
     )
-    progress = Progress(total=len(rows), every=cfg.progress_seconds, label="evaluate")
-    k = class_map.num_classes
-    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        batch_failed = 0
-        for row in table.to_pylist():
-            if row["status"] != "ok":
-                batch_failed += 1
-                failures.append({"image": row["key"], "error": row["error"]})
-                continue
-            matrix = np.asarray(row["confusion"], dtype=np.int64).reshape(k, k)
-            total.matrix += matrix
-            images.append(image_figures(row["key"], matrix, class_map.names))
-        progress.update(table.num_rows, batch_failed)
-    pipeline_seconds = time.perf_counter() - pipeline_start
-
-    images.sort(key=lambda r: r["image"])
-    summary = total.summary(class_map.names)
-    report = {
-        **summary,
-        "images_evaluated": len(images),
-        "total": len(rows),
-        "ok": len(images),
-        "failed": len(failures),
-        "failed_fraction": len(failures) / max(1, len(rows)),
-        "failures": sorted(failures, key=lambda r: r["image"]),
-        "confusion_matrix": total.matrix.tolist(),
-        "class_names": class_map.names,
-        "data": data,
-        **resolved.to_dict(),
-        "checkpoint_sha256": checkpoint_digest(checkpoint),
-        "images_per_second": len(rows) / pipeline_seconds if pipeline_seconds else 0.0,
-        "seconds": round(time.perf_counter() - started, 3),
-        "images": images,
-    }
-    if cfg.log_to_mlflow:
-        report["mlflow_run_id"] = log_evaluation(
-            report,
-            tracking_uri=resolve_tracking_uri(cfg.tracking_uri),
-            experiment=cfg.experiment,
-            model_name=resolved.name,
-            model_version=resolved.version,
-        )
-    if cfg.report:
-        fs.write_bytes_atomic(
-            *fs.resolve(cfg.report, endpoint_url=endpoint), json.dumps(report, indent=2).encode()
-        )
-    return report
 
 
 def log_evaluation(
@@ -181,9 +237,11 @@ def log_evaluation(
     experiment: str,
     model_name: str | None,
     model_version: str | None,
+    report_file: str | None = None,
 ) -> str:
-    """An evaluation run (metrics, params, evaluation.json) linked to the model version by
-    tags both ways: run tags model_name/model_version, version tags eval_run_id and figures."""
+    """An evaluation run (metrics, params, the summary as evaluation.json, the Parquet report
+    ``report_file`` under its own name) linked to the model version by tags both ways: run tags
+    model_name/model_version, version tags eval_run_id and figures."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -212,6 +270,8 @@ def log_evaluation(
         )
         mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
         mlflow.log_dict(report, "evaluation.json")
+        if report_file:
+            mlflow.log_artifact(report_file)
         run_id = run.info.run_id
     if model_name and model_version:
         client, _ = mlflow_client(tracking_uri)

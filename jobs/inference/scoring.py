@@ -1,15 +1,17 @@
-"""The scoring stage of `jobs/evaluate.py`: which class map the truth masks are read with,
-and one confusion matrix per image.
+"""The scoring stage of `jobs/evaluate.py`: which class map the truth masks are read with, and
+one row per image with its confusion matrix and figures.
 
 Images go through the same decode -> predictor-actor pipeline as segmentation; the last stage
 (CPU tasks) reads each truth mask, maps its values to classes with the class map, and returns
-the image's confusion matrix. The driver only sums small (K, K) matrices.
+the image's row (`report_schema`): these rows are the --report file as they are. The driver
+only sums their small (K, K) matrices and writes the rows out batch by batch.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,23 +20,36 @@ import pyarrow as pa
 from jobs.common import fs
 from unet_core.classes import CLASS_MAP_FILENAME, ClassMap
 from unet_core.data import decode_mask
-from unet_core.metrics import ConfusionMatrix, finite_or_none
+from unet_core.metrics import ConfusionMatrix
 
 logger = logging.getLogger(__name__)
 
-SCORE_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string()),
-        pa.field("input", pa.string()),
-        pa.field("mask_input", pa.string()),
-        pa.field("status", pa.string()),
-        pa.field("error", pa.string()),
-        pa.field("height", pa.int32()),
-        pa.field("width", pa.int32()),
-        pa.field("confusion", pa.list_(pa.int64())),  # (K, K) row-major, rows = truth
-        pa.field("seconds", pa.float64()),
-    ]
-)
+
+def report_schema(class_names: Sequence[str]) -> pa.Schema:
+    """Columns of a scored image (and of the --report Parquet file): figures are null for a
+    failed image; ``iou``, ``dice`` and ``support`` are structs with one field per class."""
+    per_class = pa.struct([(n, pa.float64()) for n in class_names])
+    return pa.schema(
+        [
+            pa.field("key", pa.string()),  # relative path of the image under images/, no suffix
+            pa.field("input", pa.string()),
+            pa.field("mask_input", pa.string()),
+            pa.field("status", pa.string()),  # ok | failed
+            pa.field("error", pa.string()),
+            pa.field("height", pa.int32()),
+            pa.field("width", pa.int32()),
+            pa.field("pixels", pa.int64()),  # counted pixels (ignored ones left out)
+            pa.field("mean_iou", pa.float64()),  # over the classes present in truth or prediction
+            pa.field("mean_dice", pa.float64()),
+            pa.field("pixel_accuracy", pa.float64()),
+            pa.field("pixel_error", pa.float64()),
+            pa.field("iou", per_class),  # null for a class absent from truth and prediction
+            pa.field("dice", per_class),
+            pa.field("support", pa.struct([(n, pa.int64()) for n in class_names])),  # truth px
+            pa.field("confusion", pa.list_(pa.int64())),  # (K, K) row-major, rows = truth
+            pa.field("seconds", pa.float64()),  # read + decode + predict share + scoring
+        ]
+    )
 
 
 def load_eval_class_map(
@@ -72,33 +87,18 @@ def load_eval_class_map(
 
 
 def score_batch(batch: pa.Table, *, class_map: dict, endpoint_url: str | None = None) -> pa.Table:
-    """Ray Data task UDF: predictions + truth mask URIs -> one confusion matrix per image."""
+    """Ray Data task UDF: predictions + truth mask URIs -> one `report_schema` row per image."""
     cmap = ClassMap.from_dict(class_map)
-    k = cmap.num_classes
     rows = batch.select(
         ["key", "input", "mask_input", "error", "height", "width", "mask", "seconds"]
     ).to_pylist()
     out = []
     for row in rows:
         start = time.perf_counter()
-        error, confusion = row["error"], None
+        error, figures = row["error"], {}
         if error is None:
             try:
-                truth = decode_mask(
-                    fs.read_bytes(row["mask_input"], endpoint_url=endpoint_url),
-                    cmap,
-                    source=row["mask_input"],
-                )
-                h, w = row["height"], row["width"]
-                if truth.shape != (h, w):
-                    raise ValueError(
-                        f"{row['mask_input']}: mask is {truth.shape[1]}x{truth.shape[0]} but its "
-                        f"image {row['input']} is {w}x{h}; masks must match their images"
-                    )
-                pred = np.frombuffer(row["mask"], dtype=np.uint8).reshape(h, w)
-                cm = ConfusionMatrix(k)
-                cm.update(pred, truth)
-                confusion = cm.matrix.reshape(-1).tolist()
+                figures = _score_one(row, cmap, endpoint_url)
             except Exception as exc:  # unreadable or mismatched truth: a row error
                 error = str(exc) if isinstance(exc, ValueError) else f"{row['mask_input']}: {exc}"
         out.append(
@@ -110,20 +110,37 @@ def score_batch(batch: pa.Table, *, class_map: dict, endpoint_url: str | None = 
                 "error": error,
                 "height": row["height"] or None,
                 "width": row["width"] or None,
-                "confusion": confusion,
+                **figures,
                 "seconds": (row["seconds"] or 0.0) + time.perf_counter() - start,
             }
         )
-    return pa.Table.from_pylist(out, schema=SCORE_SCHEMA)
+    return pa.Table.from_pylist(out, schema=report_schema(cmap.names))
 
 
-def image_figures(key: str, matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
-    cm = ConfusionMatrix.from_array(matrix)
+def _score_one(row: dict[str, Any], cmap: ClassMap, endpoint_url: str | None) -> dict[str, Any]:
+    """The figures of one predicted image against its truth mask; ValueError when they differ
+    in size."""
+    truth = decode_mask(
+        fs.read_bytes(row["mask_input"], endpoint_url=endpoint_url), cmap, source=row["mask_input"]
+    )
+    h, w = row["height"], row["width"]
+    if truth.shape != (h, w):
+        raise ValueError(
+            f"{row['mask_input']}: mask is {truth.shape[1]}x{truth.shape[0]} but its image "
+            f"{row['input']} is {w}x{h}; masks must match their images"
+        )
+    cm = ConfusionMatrix(cmap.num_classes)
+    cm.update(np.frombuffer(row["mask"], dtype=np.uint8).reshape(h, w), truth)
+    return image_figures(cm.matrix, cmap.names)
+
+
+def image_figures(matrix: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """The figures of one image's (K, K) confusion matrix, as `report_schema` columns: computed
+    by `ConfusionMatrix.summary`, like those of the whole set (NaN -> None)."""
+    summary = ConfusionMatrix.from_array(matrix).summary(list(names))
+    per_class = summary.pop("per_class")
     return {
-        "image": key,
-        "mean_iou": finite_or_none(cm.mean_iou()),
-        "mean_dice": finite_or_none(cm.mean_dice()),
-        "pixel_accuracy": finite_or_none(cm.pixel_accuracy()),
-        "pixel_error": finite_or_none(cm.pixel_error()),
-        "iou": {n: finite_or_none(v) for n, v in zip(names, cm.iou(), strict=True)},
+        **summary,
+        **{part: {n: c[part] for n, c in per_class.items()} for part in ("iou", "dice", "support")},
+        "confusion": np.asarray(matrix, dtype=np.int64).reshape(-1).tolist(),
     }
