@@ -23,6 +23,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,15 +124,18 @@ def main() -> None:
     work = Path(opts.workdir or tempfile.mkdtemp(prefix="segment-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     model = make_model(work / "unet.pt")
+    # Defaults but the forward batch: 16x16 images one at a time would measure torch's
+    # per-call overhead, not the job's per-input work.
     job_flags = ["--model", str(model), "--num-cpus", str(opts.num_cpus), "--batch-size", "64",
-                 "--rows-per-call", "256", "--write-batch-size", "512",
-                 "--progress-seconds", "30"]  # fmt: skip
+                 "--rows-per-call", "64", "--progress-seconds", "30"]  # fmt: skip
     results: dict[str, dict] = {}
     for label, n in (("small", opts.small), ("large", opts.large)):
-        root = work / label
+        root = work / f"n{n}"
         if not (root / "images").exists():
             make_inputs(root, n, opts.size)
         out = root / "out"
+        if out.exists():  # a fresh output: the first run segments everything
+            shutil.rmtree(out)
         args = ["--input", str(root / "images"), "--output", str(out), *job_flags]
         results[label] = run_job(args, work / f"{label}.log")
         if label == "large":

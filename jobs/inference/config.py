@@ -50,7 +50,7 @@ class InferenceConfig:
     cpu_tasks: int = 0
     """Most decode tasks (and, apart, encode/write tasks) running at once; 0 = auto: on a local Ray a quarter of its logical CPUs, at least 1 (each task process costs a Python + torch start-up that the model's cores pay for); on a cluster unbounded (as many as its nodes hold, more as nodes join)."""
     max_in_flight_mb: int = 0
-    """Object-store memory (MiB) that this job's blocks in flight (decoded images, masks) may use; 0 = auto: 12 calls (--rows-per-call images of the first input's size) per actor, at least 32. Bounds memory however many images there are."""
+    """Object-store memory (MiB) that this job's blocks in flight (decoded images, masks) may use; 0 = auto: 12 calls (--rows-per-call images of the first input's size), at least 3 blocks (up to 64 MiB or 1,024 images each), per actor, at least 32. Bounds memory however many images there are."""
     tile_size: int = 512
     """Images larger than this on either side are predicted in overlapping tiles; 0 = never tile."""
     tile_overlap: int = 64

@@ -29,9 +29,6 @@ from jobs.inference.predictor import Predictor, PredictorSettings
 
 logger = logging.getLogger(__name__)
 
-MAX_INPUT_BLOCKS = 20_000
-"""Cap on the number of input blocks (very large listings get bigger blocks instead)."""
-
 
 def predictor_settings(
     cfg: InferenceConfig,
@@ -96,28 +93,33 @@ def build_prediction_dataset(
         keep_pixels=keep_pixels,
     )
     call_rows = cfg.call_rows(num_gpus > 0)
+    rows = len(source) if isinstance(source, list) else rows or 0
+    block = resources.rows_per_block(
+        rows=rows, rows_per_call=call_rows, image_bytes=image_bytes, actors=pool.max_size
+    )
     if isinstance(source, list):
-        rows = len(source)
-        rows_per_block = max(call_rows, math.ceil(rows / MAX_INPUT_BLOCKS))
-        ds = ray.data.from_items(
-            source, override_num_blocks=max(1, math.ceil(rows / rows_per_block))
-        )
-    else:
-        rows = rows or 0
-        # Listing blocks are large; blocks of one call each keep every decode task busy.
-        rows_per_block = max(call_rows, math.ceil(rows / MAX_INPUT_BLOCKS))
-        ds = source.repartition(target_num_rows_per_block=rows_per_block)
+        ds = ray.data.from_items(source, override_num_blocks=max(1, math.ceil(rows / block)))
+    else:  # listing blocks are large: cut them to size (streaming, no shuffle)
+        ds = source.repartition(target_num_rows_per_block=block)
     # Decoding is much faster than the model: without a limit Ray Data decodes ahead until a
     # share of the whole object store is full, so memory would grow with the number of images.
     limit_mb = resources.in_flight_limit_mb(
-        cfg.max_in_flight_mb, image_bytes=image_bytes, rows_per_call=call_rows, actors=pool.max_size
+        cfg.max_in_flight_mb,
+        image_bytes=image_bytes,
+        rows_per_call=call_rows,
+        actors=pool.max_size,
+        rows_per_block=block,
     )
     options = ds.context.execution_options  # this pipeline's own copy of the DataContext
     options.resource_limits = options.resource_limits.copy(object_store_memory=limit_mb * 2**20)
     # Block until the smallest pool is up (its nodes launched), or fail saying so: never wait
     # forever for resources that will not come.
     ds.context.wait_for_min_actors_s = max(1, math.ceil(cfg.startup_timeout))
-    logger.info("at most %d MiB of blocks in flight in the object store", limit_mb)
+    logger.info(
+        "blocks of %d images, at most %d MiB of them in flight in the object store",
+        block,
+        limit_mb,
+    )
     ds = ds.map_batches(
         decode_images,
         fn_kwargs={"channels": channels, "endpoint_url": endpoint_url},

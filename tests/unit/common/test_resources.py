@@ -87,3 +87,21 @@ def test_in_flight_limit():
     assert in_flight_limit_mb(0, image_bytes=480 * 360 * 3, rows_per_call=8, actors=3) == 143
     assert in_flight_limit_mb(0, image_bytes=10, rows_per_call=8, actors=3) == 32  # the floor
     assert in_flight_limit_mb(500, image_bytes=10, rows_per_call=8, actors=3) == 500  # the flag
+
+
+def test_blocks_hold_many_small_images_and_few_large_ones():
+    from jobs.common.resources import MAX_BLOCK_ROWS, rows_per_block
+
+    tiny, camvid, huge = 16 * 16 * 3, 480 * 360 * 3, 8000 * 8000 * 3
+    assert (
+        rows_per_block(rows=10**7, rows_per_call=8, image_bytes=tiny, actors=16) == MAX_BLOCK_ROWS
+    )
+    assert rows_per_block(rows=10**7, rows_per_call=8, image_bytes=camvid, actors=16) == 128
+    assert rows_per_block(rows=10**7, rows_per_call=8, image_bytes=huge, actors=16) == 8
+    # A short input is spread over the actors; a block is a whole number of calls.
+    assert rows_per_block(rows=40, rows_per_call=8, image_bytes=tiny, actors=2) == 8
+    assert rows_per_block(rows=1000, rows_per_call=16, image_bytes=tiny, actors=2) == 112
+    assert (
+        in_flight_limit_mb(0, image_bytes=camvid, rows_per_call=8, actors=2, rows_per_block=128)
+        == 380
+    )  # three blocks per actor
