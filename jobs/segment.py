@@ -5,9 +5,11 @@
 
 Ray Data lists (or reads --input-list), decodes on CPU tasks, predicts in an actor pool that
 loads the model once per actor, and encodes and writes masks in CPU tasks, all streamed.
-Masks already present under --output are skipped (--overwrite redoes them), so a rerun after
-a crash or a kill finishes the job. Progress goes to stderr; the last line of stdout is a JSON
-summary. Exit code 1 when failed / total exceeds --max-failed-fraction, 2 for bad arguments.
+A rerun skips the inputs whose mask this model made with these settings (the manifest says
+so), so a rerun after a crash or a kill finishes the job; masks another model version made
+stop it unless --redo-other-versions (or --overwrite) is given. Progress goes to stderr; the
+last line of stdout is a JSON summary. Exit code 1 when failed / total exceeds
+--max-failed-fraction, 2 for bad arguments or an output that another model's masks hold.
 """
 
 from __future__ import annotations

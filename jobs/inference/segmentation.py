@@ -208,7 +208,7 @@ def _segment(
         batch_format="pyarrow",
         batch_size=cfg.write_batch_size,
         **cpu_stage_args(cfg, rows=todo, batch_size=cfg.write_batch_size, view=session.view),
-    ).select_columns(["input", "status", "error"])
+    )
     progress = Progress(total=todo, every=cfg.progress_seconds)
     counts = {manifest.OK: 0, manifest.FAILED: 0}
     failures: list[dict[str, str]] = []

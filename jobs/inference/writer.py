@@ -198,9 +198,14 @@ class MaskWriter:
         return table
 
 
+RESULT_COLUMNS = ["input", "status", "error"]
+"""What the write stage hands back to the driver (the full rows are in the manifest parts)."""
+
+
 def write_batch(batch: pa.Table, *, settings: WriterSettings) -> pa.Table:
-    """Ray Data task UDF (functions run as tasks: encode/write scales with the CPUs)."""
-    return MaskWriter(settings)(batch)
+    """Ray Data task UDF (functions run as tasks: encode/write scales with the CPUs); returns
+    `RESULT_COLUMNS` of the batch's manifest rows."""
+    return MaskWriter(settings)(batch).select(RESULT_COLUMNS)
 
 
 def write_failed_rows(ds, settings: WriterSettings) -> list[dict[str, str]]:
