@@ -53,18 +53,20 @@ FOLDER_SIZE = 1000
 
 
 def make_inputs(root: Path, n: int, size: int) -> Path:
-    """``n`` PNGs under root/images/dNNN/ (hard links of one file; fast to make, real to read)."""
+    """``n`` PNGs under root/images/dNNNN/ (hard links of one file per folder: fast to make,
+    real to read)."""
     images = root / "images"
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
-    root.mkdir(parents=True, exist_ok=True)
-    source = root / "source.png"
-    source.write_bytes(buffer.getvalue())
+    sources = root / "sources"  # one file per folder: a file takes at most 65,000 links
+    sources.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         folder = images / f"d{i // FOLDER_SIZE:04d}"
+        source = sources / f"{folder.name}.png"
         if i % FOLDER_SIZE == 0:
             folder.mkdir(parents=True, exist_ok=True)
+            source.write_bytes(buffer.getvalue())
         os.link(source, folder / f"img_{i:07d}.png")
     return images
 

@@ -162,6 +162,9 @@ def test_no_secret_reaches_a_job(fake_cluster, labelled, checkpoint):
         "--num-gpus-per-actor", "0",
     )  # fmt: skip
     assert direct.returncode == 0, direct.describe()
+    # The dry run's listing tasks brought up a CPU node; fake nodes share the head's session
+    # folder, and a node going away deletes the runtime_env files there, the next job's too.
+    fake_cluster.wait_idle()
     submitted = fake_cluster.submit(
         ["python", "jobs/train.py", "--dry-run", "--no-gpu", "--data", "s3://nowhere/set"],
         runtime_env={"env_vars": {"AWS_REGION": "us-east-1"}},
