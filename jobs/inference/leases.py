@@ -175,14 +175,22 @@ def abort_stale_uploads(output: str, *, max_age_s: float, endpoint_url: str | No
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=max_age_s)
     aborted = 0
     paginator = client.get_paginator("list_multipart_uploads")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
-        for upload in page.get("Uploads", []):
-            if upload["Initiated"] < cutoff:
-                with contextlib.suppress(client.exceptions.NoSuchUpload):
-                    client.abort_multipart_upload(
-                        Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
-                    aborted += 1
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < cutoff:
+                    with contextlib.suppress(client.exceptions.NoSuchUpload):
+                        client.abort_multipart_upload(
+                            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        aborted += 1
+    except client.exceptions.ClientError as exc:  # e.g. no s3:ListBucketMultipartUploads
+        logger.warning(
+            "cannot clean unfinished multipart uploads under %s (%s); the job goes on (an "
+            "S3 lifecycle rule AbortIncompleteMultipartUpload does the same)",
+            output,
+            exc,
+        )
     if aborted:
         logger.info("aborted %d unfinished multipart uploads under %s", aborted, output)
     return aborted

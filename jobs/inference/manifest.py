@@ -49,6 +49,8 @@ PART_PREFIX = "part-"
 DATA_PREFIX = "data-"
 ROWS_PER_DATA_FILE = 1_000_000
 """Target rows per compacted file (the number of buckets follows from the rows)."""
+BYTES_PER_DATA_FILE = 64 * 2**20
+"""Target Parquet bytes per compacted file (zstd rows are ~50-100 bytes: about 1M rows)."""
 FILES_PER_READ_TASK = 64
 """Manifest files read by one task (parts are small: one per write batch)."""
 PROVENANCE_COLUMNS = ["relative_path", "status", "checkpoint_sha256", "settings", "model_uri",
@@ -296,7 +298,15 @@ def compact(
     files = dataset_files(output, endpoint_url=endpoint_url)
     if not files:
         return {"files": [], "rows": 0, "status": {}}
-    buckets = max(1, math.ceil(expected_rows / ROWS_PER_DATA_FILE))
+    # Rows of earlier runs count too (a rerun of a few inputs over a large output): the
+    # files' bytes bound them.
+    filesystem, _ = fs.resolve(output, endpoint_url=endpoint_url)
+    stored = sum(info.size or 0 for info in filesystem.get_file_info(files))
+    buckets = max(
+        1,
+        math.ceil(expected_rows / ROWS_PER_DATA_FILE),
+        math.ceil(stored / BYTES_PER_DATA_FILE),
+    )
     split = ray.remote(_split).options(num_cpus=0.5, num_returns=buckets)
     pieces = [split.remote(chunk, output, endpoint_url, buckets) for chunk in chunks(files)]
     if buckets == 1:

@@ -10,9 +10,12 @@ import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -106,6 +109,19 @@ def test_rerun_with_another_version_refuses_then_redoes_exactly_those(
     assert {r["job_id"] for rel, r in rows.items() if rel not in subset} == {redo["job_id"]}
     assert len(read_manifest(part["manifest"])) == n + 1 == part["manifest_rows"]
     assert len(list((out / MANIFEST_DIR).glob("*.parquet"))) == 1  # compacted
+
+    # A Parquet input list (a 'path' column, URIs or relative paths) streams the same way.
+    pq.write_table(
+        pa.table({"path": [str(source / subset[0]), subset[1], "new.png"]}),
+        tmp_path / "subset.parquet",
+    )
+    code, dry = run_main(
+        segment.main,
+        _args(source, out, "models:/unet@champion", "--input-list", tmp_path / "subset.parquet",
+              "--dry-run"),
+        capsys,
+    )  # fmt: skip
+    assert code == 0 and (dry["inputs"], dry["skipped"], dry["to_process"]) == (3, 3, 0), dry
 
 
 def _run_together(configs: list[SegmentConfig]) -> list[dict]:
@@ -203,3 +219,26 @@ def test_two_jobs_at_once_on_one_output(
     # Neither job left a lease behind (the planted one is still there, it is "alive").
     held = [lease.job_id for lease in leases.live_leases(out, endpoint_url=s3_endpoint)]
     assert held == [planted_job]
+
+
+def test_stale_multipart_uploads_under_the_output_are_aborted(s3_endpoint, s3_bucket):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    inside = client.create_multipart_upload(Bucket=s3_bucket, Key="out/masks/a.png")
+    outside = client.create_multipart_upload(Bucket=s3_bucket, Key="other/b.png")
+    out = f"s3://{s3_bucket}/out"
+
+    def open_uploads() -> set[str]:
+        listed = client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+        return {u["UploadId"] for u in listed}
+
+    # moto stamps every upload "Initiated 2010-11-10": ages are measured from that stamp.
+    initiated = client.list_multipart_uploads(Bucket=s3_bucket)["Uploads"][0]["Initiated"]
+    age = time.time() - initiated.timestamp()
+    # Younger than the bound: kept (it may be another live job's).
+    assert leases.abort_stale_uploads(out, max_age_s=age + 86400, endpoint_url=s3_endpoint) == 0
+    assert open_uploads() == {inside["UploadId"], outside["UploadId"]}
+    assert leases.abort_stale_uploads(out, max_age_s=3600, endpoint_url=s3_endpoint) == 1
+    assert open_uploads() == {outside["UploadId"]}  # only under the output's prefix
+    assert leases.abort_stale_uploads(str(Path("/tmp")), max_age_s=1, endpoint_url=None) == 0
