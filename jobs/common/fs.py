@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from jobs.common import s3
-from unet_core.data import IMAGE_EXTENSIONS, Lister
+from unet_core.data import Lister
 
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 """Environment variables naming an S3-compatible endpoint, most specific first (boto3's order)."""
@@ -95,16 +95,6 @@ def list_files(uri: str, *, endpoint_url: str | None = None) -> list[str]:
         rel = item.path[len(prefix) :] if item.path.startswith(prefix) else item.path
         out.append(rel.replace(os.sep, "/"))
     return sorted(out)
-
-
-def list_images(uri: str, *, endpoint_url: str | None = None) -> list[str]:
-    """Image files (case-insensitive extensions) under a folder or prefix; hidden files skipped."""
-    return [
-        rel
-        for rel in list_files(uri, endpoint_url=endpoint_url)
-        if posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in rel.split("/"))
-    ]
 
 
 def make_lister(root_uri: str, *, endpoint_url: str | None = None) -> Lister:

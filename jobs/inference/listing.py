@@ -1,11 +1,12 @@
 """Streamed listings: the inputs of a segment run and the files already under its output,
-listed by Ray tasks in parallel across prefixes, as Ray Data blocks the driver never holds.
+listed by Ray tasks in parallel across prefixes, as Arrow tables that stay in the object
+store (the driver holds their references).
 
 A listing starts with one small task that walks the first levels of the tree (`SHARD_DEPTH`)
 and returns the folders (prefixes) found there; each becomes a shard that a listing task lists
-with a paged `pyarrow.fs.FileSelector` (S3: ``ListObjectsV2``, 1,000 keys a page), emitting
-blocks of `LIST_BLOCK_ROWS` rows. The driver keeps the shard names only: a few per folder,
-never a row per file. ``--input-list`` files (text or Parquet) stream the same way, read by
+with a paged `pyarrow.fs.FileSelector` (S3: ``ListObjectsV2``, 1,000 keys a page); at most
+`MAX_LIST_TASKS` tasks share the shards, one table each. The driver keeps the shard names
+only: a few per folder, never a row per file. ``--input-list`` files (text or Parquet) stream the same way, read by
 ``ray.data.read_text`` / ``read_parquet``.
 
 Rows carry 16-byte digests of their keys (`digest`), so that the plan (`jobs.inference.plan`)
@@ -78,9 +79,12 @@ def digests_to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 def is_image(rel: str) -> bool:
     """An image the job reads: a known extension (any case), no hidden part in its path."""
-    return posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS and not any(
-        part.startswith(".") for part in rel.split("/")
-    )
+    return posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS and not _hidden(rel)
+
+
+def _hidden(rel: str) -> bool:
+    """A hidden file, or one in a hidden folder (temporaries, tools' caches)."""
+    return any(part.startswith(".") for part in rel.split("/"))
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,8 @@ def input_rows(
 def list_input_shards(
     batch: pa.Table, *, base_uri: str, endpoint_url: str | None, skip: Sequence[str] = ()
 ) -> Iterator[pa.Table]:
-    """Ray Data UDF: shard rows -> the images they hold, as `INPUT_SCHEMA` blocks."""
+    """Shard rows -> the images they hold, as `INPUT_SCHEMA` tables of at most
+    `LIST_BLOCK_ROWS` rows (run by `listing_tasks`)."""
     filesystem, base = fs.resolve(base_uri, endpoint_url=endpoint_url)
     inner = tuple(s.strip("/") + "/" for s in skip)
     rels: list[str] = []
@@ -322,7 +327,8 @@ class Cleanup:
 def list_output_shards(
     batch: pa.Table, *, output_uri: str, endpoint_url: str | None, cleanup: Cleanup
 ) -> Iterator[pa.Table]:
-    """Ray Data UDF: shard rows of the output -> digests of the complete masks under masks/;
+    """Shard rows of the output -> digests of the complete masks under masks/ (run by
+    `listing_tasks`);
     abandoned temporaries met on the way are deleted (see `Cleanup`)."""
     filesystem, base = fs.resolve(output_uri, endpoint_url=endpoint_url)
     masks_prefix = MASKS_DIR + "/"

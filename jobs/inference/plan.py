@@ -188,18 +188,11 @@ def count(*tables: pa.Table) -> dict[str, Any]:
         if t.num_rows == 0:
             continue
         d = t.column("decision")
-        for key, n in zip(
-            *np.unique(np.asarray(d.to_pylist(), dtype=object), return_counts=True), strict=True
-        ):
-            decisions[str(key)] += int(n)
-        made_by = t.column("made_by").to_numpy()
         dec = np.asarray(d.to_pylist(), dtype=object)
-        for code, n in zip(*np.unique(made_by[dec == OTHER], return_counts=True), strict=True):
-            others[int(code)] += int(n)
-        for code, n in zip(
-            *np.unique(made_by[(dec == TODO) & (made_by > OURS)], return_counts=True), strict=True
-        ):
-            redone[int(code)] += int(n)
+        made_by = t.column("made_by").to_numpy()
+        decisions.update(dec.tolist())
+        others.update(made_by[dec == OTHER].tolist())
+        redone.update(made_by[(dec == TODO) & (made_by > OURS)].tolist())
         for kind, bucket in examples.items():
             if len(bucket) < EXAMPLES:
                 column = "error" if kind in (OUTSIDE, REJECTED) else "input"
