@@ -87,9 +87,11 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     max_grad_norm: float | None = None,
 ) -> EpochStats:
+    """One pass over ``batches``; the loss is summed on the device and read once at the end, so
+    the loop never waits for the device (a per-step ``.item()`` would)."""
     device = torch.device(device)
     model.train()
-    loss_sum, images = 0.0, 0
+    loss_sum, images = torch.zeros((), dtype=torch.float64, device=device), 0
     start = time.perf_counter()
     for x, y in batches:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -104,10 +106,11 @@ def train_one_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.item() * x.shape[0]
+        loss_sum += loss.detach().double() * x.shape[0]  # float64: the sum of loss.item() * B
         images += x.shape[0]
+    total = loss_sum.item()  # the one sync, before the clock stops: the time includes the device
     seconds = time.perf_counter() - start
-    return EpochStats(loss=loss_sum / max(1, images), images=images, seconds=seconds)
+    return EpochStats(loss=total / max(1, images), images=images, seconds=seconds)
 
 
 @dataclass
@@ -131,20 +134,22 @@ def evaluate(
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
 ) -> EvalStats:
-    """Loss summed per image and the confusion matrix; sums, so workers can all-reduce them."""
+    """Loss summed per image and the confusion matrix; sums, so workers can all-reduce them.
+    The loss sum stays on the device until the end; ``ConfusionMatrix.update`` copies its K * K
+    counts to the host once per batch."""
     device = torch.device(device)
     model.eval()
     confusion = ConfusionMatrix(num_classes)
-    loss_sum, images = 0.0, 0
+    loss_sum, images = torch.zeros((), dtype=torch.float64, device=device), 0
     for x, y in batches:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
-            logits = model(x)
-        loss_sum += loss_fn(logits.float(), y).item() * x.shape[0]
+            logits = model(x)  # (B, K, H, W)
+        loss_sum += loss_fn(logits.float(), y).double() * x.shape[0]
         images += x.shape[0]
         confusion.update(logits.argmax(dim=1), y)
-    return EvalStats(loss_sum=loss_sum, images=images, confusion=confusion)
+    return EvalStats(loss_sum=loss_sum.item(), images=images, confusion=confusion)
 
 
 class PairDataset(torch.utils.data.Dataset):
