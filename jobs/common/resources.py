@@ -53,12 +53,15 @@ def actor_pool(
     torch_threads: int,
     num_gpus: float,
     view: ClusterView,
+    fused: bool = False,
+    cpus_per_actor: float = 1.0,
 ) -> ActorPool:
     """The flags (0 = auto), else a pool that fills the hardware the cluster can have.
 
     Most actors: GPU, one per ``num_gpus`` of the GPUs the cluster has or can launch; CPU, one
-    single-threaded actor per core of a local Ray, on a cluster half the logical CPUs it can
-    have (the rest left to decode and write tasks). When an autoscaler may add nodes and Ray
+    single-threaded actor per core of a local Ray, on a cluster one per ``cpus_per_actor`` of
+    the logical CPUs it can have when ``fused`` (each actor decodes and writes its own
+    images), else half of them (the rest left to decode and write tasks). When an autoscaler may add nodes and Ray
     does not publish how many, at most `UNBOUNDED_POOL`. Fewest: on a local Ray or a fixed
     cluster the whole pool (no ramp-up); on an autoscaling cluster 1, and Ray Data adds actors
     (asking the autoscaler for their nodes) while work queues up. Single-threaded CPU actors do
@@ -74,7 +77,8 @@ def actor_pool(
         size = cores
     else:
         most = view.most("CPU")
-        size = UNBOUNDED_POOL if most is None else int(most // 2)
+        per_actor = (cpus_per_actor or 1.0) if fused else 2
+        size = UNBOUNDED_POOL if most is None else int(most // per_actor)
     size = max(1, size)
     smallest = min_actors or (1 if view.autoscaler else size)
     auto_threads = num_gpus == 0 and not torch_threads  # CPU actors share the local cores

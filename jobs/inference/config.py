@@ -45,6 +45,8 @@ class InferenceConfig:
     """Logical CPUs reserved per predictor actor."""
     torch_threads: int = 0
     """torch intra-op threads per CPU actor; 0 = auto: a local Ray's cores divided by the pool size, 1 on a cluster."""
+    fused: bool | None = None
+    """Read, decode, predict, encode and write inside each predictor actor (one single-threaded actor per core, no object-store hop, no separate decode/write tasks); default: on for CPU actors, off for GPU actors (whose decode and write run in CPU tasks beside them). --no-fused / --fused force either; both give the same masks and manifest rows."""
     decode_cpus: float = 0.5
     """Logical CPUs reserved per decode and per encode/write task."""
     cpu_tasks: int = 0

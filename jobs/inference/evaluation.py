@@ -37,9 +37,9 @@ from jobs.inference.model_source import (
     fetch_checkpoint_bytes,
     resolve_model,
 )
-from jobs.inference.pipeline import Progress, build_prediction_dataset, cpu_stage_args
+from jobs.inference.pipeline import Progress, Sink, build_pipeline
 from jobs.inference.report import ParquetReport
-from jobs.inference.scoring import load_eval_class_map, report_schema, score_batch
+from jobs.inference.scoring import Scorer, load_eval_class_map, report_schema
 from unet_core.checkpoint import load_checkpoint
 from unet_core.classes import ClassMap
 from unet_core.data import pair_images_and_masks
@@ -209,7 +209,7 @@ def _scored_dataset(
     import ray
 
     endpoint = fs.s3_endpoint(cfg.s3_endpoint_url)
-    ds = build_prediction_dataset(
+    return build_pipeline(
         rows,
         cfg=cfg,
         actors=actors,
@@ -217,16 +217,14 @@ def _scored_dataset(
         checkpoint_ref=ray.put(checkpoint),
         channels=channels,
         endpoint_url=endpoint,
+        sink=Sink(
+            Scorer,
+            {"class_map": class_map.to_dict(), "endpoint_url": endpoint},
+            cfg.rows_per_call,
+        ),
         image_bytes=estimate_image_bytes(
             [r["input"] for r in rows[:3]], channels=channels, endpoint_url=endpoint
         ),
-    )
-    return ds.map_batches(
-        score_batch,
-        fn_kwargs={"class_map": class_map.to_dict(), "endpoint_url": endpoint},
-        batch_format="pyarrow",
-        batch_size=cfg.rows_per_call,
-        **cpu_stage_args(cfg, rows=len(rows), batch_size=cfg.rows_per_call, view=session.view),
     )
 
 

@@ -34,6 +34,8 @@ class ActorPlan:
     pool: resources.ActorPool
     reason: str
     """Why this device (the flag, the cluster's GPUs, the autoscaler, CUDA here)."""
+    fused: bool = False
+    """Decode, predict and write inside each actor (`jobs.inference.pipeline`)."""
 
     @property
     def use_gpu(self) -> bool:
@@ -61,20 +63,24 @@ def plan_actors(cfg: InferenceConfig, view: ClusterView) -> ActorPlan:
         num_gpus = cfg.num_gpus_per_actor
     else:
         num_gpus = 1.0 if choice.use_gpu else 0.0
+    fused = cfg.fused if cfg.fused is not None else num_gpus == 0
     pool = resources.actor_pool(
         min_actors=cfg.min_actors,
         max_actors=cfg.max_actors,
         torch_threads=cfg.torch_threads,
         num_gpus=num_gpus,
         view=view,
+        fused=fused,
+        cpus_per_actor=cfg.num_cpus_per_actor,
     )
     logger.info(
-        "predictor pool: %d-%d actors, %s",
+        "predictor pool: %d-%d %s actors, %s",
         pool.min_size,
         pool.max_size,
+        "fused" if fused else "staged",
         f"{num_gpus:g} GPU each" if num_gpus else f"{pool.torch_threads} torch thread(s) each",
     )
-    return ActorPlan(num_gpus, pool, choice.reason)
+    return ActorPlan(num_gpus, pool, choice.reason, fused)
 
 
 @dataclass
@@ -128,6 +134,7 @@ def dry_run_report(session: Session, actors: ActorPlan | None, **planned: Any) -
         "min_actors": actors.pool.min_size if actors else None,
         "max_actors": actors.pool.max_size if actors else None,
         "torch_threads": actors.pool.torch_threads if actors else None,
+        "fused": actors.fused if actors else None,
         "cluster": session.view.describe(),
         "tracking_uri": tracking,
         **planned,

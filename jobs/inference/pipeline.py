@@ -1,9 +1,16 @@
-"""Ray wiring shared by the segment and evaluate jobs: decode tasks -> predictor actors.
+"""Ray wiring shared by the segment and evaluate jobs: read, decode, predict, then a sink.
+
+Staged (GPU actors: CPU tasks feed the GPU):
 
     rows (input URI, relative path)            a list, or a Dataset in the object store
       -> map_batches(decode_images)             CPU tasks: read bytes, decode, per-row errors
-      -> map_batches(Predictor, ActorPool)      GPU/CPU actors: model loaded once per actor
-      -> (the caller adds its last stage)       CPU tasks: encode + write masks / score
+      -> map_batches(Predictor, ActorPool)      GPU actors: model loaded once per actor
+      -> map_batches(run_sink)                  CPU tasks: encode + write masks / score
+
+Fused (CPU actors, the default there): ``map_batches(FusedPredictor, ActorPool)`` runs the
+same three steps inside each actor, one single-threaded actor per core: no object-store hop
+of decoded pixels and no decode or write task processes competing for the cores the model
+needs. ``--fused/--no-fused`` forces either; both give the same bytes and manifest rows.
 
 Ray Data streams blocks through the stages, so decoding and writing overlap with the model and
 memory stays bounded however many images there are. The checkpoint is read once on the driver
@@ -17,8 +24,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import pyarrow as pa
 
 from jobs.common import resources
 from jobs.common.cluster_info import ClusterView
@@ -65,7 +75,55 @@ def cpu_stage_args(
     return args
 
 
-def build_prediction_dataset(
+@dataclass(frozen=True)
+class Sink:
+    """The last stage of a prediction pipeline (encode + write masks, or score): ``factory(**kwargs)``
+    builds an object with ``rows(table) -> table`` (the rows of a batch of predictions) and
+    ``finish(list of tables) -> table`` (called once per `batch_size` rows: e.g. one manifest
+    part), both plain data so Ray can ship them."""
+
+    factory: Callable[..., Any]
+    kwargs: dict[str, Any]
+    batch_size: int
+    """Rows per ``finish`` (per manifest part): a task of the staged path, a call of the fused."""
+
+
+def run_sink(batch: pa.Table, *, sink: Sink) -> pa.Table:
+    """Ray Data task UDF of the staged path: the sink's rows of one batch, finished."""
+    stage = sink.factory(**sink.kwargs)
+    return stage.finish([stage.rows(batch)])
+
+
+class FusedPredictor:
+    """Ray Data callable class of the fused path: read, decode, predict, then the sink, all in
+    one actor, a chunk of ``chunk_rows`` images at a time (only one chunk's pixels in memory);
+    the sink finishes each call. The same functions as the staged path, in the same order, so
+    both give the same bytes."""
+
+    def __init__(
+        self,
+        checkpoint: object,
+        settings: PredictorSettings,
+        *,
+        channels: int,
+        endpoint_url: str | None,
+        sink: Sink,
+        chunk_rows: int,
+    ) -> None:
+        self.predictor = Predictor(checkpoint, settings)
+        self.sink = sink.factory(**sink.kwargs)
+        self.decode = {"channels": channels, "endpoint_url": endpoint_url}
+        self.chunk_rows = chunk_rows
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tables = []
+        for start in range(0, batch.num_rows, self.chunk_rows):
+            chunk = decode_images(batch.slice(start, self.chunk_rows), **self.decode)
+            tables.append(self.sink.rows(self.predictor(chunk)))
+        return self.sink.finish(tables)
+
+
+def build_pipeline(
     source: list[dict[str, Any]] | Any,
     *,
     cfg: InferenceConfig,
@@ -74,14 +132,17 @@ def build_prediction_dataset(
     checkpoint_ref: Any,
     channels: int,
     endpoint_url: str | None,
+    sink: Sink,
     rows: int | None = None,
     confidence_map: bool = False,
     keep_pixels: bool = False,
     image_bytes: int | None = None,
 ):
     """A lazy Dataset of ``source`` rows (each with an ``input`` URI: a list, or a Dataset of
-    ``rows`` rows that stays in the object store) after decode and predict by the planned
-    ``actors``; ``image_bytes`` (decoded size of a typical input) sizes the in-flight limit."""
+    ``rows`` rows that stays in the object store) after decode, predict and ``sink``, by the
+    planned ``actors``: fused into each actor (`FusedPredictor`), or staged (decode tasks ->
+    predictor actors -> sink tasks). ``image_bytes`` (decoded size of a typical input) sizes
+    blocks and the in-flight limit."""
     import ray
 
     num_gpus, pool = actors.num_gpus, actors.pool
@@ -95,7 +156,10 @@ def build_prediction_dataset(
     call_rows = cfg.call_rows(num_gpus > 0)
     rows = len(source) if isinstance(source, list) else rows or 0
     block = resources.rows_per_block(
-        rows=rows, rows_per_call=call_rows, image_bytes=image_bytes, actors=pool.max_size
+        rows=rows,
+        rows_per_call=sink.batch_size if actors.fused else call_rows,
+        image_bytes=image_bytes,
+        actors=pool.max_size,
     )
     if isinstance(source, list):
         ds = ray.data.from_items(source, override_num_blocks=max(1, math.ceil(rows / block)))
@@ -116,18 +180,36 @@ def build_prediction_dataset(
     # forever for resources that will not come.
     ds.context.wait_for_min_actors_s = max(1, math.ceil(cfg.startup_timeout))
     logger.info(
-        "blocks of %d images, at most %d MiB of them in flight in the object store",
+        "%s path: blocks of %d images, at most %d MiB of them in flight in the object store",
+        "fused" if actors.fused else "staged",
         block,
         limit_mb,
     )
+    decode_kwargs = {"channels": channels, "endpoint_url": endpoint_url}
+    if actors.fused:
+        return ds.map_batches(
+            FusedPredictor,
+            fn_constructor_kwargs={
+                "checkpoint": checkpoint_ref,
+                "settings": settings,
+                **decode_kwargs,
+                "sink": sink,
+                "chunk_rows": call_rows,
+            },
+            compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+            batch_format="pyarrow",
+            batch_size=sink.batch_size,
+            num_gpus=num_gpus,
+            num_cpus=cfg.num_cpus_per_actor,
+        )
     ds = ds.map_batches(
         decode_images,
-        fn_kwargs={"channels": channels, "endpoint_url": endpoint_url},
+        fn_kwargs=decode_kwargs,
         batch_format="pyarrow",
         batch_size=call_rows,
         **cpu_stage_args(cfg, rows=rows, batch_size=call_rows, view=view),
     )
-    return ds.map_batches(
+    ds = ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"checkpoint": checkpoint_ref, "settings": settings},
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
@@ -135,6 +217,13 @@ def build_prediction_dataset(
         batch_size=call_rows,
         num_gpus=num_gpus,
         num_cpus=cfg.num_cpus_per_actor,
+    )
+    return ds.map_batches(
+        run_sink,
+        fn_kwargs={"sink": sink},
+        batch_format="pyarrow",
+        batch_size=sink.batch_size,
+        **cpu_stage_args(cfg, rows=rows, batch_size=sink.batch_size, view=view),
     )
 
 

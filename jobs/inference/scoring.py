@@ -86,35 +86,46 @@ def load_eval_class_map(
     return class_map
 
 
-def score_batch(batch: pa.Table, *, class_map: dict, endpoint_url: str | None = None) -> pa.Table:
-    """Ray Data task UDF: predictions + truth mask URIs -> one `report_schema` row per image."""
-    cmap = ClassMap.from_dict(class_map)
-    rows = batch.select(
-        ["key", "input", "mask_input", "error", "height", "width", "mask", "seconds"]
-    ).to_pylist()
-    out = []
-    for row in rows:
-        start = time.perf_counter()
-        error, figures = row["error"], {}
-        if error is None:
-            try:
-                figures = _score_one(row, cmap, endpoint_url)
-            except Exception as exc:  # unreadable or mismatched truth: a row error
-                error = str(exc) if isinstance(exc, ValueError) else f"{row['mask_input']}: {exc}"
-        out.append(
-            {
-                "key": row["key"],
-                "input": row["input"],
-                "mask_input": row["mask_input"],
-                "status": "ok" if error is None else "failed",
-                "error": error,
-                "height": row["height"] or None,
-                "width": row["width"] or None,
-                **figures,
-                "seconds": (row["seconds"] or 0.0) + time.perf_counter() - start,
-            }
-        )
-    return pa.Table.from_pylist(out, schema=report_schema(cmap.names))
+class Scorer:
+    """The last stage of `jobs/evaluate.py` (a `jobs.inference.pipeline.Sink`): predictions +
+    truth mask URIs -> one `report_schema` row per image."""
+
+    def __init__(self, class_map: dict, endpoint_url: str | None = None) -> None:
+        self.cmap = ClassMap.from_dict(class_map)
+        self.endpoint_url = endpoint_url
+
+    def rows(self, batch: pa.Table) -> pa.Table:
+        rows = batch.select(
+            ["key", "input", "mask_input", "error", "height", "width", "mask", "seconds"]
+        ).to_pylist()
+        out = []
+        for row in rows:
+            start = time.perf_counter()
+            error, figures = row["error"], {}
+            if error is None:
+                try:
+                    figures = _score_one(row, self.cmap, self.endpoint_url)
+                except Exception as exc:  # unreadable or mismatched truth: a row error
+                    error = (
+                        str(exc) if isinstance(exc, ValueError) else f"{row['mask_input']}: {exc}"
+                    )
+            out.append(
+                {
+                    "key": row["key"],
+                    "input": row["input"],
+                    "mask_input": row["mask_input"],
+                    "status": "ok" if error is None else "failed",
+                    "error": error,
+                    "height": row["height"] or None,
+                    "width": row["width"] or None,
+                    **figures,
+                    "seconds": (row["seconds"] or 0.0) + time.perf_counter() - start,
+                }
+            )
+        return pa.Table.from_pylist(out, schema=report_schema(self.cmap.names))
+
+    def finish(self, tables: list[pa.Table]) -> pa.Table:
+        return pa.concat_tables(tables)
 
 
 def _score_one(row: dict[str, Any], cmap: ClassMap, endpoint_url: str | None) -> dict[str, Any]:

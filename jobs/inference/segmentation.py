@@ -3,9 +3,9 @@ calls.
 
 The model is resolved once (an alias becomes a fixed version) and its checkpoint read on the
 driver. The job takes a lease on the output (`jobs.inference.leases`), lists and decides the
-inputs in Ray tasks (`jobs.inference.plan`), streams the to-do rows through decode tasks,
-predictor actors and encode/write tasks (`jobs.inference.pipeline`, `.writer`), each write
-task leaving a manifest part, and finally compacts the manifest dataset
+inputs in Ray tasks (`jobs.inference.plan`), streams the to-do rows through read, decode, predict and
+encode/write (`jobs.inference.pipeline`, `.writer`; fused in CPU actors, staged around GPU
+actors), each write batch leaving a manifest part, and finally compacts the manifest dataset
 (`jobs.inference.manifest`). The driver's memory does not grow with the number of inputs: it
 holds object references, counts and at most a few examples.
 """
@@ -39,8 +39,8 @@ from jobs.inference.model_source import (
     fetch_checkpoint_bytes,
     resolve_model,
 )
-from jobs.inference.pipeline import Progress, build_prediction_dataset, cpu_stage_args
-from jobs.inference.writer import MASKS_DIR, WriterSettings, write_batch, write_failed_rows
+from jobs.inference.pipeline import Progress, Sink, build_pipeline
+from jobs.inference.writer import MASKS_DIR, MaskWriter, WriterSettings, write_failed_rows
 from unet_core.checkpoint import LoadedModel, load_checkpoint
 
 logger = logging.getLogger("jobs.segment")
@@ -185,7 +185,7 @@ def _segment(
     session.ask_for_first_nodes(actors)
     pipeline_start = time.perf_counter()
     todo = work.n(plan.TODO)
-    ds = build_prediction_dataset(
+    ds = build_pipeline(
         plan.dataset_of(work, plan.TODO, ["input", "relative_path"]),
         rows=todo,
         cfg=cfg,
@@ -194,6 +194,7 @@ def _segment(
         checkpoint_ref=ray.put(checkpoint),
         channels=loaded.preprocess.channels,
         endpoint_url=endpoint,
+        sink=Sink(MaskWriter, {"settings": writer}, cfg.write_batch_size),
         confidence_map=cfg.confidence,
         keep_pixels=cfg.overlays,
         image_bytes=estimate_image_bytes(
@@ -201,13 +202,6 @@ def _segment(
             channels=loaded.preprocess.channels,
             endpoint_url=endpoint,
         ),
-    )
-    ds = ds.map_batches(
-        write_batch,
-        fn_kwargs={"settings": writer},
-        batch_format="pyarrow",
-        batch_size=cfg.write_batch_size,
-        **cpu_stage_args(cfg, rows=todo, batch_size=cfg.write_batch_size, view=session.view),
     )
     progress = Progress(total=todo, every=cfg.progress_seconds)
     counts = {manifest.OK: 0, manifest.FAILED: 0}

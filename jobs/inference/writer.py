@@ -181,7 +181,8 @@ class MaskWriter:
         out["seconds"] = float(row.get("seconds") or 0.0) + time.perf_counter() - start
         return out
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def rows(self, batch: pa.Table) -> pa.Table:
+        """Write the files of a batch of predictions; its manifest rows (no part written)."""
         has_pixels = "pixels" in batch.column_names
         columns = [c for c in batch.column_names if c != "pixels"]
         rows = batch.select(columns).to_pylist()
@@ -190,22 +191,30 @@ class MaskWriter:
             self.write_row(row, pixels[i] if pixels is not None else None)
             for i, row in enumerate(rows)
         ]
-        table = manifest.rows_to_table(out, self.class_map.names)
-        # A part per batch, named by its inputs: a retried or rerun batch replaces its own part.
+        return manifest.rows_to_table(out, self.class_map.names)
+
+    def write_part(self, table: pa.Table) -> None:
+        """A manifest part per batch, named by its inputs: a retried or rerun batch replaces
+        its own part."""
         manifest.write_part(
             self.s.output, table, job_id=self.s.job_id, endpoint_url=self.s.endpoint_url
         )
+
+    def finish(self, tables: list[pa.Table]) -> pa.Table:
+        """The manifest part of the batches ``tables`` (`rows` of each); `RESULT_COLUMNS` of it."""
+        table = pa.concat_tables(tables)
+        self.write_part(table)
+        return table.select(RESULT_COLUMNS)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Files and manifest part of one batch; its manifest rows."""
+        table = self.rows(batch)
+        self.write_part(table)
         return table
 
 
 RESULT_COLUMNS = ["input", "status", "error"]
 """What the write stage hands back to the driver (the full rows are in the manifest parts)."""
-
-
-def write_batch(batch: pa.Table, *, settings: WriterSettings) -> pa.Table:
-    """Ray Data task UDF (functions run as tasks: encode/write scales with the CPUs); returns
-    `RESULT_COLUMNS` of the batch's manifest rows."""
-    return MaskWriter(settings)(batch).select(RESULT_COLUMNS)
 
 
 def write_failed_rows(ds, settings: WriterSettings) -> list[dict[str, str]]:

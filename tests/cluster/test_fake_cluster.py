@@ -77,6 +77,7 @@ def test_dry_runs_plan_gpus_the_autoscaler_can_launch(fake_cluster, labelled, ch
     assert segment.returncode == 0, segment.describe()
     plan = segment.final_json
     assert plan["num_gpus_per_actor"] == 1.0, plan
+    assert plan["fused"] is False  # GPU actors: decode and write run in CPU tasks beside them
     assert plan["min_actors"] == 1 and plan["max_actors"] > 1
     assert (plan["inputs"], plan["to_process"], plan["skipped"]) == (8, 8, 0)
     assert not (labelled.parent / "out-dry").exists()  # a dry run writes nothing

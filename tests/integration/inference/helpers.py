@@ -17,6 +17,9 @@ from unet_core.data import read_image
 from unet_core.model import UNet
 from unet_core.predict import predict, prepare_for_inference
 
+BAD = ("corrupt.png", "truncated.jpg", "empty.png", "text.png")
+"""Files of the `hostile` folder (conftest) that cannot be read as images."""
+
 
 def make_checkpoint(
     path: Path,

@@ -12,6 +12,7 @@ from jobs.common.resources import (
     in_flight_limit_mb,
 )
 from jobs.inference.config import SegmentConfig
+from jobs.inference.launch import plan_actors
 
 
 def local(cpus: float, cores: int) -> ClusterView:
@@ -43,6 +44,10 @@ def test_actor_pool_sizes():
     assert pool(auto, num_gpus=0, view=local(4, 2)) == ActorPool(2, 2, 1)
     # CPU cluster of fixed size: half the logical CPUs, one thread each
     assert pool(auto, num_gpus=0, view=fixed(CPU=64)) == ActorPool(32, 32, 1)
+    # ... all of them when the actors decode and write themselves (fused), by their CPUs
+    assert pool(auto, num_gpus=0, view=fixed(CPU=64), fused=True) == ActorPool(64, 64, 1)
+    assert pool(auto, num_gpus=0, view=fixed(CPU=64), fused=True, cpus_per_actor=2).max_size == 32
+    assert pool(auto, num_gpus=0, view=local(4, 2), fused=True) == ActorPool(2, 2, 1)
     # GPUs: one actor per GPU share; torch threads left alone
     assert pool(auto, num_gpus=1, view=fixed(CPU=32, GPU=4)) == ActorPool(4, 4, 0)
     assert pool(auto, num_gpus=0.5, view=fixed(GPU=2)).max_size == 4
@@ -53,6 +58,17 @@ def test_actor_pool_sizes():
     assert pool(threads, num_gpus=0, view=fixed()) == ActorPool(2, 2, 4)
     # never an empty pool
     assert pool(auto, num_gpus=0, view=fixed(CPU=1)).max_size == 1
+
+
+def test_cpu_actors_take_the_fused_path_unless_told_otherwise():
+    def fused(view: ClusterView, **flags) -> bool:
+        return plan_actors(SegmentConfig(input="a", output="b", **flags), view).fused
+
+    assert fused(local(4, 2), num_gpus_per_actor=0) is True
+    assert fused(fixed(CPU=64), num_gpus_per_actor=0) is True
+    assert fused(fixed(CPU=64, GPU=4)) is False  # GPU actors: CPU tasks feed them
+    assert fused(local(4, 2), num_gpus_per_actor=0, fused=False) is False
+    assert fused(fixed(CPU=64, GPU=4), fused=True) is True
 
 
 def test_actor_pool_grows_with_an_autoscaling_cluster():
