@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         save_checkpoint,
     )
     from unet_core.classes import ClassInfo, ClassMap, MaskValueError
+    from unet_core.compiled import compile_model
     from unet_core.config import IGNORE_INDEX, ModelConfig, PreprocessConfig, TrainConfig
     from unet_core.data import (
         ImageDecodeError,
@@ -31,12 +32,15 @@ if TYPE_CHECKING:
         split_pairs,
     )
     from unet_core.engine import evaluate, fit, train_one_epoch
+    from unet_core.fold import fold_batchnorm
     from unet_core.losses import SegmentationLoss
     from unet_core.metrics import ConfusionMatrix
     from unet_core.model import UNet
     from unet_core.precision import autocast_context
     from unet_core.predict import (
         Prediction,
+        default_tile_size,
+        enable_cudnn_benchmark,
         predict,
         predict_batch,
         predict_tensor,
@@ -53,6 +57,7 @@ _EXPORTS = {
     "ClassInfo": "unet_core.classes",
     "ClassMap": "unet_core.classes",
     "MaskValueError": "unet_core.classes",
+    "compile_model": "unet_core.compiled",
     "IGNORE_INDEX": "unet_core.config",
     "ModelConfig": "unet_core.config",
     "PreprocessConfig": "unet_core.config",
@@ -68,11 +73,14 @@ _EXPORTS = {
     "evaluate": "unet_core.engine",
     "fit": "unet_core.engine",
     "train_one_epoch": "unet_core.engine",
+    "fold_batchnorm": "unet_core.fold",
     "SegmentationLoss": "unet_core.losses",
     "ConfusionMatrix": "unet_core.metrics",
     "UNet": "unet_core.model",
     "Prediction": "unet_core.predict",
     "autocast_context": "unet_core.precision",
+    "default_tile_size": "unet_core.predict",
+    "enable_cudnn_benchmark": "unet_core.predict",
     "predict": "unet_core.predict",
     "predict_batch": "unet_core.predict",
     "predict_tensor": "unet_core.predict",
@@ -98,10 +106,14 @@ __all__ = [
     "UNet",
     "autocast_context",
     "checkpoint_to_bytes",
+    "compile_model",
     "decode_image",
     "decode_mask",
+    "default_tile_size",
+    "enable_cudnn_benchmark",
     "evaluate",
     "fit",
+    "fold_batchnorm",
     "load_checkpoint",
     "load_class_map",
     "make_synthetic_dataset",

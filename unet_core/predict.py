@@ -1,25 +1,37 @@
 """Inference: one image, a batch of equal-size images, or sliding-window tiles for large ones.
 
 Every path runs the model in eval mode under ``torch.inference_mode`` with channels-last input,
-bf16 autocast on CUDA (and on CPUs with native bf16), and picks the class on the device, so only
-uint8 masks and float32 confidences travel back to the host. Results are deterministic, and
-``predict(model, im)`` equals ``predict_batch(model, [im])[0]`` exactly (same code path).
+mixed precision (`unet_core.precision.autocast_dtype`: bf16 on CUDA and on CPUs with native bf16,
+fp16 on CUDA GPUs before compute capability 8.0), and picks the class on the device, so only
+uint8 masks and float32 confidences travel back to the host. Images travel to the device as
+uint8 (pinned, asynchronous copies on CUDA: `to_device`) and are normalised there
+(`unet_core.transforms.normalize_batch`, the arithmetic of `PreprocessConfig.normalize`). Results
+are deterministic, and ``predict(model, im)`` equals ``predict_batch(model, [im])[0]`` exactly
+(same code path).
+
+`prepare_for_inference` makes the model fast once: a copy in eval mode, BatchNorm folded into
+the convolutions (`unet_core.fold.fold_batchnorm`), channels-last weights, and optionally
+``torch.compile`` (`compile_model`). On CUDA, `enable_cudnn_benchmark` tunes convolutions for
+repeated input sizes and `default_tile_size` gives a larger tile.
 
 Memory of tiled prediction (image H x W, K classes, C channels, tile T, B = ``tile_batch``):
 
-- input: the uint8 image itself; tiles are normalised B at a time, (B, C, T, T) float32;
+- input: the uint8 image itself; one band of tile rows, (T, W, C) uint8, on the model's device;
+  tiles are normalised there B at a time, (B, C, T, T) float32;
 - accumulator: one band of tile rows, (K, T, W) float32 probabilities + (T, W) weights, on the
   model's device. Each finished band is reduced to class + confidence at once, so the full
   (K, H, W) probability tensor is never held (it is a bound of O(K * T * W), not O(K * H * W));
 - per forward pass: the model's activations for B tiles and their (B, K, T, T) probabilities;
 - output: (H, W) uint8 mask + (H, W) float32 confidence, 5 bytes per pixel.
 
-For a 4000 x 4000 RGB image, K = 3, T = 1024: 48 MB image, 49 MB band, 80 MB output.
+For a 4000 x 4000 RGB image, K = 3, T = 1024: 48 MB image, 12 MB input band, 49 MB accumulator
+band, 80 MB output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,24 +41,37 @@ import torch
 from PIL import Image
 from torch import nn
 
+from unet_core.compiled import CompiledModel, compile_model
 from unet_core.config import PreprocessConfig
+from unet_core.fold import fold_batchnorm
 from unet_core.precision import autocast_context, cpu_supports_bf16
+from unet_core.transforms import normalize_batch
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CompiledModel",  # from unet_core.compiled, kept importable from here
     "Prediction",
     "autocast_context",  # from unet_core.precision, kept importable from here
+    "compile_model",  # from unet_core.compiled
     "cpu_supports_bf16",
+    "default_tile_size",
+    "enable_cudnn_benchmark",
     "predict",
     "predict_batch",
     "predict_tensor",
     "prepare_for_inference",
     "resolve_device",
+    "to_device",
 ]
 
 WINDOW_FLOOR = 1e-3
 """Smallest blending weight, so a pixel that only one tile's edge covers keeps a defined average."""
+
+TILE_SIZE_CPU = 512
+"""`default_tile_size` on the CPU: the library default of ``predict(tile_size=...)``."""
+TILE_SIZE_CUDA = 1024
+"""`default_tile_size` on CUDA: fewer, larger tiles keep the GPU busy and shrink the overlap share."""
 
 
 @dataclass
@@ -64,9 +89,57 @@ def resolve_device(device: torch.device | str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def prepare_for_inference(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
-    """Eval mode, moved to ``device`` (default: `resolve_device`), channels-last weights."""
-    return model.eval().to(resolve_device(device)).to(memory_format=torch.channels_last)
+def default_tile_size(device: torch.device | str) -> int:
+    """A tile side for ``device``: 512 on the CPU (``predict``'s default), 1024 on CUDA."""
+    return TILE_SIZE_CUDA if torch.device(device).type == "cuda" else TILE_SIZE_CPU
+
+
+def enable_cudnn_benchmark(device: torch.device | str) -> bool:
+    """On CUDA, let cuDNN time its convolution algorithms per input shape and keep the fastest.
+
+    Sets the process-wide ``torch.backends.cudnn.benchmark``. It pays where shapes repeat
+    (tiles of one size, batches of equal-size images): each new shape costs one timing pass
+    of a few forwards, so leave it off for streams of many different sizes. The algorithm is
+    chosen per process, so two processes may differ in the last bits of float rounding. Returns
+    whether it was set (False, and nothing changed, off CUDA).
+    """
+    if torch.device(device).type != "cuda":
+        return False
+    torch.backends.cudnn.benchmark = True
+    return True
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device``. From the host to CUDA the copy starts from page-locked
+    (pinned) memory and is asynchronous (``non_blocking``), so it overlaps work already queued
+    on the GPU; elsewhere a plain ``.to(device)``, a no-op when it is there already."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        if not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+        return tensor.to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def prepare_for_inference(
+    model: nn.Module,
+    device: torch.device | str | None = None,
+    *,
+    fold_bn: bool = True,
+    compile: bool = False,
+) -> nn.Module:
+    """A copy of ``model`` made for fast inference; ``model`` itself is not changed.
+
+    The copy is in eval mode, on ``device`` (default: `resolve_device`), with BatchNorm folded
+    into the convolutions before it (``fold_bn``, `unet_core.fold.fold_batchnorm`; GroupNorm
+    and norm-free models are copied as they are) and channels-last weights; with ``compile``,
+    wrapped by `compile_model` (default settings). Every prediction path gives the same output
+    for the same prepared model and the same batch, so a job and `predict` agree bit for bit
+    when both use one. Deep-copied: the model's memory is held twice while this runs.
+    """
+    prepared = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    prepared = prepared.to(resolve_device(device)).to(memory_format=torch.channels_last)
+    return compile_model(prepared) if compile else prepared
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -87,7 +160,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 def _softmax(model: nn.Module, x: torch.Tensor, *, tta: bool, amp: bool | None) -> torch.Tensor:
     """(B, C, H, W) normalised -> (B, K, H, W) float32 probabilities on the model's device."""
-    x = x.to(_model_device(model), non_blocking=True).contiguous(memory_format=torch.channels_last)
+    x = to_device(x, _model_device(model)).contiguous(memory_format=torch.channels_last)
     with autocast_context(x.device, amp):
         probs = model(x).float().softmax(dim=1)
         if tta:  # mean over identity, horizontal flip, vertical flip
@@ -217,10 +290,11 @@ def _predict_tiled(
     acc: torch.Tensor | None = None  # (K, th, W): image rows [y, y + th) of the current band
     wsum = torch.zeros(th, w, device=device)  # (th, W)
     for i, y in enumerate(ys):
-        for j in range(0, len(xs), tile_batch):
+        band = to_device(_host_tensor(arr[y : y + th]), device)
+        for j in range(0, len(xs), tile_batch):  # band: (th, W, C) uint8 on the device
             cols = xs[j : j + tile_batch]
-            tiles = [preprocess.normalize(arr[y : y + th, x : x + tw]) for x in cols]
-            probs = _softmax(model, torch.from_numpy(np.stack(tiles)), tta=tta, amp=amp)
+            tiles = torch.stack([band[:, x : x + tw] for x in cols])  # (b, th, tw, C) uint8
+            probs = _softmax(model, normalize_batch(tiles, preprocess), tta=tta, amp=amp)
             if acc is None:  # (b, K, th, tw): K is known from the first output
                 acc = torch.zeros(probs.shape[1], th, w, device=device)
             for p, x in zip(probs, cols, strict=True):
@@ -237,6 +311,19 @@ def _predict_tiled(
         wsum = wsum.roll(-done, dims=0)
         wsum[th - done :] = 0
     return Prediction(mask=mask, confidence=confidence)
+
+
+def _normalized(model: nn.Module, images: np.ndarray, preprocess: PreprocessConfig) -> torch.Tensor:
+    """(B, H, W, C) uint8 -> (B, C, H, W) float32 normalised on the model's device: the bytes
+    travel, not 4x as many floats."""
+    return normalize_batch(to_device(_host_tensor(images), _model_device(model)), preprocess)
+
+
+def _host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor of ``array``'s pixels; a contiguous view where it can, else a copy (also of a
+    read-only array, as ``np.asarray(pil_image)`` gives, which torch will not wrap)."""
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _on_device(model: nn.Module, device: torch.device | str | None) -> nn.Module:
@@ -267,11 +354,16 @@ def predict(
         tile_overlap: overlap of neighbouring tiles in pixels, or a fraction of tile_size in (0, 1);
             tiles are blended with linear ramps over the overlap.
         device: where to run; the model is moved there (in place). None: where the model is.
-        amp: bf16 autocast; None chooses it on CUDA and on CPUs with native bf16.
-        tile_batch: tiles per forward pass.
+        amp: mixed precision (`unet_core.precision.autocast_dtype`); None chooses it on CUDA
+            and on CPUs with native bf16.
+        tile_batch: tiles per forward pass, of one band of tile rows (a job passes its batch
+            size). Float32 convolutions of different batch sizes may round apart in the last
+            bit, so results are bit-identical for equal ``tile_batch``.
 
-    The model runs in eval mode (its previous mode is restored); prepare it once with
-    `prepare_for_inference` for channels-last weights.
+    The model runs in eval mode (its previous mode is restored). Prepare it once with
+    `prepare_for_inference` (folded BatchNorm, channels-last weights): that is what the batch
+    job (jobs/inference) predicts with, so ``predict`` with a prepared model gives the job's
+    masks bit for bit, and an unprepared one only to float tolerance.
     """
     arr = _as_array(image, preprocess.channels)
     model = _on_device(model, device)
@@ -312,8 +404,9 @@ def _predict_array(
                 amp=amp,
                 tile_batch=max(1, tile_batch),
             )
-    x = torch.from_numpy(preprocess.normalize(arr))[None]  # (1, C, H, W)
-    classes, conf = predict_tensor(model, x, tta=tta, amp=amp)
+    classes, conf = predict_tensor(
+        model, _normalized(model, arr[None], preprocess), tta=tta, amp=amp
+    )
     return Prediction(mask=classes[0].cpu().numpy(), confidence=conf[0].cpu().numpy())
 
 
@@ -360,7 +453,7 @@ def predict_batch(
             )
             for a in arrays
         ]
-    x = torch.from_numpy(np.stack([preprocess.normalize(a) for a in arrays]))  # (B, C, H, W)
+    x = _normalized(model, np.stack(arrays), preprocess)  # (B, C, H, W)
     classes, conf = predict_tensor(model, x, tta=tta, amp=amp)
     classes_np, conf_np = classes.cpu().numpy(), conf.cpu().numpy()
     return [Prediction(mask=m, confidence=c) for m, c in zip(classes_np, conf_np, strict=True)]
