@@ -35,6 +35,12 @@ DEMO_PRESET: dict[str, Any] = {
 MODEL_FIELDS_FROM_DATA = ("in_channels", "num_classes")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _WORKER_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+AMP_MODES = ("auto", "bf16", "off")
+
+
+def amp_flag(mode: str) -> bool | None:
+    """``--amp`` as the ``enabled`` argument of `unet_core.precision.autocast_dtype`."""
+    return {"auto": None, "bf16": True, "off": False}[mode]
 
 
 def parse_workers(value: int | str) -> tuple[int, int]:
@@ -86,6 +92,9 @@ class TrainJobConfig:
     always have CPU left."""
     torch_threads: int = 0
     """torch intra-op threads per worker; 0 = Ray's default (the worker's CPU count)."""
+    amp: str = "auto"
+    """Mixed precision of training: auto (bf16 on CUDA, fp32 on the CPU), bf16 (on the CPU too:
+    about 2x faster with native bf16, AVX512-BF16 or AMX; slower without), or off (fp32)."""
     ray_address: str | None = None
     """Ray cluster to connect to; default: $RAY_ADDRESS, else a local Ray is started."""
     shared_fs: bool = False
@@ -168,6 +177,8 @@ class TrainJobConfig:
             problems.append("--demo-images must be >= 4 and --demo-size >= 16")
         if self.torch_threads < 0:
             problems.append(f"--torch-threads must be >= 0, got {self.torch_threads}")
+        if self.amp not in AMP_MODES:
+            problems.append(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if problems:
             raise ValueError("; ".join(problems))
 

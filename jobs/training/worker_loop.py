@@ -33,6 +33,7 @@ from jobs.training.bad_pairs import count_over_ranks
 from jobs.training.batches import eval_batches, train_batches
 from jobs.training.checkpoints import restore, save_train_checkpoint
 from jobs.training.collectives import all_reduce, reduce_eval, sync_buffers
+from jobs.training.config import amp_flag
 from jobs.training.datasets import TRAIN, VAL
 from jobs.training.tracking import EpochLogger
 from unet_core.classes import ClassMap
@@ -64,6 +65,8 @@ class WorkerSetup:
     device: torch.device
     train_rows: int
     """Training pairs, split in equal shards over the workers (the remainder dropped)."""
+    amp_dtype: torch.dtype | None = None
+    """Autocast dtype of training and validation (--amp); None = fp32."""
 
     @property
     def steps_per_epoch(self) -> int:
@@ -78,6 +81,7 @@ class WorkerSetup:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> WorkerSetup:
         context = ray.train.get_context()
+        device = ray.train.torch.get_device()
         return cls(
             cfg=TrainConfig.from_dict(config["train"]),
             model_config=ModelConfig.from_dict(config["model"]),
@@ -85,9 +89,15 @@ class WorkerSetup:
             class_map=ClassMap.from_dict(config["class_map"]),
             rank=context.get_world_rank(),
             world_size=context.get_world_size(),
-            device=ray.train.torch.get_device(),
+            device=device,
             train_rows=int(config["train_rows"]),
+            amp_dtype=training_amp_dtype(device, config.get("amp", "auto")),
         )
+
+
+def training_amp_dtype(device: torch.device, mode: str) -> torch.dtype | None:
+    """The autocast dtype for --amp MODE (auto|bf16|off) on ``device``."""
+    return autocast_dtype(device, amp_flag(mode), training=True)
 
 
 # --- epochs ---------------------------------------------------------------------------
@@ -149,7 +159,7 @@ def train_epoch(
         loss_fn,
         device=setup.device,
         scheduler=scheduler,
-        amp_dtype=autocast_dtype(setup.device, training=True),
+        amp_dtype=setup.amp_dtype,
         max_grad_norm=cfg.max_grad_norm,
     )
     sums = all_reduce(
@@ -189,7 +199,7 @@ def validate(
         loss_fn,
         num_classes=setup.model_config.num_classes,
         device=setup.device,
-        amp_dtype=autocast_dtype(setup.device, training=True),
+        amp_dtype=setup.amp_dtype,
     )
     total = reduce_eval(stats, setup.device)
     summary = total.confusion.summary(setup.class_map.names)
@@ -263,7 +273,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             cfg.lr,
             cfg.warmup_epochs,
             cfg.seed,
-            autocast_dtype(setup.device, training=True),
+            setup.amp_dtype or "off (fp32)",
             torch.get_num_threads(),
         )
 
