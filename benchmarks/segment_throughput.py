@@ -6,7 +6,8 @@
     (unet_core.predict.predict_tensor: bf16 autocast where native, channels-last, inference mode)
     in the job's actor layout: --actors model copies in as many processes, --torch-threads each
 (b) the job end to end: `python jobs/segment.py` as a subprocess on its own local Ray: list,
-    read, decode, predict, encode, write, manifest. Rate = the job's own images_per_second
+    read, decode, predict, encode, write, manifest; its automatic path (fused on CPU), and
+    beside it the staged path (--no-fused). Rate = the job's own images_per_second
     (from building the pipeline to its last batch: actor start-up and model load included,
     Ray start-up excluded; the wall time with Ray start-up is reported too).
 (c) the naive loop a user writes from the seed repos: PIL open, fp32 tensor, model, argmax,
@@ -16,7 +17,8 @@ Same model (random weights: speed does not depend on them), same machine, same
 processes and threads for (a) and (b).
 Images are CamVid val (480x360 RGB PNG) repeated by symlink to --images N. Peak memory is the
 summed RSS of the job's process tree (driver, raylet, GCS, Ray workers) sampled every 0.2 s,
-at N and at 10N images. Prints one JSON object.
+at N and at 10N images; the time to the first mask is from starting the job's process (Python
+and Ray start-up included) to the first mask file. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from jobs.common.resources import forward_batch  # noqa: E402
 from unet_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from unet_core.classes import ClassMap  # noqa: E402
 from unet_core.config import ModelConfig, PreprocessConfig  # noqa: E402
@@ -182,8 +185,18 @@ def _tree_memory_mb(root: int) -> tuple[float, float]:
 
 
 def run_job(
-    inputs: Path, out: Path, ckpt: Path, batch_size: int, num_cpus: int, actors: int, threads: int
+    inputs: Path,
+    out: Path,
+    ckpt: Path,
+    batch_size: int,
+    num_cpus: int,
+    actors: int,
+    threads: int,
+    *,
+    fused: bool | None = None,
 ) -> dict:
+    """The job as a new user runs it (``fused`` None: its automatic path); its summary plus
+    wall time, peak memory of its process tree and the first mask's time after the start."""
     cmd = [
         sys.executable,
         str(REPO / "jobs" / "segment.py"),
@@ -193,8 +206,8 @@ def run_job(
         str(out),
         "--model",
         str(ckpt),
-        "--batch-size",
-        str(batch_size),
+        *(["--batch-size", str(batch_size)] if batch_size else []),
+        *([] if fused is None else ["--fused" if fused else "--no-fused"]),
         "--num-cpus",
         str(num_cpus),
         "--max-actors",
@@ -207,7 +220,7 @@ def run_job(
     ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
-    start = time.perf_counter()
+    start, start_wall = time.perf_counter(), time.time()
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -233,6 +246,8 @@ def run_job(
         raise SystemExit(f"segment.py failed ({proc.returncode}): {stdout[-2000:]}")
     summary = json.loads(stdout.strip().splitlines()[-1])
     summary["wall_seconds"] = time.perf_counter() - start
+    first = min(p.stat().st_mtime for p in (out / "masks").rglob("*.png"))
+    summary["seconds_to_first_mask_from_start"] = first - start_wall  # Python + Ray start-up too
     summary["peak_rss_mb"], summary["peak_pss_mb"] = peak
     # Steady state: rows finished between the first and the last write (start-up excluded).
     import pyarrow.parquet as pq
@@ -285,38 +300,58 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", type=Path, default=CAMVID, help="folder of source images")
     parser.add_argument("--skip-10n", action="store_true", help="skip the 10N memory run")
+    parser.add_argument(
+        "--skip-staged",
+        action="store_true",
+        help="skip the staged-path runs (--no-fused) beside the job's automatic path",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
 
-    args.batch_size = args.batch_size or (16 if torch.cuda.is_available() else 1)
+    sources = sorted(p for p in args.data.iterdir() if p.suffix.lower() == ".png")
+    with Image.open(sources[0]) as first:
+        pixels = first.width * first.height
+    # (a) batches as the job's auto value does (one 480x360 image per CPU forward pass)
+    model_batch = args.batch_size or forward_batch(pixels, use_gpu=torch.cuda.is_available())
     cores = os.cpu_count() or 1
     args.actors = args.actors or cores
     args.torch_threads = args.torch_threads or max(1, cores // args.actors)
     layout = {"processes": args.actors, "threads": args.torch_threads}
     job = {"actors": args.actors, "threads": args.torch_threads}
-    sources = sorted(p for p in args.data.iterdir() if p.suffix.lower() == ".png")
     with tempfile.TemporaryDirectory(prefix="segbench-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         ckpt = make_model(work / "unet.pt", base_width=args.base_width, depth=args.depth)
         n = args.images
         paths = make_inputs(work / "inputs_n", sources, n)
+
+        def job_run(inputs: str, out: str, fused: bool | None = None) -> dict:
+            return run_job(
+                work / inputs,
+                work / out,
+                ckpt,
+                args.batch_size,
+                args.num_cpus,
+                **job,
+                fused=fused,
+            )
+
         # On a shared machine the runs are interleaved and the best of each kind counts:
         # contention from others then cannot favour one kind over another.
         load_start = os.getloadavg()[0]
-        a_runs, b_runs, c_runs = [], [], []
+        a_runs, b_runs, s_runs, c_runs = [], [], [], []
         for r in range(args.repeats):
-            a_runs.append(model_only(ckpt, sources, n, args.batch_size, **layout))
-            b_runs.append(
-                run_job(
-                    work / "inputs_n", work / "out_n", ckpt, args.batch_size, args.num_cpus, **job
-                )
-            )
+            a_runs.append(model_only(ckpt, sources, n, model_batch, **layout))
+            b_runs.append(job_run("inputs_n", "out_n"))
+            if not args.skip_staged:
+                s_runs.append(job_run("inputs_n", "out_staged", fused=False))
             c_runs.append(naive(ckpt, paths[: args.naive_images], work / "naive"))
+            staged = f", staged {s_runs[-1]['images_per_second']:.2f}" if s_runs else ""
             print(
                 f"round {r + 1}: (a) {a_runs[-1]:.2f}, (b) {b_runs[-1]['images_per_second']:.2f} "
-                f"(steady {b_runs[-1]['steady_images_per_second'] or 0:.2f}), (c) {c_runs[-1]:.2f} "
-                f"images/s; peak RSS {b_runs[-1]['peak_rss_mb']:.0f} MB; load "
+                f"(steady {b_runs[-1]['steady_images_per_second'] or 0:.2f}{staged}), "
+                f"(c) {c_runs[-1]:.2f} images/s; peak RSS {b_runs[-1]['peak_rss_mb']:.0f} MB; "
+                f"first mask {b_runs[-1]['seconds_to_first_mask_from_start']:.1f} s; load "
                 f"{os.getloadavg()[0]:.2f}",
                 file=sys.stderr,
                 flush=True,
@@ -326,9 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         b10 = None
         if not args.skip_10n:
             make_inputs(work / "inputs_10n", sources, 10 * n)
-            b10 = run_job(
-                work / "inputs_10n", work / "out_10n", ckpt, args.batch_size, args.num_cpus, **job
-            )
+            b10 = job_run("inputs_10n", "out_10n")
             print(
                 f"(b) job, 10N={10 * n}: {b10['images_per_second']:.2f} images/s, peak RSS "
                 f"{b10['peak_rss_mb']:.0f} MB",
@@ -336,7 +369,12 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
+    def ratio(x: float | None, y: float) -> float | None:
+        return None if x is None else round(x / y, 3)
+
     pipeline = b["images_per_second"]
+    pipeline_10n = b10["images_per_second"] if b10 else None
+    staged = max((x["images_per_second"] for x in s_runs), default=None)
     steady = max(x["steady_images_per_second"] or 0 for x in b_runs)
     peak_n = max(x["peak_rss_mb"] for x in b_runs)
     result = {
@@ -345,17 +383,26 @@ def main(argv: list[str] | None = None) -> int:
         "naive_images_per_second": round(c, 3),
         "pipeline_vs_model": round(pipeline / a, 3),
         "pipeline_vs_naive": round(pipeline / c, 3),
+        "pipeline_images_per_second_10n": ratio(pipeline_10n, 1.0),
+        "pipeline_vs_model_10n": ratio(pipeline_10n, a),
+        "pipeline_vs_naive_10n": ratio(pipeline_10n, c),
+        "seconds_to_first_mask": round(
+            min(x["seconds_to_first_mask_from_start"] for x in b_runs), 2
+        ),
+        "pipeline_seconds_to_first_mask": min(x["seconds_to_first_mask"] for x in b_runs),
         "peak_rss_mb_n": round(peak_n, 1),
         "peak_rss_mb_10n": round(b10["peak_rss_mb"], 1) if b10 else None,
         "peak_rss_10n_vs_n": round(b10["peak_rss_mb"] / peak_n, 3) if b10 else None,
         "peak_pss_mb_n": round(max(x["peak_pss_mb"] for x in b_runs), 1),
         "peak_pss_mb_10n": round(b10["peak_pss_mb"], 1) if b10 else None,
+        "staged_images_per_second": ratio(staged, 1.0),
+        "staged_vs_model": ratio(staged, a),
+        "pipeline_vs_staged": None if staged is None else round(pipeline / staged, 3),
         "pipeline_steady_images_per_second": round(steady, 3),
         "pipeline_steady_vs_model": round(steady / a, 3),
-        "pipeline_images_per_second_10n": round(b10["images_per_second"], 3) if b10 else None,
-        "pipeline_vs_model_10n": round(b10["images_per_second"] / a, 3) if b10 else None,
         "model_only_runs": [round(x, 3) for x in a_runs],
         "pipeline_runs": [round(x["images_per_second"], 3) for x in b_runs],
+        "staged_runs": [round(x["images_per_second"], 3) for x in s_runs],
         "naive_runs": [round(x, 3) for x in c_runs],
         "peak_rss_mb_runs_n": [round(x["peak_rss_mb"], 1) for x in b_runs],
         "pipeline_wall_seconds_n": round(b["wall_seconds"], 2),
@@ -366,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         "classes, random weights",
         "precision": "bf16 autocast (native CPU bf16)" if cpu_supports_bf16() else "fp32",
         "naive_precision": "fp32",
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size or f"auto ({model_batch})",
         "actors": args.actors,
         "torch_threads_per_actor": args.torch_threads,
         "image_size": "480x360 RGB PNG (CamVid val)",

@@ -107,6 +107,9 @@ def make_lister(root_uri: str, *, endpoint_url: str | None = None) -> Lister:
 
 
 def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
+    if os.path.isabs(uri):  # a local absolute path (what listings give): read it as it is
+        with open(uri, "rb") as f:
+            return f.read()
     fs, path = resolve(uri, endpoint_url=endpoint_url)
     with fs.open_input_stream(path) as f:
         return f.read()

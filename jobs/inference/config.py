@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.common.cli import NONE_WORDS, add_field_flag, field_docs
+from jobs.common.resources import forward_batch
 
 DEFAULT_MODEL_URI = "models:/unet@champion"
 MASK_FORMATS = ("indices", "values", "color")
@@ -32,9 +33,9 @@ class InferenceConfig:
     s3_endpoint_url: str | None = None
     """S3-compatible endpoint for s3:// inputs and outputs (MinIO, a local server); default $AWS_ENDPOINT_URL."""
     batch_size: int = 0
-    """Images per forward pass (equal-size images are stacked; others are predicted apart); 0 = auto: 16 on GPU, 1 on CPU (faster for single-threaded CPU actors; measured in the README)."""
-    rows_per_call: int = 8
-    """Images per Ray Data batch handed to a decode task or a predictor actor call (at least --batch-size); larger amortises per-call overhead."""
+    """Images (or tiles) per forward pass (equal-size images are stacked; others are predicted apart); 0 = auto by image size: as many as make 2^17 pixels on CPU (64 images of 16x16 ... 1 of 480x360) and 2^22 on GPU (16 of 512x512), at most 64 (CPU) or 256 (GPU); measured in jobs/common/resources.py."""
+    rows_per_call: int = 0
+    """Images per Ray Data batch handed to a decode task or a predictor actor call (at least the forward batch); 0 = auto: the forward batch of the first input's size, at least 8."""
     min_actors: int = 0
     """Smallest size of the predictor actor pool (each actor loads the model once); 0 = auto: 1 on an autoscaling cluster (the pool grows with it), else the whole pool."""
     max_actors: int = 0
@@ -82,8 +83,8 @@ class InferenceConfig:
         problems = []
         if self.batch_size < 0:
             problems.append(f"--batch-size must be >= 0 (0 = auto), got {self.batch_size}")
-        if self.rows_per_call < 1:
-            problems.append(f"--rows-per-call must be >= 1, got {self.rows_per_call}")
+        if self.rows_per_call < 0:
+            problems.append(f"--rows-per-call must be >= 0 (0 = auto), got {self.rows_per_call}")
         if self.min_actors < 0 or self.max_actors < 0:
             problems.append("--min-actors and --max-actors must be >= 0 (0 = auto)")
         elif self.min_actors and self.max_actors < self.min_actors:
@@ -123,13 +124,11 @@ class InferenceConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
-    def forward_batch(self, use_gpu: bool) -> int:
-        """--batch-size, or its automatic value for the device."""
-        return self.batch_size or (16 if use_gpu else 1)
-
-    def call_rows(self, use_gpu: bool) -> int:
-        """Rows per Ray Data batch of the decode and model stages."""
-        return max(self.rows_per_call, self.forward_batch(use_gpu))
+    def call_rows(self, *, use_gpu: bool, pixels: int | None) -> int:
+        """Rows per Ray Data batch of the decode and model stages (a chunk of the fused path),
+        for inputs of about ``pixels`` pixels (None: unknown)."""
+        batch = self.batch_size or forward_batch(pixels or 2**20, use_gpu=use_gpu)
+        return max(self.rows_per_call or max(8, batch), batch)
 
     @property
     def amp_flag(self) -> bool | None:
@@ -161,8 +160,8 @@ class SegmentConfig(InferenceConfig):
     """Seconds after which a temporary file or an unfinished S3 multipart upload under --output counts as abandoned even if the job that wrote it still looks alive; a run removes abandoned ones when it starts (those of jobs that are gone at once)."""
     manifest_format: str = "parquet"
     """Format of the consolidated manifest (the latest row of every input of the output, beside the manifest/ dataset): parquet (manifest.parquet) or jsonl (manifest.jsonl)."""
-    write_batch_size: int = 32
-    """Rows per encode/write task (and per manifest part file)."""
+    write_batch_size: int = 0
+    """Rows per encode/write task or fused actor call, and per manifest part file; 0 = auto: 4 x --rows-per-call, at least 32 (fewer for a short input, so that every actor gets several)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -181,8 +180,10 @@ class SegmentConfig(InferenceConfig):
             )
         if self.temp_max_age <= 0:
             problems.append(f"--temp-max-age must be > 0, got {self.temp_max_age}")
-        if self.write_batch_size < 1:
-            problems.append(f"--write-batch-size must be >= 1, got {self.write_batch_size}")
+        if self.write_batch_size < 0:
+            problems.append(
+                f"--write-batch-size must be >= 0 (0 = auto), got {self.write_batch_size}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -55,7 +55,7 @@ def predictor_settings(
         amp=cfg.amp_flag,
         use_gpu=use_gpu,
         torch_threads=torch_threads,
-        batch_size=cfg.forward_batch(use_gpu),
+        batch_size=cfg.batch_size,
         confidence_map=confidence_map,
         keep_pixels=keep_pixels,
     )
@@ -84,8 +84,9 @@ class Sink:
 
     factory: Callable[..., Any]
     kwargs: dict[str, Any]
-    batch_size: int
-    """Rows per ``finish`` (per manifest part): a task of the staged path, a call of the fused."""
+    batch_size: int = 0
+    """Rows per ``finish`` (per manifest part): a task of the staged path, a call of the fused;
+    0 = 4 calls' worth, at least 32 (a fused call never spans blocks)."""
 
 
 def run_sink(batch: pa.Table, *, sink: Sink) -> pa.Table:
@@ -153,14 +154,15 @@ def build_pipeline(
         confidence_map=confidence_map,
         keep_pixels=keep_pixels,
     )
-    call_rows = cfg.call_rows(num_gpus > 0)
+    pixels = image_bytes // channels if image_bytes else None
+    call_rows = cfg.call_rows(use_gpu=num_gpus > 0, pixels=pixels)
     rows = len(source) if isinstance(source, list) else rows or 0
     block = resources.rows_per_block(
-        rows=rows,
-        rows_per_call=sink.batch_size if actors.fused else call_rows,
-        image_bytes=image_bytes,
-        actors=pool.max_size,
+        rows=rows, rows_per_call=call_rows, image_bytes=image_bytes, actors=pool.max_size
     )
+    finish_rows = sink.batch_size or max(32, 4 * call_rows)
+    if actors.fused:  # an actor call within a block: blocks are what spreads the work
+        finish_rows = min(finish_rows, block)
     if isinstance(source, list):
         ds = ray.data.from_items(source, override_num_blocks=max(1, math.ceil(rows / block)))
     else:  # listing blocks are large: cut them to size (streaming, no shuffle)
@@ -180,9 +182,12 @@ def build_pipeline(
     # forever for resources that will not come.
     ds.context.wait_for_min_actors_s = max(1, math.ceil(cfg.startup_timeout))
     logger.info(
-        "%s path: blocks of %d images, at most %d MiB of them in flight in the object store",
+        "%s path: blocks of %d images, calls of %d, a manifest part per %d; at most %d MiB of "
+        "blocks in flight in the object store",
         "fused" if actors.fused else "staged",
         block,
+        call_rows,
+        finish_rows,
         limit_mb,
     )
     decode_kwargs = {"channels": channels, "endpoint_url": endpoint_url}
@@ -198,7 +203,7 @@ def build_pipeline(
             },
             compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
             batch_format="pyarrow",
-            batch_size=sink.batch_size,
+            batch_size=finish_rows,
             num_gpus=num_gpus,
             num_cpus=cfg.num_cpus_per_actor,
         )
@@ -222,8 +227,8 @@ def build_pipeline(
         run_sink,
         fn_kwargs={"sink": sink},
         batch_format="pyarrow",
-        batch_size=sink.batch_size,
-        **cpu_stage_args(cfg, rows=rows, batch_size=sink.batch_size, view=view),
+        batch_size=finish_rows,
+        **cpu_stage_args(cfg, rows=rows, batch_size=finish_rows, view=view),
     )
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import torch
 
 from jobs.common.devices import require_cuda
+from jobs.common.resources import forward_batch
 from jobs.inference.decode import image_from_row
 from unet_core.checkpoint import load_checkpoint
 from unet_core.predict import predict, predict_tensor, prepare_for_inference
@@ -52,8 +53,9 @@ class PredictorSettings:
     """Run on CUDA (the actor was given a GPU)."""
     torch_threads: int = 0
     """Intra-op threads on CPU; 0 = keep torch's setting."""
-    batch_size: int = 8
-    """Most images stacked into one forward pass."""
+    batch_size: int = 0
+    """Most images (or tiles) stacked into one forward pass; 0 = by their size
+    (`jobs.common.resources.forward_batch`)."""
     confidence_map: bool = False
     """Return the 8-bit confidence map of every image (for --confidence)."""
     keep_pixels: bool = False
@@ -111,6 +113,10 @@ class Predictor:
         )
 
     # --- prediction on arrays (usable without Ray) ---------------------------------------------
+    def _batch(self, pixels: int) -> int:
+        """Images (tiles) of ``pixels`` pixels per forward pass."""
+        return self.settings.batch_size or forward_batch(pixels, use_gpu=self.settings.use_gpu)
+
     def _needs_tiles(self, image: np.ndarray) -> bool:
         tile = self.settings.tile_size
         return bool(tile) and (image.shape[0] > tile or image.shape[1] > tile)
@@ -142,6 +148,7 @@ class Predictor:
             tile_size=s.tile_size,
             tile_overlap=s.tile_overlap,
             amp=s.amp,
+            tile_batch=self._batch(s.tile_size * s.tile_size),
         )
         conf_u8 = None
         if s.confidence_map:
@@ -159,9 +166,10 @@ class Predictor:
                 out[i] = self._guarded(lambda im=image: [self._tiled(im)], 1)[0]
             else:
                 groups.setdefault(image.shape, []).append(i)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.settings.batch_size):
-                chunk = indices[start : start + self.settings.batch_size]
+        for (h, w, _), indices in groups.items():
+            batch = self._batch(h * w)
+            for start in range(0, len(indices), batch):
+                chunk = indices[start : start + batch]
                 results = self._guarded(
                     lambda c=chunk: self._forward([images[j] for j in c]), len(chunk)
                 )

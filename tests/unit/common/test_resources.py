@@ -114,9 +114,9 @@ def test_blocks_hold_many_small_images_and_few_large_ones():
     )
     assert rows_per_block(rows=10**7, rows_per_call=8, image_bytes=camvid, actors=16) == 128
     assert rows_per_block(rows=10**7, rows_per_call=8, image_bytes=huge, actors=16) == 8
-    # A short input is spread over the actors; a block is a whole number of calls.
+    # A short input is spread over the actors (16 blocks each); a block is whole calls.
     assert rows_per_block(rows=40, rows_per_call=8, image_bytes=tiny, actors=2) == 8
-    assert rows_per_block(rows=1000, rows_per_call=16, image_bytes=tiny, actors=2) == 112
+    assert rows_per_block(rows=1000, rows_per_call=16, image_bytes=tiny, actors=2) == 32
     assert (
         in_flight_limit_mb(0, image_bytes=camvid, rows_per_call=8, actors=2, rows_per_block=128)
         == 380

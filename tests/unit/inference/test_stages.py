@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from jobs.common.mlflow_store import resolve_tracking_uri
+from jobs.common.resources import forward_batch
 from jobs.inference import manifest
 from jobs.inference.config import EvaluateConfig, SegmentConfig, build_parser, parse_config
 from jobs.inference.decode import decode_images
@@ -75,8 +76,16 @@ def test_config_parsing_and_validation(capsys):
         )
     assert exc.value.code == 2
     assert "--mask-format must be one of" in capsys.readouterr().err
-    assert (cfg.forward_batch(use_gpu=False), cfg.forward_batch(use_gpu=True)) == (1, 16)
-    assert (cfg.call_rows(use_gpu=False), cfg.call_rows(use_gpu=True)) == (8, 16)
+    # auto batches by image size: one 480x360 image per CPU forward, 16 of 512x512 on a GPU
+    assert forward_batch(480 * 360, use_gpu=False) == 1
+    assert forward_batch(16 * 16, use_gpu=False) == 64  # small images: stacked, at most 64
+    assert forward_batch(512 * 512, use_gpu=True) == 16
+    assert forward_batch(8000 * 8000, use_gpu=True) == 1
+    assert cfg.call_rows(use_gpu=False, pixels=480 * 360) == 8  # at least 8 per call
+    assert cfg.call_rows(use_gpu=False, pixels=16 * 16) == 64
+    assert cfg.call_rows(use_gpu=True, pixels=512 * 512) == 16
+    flags = SegmentConfig(input="a", output="b", batch_size=4, rows_per_call=2)
+    assert flags.call_rows(use_gpu=False, pixels=16 * 16) == 4  # never less than a batch
     with pytest.raises(ValueError, match="--min-actors"):
         SegmentConfig(input="a", output="b", min_actors=3, max_actors=2)
     with pytest.raises(ValueError, match="--tile-overlap"):
