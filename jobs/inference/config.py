@@ -15,6 +15,7 @@ from typing import Any
 
 from jobs.common.cli import NONE_WORDS, add_field_flag, field_docs
 from jobs.common.resources import forward_batch
+from unet_core.predict import TILE_SIZE_CPU, default_tile_size
 
 DEFAULT_MODEL_URI = "models:/unet@champion"
 MASK_FORMATS = ("indices", "values", "color")
@@ -54,12 +55,14 @@ class InferenceConfig:
     """Most decode tasks (and, apart, encode/write tasks) running at once; 0 = auto: on a local Ray a quarter of its logical CPUs, at least 1 (each task process costs a Python + torch start-up that the model's cores pay for); on a cluster unbounded (as many as its nodes hold, more as nodes join)."""
     max_in_flight_mb: int = 0
     """Object-store memory (MiB) that this job's blocks in flight (decoded images, masks) may use; 0 = auto: 12 calls (--rows-per-call images of the first input's size), at least 3 blocks (up to 64 MiB or 1,024 images each), per actor, at least 32. Bounds memory however many images there are."""
-    tile_size: int = 512
-    """Images larger than this on either side are predicted in overlapping tiles; 0 = never tile."""
+    tile_size: int | None = None
+    """Images larger than this on either side are predicted in overlapping tiles; 0 = never tile; default 512 on CPU actors, 1024 on GPU actors (fewer, larger tiles keep a GPU busy)."""
     tile_overlap: int = 64
     """Overlap in pixels between neighbouring tiles (blended with linear ramps)."""
     tta: bool = False
     """Flip test-time augmentation (average of identity, horizontal and vertical flips)."""
+    compile: bool = False
+    """torch.compile the model in each actor (inductor; the first batch of each image size pays the compilation, about a minute on a small CPU; falls back to eager with a warning where compiling fails). Measured in the README: worth it only for long runs of one image size."""
     amp: str = "auto"
     """Mixed precision: auto (bf16 on CUDA and on CPUs with native bf16), bf16, or off (fp32)."""
     max_failed_fraction: float = 0.0
@@ -104,12 +107,13 @@ class InferenceConfig:
             problems.append(f"--cpu-tasks must be >= 0 (0 = auto), got {self.cpu_tasks}")
         if self.torch_threads < 0:
             problems.append(f"--torch-threads must be >= 0, got {self.torch_threads}")
-        if self.tile_size < 0:
+        tile = TILE_SIZE_CPU if self.tile_size is None else self.tile_size
+        if tile < 0:
             problems.append(f"--tile-size must be >= 0 (0 = never tile), got {self.tile_size}")
-        if self.tile_size and not 0 <= self.tile_overlap < self.tile_size:
+        if tile and not 0 <= self.tile_overlap < tile:
             problems.append(
                 f"--tile-overlap must be in [0, --tile-size), got {self.tile_overlap} "
-                f"with --tile-size {self.tile_size}"
+                f"with --tile-size {tile}"
             )
         if self.amp not in AMP_MODES:
             problems.append(f"--amp must be one of {AMP_MODES}, got {self.amp!r}")
@@ -123,6 +127,12 @@ class InferenceConfig:
             problems.append(f"--num-cpus must be >= 1, got {self.num_cpus}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def tile_for(self, *, use_gpu: bool) -> int:
+        """--tile-size, or its default for the actors' device."""
+        if self.tile_size is not None:
+            return self.tile_size
+        return default_tile_size("cuda" if use_gpu else "cpu")
 
     def call_rows(self, *, use_gpu: bool, pixels: int | None) -> int:
         """Rows per Ray Data batch of the decode and model stages (a chunk of the fused path),

@@ -49,10 +49,11 @@ def predictor_settings(
     keep_pixels: bool = False,
 ) -> PredictorSettings:
     return PredictorSettings(
-        tile_size=cfg.tile_size,
+        tile_size=cfg.tile_for(use_gpu=use_gpu),
         tile_overlap=cfg.tile_overlap,
         tta=cfg.tta,
         amp=cfg.amp_flag,
+        compile=cfg.compile,
         use_gpu=use_gpu,
         torch_threads=torch_threads,
         batch_size=cfg.batch_size,

@@ -3,9 +3,10 @@
 Each actor rebuilds the UNet once, in ``__init__``, from checkpoint bytes the driver put in the
 object store, then predicts batches. Equal-size images are stacked into one forward pass;
 images larger than ``tile_size`` go through unet_core's overlapping-tile prediction; nothing is
-resized. For stacked images, normalisation, the forward pass (bf16 autocast, channels-last,
-inference mode) and the class selection run on the device, so only uint8 masks come back to
-the host; tiles are normalised on the host, a batch of tiles at a time, by unet_core.predict.
+resized. Normalisation (of stacked images here, of tiles in unet_core.predict), the forward pass
+(BatchNorm folded, bf16 autocast or fp16 on older GPUs, channels-last, inference mode) and the
+class selection run on the device: uint8 pixels go there (pinned memory on CUDA) and only uint8
+masks come back. Images and tiles are batched by size (`jobs.common.resources.forward_batch`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from jobs.common.devices import require_cuda
 from jobs.common.resources import forward_batch
 from jobs.inference.decode import image_from_row
 from unet_core.checkpoint import load_checkpoint
-from unet_core.predict import predict, predict_tensor, prepare_for_inference
+from unet_core.predict import (
+    enable_cudnn_benchmark,
+    predict,
+    predict_tensor,
+    prepare_for_inference,
+    to_device,
+)
 from unet_core.transforms import normalize_batch
 
 logger = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ class PredictorSettings:
 
     tile_size: int = 512
     """Tile images larger than this on either side; 0 = never."""
+    compile: bool = False
+    """torch.compile the model (`unet_core.compiled`)."""
     tile_overlap: int = 64
     """Overlap between tiles in pixels."""
     tta: bool = False
@@ -100,7 +109,8 @@ class Predictor:
             self.device = torch.device("cpu")
             if settings.torch_threads:
                 torch.set_num_threads(settings.torch_threads)
-        self.model = prepare_for_inference(loaded.model, self.device)
+        enable_cudnn_benchmark(self.device)  # batches and tiles of a few sizes repeat
+        self.model = prepare_for_inference(loaded.model, self.device, compile=settings.compile)
         self.preprocess = loaded.preprocess
         self.num_classes = loaded.model_config.num_classes
         self.node_id = _node_id()
@@ -123,7 +133,7 @@ class Predictor:
 
     def _forward(self, images: list[np.ndarray]) -> list[ImagePrediction]:
         """One forward pass over equal-size HxWxC uint8 images."""
-        x = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)  # (B, H, W, C)
+        x = to_device(torch.from_numpy(np.stack(images)), self.device)  # (B, H, W, C) uint8
         x = normalize_batch(x, self.preprocess)  # (B, C, H, W), on the device
         classes, confidence = predict_tensor(
             self.model, x, tta=self.settings.tta, amp=self.settings.amp

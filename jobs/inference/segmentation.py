@@ -50,11 +50,11 @@ class OtherVersionsError(ValueError):
     """Masks under --output were made by another model version or other settings."""
 
 
-def _settings(cfg: SegmentConfig) -> str:
+def _settings(cfg: SegmentConfig, actors: ActorPlan) -> str:
     return manifest.output_settings(
         mask_format=cfg.mask_format,
         tta=cfg.tta,
-        tile_size=cfg.tile_size,
+        tile_size=cfg.tile_for(use_gpu=actors.use_gpu),
         tile_overlap=cfg.tile_overlap,
     )
 
@@ -123,7 +123,7 @@ def _dry_run(
             )
         except (ModelSourceError, ValueError, OSError) as exc:
             problems.append(f"model: {exc}")
-    ours = plan.Provenance(sha, _settings(cfg), model.get("model_uri") or cfg.model)
+    ours = plan.Provenance(sha, _settings(cfg, actors), model.get("model_uri") or cfg.model)
     work = None
     try:
         live = frozenset(
@@ -241,7 +241,7 @@ def _run(
         ", ".join(loaded.class_map.names),
         sha,
     )
-    settings = _settings(cfg)
+    settings = _settings(cfg, actors)
     ours = plan.Provenance(sha, settings, resolved.uri_resolved or cfg.model)
     with leases.hold(
         output,

@@ -38,6 +38,7 @@ def make_loop_config(
         "num_workers": cfg.num_workers,  # as given: N or "MIN-MAX"
         "worker_range": list(cfg.worker_range),
         "torch_threads": cfg.torch_threads,
+        "amp": cfg.amp,
         "log_level": cfg.log_level,
         "max_bad_pairs": cfg.max_bad_pairs,
         "run_name": cfg.run_name,
