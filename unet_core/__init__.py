@@ -33,20 +33,17 @@ if TYPE_CHECKING:
     )
     from unet_core.engine import evaluate, fit, train_one_epoch
     from unet_core.fold import fold_batchnorm
+    from unet_core.inference_device import (
+        default_tile_size,
+        enable_cudnn_benchmark,
+        prepare_for_inference,
+        resolve_device,
+    )
     from unet_core.losses import SegmentationLoss
     from unet_core.metrics import ConfusionMatrix
     from unet_core.model import UNet
     from unet_core.precision import autocast_context
-    from unet_core.predict import (
-        Prediction,
-        default_tile_size,
-        enable_cudnn_benchmark,
-        predict,
-        predict_batch,
-        predict_tensor,
-        prepare_for_inference,
-        resolve_device,
-    )
+    from unet_core.predict import Prediction, predict, predict_batch, predict_tensor
     from unet_core.synthetic import make_synthetic_dataset
 
 _EXPORTS = {
@@ -79,13 +76,13 @@ _EXPORTS = {
     "UNet": "unet_core.model",
     "Prediction": "unet_core.predict",
     "autocast_context": "unet_core.precision",
-    "default_tile_size": "unet_core.predict",
-    "enable_cudnn_benchmark": "unet_core.predict",
+    "default_tile_size": "unet_core.inference_device",
+    "enable_cudnn_benchmark": "unet_core.inference_device",
     "predict": "unet_core.predict",
     "predict_batch": "unet_core.predict",
     "predict_tensor": "unet_core.predict",
-    "prepare_for_inference": "unet_core.predict",
-    "resolve_device": "unet_core.predict",
+    "prepare_for_inference": "unet_core.inference_device",
+    "resolve_device": "unet_core.inference_device",
     "make_synthetic_dataset": "unet_core.synthetic",
 }
 __all__ = [

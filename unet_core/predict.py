@@ -9,10 +9,8 @@ uint8 (pinned, asynchronous copies on CUDA: `to_device`) and are normalised ther
 are deterministic, and ``predict(model, im)`` equals ``predict_batch(model, [im])[0]`` exactly
 (same code path).
 
-`prepare_for_inference` makes the model fast once: a copy in eval mode, BatchNorm folded into
-the convolutions (`unet_core.fold.fold_batchnorm`), channels-last weights, and optionally
-``torch.compile`` (`compile_model`). On CUDA, `enable_cudnn_benchmark` tunes convolutions for
-repeated input sizes and `default_tile_size` gives a larger tile.
+Prepare the model once with `prepare_for_inference` (`unet_core.inference_device`: folded
+BatchNorm, channels-last, optional ``torch.compile``), as the jobs do.
 
 Memory of tiled prediction (image H x W, K classes, C channels, tile T, B = ``tile_batch``):
 
@@ -31,7 +29,6 @@ band, 80 MB output.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,19 +38,22 @@ import torch
 from PIL import Image
 from torch import nn
 
-from unet_core.compiled import CompiledModel, compile_model
 from unet_core.config import PreprocessConfig
-from unet_core.fold import fold_batchnorm
+from unet_core.inference_device import (
+    default_tile_size,
+    enable_cudnn_benchmark,
+    prepare_for_inference,
+    resolve_device,
+    to_device,
+)
 from unet_core.precision import autocast_context, cpu_supports_bf16
 from unet_core.transforms import normalize_batch
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CompiledModel",  # from unet_core.compiled, kept importable from here
     "Prediction",
     "autocast_context",  # from unet_core.precision, kept importable from here
-    "compile_model",  # from unet_core.compiled
     "cpu_supports_bf16",
     "default_tile_size",
     "enable_cudnn_benchmark",
@@ -68,11 +68,6 @@ __all__ = [
 WINDOW_FLOOR = 1e-3
 """Smallest blending weight, so a pixel that only one tile's edge covers keeps a defined average."""
 
-TILE_SIZE_CPU = 512
-"""`default_tile_size` on the CPU: the library default of ``predict(tile_size=...)``."""
-TILE_SIZE_CUDA = 1024
-"""`default_tile_size` on CUDA: fewer, larger tiles keep the GPU busy and shrink the overlap share."""
-
 
 @dataclass
 class Prediction:
@@ -80,66 +75,6 @@ class Prediction:
     """(H, W) uint8 class indices."""
     confidence: np.ndarray
     """(H, W) float32 softmax probability of the chosen class, in [0, 1]."""
-
-
-def resolve_device(device: torch.device | str | None = None) -> torch.device:
-    """The given device, else CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_tile_size(device: torch.device | str) -> int:
-    """A tile side for ``device``: 512 on the CPU (``predict``'s default), 1024 on CUDA."""
-    return TILE_SIZE_CUDA if torch.device(device).type == "cuda" else TILE_SIZE_CPU
-
-
-def enable_cudnn_benchmark(device: torch.device | str) -> bool:
-    """On CUDA, let cuDNN time its convolution algorithms per input shape and keep the fastest.
-
-    Sets the process-wide ``torch.backends.cudnn.benchmark``. It pays where shapes repeat
-    (tiles of one size, batches of equal-size images): each new shape costs one timing pass
-    of a few forwards, so leave it off for streams of many different sizes. The algorithm is
-    chosen per process, so two processes may differ in the last bits of float rounding. Returns
-    whether it was set (False, and nothing changed, off CUDA).
-    """
-    if torch.device(device).type != "cuda":
-        return False
-    torch.backends.cudnn.benchmark = True
-    return True
-
-
-def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """``tensor`` on ``device``. From the host to CUDA the copy starts from page-locked
-    (pinned) memory and is asynchronous (``non_blocking``), so it overlaps work already queued
-    on the GPU; elsewhere a plain ``.to(device)``, a no-op when it is there already."""
-    device = torch.device(device)
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        if not tensor.is_pinned():
-            tensor = tensor.pin_memory()
-        return tensor.to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def prepare_for_inference(
-    model: nn.Module,
-    device: torch.device | str | None = None,
-    *,
-    fold_bn: bool = True,
-    compile: bool = False,
-) -> nn.Module:
-    """A copy of ``model`` made for fast inference; ``model`` itself is not changed.
-
-    The copy is in eval mode, on ``device`` (default: `resolve_device`), with BatchNorm folded
-    into the convolutions before it (``fold_bn``, `unet_core.fold.fold_batchnorm`; GroupNorm
-    and norm-free models are copied as they are) and channels-last weights; with ``compile``,
-    wrapped by `compile_model` (default settings). Every prediction path gives the same output
-    for the same prepared model and the same batch, so a job and `predict` agree bit for bit
-    when both use one. Deep-copied: the model's memory is held twice while this runs.
-    """
-    prepared = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
-    prepared = prepared.to(resolve_device(device)).to(memory_format=torch.channels_last)
-    return compile_model(prepared) if compile else prepared
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -15,7 +15,7 @@ from typing import Any
 
 from jobs.common.cli import NONE_WORDS, add_field_flag, field_docs
 from jobs.common.resources import forward_batch
-from unet_core.predict import TILE_SIZE_CPU, default_tile_size
+from unet_core.inference_device import TILE_SIZE_CPU, default_tile_size
 
 DEFAULT_MODEL_URI = "models:/unet@champion"
 MASK_FORMATS = ("indices", "values", "color")

@@ -99,8 +99,8 @@ def run_sink(batch: pa.Table, *, sink: Sink) -> pa.Table:
 class FusedPredictor:
     """Ray Data callable class of the fused path: read, decode, predict, then the sink, all in
     one actor, a chunk of ``chunk_rows`` images at a time (only one chunk's pixels in memory);
-    the sink finishes each call. The same functions as the staged path, in the same order, so
-    both give the same bytes."""
+    the sink finishes each call. The same functions as the staged path, with the same forward
+    passes (`Predictor.passes` of a chunk of a call's rows), so both give the same bytes."""
 
     def __init__(
         self,
@@ -121,7 +121,10 @@ class FusedPredictor:
         tables = []
         for start in range(0, batch.num_rows, self.chunk_rows):
             chunk = decode_images(batch.slice(start, self.chunk_rows), **self.decode)
-            tables.append(self.sink.rows(self.predictor(chunk)))
+            # The sink takes each forward pass as soon as it is done (the first mask appears
+            # after one pass, not a chunk); the passes are those the predictor makes anyway.
+            for rows in self.predictor.row_passes(chunk):
+                tables.append(self.sink.rows(self.predictor(chunk.take(rows))))
         return self.sink.finish(tables)
 
 

@@ -127,9 +127,9 @@ class Predictor:
         """Images (tiles) of ``pixels`` pixels per forward pass."""
         return self.settings.batch_size or forward_batch(pixels, use_gpu=self.settings.use_gpu)
 
-    def _needs_tiles(self, image: np.ndarray) -> bool:
+    def _needs_tiles(self, shape: tuple[int, ...]) -> bool:
         tile = self.settings.tile_size
-        return bool(tile) and (image.shape[0] > tile or image.shape[1] > tile)
+        return bool(tile) and (shape[0] > tile or shape[1] > tile)
 
     def _forward(self, images: list[np.ndarray]) -> list[ImagePrediction]:
         """One forward pass over equal-size HxWxC uint8 images."""
@@ -165,32 +165,57 @@ class Predictor:
             conf_u8 = np.rint(pred.confidence * 255.0).astype(np.uint8)
         return ImagePrediction(pred.mask, float(pred.confidence.mean()), conf_u8)
 
+    def passes(self, shapes: list[tuple[int, ...] | None]) -> list[list[int]]:
+        """The rows of each forward pass over images of ``shapes`` (None: no image): the rows
+        without an image together, each image that needs tiles alone, equal-size images
+        stacked `_batch` at a time, in order of first appearance."""
+        missing = [i for i, shape in enumerate(shapes) if shape is None]
+        out = [missing] if missing else []
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, shape in enumerate(shapes):
+            if shape is None:
+                continue
+            if self._needs_tiles(shape):
+                out.append([i])
+            else:
+                groups.setdefault(shape, []).append(i)
+        for (h, w, *_), indices in groups.items():
+            batch = self._batch(h * w)
+            out += [indices[start : start + batch] for start in range(0, len(indices), batch)]
+        return out
+
     def predict_images(self, images: list[np.ndarray | None]) -> list[ImagePrediction | str | None]:
         """A prediction per image, an error message where prediction failed, None for None."""
         out: list[ImagePrediction | str | None] = [None] * len(images)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(images):
-            if image is None:
+        for chunk in self.passes([None if im is None else im.shape for im in images]):
+            first = images[chunk[0]]
+            if first is None:
                 continue
-            if self._needs_tiles(image):
-                out[i] = self._guarded(lambda im=image: [self._tiled(im)], 1)[0]
+            if self._needs_tiles(first.shape):
+                results = self._guarded(lambda im=first: [self._tiled(im)], 1)
             else:
-                groups.setdefault(image.shape, []).append(i)
-        for (h, w, _), indices in groups.items():
-            batch = self._batch(h * w)
-            for start in range(0, len(indices), batch):
-                chunk = indices[start : start + batch]
                 results = self._guarded(
                     lambda c=chunk: self._forward([images[j] for j in c]), len(chunk)
                 )
-                if len(chunk) > 1 and all(isinstance(r, str) for r in results):
-                    # e.g. out of memory for the stack: isolate the failure image by image
-                    results = [
-                        self._guarded(lambda j=j: self._forward([images[j]]), 1)[0] for j in chunk
-                    ]
-                for j, result in zip(chunk, results, strict=True):
-                    out[j] = result
+            if len(chunk) > 1 and all(isinstance(r, str) for r in results):
+                # e.g. out of memory for the stack: isolate the failure image by image
+                results = [
+                    self._guarded(lambda j=j: self._forward([images[j]]), 1)[0] for j in chunk
+                ]
+            for j, result in zip(chunk, results, strict=True):
+                out[j] = result
         return out
+
+    def row_passes(self, batch: pa.Table) -> list[list[int]]:
+        """`passes` of a decoded batch (the decode stage's columns)."""
+        errors = batch.column("error").is_valid().to_pylist()
+        sizes = zip(
+            batch.column("height").to_pylist(),
+            batch.column("width").to_pylist(),
+            batch.column("channels").to_pylist(),
+            strict=True,
+        )
+        return self.passes([None if bad else size for bad, size in zip(errors, sizes, strict=True)])
 
     @staticmethod
     def _guarded(fn, count: int) -> list[ImagePrediction | str]:
