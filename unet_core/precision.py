@@ -5,8 +5,10 @@ capability 8.0 (Ampere) on. Older CUDA GPUs (T4, V100) have no bf16 tensor cores
 ones, so inference runs fp16 there; training stays bf16 on every CUDA GPU, because fp16 training
 would need a ``torch.amp.GradScaler`` against underflowing gradients, which unet_core.engine
 does not run. On the CPU autocast pays only with native bf16 math (AVX512-BF16 or AMX):
-emulated bf16 is slower than fp32. Training on the CPU stays fp32 by default (its backward pass
-gains little); prediction uses bf16 there when the CPU has it.
+emulated bf16 is slower than fp32, so CPUs without it stay fp32. With it, training and
+prediction both autocast to bf16: measured on this project's 2-core AVX512-BF16 machine
+(w16 UNet, crop 256, batch 8), bf16 trains 1.9-2.2x faster than fp32 with BatchNorm and 1.4x
+with GroupNorm (``benchmarks/train_throughput.py --amp compare``).
 """
 
 from __future__ import annotations
@@ -44,16 +46,14 @@ def autocast_dtype(
 ) -> torch.dtype | None:
     """The autocast dtype for ``device``, or None for full precision.
 
-    ``enabled`` forces autocast on or off; None = automatic: on for CUDA, and (unless
-    ``training``) for CPUs with native bf16. The dtype is bf16, except for inference
+    ``enabled`` forces autocast on or off; None = automatic: on for CUDA and for CPUs with
+    native bf16. The dtype is bf16, except for inference
     (``training=False``) on CUDA GPUs of compute capability < 8.0, which get fp16. Training
     is bf16 on every CUDA GPU (fp16 would need a GradScaler, see the module docstring).
     """
     device = torch.device(device)
     if enabled is None:
-        enabled = device.type == "cuda" or (
-            device.type == "cpu" and not training and cpu_supports_bf16()
-        )
+        enabled = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
     if not enabled:
         return None
     if device.type == "cuda" and not training and _cuda_capability(device) < FP16_BEFORE_CAPABILITY:

@@ -121,7 +121,7 @@ def step_gradient(model, loss_fn, batch, device) -> np.ndarray:
     """The product's training step on one batch with a zero learning rate: the gradient (after
     DDP's all-reduce when `model` is DDP-wrapped), the weights unchanged."""
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)
-    amp = autocast_dtype(device, training=True)
+    amp = autocast_dtype(device, False, training=True)  # fp32: parity to 1e-4 (as --amp off)
     train_one_epoch(model, [batch], frozen, loss_fn, device=device, amp_dtype=amp)
     return flat_grad(model)
 
@@ -279,7 +279,7 @@ def test_one_and_two_workers_agree(ray_local, tmp_path):
     cfg = parse_args(
         ["--data", str(train_root), "--base-width", "8", "--depth", "2", "--norm", "group",
          "--no-augment", "--crop-size", "0", "--lr", "0.2", "--max-grad-norm", "0",
-         "--epochs", str(SGD_STEPS)]
+         "--epochs", str(SGD_STEPS), "--amp", "off"]
     )  # fmt: skip
     job_weights = (cfg.train.ce_weight, cfg.train.dice_weight)
     assert job_weights == (TrainConfig().ce_weight, TrainConfig().dice_weight)  # the defaults

@@ -124,11 +124,15 @@ def test_to_device_on_the_cpu_is_a_no_op():
 
 
 def test_autocast_dtype_per_device(monkeypatch):
-    # CPU: unchanged, bf16 where native (inference), fp32 for training
+    # CPU: bf16 where native, for inference and training alike; fp32 elsewhere
     assert autocast_dtype("cpu", True) == torch.bfloat16
     assert autocast_dtype("cpu", False) is None
-    assert autocast_dtype("cpu") == (torch.bfloat16 if cpu_supports_bf16() else None)
-    assert autocast_dtype("cpu", training=True) is None
+    native = torch.bfloat16 if cpu_supports_bf16() else None
+    assert autocast_dtype("cpu") == autocast_dtype("cpu", training=True) == native
+    assert autocast_dtype("cpu", False, training=True) is None
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    assert autocast_dtype("cpu", training=True) is None  # emulated bf16 is slower: fp32
+    monkeypatch.undo()
     # CUDA: bf16 from compute capability 8.0, fp16 below it for inference only
     for capability, inference in (
         ((7, 0), torch.float16),

@@ -7,6 +7,7 @@ import torch
 
 from jobs.training.config import TrainJobConfig, build_parser, parse_args
 from jobs.training.worker_loop import training_amp_dtype
+from unet_core.precision import cpu_supports_bf16
 
 
 def test_amp_flag_is_documented_and_defaults_to_auto():
@@ -28,7 +29,7 @@ def test_invalid_amp_is_refused_naming_the_choices(capsys):
 @pytest.mark.parametrize(
     "device, mode, expected",
     [
-        ("cpu", "auto", None),  # today's default: fp32 training on the CPU
+        ("cpu", "auto", torch.bfloat16 if cpu_supports_bf16() else None),  # native bf16 only
         ("cpu", "bf16", torch.bfloat16),
         ("cpu", "off", None),
         ("cuda", "auto", torch.bfloat16),
