@@ -129,7 +129,7 @@ class FusedPredictor:
 
 
 def build_pipeline(
-    source: list[dict[str, Any]] | Any,
+    source: list[dict[str, Any]] | Callable[[int], Any],
     *,
     cfg: InferenceConfig,
     actors: ActorPlan,
@@ -143,8 +143,9 @@ def build_pipeline(
     keep_pixels: bool = False,
     image_bytes: int | None = None,
 ):
-    """A lazy Dataset of ``source`` rows (each with an ``input`` URI: a list, or a Dataset of
-    ``rows`` rows that stays in the object store) after decode, predict and ``sink``, by the
+    """A lazy Dataset of ``source`` rows (each with an ``input`` URI: a list, or for ``rows``
+    rows that stay in the object store a function of the rows per block giving a Dataset of
+    such blocks) after decode, predict and ``sink``, by the
     planned ``actors``: fused into each actor (`FusedPredictor`), or staged (decode tasks ->
     predictor actors -> sink tasks). ``image_bytes`` (decoded size of a typical input) sizes
     blocks and the in-flight limit."""
@@ -169,8 +170,8 @@ def build_pipeline(
         finish_rows = min(finish_rows, block)
     if isinstance(source, list):
         ds = ray.data.from_items(source, override_num_blocks=max(1, math.ceil(rows / block)))
-    else:  # listing blocks are large: cut them to size (streaming, no shuffle)
-        ds = source.repartition(target_num_rows_per_block=block)
+    else:  # a Dataset of blocks of this size (cut by Ray tasks while the actors start)
+        ds = source(block)
     # Decoding is much faster than the model: without a limit Ray Data decodes ahead until a
     # share of the whole object store is full, so memory would grow with the number of images.
     limit_mb = resources.in_flight_limit_mb(

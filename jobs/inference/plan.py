@@ -17,6 +17,7 @@ mask without a manifest row (a kill between the two) is not "done": it is redone
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,13 +185,16 @@ def count(*tables: pa.Table) -> dict[str, Any]:
     others: Counter[int] = Counter()
     redone: Counter[int] = Counter()
     examples: dict[str, list[str]] = {OUTSIDE: [], REJECTED: [], OTHER: [], TODO: []}
+    per_block: list[dict[str, int]] = []
     for t in tables:
+        per_block.append({})
         if t.num_rows == 0:
             continue
         d = t.column("decision")
         dec = np.asarray(d.to_pylist(), dtype=object)
         made_by = t.column("made_by").to_numpy()
-        decisions.update(dec.tolist())
+        per_block[-1] = dict(Counter(dec.tolist()))
+        decisions.update(per_block[-1])
         others.update(made_by[dec == OTHER].tolist())
         redone.update(made_by[(dec == TODO) & (made_by > OURS)].tolist())
         for kind, bucket in examples.items():
@@ -203,6 +207,7 @@ def count(*tables: pa.Table) -> dict[str, Any]:
         "other": dict(others),
         "redone": dict(redone),
         "examples": examples,
+        "per_block": per_block,
     }
 
 
@@ -214,6 +219,8 @@ class Plan:
     """Object references of the decided listing blocks."""
     counts: dict[str, int] = field(default_factory=dict)
     """Inputs per decision."""
+    per_block: list[dict[str, int]] = field(default_factory=list)
+    """Inputs per decision in each of `blocks`."""
     other: dict[str, int] = field(default_factory=dict)
     """Inputs whose complete mask another model or other settings made, per maker label."""
     redone: dict[str, int] = field(default_factory=dict)
@@ -293,19 +300,50 @@ def make_plan(
     return Plan(
         blocks=blocks,
         counts=counted["decisions"],
+        per_block=counted["per_block"],
         other={names[c]: n for c, n in counted["other"].items()},
         redone={names[c]: n for c, n in counted["redone"].items()},
         examples=counted["examples"],
     )
 
 
-def dataset_of(plan: Plan, decision: str, columns: list[str]):
-    """A lazy Dataset of the planned rows with this decision (the blocks stay where they are)."""
+def dataset_of(
+    plan: Plan,
+    decision: str,
+    columns: list[str],
+    *,
+    rows_per_block: int | None = None,
+    num_cpus: float = 0.5,
+):
+    """A lazy Dataset of the planned rows with this decision (the blocks stay where they are).
+
+    With ``rows_per_block``, Ray tasks cut them into blocks of that many rows at once (`split`),
+    outside Ray Data's budget: they run while the pipeline's actors start, and every actor has
+    blocks to take as soon as it is up."""
     import ray
 
-    return ray.data.from_arrow_refs(plan.blocks).map_batches(
-        select,
-        fn_kwargs={"decision": decision, "columns": columns},
-        batch_format="pyarrow",
-        batch_size=None,
-    )
+    if rows_per_block is None:
+        return ray.data.from_arrow_refs(plan.blocks).map_batches(
+            select,
+            fn_kwargs={"decision": decision, "columns": columns},
+            batch_format="pyarrow",
+            batch_size=None,
+        )
+    split_task = ray.remote(split)
+    refs = []
+    for block, counts in zip(plan.blocks, plan.per_block, strict=True):
+        pieces = math.ceil(counts.get(decision, 0) / rows_per_block)
+        if pieces:
+            out = split_task.options(num_cpus=num_cpus, num_returns=pieces).remote(
+                block, decision=decision, columns=columns, rows=rows_per_block
+            )
+            refs += [out] if pieces == 1 else out
+    return ray.data.from_arrow_refs(refs)
+
+
+def split(table: pa.Table, *, decision: str, columns: list[str], rows: int) -> Any:
+    """Ray task: the rows of ``table`` with this decision, these columns, in tables of ``rows``
+    rows (one table when there is one, else a tuple: the task's returns)."""
+    picked = select(table, decision=decision, columns=columns)
+    parts = [picked.slice(i, rows) for i in range(0, picked.num_rows, rows)]
+    return parts[0] if len(parts) == 1 else tuple(parts)

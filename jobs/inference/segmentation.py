@@ -186,7 +186,13 @@ def _segment(
     pipeline_start = time.perf_counter()
     todo = work.n(plan.TODO)
     ds = build_pipeline(
-        plan.dataset_of(work, plan.TODO, ["input", "relative_path"]),
+        lambda block: plan.dataset_of(
+            work,
+            plan.TODO,
+            ["input", "relative_path"],
+            rows_per_block=block,
+            num_cpus=cfg.decode_cpus,
+        ),
         rows=todo,
         cfg=cfg,
         actors=actors,

@@ -168,7 +168,8 @@ def _provenance(ckpt, cfg: SegmentConfig) -> str:
     from jobs.inference.model_source import checkpoint_digest
 
     settings = output_settings(mask_format=cfg.mask_format, tta=cfg.tta,
-                               tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap)  # fmt: skip
+                               tile_size=cfg.tile_for(use_gpu=False),
+                               tile_overlap=cfg.tile_overlap)  # fmt: skip
     return f"{checkpoint_digest(ckpt.read_bytes())}|{settings}"
 
 
