@@ -121,15 +121,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16, help="image side in pixels")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the job's Ray")
     parser.add_argument("--workdir", default=None, help="keep inputs and outputs here")
+    parser.add_argument(
+        "--job-flags", default="", help="more flags for every job run, e.g. '--no-fused'"
+    )
     opts = parser.parse_args()
 
     work = Path(opts.workdir or tempfile.mkdtemp(prefix="segment-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     model = make_model(work / "unet.pt")
-    # Defaults but the forward batch: 16x16 images one at a time would measure torch's
-    # per-call overhead, not the job's per-input work.
-    job_flags = ["--model", str(model), "--num-cpus", str(opts.num_cpus), "--batch-size", "64",
-                 "--rows-per-call", "64", "--progress-seconds", "30"]  # fmt: skip
+    # The job's defaults (its forward batch, calls and manifest parts follow the image size;
+    # the fused path on CPU), plus what --job-flags adds (e.g. --no-fused).
+    job_flags = ["--model", str(model), "--num-cpus", str(opts.num_cpus),
+                 "--progress-seconds", "30", *opts.job_flags.split()]  # fmt: skip
     results: dict[str, dict] = {}
     for label, n in (("small", opts.small), ("large", opts.large)):
         root = work / f"n{n}"
