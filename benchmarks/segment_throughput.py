@@ -16,8 +16,8 @@
 Same model (random weights: speed does not depend on them), same machine, same
 processes and threads for (a) and (b).
 Images are CamVid val (480x360 RGB PNG) repeated by symlink to --images N. Peak memory is the
-summed RSS of the job's process tree (driver, raylet, GCS, Ray workers) sampled every 0.2 s
-(PSS every 2 s: reading it costs the job CPU),
+summed RSS of the job's process tree (driver, raylet, GCS, Ray workers) sampled every 0.5 s
+(PSS every 5 s: reading it costs the job CPU),
 at N and at 10N images; the time to the first mask is from starting the job's process (Python
 and Ray start-up included) to the first mask file. Prints one JSON object.
 """
@@ -157,6 +157,9 @@ def naive(ckpt: Path, paths: list[Path], out: Path) -> float:
 
 
 # --- (b) the job, with its memory ----------------------------------------------------------------
+SAMPLE_SECONDS = 0.5
+"""Between memory samples of the job's process tree (in-flight memory is capped, so peaks last
+longer than that)."""
 PSS_EVERY = 10
 """Samples between PSS readings: ``smaps_rollup`` walks every mapped page of a process (the
 object store's too), about 80 ms of CPU per reading of the job's tree, which taken every 0.2 s
@@ -247,7 +250,7 @@ def run_job(
             rss, pss = _tree_memory_mb(proc.pid, pss=samples % PSS_EVERY == 0)
             peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             samples += 1
-            time.sleep(0.2)
+            time.sleep(SAMPLE_SECONDS)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -26,6 +26,7 @@ from jobs.inference.writer import MaskWriter, WriterSettings, encode_mask, mask_
 from tests.integration.inference.helpers import make_checkpoint
 from unet_core.checkpoint import load_checkpoint
 from unet_core.classes import ClassMap
+from unet_core.compiled import CompiledModel
 from unet_core.predict import predict, prepare_for_inference
 
 CLASSES = ClassMap.from_names(["background", "cell", "edge"], values=[0, 128, 255])
@@ -142,6 +143,20 @@ def test_predictor_mixed_sizes_tiles_and_failures(tmp_path):
         np.testing.assert_array_equal(result.mask, want.mask)
         assert result.mean_confidence == pytest.approx(float(want.confidence.mean()), abs=1e-3)
         assert result.confidence_map.shape == image.shape[:2]
+
+
+def test_predictor_passes_stack_equal_sizes_and_compile_reaches_the_model(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "unet.pt", CLASSES, base_width=4, depth=2)
+    predictor = Predictor(ckpt.read_bytes(), PredictorSettings(tile_size=48, batch_size=0))
+    small, tiled = (8, 8, 3), (70, 50, 3)
+    shapes = [small, None, tiled, small, (20, 30, 3), None, small]
+    # no image first (together), the tiled one alone, equal sizes stacked in order
+    assert predictor.passes(shapes) == [[1, 5], [2], [0, 3, 6], [4]]
+    two = Predictor(ckpt.read_bytes(), PredictorSettings(tile_size=48, batch_size=2))
+    assert two.passes(shapes) == [[1, 5], [2], [0, 3], [6], [4]]
+    assert not isinstance(predictor.model, CompiledModel)
+    compiled = Predictor(ckpt.read_bytes(), PredictorSettings(compile=True))
+    assert isinstance(compiled.model, CompiledModel)  # compiles at its first batch
 
 
 # --- writer and manifest ---------------------------------------------------------------------
