@@ -143,12 +143,14 @@ def build_pipeline(
     keep_pixels: bool = False,
     image_bytes: int | None = None,
 ):
-    """A lazy Dataset of ``source`` rows (each with an ``input`` URI: a list, or for ``rows``
-    rows that stay in the object store a function of the rows per block giving a Dataset of
-    such blocks) after decode, predict and ``sink``, by the
-    planned ``actors``: fused into each actor (`FusedPredictor`), or staged (decode tasks ->
-    predictor actors -> sink tasks). ``image_bytes`` (decoded size of a typical input) sizes
-    blocks and the in-flight limit."""
+    """A lazy Dataset of ``source`` rows after decode, predict and ``sink``, by the planned
+    ``actors``: fused into each actor (`FusedPredictor`), or staged (decode tasks -> predictor
+    actors -> sink tasks).
+
+    ``source``: a list of rows (each with an ``input`` URI), or, for ``rows`` rows that stay in
+    the object store, a function of the rows per block that gives a Dataset of such blocks.
+    ``image_bytes`` (decoded size of a typical input) sizes blocks, calls and the in-flight
+    limit."""
     import ray
 
     num_gpus, pool = actors.num_gpus, actors.pool
