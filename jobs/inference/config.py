@@ -36,7 +36,7 @@ class InferenceConfig:
     batch_size: int = 0
     """Images (or tiles) per forward pass (equal-size images are stacked; others are predicted apart); 0 = auto by image size: as many as make 2^17 pixels on CPU (64 images of 16x16 ... 1 of 480x360) and 2^22 on GPU (16 of 512x512), at most 64 (CPU) or 256 (GPU); measured in jobs/common/resources.py."""
     rows_per_call: int = 0
-    """Images per Ray Data batch handed to a decode task or a predictor actor call (at least the forward batch); 0 = auto: the forward batch of the first input's size, at least 8."""
+    """Images per Ray Data batch handed to a decode task or a predictor actor call (at least --batch-size when given; an automatic forward batch is cut to fit it); 0 = auto: the forward batch of the first input's size, at least 8."""
     min_actors: int = 0
     """Smallest size of the predictor actor pool (each actor loads the model once); 0 = auto: 1 on an autoscaling cluster (the pool grows with it), else the whole pool."""
     max_actors: int = 0
@@ -138,6 +138,8 @@ class InferenceConfig:
         """Rows per Ray Data batch of the decode and model stages (a chunk of the fused path),
         for inputs of about ``pixels`` pixels (None: unknown)."""
         batch = self.batch_size or forward_batch(pixels or 2**20, use_gpu=use_gpu)
+        if self.rows_per_call and not self.batch_size:  # calls as asked, batches that fit
+            batch = min(batch, self.rows_per_call)
         return max(self.rows_per_call or max(8, batch), batch)
 
     @property

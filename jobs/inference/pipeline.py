@@ -76,6 +76,11 @@ def cpu_stage_args(
     return args
 
 
+FUSED_CALLS_IN_FLIGHT = 2
+"""Calls queued per fused actor: one running, one ready, so an actor never waits for the next
+call and the others get blocks too (a fake multi-node test puts every block on one node)."""
+
+
 @dataclass(frozen=True)
 class Sink:
     """The last stage of a prediction pipeline (encode + write masks, or score): ``factory(**kwargs)``
@@ -208,7 +213,13 @@ def build_pipeline(
                 "sink": sink,
                 "chunk_rows": call_rows,
             },
-            compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+            # Blocks of paths weigh nothing: queue at most 2 calls per actor, or Ray Data's
+            # locality rule hands every block to the actor on the node that made the blocks.
+            compute=ray.data.ActorPoolStrategy(
+                min_size=pool.min_size,
+                max_size=pool.max_size,
+                max_tasks_in_flight_per_actor=FUSED_CALLS_IN_FLIGHT,
+            ),
             batch_format="pyarrow",
             batch_size=finish_rows,
             num_gpus=num_gpus,

@@ -87,6 +87,8 @@ def test_config_parsing_and_validation(capsys):
     assert cfg.call_rows(use_gpu=True, pixels=512 * 512) == 16
     flags = SegmentConfig(input="a", output="b", batch_size=4, rows_per_call=2)
     assert flags.call_rows(use_gpu=False, pixels=16 * 16) == 4  # never less than a batch
+    calls = SegmentConfig(input="a", output="b", rows_per_call=2)
+    assert calls.call_rows(use_gpu=False, pixels=16 * 16) == 2  # the auto batch fits the call
     with pytest.raises(ValueError, match="--min-actors"):
         SegmentConfig(input="a", output="b", min_actors=3, max_actors=2)
     with pytest.raises(ValueError, match="--tile-overlap"):
