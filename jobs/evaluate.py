@@ -3,8 +3,8 @@
     python jobs/evaluate.py --model models:/unet@champion --data ../shared/data/isbi2012/train \\
         --class-map isbi_classes.json --report eval/isbi.parquet --log-to-mlflow
 
-Runs the segmentation pipeline (decode tasks -> predictor actors) over images/ of the root,
-then scores each prediction against its mask (paired by relative path and stem) in CPU tasks.
+Runs the segmentation pipeline over images/ of the root and scores each prediction against
+its mask (paired by relative path and stem): in each CPU actor, or in CPU tasks after GPU ones.
 Figures over the whole set come from the summed confusion matrix (absent classes are left out
 of the means); per-image figures go to the --report Parquet file, one row per image. Pixel
 error = 1 - pixel accuracy, the U-Net paper's ISBI 2012 metric. The last line of stdout is the

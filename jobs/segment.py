@@ -3,8 +3,9 @@
     python jobs/segment.py --input s3://bucket/images --output s3://bucket/masks \\
         --model models:/unet@champion --max-actors 4 --num-gpus-per-actor 1
 
-Ray Data lists (or reads --input-list), decodes on CPU tasks, predicts in an actor pool that
-loads the model once per actor, and encodes and writes masks in CPU tasks, all streamed.
+Ray tasks list --input (or read --input-list); an actor pool that loads the model once per
+actor predicts, all streamed: CPU actors also read, decode, encode and write their own images,
+GPU actors are fed by decode tasks and followed by encode/write tasks.
 A rerun skips the inputs whose mask this model made with these settings (the manifest says
 so), so a rerun after a crash or a kill finishes the job; masks another model version made
 stop it unless --redo-other-versions (or --overwrite) is given. Progress goes to stderr; the

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.common.cli import NONE_WORDS, add_field_flag, field_docs
-from jobs.common.resources import forward_batch
-from unet_core.inference_device import TILE_SIZE_CPU, default_tile_size
 
 DEFAULT_MODEL_URI = "models:/unet@champion"
 MASK_FORMATS = ("indices", "values", "color")
 MANIFEST_FORMATS = ("parquet", "jsonl")
 AMP_MODES = ("auto", "bf16", "off")
+TILE_SIZE_CPU = 512
+"""--tile-size on CPU actors (`unet_core.inference_device.TILE_SIZE_CPU`, which a unit test
+compares: this module stays free of torch and Ray)."""
 
 
 @dataclass
@@ -107,7 +108,7 @@ class InferenceConfig:
             problems.append(f"--cpu-tasks must be >= 0 (0 = auto), got {self.cpu_tasks}")
         if self.torch_threads < 0:
             problems.append(f"--torch-threads must be >= 0, got {self.torch_threads}")
-        tile = TILE_SIZE_CPU if self.tile_size is None else self.tile_size
+        tile = TILE_SIZE_CPU if self.tile_size is None else self.tile_size  # the smaller default
         if tile < 0:
             problems.append(f"--tile-size must be >= 0 (0 = never tile), got {self.tile_size}")
         if tile and not 0 <= self.tile_overlap < tile:
@@ -132,11 +133,15 @@ class InferenceConfig:
         """--tile-size, or its default for the actors' device."""
         if self.tile_size is not None:
             return self.tile_size
+        from unet_core.inference_device import default_tile_size  # torch: not at import time
+
         return default_tile_size("cuda" if use_gpu else "cpu")
 
     def call_rows(self, *, use_gpu: bool, pixels: int | None) -> int:
         """Rows per Ray Data batch of the decode and model stages (a chunk of the fused path),
         for inputs of about ``pixels`` pixels (None: unknown)."""
+        from jobs.common.resources import forward_batch  # Ray: not at import time
+
         batch = self.batch_size or forward_batch(pixels or 2**20, use_gpu=use_gpu)
         if self.rows_per_call and not self.batch_size:  # calls as asked, batches that fit
             batch = min(batch, self.rows_per_call)

@@ -24,13 +24,8 @@ from jobs.common.devices import require_cuda
 from jobs.common.resources import forward_batch
 from jobs.inference.decode import image_from_row
 from unet_core.checkpoint import load_checkpoint
-from unet_core.predict import (
-    enable_cudnn_benchmark,
-    predict,
-    predict_tensor,
-    prepare_for_inference,
-    to_device,
-)
+from unet_core.inference_device import enable_cudnn_benchmark, prepare_for_inference, to_device
+from unet_core.predict import predict, predict_tensor
 from unet_core.transforms import normalize_batch
 
 logger = logging.getLogger(__name__)

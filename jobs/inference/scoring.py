@@ -1,8 +1,8 @@
 """The scoring stage of `jobs/evaluate.py`: which class map the truth masks are read with, and
 one row per image with its confusion matrix and figures.
 
-Images go through the same decode -> predictor-actor pipeline as segmentation; the last stage
-(CPU tasks) reads each truth mask, maps its values to classes with the class map, and returns
+Images go through the same pipeline as segmentation; its last stage (`Scorer`, in the fused
+CPU actors or in CPU tasks after GPU actors) reads each truth mask, maps its values to classes with the class map, and returns
 the image's row (`report_schema`): these rows are the --report file as they are. The driver
 only sums their small (K, K) matrices and writes the rows out batch by batch.
 """

@@ -9,7 +9,7 @@ PROBE = """
 import sys
 import unet_core
 import unet_core.data, unet_core.classes, unet_core.viz
-import jobs.inference.decode, jobs.inference.writer
+import jobs.inference.decode, jobs.inference.writer, jobs.inference.config
 heavy = sorted(m for m in ("torch", "ray", "mlflow", "boto3") if m in sys.modules)
 assert not heavy, heavy
 from unet_core import UNet, predict
@@ -20,6 +20,13 @@ assert "torch" in sys.modules
 def test_decode_and_write_modules_do_not_import_torch():
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_inference_configs_cpu_tile_is_the_librarys():
+    from jobs.inference.config import TILE_SIZE_CPU
+    from unet_core.inference_device import TILE_SIZE_CPU as LIBRARY_TILE
+
+    assert TILE_SIZE_CPU == LIBRARY_TILE  # config keeps its own copy to stay free of torch
 
 
 def test_every_public_name_resolves():
