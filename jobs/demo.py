@@ -23,6 +23,7 @@ from PIL import Image
 if __package__ in (None, ""):  # `python jobs/demo.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.common.cli import command_name
 from unet_core.classes import ClassMap
 from unet_core.synthetic import make_synthetic_dataset
 from unet_core.viz import colorize_mask, overlay, stack_panels
@@ -66,7 +67,9 @@ def picture(data: Path, masks: Path, class_map: ClassMap, path: Path, count: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=command_name("jobs/demo.py"), description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--out", default="outputs/demo", help="folder for data, masks, picture")
     parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: the preset)")
     args = parser.parse_args(argv)

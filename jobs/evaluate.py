@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/evaluate.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common.cli import finish_dry_run
+from jobs.common.cli import command_name, finish_dry_run
 from jobs.common.logs import setup_logging
 from jobs.inference.config import EvaluateConfig, parse_config
 from jobs.inference.evaluation import run_evaluation
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(
         EvaluateConfig,
         argv,
-        prog="jobs/evaluate.py",
+        prog=command_name("jobs/evaluate.py"),
         description=" ".join(__doc__.split("\n\n")[0:3:2]).replace("\n", " "),
     )
     setup_logging(cfg.log_level)

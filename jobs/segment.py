@@ -23,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/segment.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common.cli import finish_dry_run
+from jobs.common.cli import command_name, finish_dry_run
 from jobs.common.logs import setup_logging
 from jobs.inference.config import SegmentConfig, parse_config
 from jobs.inference.model_source import ModelSourceError
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(
         SegmentConfig,
         argv,
-        prog="jobs/segment.py",
+        prog=command_name("jobs/segment.py"),
         description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[2].replace("\n", " "),
     )
     setup_logging(cfg.log_level)

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import sys
 import textwrap
 import types
 import typing
@@ -23,6 +24,13 @@ from typing import Any
 
 NONE_WORDS = ("none", "null", "")
 """Flag values that mean None for an optional field."""
+
+
+def command_name(script: str) -> str:
+    """The job's name in usage and error lines, as the user ran it: the console command
+    (``unet-train``) or the script (``jobs/train.py``, also under ``ray job submit``)."""
+    invoked = Path(sys.argv[0]).name
+    return invoked if invoked.startswith("unet-") else script
 
 
 @functools.cache

@@ -15,7 +15,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.common.cli import add_field_flag, base_type, field_docs, load_config_file
+from jobs.common.cli import (
+    add_field_flag,
+    base_type,
+    command_name,
+    field_docs,
+    load_config_file,
+)
 from unet_core.config import ModelConfig, TrainConfig
 
 DEMO_PRESET: dict[str, Any] = {
@@ -129,6 +135,11 @@ class TrainJobConfig:
     sqlite:///<cwd>/mlflow.db)."""
     tracking_uri: str | None = None
     """MLflow tracking URI; overrides $MLFLOW_TRACKING_URI."""
+    system_metrics: bool | None = None
+    """Every worker logs its machine's CPU, memory, disk, network (and GPU) use to the run
+    (system/worker_<rank>/... with several workers; every
+    $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s, default 10); default: on when the job runs on a
+    cluster (--ray-address, $RAY_ADDRESS, ray job submit), off on a local Ray."""
     register_as: str = "unet"
     """Registered model name in the MLflow Model Registry."""
     alias: str = "champion"
@@ -244,7 +255,7 @@ def _all_fields() -> list[tuple[str, Any, Any, str, str]]:
 def build_parser() -> argparse.ArgumentParser:
     preset = ", ".join(f"{k}={v}" for k, v in DEMO_PRESET.items())
     parser = argparse.ArgumentParser(
-        prog="jobs/train.py",
+        prog=command_name("jobs/train.py"),
         description=(
             "Train a UNet with Ray Train (DDP) on data read by Ray Data from a folder or S3; "
             "track the run in MLflow, register the model and move an alias when it passes the "
@@ -300,7 +311,7 @@ def parse_args(argv: list[str] | None = None) -> TrainJobConfig:
                 config_path,
                 {name: tp for name, tp, *_ in _all_fields()},
                 sections=("train", "model"),
-                prog="jobs/train.py",
+                prog=command_name("jobs/train.py"),
             )
             if config_path
             else {}

@@ -1,0 +1,114 @@
+"""The jobs as users run them: every console command of pyproject.toml answers `--help` from the
+installed venv, every `python jobs/<job>.py` answers it from a checkout, and every command the
+docs show (README.md, cluster/*.md) uses only flags that its job's `--help` lists."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO_ROOT
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+COMMANDS: dict[str, str] = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
+    "scripts"
+]
+"""Console command -> 'module:function' ([project.scripts])."""
+DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "cluster").glob("*.md"))]
+JOBS = {target.split(":")[0].removeprefix("jobs."): c for c, target in COMMANDS.items()}
+"""jobs/<script>.py -> its console command (whose target is jobs.<script>:main)."""
+JOB_CALL = re.compile(
+    rf"(?:\bpython\S*\s+(?:\S*/)?jobs/(?P<script>{'|'.join(JOBS)})\.py"
+    rf"|(?<![\w/:.-])(?P<command>{'|'.join(COMMANDS)}))(?![\w-])"
+    r"(?P<args>[^|;&#>`\n]*)"
+)
+"""A job run in a doc: `python jobs/train.py ...` or `unet-train ...`, up to a pipe, `;`, `&&`,
+a comment, a redirect or the end of an inline code span."""
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+@functools.cache
+def help_text(command: str) -> str:
+    """`<command> --help` of the venv's console command (the same parser as the script's)."""
+    executable = Path(sys.executable).parent / command
+    assert executable.is_file(), (
+        f"{executable} is missing: install the project into this venv (pip install -e '.[dev]')"
+    )
+    proc = subprocess.run(
+        [str(executable), "--help"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
+    assert proc.returncode == 0, f"{command} --help failed:\n{proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+def listed_flags(command: str) -> set[str]:
+    return set(FLAG.findall(help_text(command)))
+
+
+def doc_commands() -> list[tuple[str, str, str]]:
+    """(doc, command, its arguments) for every job run in a fenced code block or inline code."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text()
+        blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
+        spans = re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
+        for chunk in [*blocks, *spans]:
+            for match in JOB_CALL.finditer(chunk.replace("\\\n", " ")):
+                command = match["command"] or JOBS[match["script"]]
+                found.append((str(doc.relative_to(REPO_ROOT)), command, match["args"]))
+    return found
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_console_command_help(command):
+    module, function = COMMANDS[command].split(":")
+    assert callable(getattr(importlib.import_module(module), function))
+    assert help_text(command).startswith(f"usage: {command} ")  # named as the user typed it
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_script_help_from_a_checkout(command):
+    """`python jobs/<job>.py --help` from the checkout (what `ray job submit` runs)."""
+    script = REPO_ROOT / (COMMANDS[command].split(":")[0].replace(".", "/") + ".py")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    usage = proc.stdout.split("\n", 1)[0]
+    assert usage.startswith(f"usage: jobs/{script.stem}.py"), usage
+    assert set(FLAG.findall(proc.stdout)) == listed_flags(command)
+
+
+def test_docs_show_both_forms_of_a_job():
+    commands = {command for _, command, _ in doc_commands()}
+    assert {"unet-train", "unet-segment", "unet-evaluate", "unet-export"} <= commands
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "python jobs/train.py" in readme and "unet-train" in readme
+
+
+def test_doc_commands_use_only_listed_flags():
+    runs = doc_commands()
+    assert len(runs) >= 10, runs  # the parser finds the docs' commands at all
+    wrong = sorted(
+        {
+            (doc, command, flag)
+            for doc, command, args in runs
+            for flag in FLAG.findall(args)
+            if flag not in listed_flags(command)
+        }
+    )
+    assert not wrong, f"flags the jobs' --help does not list (doc, command, flag): {wrong}"
