@@ -157,6 +157,11 @@ def _parse_file(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({exc}); YAML files need .yaml/.yml") from exc
 
 
+JOB_SECTIONS = ("train", "model", "evaluate", "segment")
+"""Sections of a recipe file (configs/*.yaml): `train:` and `model:` are read by jobs/train.py,
+`evaluate:` by jobs/evaluate.py, `segment:` by jobs/segment.py; each job skips the others'."""
+
+
 def load_config_file(
     path: str | Path,
     field_types: Mapping[str, Any],
@@ -164,8 +169,9 @@ def load_config_file(
     sections: tuple[str, ...] = (),
     prog: str = "the job",
 ) -> dict[str, Any]:
-    """Flat field values from a JSON or YAML file; mappings under ``sections`` (e.g. `train:`,
-    `model:`) are flattened. Unknown keys and values of the wrong type name the file."""
+    """Flat field values from a JSON or YAML file: top-level keys, and the keys of the mappings
+    under ``sections`` (e.g. `train:`, `model:`); the other jobs' sections (`JOB_SECTIONS`) are
+    skipped. Unknown keys and values of the wrong type name the file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
@@ -174,9 +180,11 @@ def load_config_file(
         raise ValueError(f"{path}: expected a mapping of field names to values")
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key in sections and isinstance(value, dict):
+        if key in JOB_SECTIONS and not isinstance(value, dict):
+            raise ValueError(f"{path}: section {key!r} must be a mapping of field names to values")
+        if key in sections:
             flat.update(value)
-        else:
+        elif key not in JOB_SECTIONS:
             flat[key] = value
     flat = {k.replace("-", "_"): v for k, v in flat.items()}
     unknown = sorted(set(flat) - set(field_types))

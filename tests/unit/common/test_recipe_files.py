@@ -1,0 +1,91 @@
+"""Recipe files (configs/*.yaml): one file, a section per job. Each loads in all three jobs, a
+job reads only its own sections, flags override the file, and unknown keys name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.inference.config import EvaluateConfig, SegmentConfig, parse_config
+from jobs.training.config import DEMO_PRESET, TrainJobConfig, parse_args
+from tests.support import REPO_ROOT
+
+RECIPES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+
+
+def segment(*argv: str) -> SegmentConfig:
+    return parse_config(
+        SegmentConfig, ["--input", "in", "--output", "out", *argv], prog="seg", description=""
+    )
+
+
+def evaluate(*argv: str) -> EvaluateConfig:
+    return parse_config(EvaluateConfig, ["--data", "d", *argv], prog="eval", description="")
+
+
+def test_there_are_recipes():
+    assert {"demo.yaml"} <= {p.name for p in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_loads_in_all_three_jobs(recipe):
+    trained = parse_args(["--config", str(recipe), "--data", "some/data"])
+    assert isinstance(trained, TrainJobConfig) and trained.data == "some/data"
+    assert isinstance(segment("--config", str(recipe)), SegmentConfig)
+    assert isinstance(evaluate("--config", str(recipe)), EvaluateConfig)
+
+
+def test_demo_recipe_is_the_built_in_demo_preset():
+    from_file = parse_args(["--config", str(REPO_ROOT / "configs" / "demo.yaml")])
+    assert from_file == parse_args([])
+    flat = {**vars(from_file.train), **vars(from_file.model)}
+    assert {k: flat[k] for k in DEMO_PRESET} == DEMO_PRESET
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_each_job_reads_its_own_section_and_flags_override(tmp_path):
+    path = write(
+        tmp_path,
+        "train:\n  epochs: 3\nmodel:\n  depth: 2\n"
+        "evaluate:\n  tile_size: 256\nsegment:\n  tile_size: 128\n  tta: true\n",
+    )
+    trained = parse_args(["--config", path, "--data", "d"])
+    assert (trained.train.epochs, trained.model.depth) == (3, 2)
+    assert (segment("--config", path).tile_size, segment("--config", path).tta) == (128, True)
+    assert segment("--config", path, "--tile-size", "512", "--no-tta").tile_size == 512
+    assert evaluate("--config", path).tile_size == 256
+    assert evaluate("--config", path, "--tile-size", "0").tile_size == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "jobs"),
+    [
+        ("segment:\n  tile_sise: 128\n", "unknown keys ['tile_sise']", (segment,)),
+        ("evaluate:\n  tile_size: big\n", "'tile_size' must be int", (evaluate,)),
+        ("segment: 3\n", "section 'segment' must be a mapping", (segment, evaluate)),
+        ("tile_sise: 1\n", "unknown keys ['tile_sise']", (segment, evaluate)),
+    ],
+)
+def test_bad_recipe_exits_2_naming_the_file_and_key(tmp_path, capsys, text, message, jobs):
+    path = write(tmp_path, text)
+    for job in jobs:
+        with pytest.raises(SystemExit) as exit_info:
+            job("--config", path)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and path in err, err
+    if jobs == (segment,):  # the other job skips the section it does not read
+        assert isinstance(evaluate("--config", path), EvaluateConfig)
+
+
+def test_training_rejects_unknown_keys_in_its_sections(tmp_path, capsys):
+    path = write(tmp_path, "train:\n  epochz: 3\nsegment:\n  tile_size: 128\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", path, "--data", "d"])
+    assert "unknown keys ['epochz']" in capsys.readouterr().err
