@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.common.cli import NONE_WORDS, add_field_flag, field_docs
+from jobs.common.cli import NONE_WORDS, add_field_flag, field_docs, load_config_file
 
 DEFAULT_MODEL_URI = "models:/unet@champion"
 MASK_FORMATS = ("indices", "values", "color")
@@ -179,6 +179,10 @@ class SegmentConfig(InferenceConfig):
     """Format of the consolidated manifest (the latest row of every input of the output, beside the manifest/ dataset): parquet (manifest.parquet) or jsonl (manifest.jsonl)."""
     write_batch_size: int = 0
     """Rows per encode/write task or fused actor call, and per manifest part file; 0 = auto: 4 x --rows-per-call, at least 32 (fewer for a short input, so that every actor gets several)."""
+    report: bool | None = None
+    """Write <output>/report.html at the end (thumbnails and charts under report/): counts by status, failures with their errors, class-fraction and mean-confidence histograms, the --report-worst lowest-confidence images, throughput and model version, over every input of the output (the manifest's rows); a static page that works offline. Default: on for local outputs, off for s3:// (--report uploads it)."""
+    report_worst: int = 12
+    """Lowest mean-confidence images the report shows as image | mask | overlay thumbnails (0: none)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -201,6 +205,8 @@ class SegmentConfig(InferenceConfig):
             problems.append(
                 f"--write-batch-size must be >= 0 (0 = auto), got {self.write_batch_size}"
             )
+        if self.report_worst < 0:
+            problems.append(f"--report-worst must be >= 0, got {self.report_worst}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -247,6 +253,13 @@ def build_parser(cls: type, *, prog: str, description: str) -> argparse.Argument
     )
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON or YAML file with any of the fields below (flat names, e.g. tile_size: 256, "
+        f"or under a {section_of(cls)}: section, as in configs/*.yaml); flags given on the "
+        "command line override it",
+    )
     own = parser.add_argument_group(f"{prog} options")
     shared = parser.add_argument_group("model, cluster and prediction")
     shared_names = {f.name for f in dataclasses.fields(InferenceConfig)}
@@ -271,11 +284,23 @@ def build_parser(cls: type, *, prog: str, description: str) -> argparse.Argument
     return parser
 
 
+def section_of(cls: type) -> str:
+    """The recipe-file section of a job's config class (`segment`, `evaluate`)."""
+    return cls.__name__.removesuffix("Config").lower()
+
+
 def parse_config(cls: type, argv: list[str] | None, *, prog: str, description: str) -> Any:
-    """Parse flags into `cls`; invalid values exit 2 with the reason."""
+    """Parse flags (and --config) into `cls`: defaults < config file < command line; invalid
+    values exit 2 with the reason."""
     parser = build_parser(cls, prog=prog, description=description)
     values = vars(parser.parse_args(argv))
+    config_path = values.pop("config", None)
     try:
+        if config_path:
+            file_values = load_config_file(
+                config_path, typing.get_type_hints(cls), sections=(section_of(cls),), prog=prog
+            )
+            values = {**file_values, **values}
         return cls(**values)
     except ValueError as exc:
         parser.error(str(exc))
