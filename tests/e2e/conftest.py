@@ -2,9 +2,10 @@
 
 - S3: the moto server of the root conftest (`s3_endpoint`), with a bucket holding a small
   labelled data set and a prefix of unlabelled images.
-- MLflow: `python -m mlflow server` with a sqlite backend, artifacts proxied to the bucket
-  (`--artifacts-destination s3://...`) and, when `mlflow[auth]` is installed, the basic-auth
-  app, as cluster/mlflow_server.md runs it.
+- MLflow: `python -m mlflow server --app-name basic-auth` with a sqlite backend, artifacts
+  proxied to the bucket (`--artifacts-destination s3://...`) and an admin password made for
+  this session, as cluster/mlflow_server.md runs it; the jobs log in with the runtime_env's
+  MLFLOW_TRACKING_USERNAME/PASSWORD.
 - Ray: `ray start --head --block` with token authentication, its own HOME (so ~/.ray/auth_token
   is this session's token, not the machine's) and its own temp dir.
 
@@ -128,31 +129,43 @@ def e2e_s3(s3_endpoint: str, e2e_tmp: Path) -> S3Store:
 @dataclass(frozen=True)
 class MlflowServer:
     url: str
-    username: str | None
-    """Basic-auth user (None: the server runs without the auth app)."""
-    password: str | None
+    username: str
+    """The basic-auth admin (created by the server on its first start)."""
+    password: str = field(repr=False)
+    """The admin's password, made for this session."""
+    auth_config: Path
+    """The server's basic_auth.ini (MLFLOW_AUTH_CONFIG_PATH): default_permission and so on."""
     artifacts_prefix: str
     """Key prefix in the bucket under which the server stores artifacts."""
 
     @property
     def client_env(self) -> dict[str, str]:
-        env = {"MLFLOW_TRACKING_URI": self.url}
-        if self.username and self.password:
-            env["MLFLOW_TRACKING_USERNAME"] = self.username
-            env["MLFLOW_TRACKING_PASSWORD"] = self.password
-        return env
+        """What a job (or a user) sets to reach the server as the admin."""
+        return {
+            "MLFLOW_TRACKING_URI": self.url,
+            "MLFLOW_TRACKING_USERNAME": self.username,
+            "MLFLOW_TRACKING_PASSWORD": self.password,
+        }
 
 
-def basic_auth_available() -> bool:
-    """MLflow's basic-auth app needs Flask-WTF (the `mlflow[auth]` extra)."""
-    return importlib.util.find_spec("flask_wtf") is not None
+def require_basic_auth() -> None:
+    """Fail (never skip) when MLflow's basic-auth app cannot run: it needs Flask-WTF."""
+    if importlib.util.find_spec("flask_wtf") is None:
+        pytest.fail(
+            f"`mlflow server --app-name basic-auth` needs the mlflow[auth] extra (Flask-WTF), "
+            f"which {sys.executable} lacks: install the dev extra, "
+            f"`{VENV_BIN / 'pip'} install -e '.[dev]'`"
+        )
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[MlflowServer]:
-    """`mlflow server` with a sqlite backend, artifacts proxied to the bucket, and the basic-auth
-    app when `mlflow[auth]` is installed (the jobs then authenticate with the runtime_env's
-    MLFLOW_TRACKING_USERNAME/PASSWORD, as on a team server)."""
+    """`mlflow server --app-name basic-auth` with a sqlite backend and artifacts proxied to the
+    bucket. The server creates the admin on its first start with MLFLOW_AUTH_ADMIN_PASSWORD (a
+    fresh one per session: MLflow 3.17 ships no default and refuses the old `password1234`);
+    the jobs authenticate with the runtime_env's MLFLOW_TRACKING_USERNAME/PASSWORD, as on a
+    team server."""
+    require_basic_auth()
     root = e2e_tmp / "mlflow"
     root.mkdir()
     port = free_port()
@@ -182,10 +195,8 @@ def mlflow_server(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[MlflowServer]:
         "--serve-artifacts",
         "--artifacts-destination", f"s3://{e2e_s3.bucket}/mlartifacts",
         "--workers", "1",
+        "--app-name", "basic-auth",
     ]  # fmt: skip
-    auth = basic_auth_available()
-    if auth:
-        cmd += ["--app-name", "basic-auth"]
     url = f"http://{LOOPBACK}:{port}"
     with serving(
         cmd,
@@ -197,9 +208,7 @@ def mlflow_server(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[MlflowServer]:
         timeout=90,
         marker=str(root),
     ):
-        yield MlflowServer(
-            url, "admin" if auth else None, password if auth else None, "mlartifacts/"
-        )
+        yield MlflowServer(url, "admin", password, auth_ini, "mlartifacts/")
 
 
 @pytest.fixture(scope="session")
