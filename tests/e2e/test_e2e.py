@@ -2,8 +2,8 @@
 
 `ray job submit --working-dir . --runtime-env <cluster/runtime_env.yaml + settings>` runs
 jobs/train.py and jobs/segment.py on a `ray start --head` cluster with token authentication;
-the model lands in an `mlflow server` (artifacts proxied to S3, basic auth when mlflow[auth]
-is installed) and the masks in an S3 bucket (moto). Fixtures: tests/e2e/conftest.py.
+the model lands in an `mlflow server` (artifacts proxied to S3, basic auth on: the jobs log
+in with MLFLOW_TRACKING_USERNAME/PASSWORD) and the masks in an S3 bucket (moto). Fixtures: tests/e2e/conftest.py.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def test_submit_without_the_token_is_refused(ray_head: RayHead, e2e_tmp, job_run
 
 def test_runtime_env_ships_code_and_settings(ray_head: RayHead, job_runtime_env, mlflow_server):
     """The working dir upload has the code and not the venv; `python` is the project's; the
-    runtime_env's MLflow settings reach the job (and its credentials, when the server runs
-    the basic-auth app, are accepted)."""
+    runtime_env's MLflow settings reach the job (and its basic-auth credentials are
+    accepted)."""
     probe = textwrap.dedent(
         """
         import json, os, sys
