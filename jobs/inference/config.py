@@ -29,7 +29,7 @@ class InferenceConfig:
     """Model, cluster and prediction settings shared by the segment and evaluate jobs."""
 
     model: str = DEFAULT_MODEL_URI
-    """MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH) or a local or s3:// unet_core checkpoint (file, or a folder holding unet.pt). An alias is resolved to a fixed version once, on the driver."""
+    """MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<model_id> (a logged model), runs:/RUN/PATH) or a local or s3:// unet_core checkpoint (file, or a folder holding unet.pt). An alias is resolved to a fixed version once, on the driver."""
     tracking_uri: str | None = None
     """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (made absolute)."""
     s3_endpoint_url: str | None = None

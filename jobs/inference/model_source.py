@@ -1,16 +1,18 @@
 """Where the batch jobs' model comes from: an MLflow URI or a checkpoint path, resolved once.
 
-The driver resolves ``models:/NAME@ALIAS`` to ``models:/NAME/VERSION`` a single time, downloads
-the model once and reads the unet_core checkpoint (``unet.pt``, found anywhere under the
-downloaded folder) into bytes. Actors get those bytes through the Ray object store, so every
-actor runs the same version even if the alias moves mid-job, and no actor talks to MLflow.
+MLflow's own parser reads ``models:/`` URIs (MLflow 3: ``models:/NAME@ALIAS``,
+``models:/NAME/VERSION`` or ``models:/m-<model_id>``, a logged model). The driver resolves an
+alias to ``models:/NAME/VERSION`` a single time (a version and a logged model id are already
+fixed), downloads the model once and reads the unet_core checkpoint (``unet.pt``, found anywhere
+under the downloaded folder) into bytes. Actors get those bytes through the Ray object store, so
+every actor runs the same version even if the alias moves mid-job, and no actor talks to MLflow.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +23,10 @@ from jobs.common.mlflow_store import mlflow_client, registry_uri, resolve_tracki
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "unet.pt"
-_MODELS_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?$")
-_MODELS_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
-_RUNS = re.compile(r"^runs:/(?P<run_id>[^/]+)(/(?P<path>.*))?$")
+URI_FORMS = (
+    "models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<model_id> (a logged model), "
+    "runs:/RUN/PATH"
+)
 
 
 class ModelSourceError(ValueError):
@@ -37,15 +40,18 @@ class ResolvedModel:
     uri: str
     """The URI or path as given (``models:/unet@champion``)."""
     uri_resolved: str
-    """Fixed form: ``models:/unet/3``, ``runs:/RUN/model``, or an absolute path / s3:// URI."""
+    """Fixed form: ``models:/unet/3``, ``models:/m-<id>``, ``runs:/RUN/model``, or an absolute
+    path / s3:// URI."""
     name: str | None = None
-    """Registered model name (models:/ URIs only)."""
+    """Registered model name (models:/ URIs; for a logged model, the version it is linked to)."""
     version: str | None = None
-    """Registered model version (models:/ URIs only)."""
+    """Registered model version (as for ``name``)."""
     run_id: str | None = None
     """MLflow run that produced the model, when known."""
     alias: str | None = None
     """The alias the version was resolved from, if any."""
+    model_id: str | None = None
+    """MLflow 3 logged model id (``m-...``) of a models:/ URI."""
 
     def to_dict(self) -> dict[str, str | None]:
         return {
@@ -54,6 +60,7 @@ class ResolvedModel:
             "model_version": self.version,
             "model_run_id": self.run_id,
             "model_alias": self.alias,
+            "model_id": self.model_id,
         }
 
 
@@ -64,49 +71,113 @@ def is_mlflow_uri(uri: str) -> bool:
 def resolve_model(uri: str, *, tracking_uri: str | None = None) -> ResolvedModel:
     """Pin ``uri`` to a fixed source; aliases are looked up in the registry once, here."""
     uri = str(uri).strip()
-    if match := _MODELS_ALIAS.match(uri):
-        name, alias = match["name"], match["alias"]
-        client, tracking = mlflow_client(tracking_uri)
-        try:
-            mv = client.get_model_version_by_alias(name, alias)
-        except Exception as exc:  # MlflowException for a missing model or alias
-            raise ModelSourceError(
-                f"{uri}: no version of registered model {name!r} holds alias {alias!r} in "
-                f"{tracking} ({exc}). Train and register a model (jobs/train.py), set the alias, "
-                "or pass --model models:/NAME/VERSION or a checkpoint path"
-            ) from exc
-        logger.info("%s resolves to models:/%s/%s", uri, name, mv.version)
-        return ResolvedModel(
-            uri=uri,
-            uri_resolved=f"models:/{name}/{mv.version}",
-            name=name,
-            version=str(mv.version),
-            run_id=mv.run_id,
-            alias=alias,
-        )
-    if match := _MODELS_VERSION.match(uri):
-        name, version = match["name"], match["version"]
-        client, tracking = mlflow_client(tracking_uri)
-        try:
-            mv = client.get_model_version(name, version)
-        except Exception as exc:
-            raise ModelSourceError(
-                f"{uri}: registered model {name!r} has no version {version} in {tracking} "
-                f"({exc}); list versions in the MLflow UI or pass another --model"
-            ) from exc
-        return ResolvedModel(
-            uri=uri, uri_resolved=uri.rstrip("/"), name=name, version=version, run_id=mv.run_id
-        )
-    if match := _RUNS.match(uri):
-        return ResolvedModel(uri=uri, uri_resolved=uri, run_id=match["run_id"])
     if uri.startswith("models:/"):
-        raise ModelSourceError(
-            f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION (stages are gone in "
-            "MLflow 3: use an alias)"
-        )
+        return _resolve_models_uri(uri, tracking_uri)
+    if uri.startswith("runs:/"):
+        from mlflow.exceptions import MlflowException
+        from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+        try:
+            run_id, _ = RunsArtifactRepository.parse_runs_uri(uri)
+        except MlflowException as exc:
+            raise ModelSourceError(f"{uri}: {exc.message}; expected one of {URI_FORMS}") from exc
+        return ResolvedModel(uri=uri, uri_resolved=uri, run_id=run_id)
     if is_mlflow_uri(uri):
         return ResolvedModel(uri=uri, uri_resolved=uri)
     return ResolvedModel(uri=uri, uri_resolved=fs.absolute(uri))
+
+
+def _resolve_models_uri(uri: str, tracking_uri: str | None) -> ResolvedModel:
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import _parse_model_uri
+
+    try:
+        parsed = _parse_model_uri(uri.rstrip("/"))
+    except MlflowException as exc:
+        raise ModelSourceError(f"{uri}: not a model URI; expected one of {URI_FORMS}") from exc
+    if parsed.model_id is None and parsed.version is None and parsed.alias is None:
+        raise ModelSourceError(
+            f"{uri}: stages and 'latest' move under a running job (and stages are gone in "
+            f"MLflow 3): use an alias or a version; expected one of {URI_FORMS}"
+        )
+    client, tracking = mlflow_client(tracking_uri)
+    if parsed.model_id is not None:
+        return _resolve_logged_model(uri, parsed.model_id, client, tracking)
+    name = parsed.name
+    if parsed.alias is not None:
+        try:
+            mv = client.get_model_version_by_alias(name, parsed.alias)
+        except MlflowException as exc:  # a missing model or alias
+            raise ModelSourceError(
+                f"{uri}: no version of registered model {name!r} holds alias {parsed.alias!r} "
+                f"in {tracking} ({exc.message}). Train and register a model (jobs/train.py), "
+                "set the alias, or pass --model models:/NAME/VERSION or a checkpoint path"
+            ) from exc
+        logger.info("%s resolves to models:/%s/%s", uri, name, mv.version)
+    else:
+        try:
+            mv = client.get_model_version(name, parsed.version)
+        except MlflowException as exc:
+            raise ModelSourceError(
+                f"{uri}: registered model {name!r} has no version {parsed.version} in "
+                f"{tracking} ({exc.message}); list versions in the MLflow UI or pass another "
+                "--model"
+            ) from exc
+    return ResolvedModel(
+        uri=uri,
+        uri_resolved=f"models:/{name}/{mv.version}",
+        name=name,
+        version=str(mv.version),
+        run_id=mv.run_id,
+        alias=parsed.alias,
+        model_id=_model_id_of(mv),
+    )
+
+
+def _model_id_of(mv) -> str | None:
+    """The logged model behind a registered version: its ``model_id``, else the id in its
+    ``models:/m-...`` source (the sqlite registry keeps only the source)."""
+    from mlflow.store.artifact.utils.models import _parse_model_uri
+
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    source = str(mv.source or "")
+    return _parse_model_uri(source).model_id if source.startswith("models:/") else None
+
+
+def _resolve_logged_model(uri: str, model_id: str, client, tracking: str) -> ResolvedModel:
+    """A logged model is immutable: it resolves to itself. Its registered version is the one
+    ``mlflow.register_model`` linked it to (the ``mlflow.modelVersions`` tag), if exactly one."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    try:
+        logged = client.get_logged_model(model_id)
+    except MlflowException as exc:
+        hint = (
+            ""
+            if model_id.startswith("m-")
+            else f"; models:/{model_id} names a logged model by id (MLflow 3): for a registered "
+            f"model pass models:/{model_id}@ALIAS or models:/{model_id}/VERSION"
+        )
+        raise ModelSourceError(
+            f"{uri}: no logged model with id {model_id!r} in {tracking}{hint} ({exc.message})"
+        ) from exc
+    try:
+        links = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    except ValueError:
+        links = []
+    name = version = None
+    if len(links) == 1 and isinstance(links[0], dict):
+        name, version = links[0].get("name"), str(links[0].get("version"))
+    return ResolvedModel(
+        uri=uri,
+        uri_resolved=f"models:/{logged.model_id}",
+        name=name,
+        version=version,
+        run_id=logged.source_run_id,
+        model_id=logged.model_id,
+    )
 
 
 def find_checkpoint(root: str | Path) -> Path:
@@ -142,7 +213,7 @@ def fetch_checkpoint_bytes(
         with tempfile.TemporaryDirectory(prefix="unet-model-") as tmp:
             try:
                 local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri,
+                    artifact_uri=_artifact_location(resolved, tracking_uri),
                     dst_path=tmp,
                     tracking_uri=tracking,
                     registry_uri=registry_uri(tracking_uri, tracking),
@@ -160,10 +231,21 @@ def fetch_checkpoint_bytes(
     path = Path(uri)
     if not path.exists():
         raise ModelSourceError(
-            f"{uri}: no such checkpoint file or folder, and not an MLflow URI "
-            "(models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH)"
+            f"{uri}: no such checkpoint file or folder, and not an MLflow URI ({URI_FORMS})"
         )
     return find_checkpoint(path).read_bytes()
+
+
+def _artifact_location(resolved: ResolvedModel, tracking_uri: str | None) -> str:
+    """Where a models:/ URI's files are, asked of this job's store: MLflow's models:/ artifact
+    repository asks the process-wide tracking URI instead of the one passed to it. Other
+    URIs download as they are."""
+    if not resolved.uri_resolved.startswith("models:/"):
+        return resolved.uri_resolved
+    client, _ = mlflow_client(tracking_uri)
+    if resolved.model_id and resolved.uri_resolved == f"models:/{resolved.model_id}":
+        return client.get_logged_model(resolved.model_id).artifact_location
+    return client.get_model_version_download_uri(resolved.name, resolved.version)
 
 
 def checkpoint_digest(data: bytes) -> str:

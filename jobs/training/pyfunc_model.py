@@ -2,9 +2,11 @@
 
 The training job logs this file with ``python_model=<path of this file>`` and the unet_core
 checkpoint as the artifact ``unet`` (stored at ``artifacts/unet.pt`` in the model folder).
-Loading executes this file and rebuilds the UNet from the checkpoint's architecture and
-weights (``torch.load(weights_only=True)``): nothing is unpickled. Needs ``unet_core``
-importable where the model is loaded (``pip install -e .`` of this repository).
+The ``unet_core`` package travels with it as a code path (``code/unet_core`` in the model
+folder, which MLflow puts first on ``sys.path`` before it executes this file), so the model
+loads wherever its pip requirements (torch, numpy, pillow, mlflow) are installed, without this
+project. Loading rebuilds the UNet from the checkpoint's architecture and weights
+(``torch.load(weights_only=True)``): nothing is unpickled.
 
     model = mlflow.pyfunc.load_model("models:/unet@champion")
     mask = model.predict(image)          # image: HxW or HxWxC uint8 -> HxW uint8 class indices

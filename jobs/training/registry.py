@@ -1,6 +1,7 @@
 """Log the trained UNet as an MLflow model, register a version, and gate the alias.
 
-The logged model is `jobs/training/pyfunc_model.py` as code plus the unet_core checkpoint as the
+The logged model is `jobs/training/pyfunc_model.py` as code, the `unet_core` package as its
+code path (so it loads where this project is not installed) and the unet_core checkpoint as the
 artifact `unet` (`artifacts/unet.pt` in the model folder: what jobs/inference/model_source.py loads).
 The alias (default `champion`) moves to the new version only when its validation mIoU is at
 least `--min-miou` and not below the version holding the alias (its `val_miou` tag), unless
@@ -112,6 +113,8 @@ def log_and_register(
     import torch
     from mlflow.tracking import MlflowClient
 
+    import unet_core
+
     client = MlflowClient()
     version = find_registered(client, name, run_id, epoch)
     if version is None:
@@ -125,6 +128,10 @@ def log_and_register(
                 name="model",
                 python_model=str(PYFUNC_FILE),
                 artifacts={"unet": str(checkpoint_path)},
+                # unet_core travels in the model (code/unet_core, put on sys.path on load), so
+                # mlflow.pyfunc.load_model works where this project is not installed.
+                code_paths=[str(Path(unet_core.__file__).resolve().parent)],
+                # What unet_core imports (torch pinned as in pyproject), not this project.
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow"],
             )
         finally:
