@@ -2,13 +2,15 @@
 
 Steps: connect to Ray and refuse local paths the cluster's nodes cannot see, check the data on
 the driver (`DataValidationError` naming the bad files), decide the workers' device, start or
-resume the MLflow run, train with TorchTrainer (`jobs.training.worker_loop` on
-every worker), then publish: curves and a validation panel, the best checkpoint registered and
-its alias gated (`jobs.training.publish`).
+resume the MLflow run (its source and git tags, the training and validation sets as dataset
+inputs), train with TorchTrainer (`jobs.training.worker_loop` on every worker, each logging
+system metrics when --system-metrics is on), then publish: curves and a validation panel, the
+best checkpoint registered and its alias gated (`jobs.training.publish`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -95,13 +97,17 @@ def run_training(cfg: TrainJobConfig) -> dict:
             run_name=cfg.run_name,
             tags={"data_root": plan.root, "storage_path": cfg.storage_path},
         )
+        if cfg.system_metrics is None:  # on by default on a cluster, off on a local Ray
+            cfg = dataclasses.replace(cfg, system_metrics=not view.local)
         loop_config = make_loop_config(cfg, plan, tracking_uri=uri, run_id=run_id)
+        loop_config["system_metrics"] = tracking.system_metrics_settings(cfg.system_metrics)
         trainer = make_trainer(cfg, plan, loop_config, owned)
         tracking.log_run_inputs(
             uri,
             run_id,
             params=tracking.run_params(cfg.to_flat(), loop_config),
             artifacts={"config.json": loop_config, "split.json": tracking.split_record(plan)},
+            plan=plan,
         )
         try:
             result = trainer.fit()

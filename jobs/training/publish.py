@@ -40,7 +40,7 @@ def publish(
     loaded = load_checkpoint(scratch / MODEL_FILE)
     epoch, val_miou = int(metrics["epoch"]), float(metrics["val_miou"])
     with mlflow.start_run(run_id=run_id):
-        log_curves(uri, run_id, scratch)
+        log_curves(uri, run_id)
         samples = read_samples(
             plan.val_root,
             plan.val,

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 PYFUNC_FILE = Path(__file__).resolve().with_name("pyfunc_model.py")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -36,20 +34,13 @@ class Registration:
         return f"models:/{self.name}/{self.version}"
 
 
-def code_version() -> str:
-    """`git describe` of this checkout, else the package version."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--tags"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        if out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+def code_version(run_tags: dict[str, str]) -> str:
+    """The commit MLflow recorded for the run (its mlflow.source.git.commit tag:
+    `jobs.training.tracking.source_tags`), else the package version."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    if run_tags.get(MLFLOW_GIT_COMMIT):
+        return run_tags[MLFLOW_GIT_COMMIT]
     import unet_core
 
     return f"unet-ray {unet_core.__version__}"
@@ -142,7 +133,7 @@ def log_and_register(
             "run_id": run_id,
             "val_miou": f"{val_miou:.6f}",
             "epoch": str(epoch),
-            "code_version": code_version(),
+            "code_version": code_version(client.get_run(run_id).data.tags),
             **(tags or {}),
         }
         for key, value in all_tags.items():

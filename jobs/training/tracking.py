@@ -4,7 +4,10 @@ never logged twice.
 
 Workers do not inherit MLFLOW_* variables from the driver: the driver resolves the tracking
 URI (`jobs.common.mlflow_store`) and hands it and the run id to the workers in
-train_loop_config. Figures drawn at the end of the run are in `jobs.training.figures`.
+train_loop_config. A new run gets MLflow's own run-context tags (source, user, git), as
+`mlflow.start_run` records them; the training and validation sets are logged as dataset inputs
+(`jobs.training.run_datasets`); every worker may log system metrics. Figures drawn at the end of
+the run are in `jobs.training.figures`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from unet_core.schedule import steps_per_epoch
@@ -27,8 +31,10 @@ def start_or_resume_run(
     *, tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]
 ) -> str:
     """The id of the run tagged with this run name in the experiment, else of a new one;
-    marked RUNNING."""
+    marked RUNNING, with MLflow's source and git tags of the code running now (`source_tags`:
+    a resumed run takes those of the code that resumes it)."""
     import mlflow
+    from mlflow.entities import RunTag
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -44,23 +50,68 @@ def start_or_resume_run(
     if runs:
         run_id = runs[0].info.run_id
         client.update_run(run_id, status="RUNNING")
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in source_tags().items()])
         log.info("resuming MLflow run %s (%s) in experiment %r", run_id, run_name, experiment)
         return run_id
-    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={**source_tags(), RUN_NAME_TAG: run_name, **tags}
+    )
     log.info("created MLflow run %s (%s) in experiment %r", run.info.run_id, run_name, experiment)
     return run.info.run_id
 
 
+def source_tags() -> dict[str, str]:
+    """MLflow's run-context tags, as `mlflow.start_run` resolves them: mlflow.source.name and
+    .type, mlflow.user, and mlflow.source.git.commit/.branch/.repoURL of the entry script's
+    checkout. An entry point outside a checkout (a console script, pytest) takes the git tags
+    of the checkout holding this package, when there is one (`ray job submit` uploads none)."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils import git_utils
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL
+
+    tags = resolve_tags()
+    if not tags.get(MLFLOW_GIT_COMMIT):
+        here = str(Path(__file__).resolve().parent)
+        found = {
+            MLFLOW_GIT_COMMIT: git_utils.get_git_commit(here),
+            MLFLOW_GIT_BRANCH: git_utils.get_git_branch(here),
+            MLFLOW_GIT_REPO_URL: git_utils.get_git_repo_url(here),
+        }
+        if found[MLFLOW_GIT_COMMIT]:
+            tags.update({k: v for k, v in found.items() if v})
+    return tags
+
+
 def log_run_inputs(
-    tracking_uri: str, run_id: str, *, params: dict[str, Any], artifacts: dict[str, Any]
+    tracking_uri: str,
+    run_id: str,
+    *,
+    params: dict[str, Any],
+    artifacts: dict[str, Any],
+    plan=None,
 ) -> None:
     """Params (only those not in the run yet: params are immutable, a resumed run keeps its
-    first values and changed ones are reported) and JSON artifacts (rewritten)."""
+    first values and changed ones are reported), JSON artifacts (rewritten) and, given the data
+    plan, its training and validation sets as dataset inputs (those the run lacks: a resumed
+    run on the same data logs none; on a changed listing it adds the new one)."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    existing = client.get_run(run_id).data.params
+    run = client.get_run(run_id)
+    if plan is not None:
+        from jobs.training.run_datasets import dataset_inputs, split_datasets
+
+        fresh_inputs = dataset_inputs(split_datasets(plan), run.inputs.dataset_inputs)
+        if fresh_inputs and run.inputs.dataset_inputs:
+            log.warning(
+                "resumed run: its data changed since it started; logging %s beside %s",
+                [d.dataset.name + "@" + d.dataset.digest for d in fresh_inputs],
+                [d.dataset.name + "@" + d.dataset.digest for d in run.inputs.dataset_inputs],
+            )
+        if fresh_inputs:
+            client.log_inputs(run_id, datasets=fresh_inputs)
+    existing = run.data.params
     fresh, changed = [], []
     for key, value in sorted(params.items()):
         text = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
@@ -139,6 +190,57 @@ class EpochLogger:
             return
         current = self._client.get_run(self.run_id).data.tags.get(key)
         self._client.set_tag(self.run_id, key, f"{current},{value}" if current else value)
+
+
+# --- system metrics (every worker) -------------------------------------------------------------
+
+
+def system_metrics_settings(enabled: bool) -> dict[str, Any] | None:
+    """The loop config's `system_metrics`: None when off, else MLflow's sampling settings
+    from the driver's environment ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, default 10 s;
+    $MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING, default 1), which workers do not inherit."""
+    if not enabled:
+        return None
+    from mlflow.environment_variables import (
+        MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING,
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL,
+    )
+
+    return {
+        "sampling_interval": MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get() or 10.0,
+        "samples_before_logging": MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING.get() or 1,
+    }
+
+
+def start_system_metrics(
+    settings: dict[str, Any] | None,
+    tracking_uri: str | None,
+    run_id: str | None,
+    *,
+    node_id: str | None,
+):
+    """MLflow's SystemMetricsMonitor of this worker, started (`.finish()` it), or None when
+    off. Metrics are system/<node_id>/cpu_utilization_percentage and the like (no node id:
+    system/...); a restarted worker continues after the steps the run holds. A worker that
+    cannot monitor (no psutil) trains on, with a warning."""
+    if not (settings and tracking_uri and run_id):
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            run_id,
+            sampling_interval=float(settings["sampling_interval"]),
+            samples_before_logging=int(settings["samples_before_logging"]),
+            resume_logging=True,
+            node_id=node_id,
+            tracking_uri=tracking_uri,
+        )
+    except Exception as exc:  # noqa: BLE001 - monitoring must never stop training
+        log.warning("system metrics are off on this worker: %s: %s", type(exc).__name__, exc)
+        return None
+    monitor.start()
+    return monitor
 
 
 # --- records of the run (driver) --------------------------------------------------------------

@@ -35,7 +35,7 @@ from jobs.training.checkpoints import restore, save_train_checkpoint
 from jobs.training.collectives import all_reduce, reduce_eval, sync_buffers
 from jobs.training.config import amp_flag
 from jobs.training.datasets import TRAIN, VAL
-from jobs.training.tracking import EpochLogger
+from jobs.training.tracking import EpochLogger, start_system_metrics
 from unet_core.classes import ClassMap
 from unet_core.config import ModelConfig, PreprocessConfig, TrainConfig
 from unet_core.engine import evaluate, make_optimizer, make_scheduler, train_one_epoch
@@ -222,8 +222,26 @@ def _finite(value: float | None) -> float:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train entry point; `config` is built on the driver (`trainer.make_loop_config`)."""
+    """Ray Train entry point; `config` is built on the driver (`trainer.make_loop_config`).
+    With `system_metrics` set every rank logs its machine's use to the run, under its own
+    node id (worker_<rank>) when the run may have several workers."""
     quiet_worker_logs(config.get("log_level", "INFO"))
+    several = int(config.get("worker_range", [1, 1])[-1]) > 1
+    rank = ray.train.get_context().get_world_rank()
+    monitor = start_system_metrics(
+        config.get("system_metrics"),
+        config.get("tracking_uri"),
+        config.get("run_id"),
+        node_id=f"worker_{rank}" if several else None,
+    )
+    try:
+        return _train_loop(config)
+    finally:
+        if monitor is not None:
+            monitor.finish()  # the last samples flushed
+
+
+def _train_loop(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("use_gpu"):
         require_cuda("a training worker")
     if config.get("torch_threads"):

@@ -1,5 +1,3 @@
-import math
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -8,7 +6,6 @@ from unet_core.config import IGNORE_INDEX
 from unet_core.viz import (
     colorize_mask,
     legend,
-    loss_curve_png,
     overlay,
     panel,
     save_png,
@@ -81,36 +78,3 @@ def test_save_png_roundtrip(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "sub" / "mask.png")), rgb)
     with pytest.raises(ValueError, match="uint8"):
         save_png(rgb.astype(np.float32), tmp_path / "bad.png")
-
-
-def test_loss_curve_png_is_a_readable_chart(tmp_path):
-    path = tmp_path / "curve.png"
-    loss_curve_png(
-        {
-            "train_loss": [1.0, 0.6, 0.4, 0.3],
-            "val_miou": [0.2, float("nan"), 0.7],
-            "single": [0.5],
-        },
-        path,
-        title="run",
-    )
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(path) as img:
-        img.verify()
-    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    assert img.shape == (400, 640, 3)
-    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 20
-    # each series' colour appears (the first two are Tableau blue and orange)
-    for colour in [(31, 119, 180), (255, 127, 14), (44, 160, 44)]:
-        assert (np.abs(img - colour).sum(axis=2) < 30).sum() > 20
-
-
-@pytest.mark.parametrize(
-    "history",
-    [{"loss": [0.7]}, {}, {"loss": [float("nan"), math.inf]}, {"flat": [2.0, 2.0, 2.0]}],
-)
-def test_loss_curve_png_edge_cases(tmp_path, history):
-    path = tmp_path / "curve.png"
-    loss_curve_png(history, path, size=(320, 200))
-    img = np.asarray(Image.open(path).convert("RGB"))
-    assert img.shape == (200, 320, 3) and len(np.unique(img.reshape(-1, 3), axis=0)) > 2
