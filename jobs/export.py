@@ -1,0 +1,72 @@
+"""Export a model as ONNX or pt2 (torch.export), checked against PyTorch; log it to MLflow.
+
+    python jobs/export.py --model models:/unet@champion --format onnx --output unet.onnx
+    python jobs/export.py --model runs/unet.pt --format pt2 --output unet.pt2
+
+The file takes (N, C, H, W) float32 normalised as in training ((pixel / 255 - mean) / std) and
+gives (N, K, H, W) logits, with dynamic N, H and W; H and W must be multiples of 2**depth (at
+least 2 * 2**depth). Class names and values, mean/std and that rule travel in the file's
+metadata. The file is run (onnxruntime, or torch.export.load) on inputs of two sizes and its
+logits compared with the model's in PyTorch; above --tolerance the job exits 1. A registered
+version gets the file as an artifact of its run and export.* tags. The last stdout line is
+the JSON summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jobs/export.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.common.cli import command_name
+from jobs.common.logs import setup_logging
+from jobs.exporting.config import parse_export_config
+from jobs.exporting.formats import ExportDependencyError
+from jobs.exporting.job import run_export
+
+logger = logging.getLogger("jobs.export")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_export_config(
+            argv,
+            prog=command_name("jobs/export.py"),
+            description=" ".join(__doc__.split("\n\n")[0:3:2]).replace("\n", " "),
+        )
+    except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, message printed)
+        return int(exc.code or 0)
+    setup_logging(cfg.log_level)
+    try:
+        summary = run_export(cfg)
+    except (ExportDependencyError, ValueError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        print(json.dumps({"error": str(exc)}), flush=True)
+        return 2
+    except Exception as exc:  # the exporter's own failure: the reason, the traceback with DEBUG
+        logger.debug("export failed", exc_info=True)
+        logger.error("export failed: %s: %s", type(exc).__name__, exc)
+        print(json.dumps({"error": f"export failed: {type(exc).__name__}: {exc}"}), flush=True)
+        return 1
+    if not summary["passed"]:
+        logger.error("%s", summary["error"])
+    else:
+        logger.info(
+            "wrote %s (%d bytes): max abs logit difference %.3g on %s; %s",
+            summary["output"],
+            summary["bytes"],
+            summary["max_abs_diff"],
+            [c["shape"] for c in summary["checks"]],
+            f"logged as {summary['artifact_uri']}" if summary["artifact_uri"] else "not logged",
+        )
+    sys.stdout.flush()
+    print(json.dumps(summary), flush=True)
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

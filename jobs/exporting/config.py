@@ -1,0 +1,148 @@
+"""Configuration of `jobs/export.py`: one typed dataclass, a flag per field (help = docstring).
+
+Imports neither torch nor MLflow: `--help` and flag errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.common.cli import add_field_flag, field_docs, load_config_file
+
+FORMATS = ("onnx", "pt2")
+SECTION = "export"
+"""The section of a recipe file (configs/*.yaml) that this job reads."""
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+@dataclass
+class ExportConfig:
+    """`jobs/export.py`: a model as an ONNX or torch.export (pt2) file, checked against PyTorch."""
+
+    model: str = ""
+    """Registered MLflow model (models:/NAME@ALIAS, models:/NAME/VERSION; also runs:/RUN/PATH) or a local or s3:// unet_core checkpoint (file, or a folder holding unet.pt)."""
+    format: str = ""
+    """onnx: an ONNX file for onnxruntime and other runtimes (needs pip install 'unet-ray[export]'); pt2: a torch.export program (torch.export.load), exported on CPU."""
+    output: str = ""
+    """Local file to write (replaced atomically if it exists), e.g. unet.onnx or unet.pt2."""
+    tolerance: float = 1e-3
+    """Largest max-abs difference of logits between the exported file and the PyTorch model (fp32, same normalised input) before the job fails (exit 1)."""
+    check_sizes: str = "auto"
+    """Input sizes HxW of the check, comma-separated (e.g. 256x256,512x384), each a multiple of 2**depth and at least 2 * 2**depth; the first runs with batch 2, the others with batch 1. auto: 3m x 5m and 4m x 2m for m = 2**depth."""
+    opset: int | None = None
+    """ONNX opset to target (onnx only); default: the exporter's recommended opset."""
+    log_to_mlflow: bool = True
+    """For a model from MLflow: log the file as an artifact of the model's run (<artifact-path>/unet.onnx or unet.pt2) and, for a registered version, tag it (export.<format> = the artifact URI, export.<format>.max_abs_diff, export.<format>.sha256). Nothing is logged for a checkpoint path or when the check fails."""
+    artifact_path: str = "export"
+    """Folder of the model run's artifacts that receives the exported file."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (made absolute)."""
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint for an s3:// checkpoint (MinIO, a local server); default $AWS_ENDPOINT_URL."""
+    log_level: str = "INFO"
+    """Logging level (stderr)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.model:
+            problems.append(
+                "--model is required (models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint)"
+            )
+        if self.format not in FORMATS:
+            got = f", got {self.format!r}" if self.format else ""
+            problems.append(f"--format must be one of {', '.join(FORMATS)}{got}")
+        if not self.output:
+            problems.append("--output is required (the file to write, e.g. unet.onnx)")
+        elif "://" in self.output:
+            problems.append(
+                f"--output {self.output}: give a local file path; with a model from MLflow the "
+                "file is also logged to the model's run (--log-to-mlflow)"
+            )
+        if not self.tolerance >= 0:
+            problems.append(f"--tolerance must be >= 0, got {self.tolerance}")
+        if self.opset is not None and self.opset < 7:
+            problems.append(f"--opset must be an ONNX opset number (e.g. 18), got {self.opset}")
+        if self.opset is not None and self.format == "pt2":
+            problems.append("--opset applies to --format onnx only; leave it out for pt2")
+        if self.check_sizes.strip().lower() != "auto":
+            try:
+                self.sizes(multiple=1)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if not self.artifact_path.strip("/"):
+            problems.append("--artifact-path must name a folder, e.g. export")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def sizes(self, *, multiple: int) -> list[tuple[int, int]]:
+        """The (H, W) sizes of the check for a model whose sides must be multiples of
+        ``multiple`` (2**depth), at least 2 * multiple."""
+        if self.check_sizes.strip().lower() == "auto":
+            return [(3 * multiple, 5 * multiple), (4 * multiple, 2 * multiple)]
+        sizes = []
+        for part in self.check_sizes.split(","):
+            match = _SIZE.match(part)
+            if not match:
+                raise ValueError(
+                    f"--check-sizes {self.check_sizes!r}: {part.strip()!r} is not HxW "
+                    "(e.g. 256x256,512x384), or give auto"
+                )
+            h, w = int(match[1]), int(match[2])
+            if h % multiple or w % multiple or min(h, w) < 2 * multiple:
+                raise ValueError(
+                    f"--check-sizes: {h}x{w} does not fit this model; its sides must be "
+                    f"multiples of {multiple} (2**depth) and at least {2 * multiple}"
+                )
+            sizes.append((h, w))
+        return sizes
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """One flag per field of `ExportConfig`; help = the field's docstring and its default."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, argument_default=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON or YAML file with any of the fields below (flat names, e.g. tolerance: 1e-4, "
+        f"or under an {SECTION}: section of a recipe file); flags given on the command line "
+        "override it",
+    )
+    hints = typing.get_type_hints(ExportConfig)
+    docs = field_docs(ExportConfig)
+    for f in dataclasses.fields(ExportConfig):
+        doc = docs.get(f.name, "")
+        if f.name in ("model", "format", "output"):
+            text = f"{doc} (required)"
+        elif f.default is None:
+            text = doc if "default" in doc.lower() else f"{doc} (default: none)"
+        else:
+            text = f"{doc} (default: {f.default})"
+        metavar = {"model": "URI", "output": "FILE", "format": "|".join(FORMATS)}
+        add_field_flag(
+            parser, f.name, hints[f.name], text, metavar=metavar.get(f.name, f.name.upper())
+        )
+    return parser
+
+
+def parse_export_config(argv: list[str] | None, *, prog: str, description: str) -> ExportConfig:
+    """Flags (and --config) -> `ExportConfig`: defaults < config file < command line; invalid
+    values exit 2 with the reason (argparse's error line)."""
+    parser = build_parser(prog, description)
+    values: dict[str, Any] = vars(parser.parse_args(argv))
+    config_path = values.pop("config", None)
+    try:
+        if config_path:
+            hints = typing.get_type_hints(ExportConfig)
+            file_values = load_config_file(config_path, hints, sections=(SECTION,), prog=prog)
+            values = {**file_values, **values}
+        return ExportConfig(**values)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,139 @@
+"""One export run: resolve and fetch the model, export it, check the file, log it to MLflow.
+
+The model's source is pinned once (`jobs.inference.model_source`, as the batch jobs do: an
+alias becomes a fixed version), the checkpoint rebuilt on CPU in fp32 and eval mode, and the
+export taken from that very module (`jobs.exporting.formats`). The file is checked as written
+(`jobs.exporting.check`); only a file that passes is logged back to MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs.common import fs
+from jobs.exporting import formats
+from jobs.exporting.config import ExportConfig
+from jobs.inference.model_source import (
+    checkpoint_digest,
+    fetch_checkpoint_bytes,
+    resolve_model,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_export(cfg: ExportConfig) -> dict[str, Any]:
+    """Write ``cfg.output`` and return the job's summary; ``summary["passed"]`` says whether
+    the file's logits are within ``cfg.tolerance`` of PyTorch's. Bad input raises ValueError
+    (`ModelSourceError` among them), missing ONNX packages `ExportDependencyError`."""
+    from jobs.exporting.check import check_export, sample_input
+    from unet_core.checkpoint import load_checkpoint
+
+    start = time.perf_counter()
+    formats.quiet_exporter_logs(cfg.log_level)
+    if cfg.format == "onnx":
+        formats.require_onnx()  # before any download or export
+    resolved = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri)
+    data = fetch_checkpoint_bytes(
+        resolved, tracking_uri=cfg.tracking_uri, endpoint_url=fs.s3_endpoint(cfg.s3_endpoint_url)
+    )
+    try:
+        loaded = load_checkpoint(data)
+    except ValueError as exc:
+        raise ValueError(f"--model {cfg.model}: {exc}") from exc
+    multiple = formats.spatial_multiple(loaded)
+    sizes = cfg.sizes(multiple=multiple)
+    output = Path(cfg.output).expanduser().resolve()
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file name, e.g. unet.{cfg.format}")
+    source = {
+        **resolved.to_dict(),
+        "model_uri_given": resolved.uri,
+        "checkpoint_sha256": checkpoint_digest(data),
+    }
+    model = loaded.model.float().eval()
+    meta = formats.metadata(loaded, source)
+
+    logger.info("exporting %s to %s (%s)", resolved.uri_resolved, output, cfg.format)
+    program = formats.export_program(model, sample_input(loaded.preprocess, multiple), multiple)
+    if cfg.format == "onnx":
+        written = formats.write_onnx(program, output, meta, opset=cfg.opset)
+    else:
+        written = formats.write_pt2(program, output, meta)
+    del program
+
+    checks = check_export(formats.RUNNERS[cfg.format](output), model, loaded.preprocess, sizes)
+    diffs = [c["max_abs_diff"] for c in checks]
+    max_diff = None if None in diffs else max(diffs)
+    passed = max_diff is not None and max_diff <= cfg.tolerance
+    sha256 = file_sha256(output)
+    summary: dict[str, Any] = {
+        "format": cfg.format,
+        "output": str(output),
+        "bytes": output.stat().st_size,
+        "sha256": sha256,
+        **source,
+        **written,
+        "input": {
+            "name": formats.INPUT_NAME,
+            "shape": ["batch", loaded.model_config.in_channels, "height", "width"],
+            "dtype": "float32",
+            "spatial_multiple": multiple,
+            "min_spatial_size": 2 * multiple,
+            "mean": list(loaded.preprocess.mean),
+            "std": list(loaded.preprocess.std),
+        },
+        "output_name": formats.OUTPUT_NAME,
+        "class_names": loaded.class_map.names,
+        "class_values": loaded.class_map.values,
+        "checks": checks,
+        "max_abs_diff": max_diff,
+        "mask_agreement": min(c["mask_agreement"] for c in checks),
+        "tolerance": cfg.tolerance,
+        "passed": passed,
+        "artifact_uri": None,
+        "version_tags": {},
+    }
+    if not passed:
+        what = (
+            f"differ from PyTorch's by {max_diff} (max abs) > --tolerance {cfg.tolerance}"
+            if max_diff is not None
+            else "are NaN or inf where PyTorch's are not"
+        )
+        summary["error"] = (
+            f"the exported file's logits {what} on inputs {[c['shape'] for c in checks]}; "
+            f"{output} is kept for inspection, nothing was logged to MLflow"
+        )
+    elif cfg.log_to_mlflow and resolved.run_id:
+        from jobs.exporting.publish import log_export
+
+        summary.update(
+            log_export(
+                resolved,
+                output,
+                fmt=cfg.format,
+                max_abs_diff=max_diff or 0.0,
+                sha256=sha256,
+                artifact_path=cfg.artifact_path,
+                tracking_uri=cfg.tracking_uri,
+            )
+        )
+    elif cfg.log_to_mlflow and resolved.name:
+        logger.warning(
+            "%s has no run to log the export to; the file is written but not logged",
+            resolved.uri_resolved,
+        )
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return summary
