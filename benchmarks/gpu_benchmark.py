@@ -439,9 +439,11 @@ def train_part(
     class_map = make_synthetic_dataset(
         root, num_images=args.train_images, size=args.train_size, seed=0
     )
+    val_root = work / "val_data"  # cases of its own: --val-data sharing keys is refused
+    make_synthetic_dataset(val_root, num_images=2, size=args.train_size, seed=1, prefix="val")
     summary = run_job(
         "train.py",
-        ["--data", str(root), "--val-data", str(root), "--num-workers", "1",
+        ["--data", str(root), "--val-data", str(val_root), "--num-workers", "1",
          "--use-gpu" if device.type == "cuda" else "--no-gpu",
          "--epochs", str(args.train_epochs), "--batch-size", str(args.train_batch_size),
          "--crop-size", str(args.train_size), "--no-augment", "--lr", "1e-3",

@@ -115,6 +115,11 @@ def model_config(args: argparse.Namespace, num_classes: int) -> ModelConfig:
     )
 
 
+def val_root_of(root: Path) -> Path:
+    """The small validation set beside a generated training set."""
+    return root.parent / f"{root.name}_val"
+
+
 def ray_loop(root: Path, args: argparse.Namespace, scratch: Path) -> dict[str, list[float]]:
     """images/s and data-wait seconds per epoch that the Ray Train worker measured (from the
     run's MLflow history)."""
@@ -124,7 +129,7 @@ def ray_loop(root: Path, args: argparse.Namespace, scratch: Path) -> dict[str, l
 
     uri = f"sqlite:///{scratch / 'mlflow.db'}"
     argv = [
-        "--data", str(root), "--val-data", str(root), "--num-workers", "1",
+        "--data", str(root), "--val-data", str(val_root_of(root)), "--num-workers", "1",
         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--crop-size", "0",
         "--no-augment", "--lr", "1e-3", "--base-width", str(args.base_width),
         "--depth", str(args.depth), "--norm", args.norm, "--torch-threads", str(args.threads),
@@ -251,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         root = scratch / "data"
         class_map = make_synthetic_dataset(root, num_images=args.images, size=args.size, seed=0)
+        # validation needs cases of its own (--val-data sharing keys is refused): 2 images
+        make_synthetic_dataset(
+            val_root_of(root), num_images=2, size=args.size, seed=1, prefix="val"
+        )
         if args.amp == "compare":
             result = amp_comparison(root, class_map, args)
         else:

@@ -136,9 +136,11 @@ def make_synthetic_dataset(
     size: int | tuple[int, int] = 96,
     seed: int = 0,
     num_classes: int = 3,
+    prefix: str = "synth",
 ) -> ClassMap:
-    """Write ``root/images/synth_NNNN.png`` (RGB), ``root/masks/synth_NNNN.png`` (8-bit class
-    values of the returned class map) and ``root/classes.json``; deterministic for a seed.
+    """Write ``root/images/<prefix>_NNNN.png`` (RGB), ``root/masks/<prefix>_NNNN.png`` (8-bit
+    class values of the returned class map) and ``root/classes.json``; deterministic for a seed.
+    Another ``prefix`` gives a set whose keys differ (a validation set beside a training one).
 
     ``size`` is an int (square) or (height, width), at least 16 each; ``num_classes`` in 2..5
     counts the background.
@@ -156,7 +158,7 @@ def make_synthetic_dataset(
     rng = np.random.default_rng(seed)
     for i in range(num_images):
         image, classes = make_synthetic_image(rng, (h, w), num_classes)
-        name = f"synth_{i:04d}.png"
+        name = f"{prefix}_{i:04d}.png"
         Image.fromarray(image).save(root / "images" / name)
         Image.fromarray(values[classes]).save(root / "masks" / name)
     class_map.save(root / CLASS_MAP_FILENAME)

@@ -157,9 +157,10 @@ def _parse_file(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({exc}); YAML files need .yaml/.yml") from exc
 
 
-JOB_SECTIONS = ("train", "model", "evaluate", "segment")
+JOB_SECTIONS = ("train", "model", "evaluate", "segment", "export")
 """Sections of a recipe file (configs/*.yaml): `train:` and `model:` are read by jobs/train.py,
-`evaluate:` by jobs/evaluate.py, `segment:` by jobs/segment.py; each job skips the others'."""
+`evaluate:` by jobs/evaluate.py, `segment:` by jobs/segment.py, `export:` by jobs/export.py;
+each job skips the others'."""
 
 
 def load_config_file(
@@ -194,6 +195,38 @@ def load_config_file(
         return {k: coerce(k, v, field_types[k]) for k, v in flat.items()}
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def add_config_flag(parser: argparse.ArgumentParser, section: str, example: str) -> None:
+    """`--config FILE`: the job's fields from a JSON/YAML file (flat, or under `section:`)."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"JSON or YAML file with any of the fields below (flat names, e.g. {example}, or "
+        f"under a {section}: section, as in configs/*.yaml); flags given on the command line "
+        "override it",
+    )
+
+
+def parse_fields(
+    cls: type, parser: argparse.ArgumentParser, argv: list[str] | None, *, section: str
+) -> Any:
+    """Flags (and `--config FILE`'s `section`) into the dataclass `cls`: defaults < config
+    file < command line. The parser's defaults are SUPPRESS (absent flags stay absent, so the
+    file can set them). Invalid values exit 2 with the reason (argparse's error line)."""
+    values = vars(parser.parse_args(argv))
+    config_path = values.pop("config", None)
+    try:
+        if config_path:
+            hints = typing.get_type_hints(cls)
+            file_values = load_config_file(
+                config_path, hints, sections=(section,), prog=parser.prog
+            )
+            values = {**file_values, **values}
+        return cls(**values)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits
 
 
 def finish_dry_run(report: dict) -> int:

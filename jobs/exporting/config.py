@@ -10,9 +10,8 @@ import dataclasses
 import re
 import typing
 from dataclasses import dataclass
-from typing import Any
 
-from jobs.common.cli import add_field_flag, field_docs, load_config_file
+from jobs.common.cli import add_config_flag, add_field_flag, field_docs, parse_fields
 
 FORMATS = ("onnx", "pt2")
 SECTION = "export"
@@ -107,13 +106,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=description, argument_default=argparse.SUPPRESS
     )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="JSON or YAML file with any of the fields below (flat names, e.g. tolerance: 1e-4, "
-        f"or under an {SECTION}: section of a recipe file); flags given on the command line "
-        "override it",
-    )
+    add_config_flag(parser, SECTION, "tolerance: 1e-4")
     hints = typing.get_type_hints(ExportConfig)
     docs = field_docs(ExportConfig)
     for f in dataclasses.fields(ExportConfig):
@@ -134,15 +127,4 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def parse_export_config(argv: list[str] | None, *, prog: str, description: str) -> ExportConfig:
     """Flags (and --config) -> `ExportConfig`: defaults < config file < command line; invalid
     values exit 2 with the reason (argparse's error line)."""
-    parser = build_parser(prog, description)
-    values: dict[str, Any] = vars(parser.parse_args(argv))
-    config_path = values.pop("config", None)
-    try:
-        if config_path:
-            hints = typing.get_type_hints(ExportConfig)
-            file_values = load_config_file(config_path, hints, sections=(SECTION,), prog=prog)
-            values = {**file_values, **values}
-        return ExportConfig(**values)
-    except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
+    return parse_fields(ExportConfig, build_parser(prog, description), argv, section=SECTION)

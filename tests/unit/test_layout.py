@@ -10,7 +10,7 @@ import pytest
 from tests.support import REPO_ROOT
 
 PACKAGES = ("jobs", "unet_core")
-ENTRY_SCRIPTS = ("train.py", "segment.py", "evaluate.py", "demo.py")
+ENTRY_SCRIPTS = ("train.py", "segment.py", "evaluate.py", "demo.py", "export.py")
 MAX_MODULE_LINES = 400
 MAX_ENTRY_LINES = 150
 

@@ -95,9 +95,11 @@ GAP = 5e-4  # the least distance that counts as "not equal" (measured: 1.5e-3 an
 # --- data ----------------------------------------------------------------------------------
 
 
-def make_data(root, *, seed: int, ignored: list[int]) -> None:
+def make_data(root, *, seed: int, ignored: list[int], prefix: str = "synth") -> None:
     """Synthetic pairs whose i-th mask has exactly ignored[i] scattered ignored pixels."""
-    class_map = make_synthetic_dataset(root, num_images=len(ignored), size=SIZE, seed=seed)
+    class_map = make_synthetic_dataset(
+        root, num_images=len(ignored), size=SIZE, seed=seed, prefix=prefix
+    )
     ClassMap(class_map.classes, ignore_values=(IGNORED_VALUE,)).save(root / CLASS_MAP_FILENAME)
     rng = np.random.default_rng(seed)
     for count, path in zip(ignored, sorted((root / "masks").glob("*.png")), strict=True):
@@ -146,7 +148,7 @@ def shard_batch(name: str, setup: WorkerSetup, epoch: int):
         train_batches(
             ray.train.get_dataset_shard(name),
             batch_size=setup.cfg.batch_size,
-            transform=transforms_for_training(0, augment=False),
+            transform=transforms_for_training(TrainConfig(crop_size=0, augment=False)),
             preprocess=setup.preprocess,
             seed=setup.cfg.seed,
             epoch=epoch,
@@ -271,7 +273,7 @@ def test_one_and_two_workers_agree(ray_local, tmp_path):
     train_root, unequal_root, val_root = tmp_path / "train", tmp_path / "unequal", tmp_path / "val"
     make_data(train_root, seed=1, ignored=[150] * 4)  # the same valid-pixel count on each rank
     make_data(unequal_root, seed=1, ignored=[40, 150, 400, 900])  # no 2 + 2 split is balanced
-    make_data(val_root, seed=2, ignored=[0, 60, 120, 180, 240])  # 5: uneven val shards
+    make_data(val_root, seed=2, ignored=[0, 60, 120, 180, 240], prefix="val")  # 5: uneven shards
     plans = [
         plan_data(str(root), val_data=str(val_root), val_fraction=0.0, seed=0)[0]
         for root in (train_root, unequal_root)

@@ -1,4 +1,4 @@
-"""Recipe files (configs/*.yaml): one file, a section per job. Each loads in all three jobs, a
+"""Recipe files (configs/*.yaml): one file, a section per job. Each loads in every job, a
 job reads only its own sections, flags override the file, and unknown keys name the key."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.exporting.config import ExportConfig, parse_export_config
 from jobs.inference.config import EvaluateConfig, SegmentConfig, parse_config
 from jobs.training.config import DEMO_PRESET, TrainJobConfig, parse_args
 from tests.support import REPO_ROOT
@@ -29,11 +30,17 @@ def test_there_are_recipes():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_recipe_loads_in_all_three_jobs(recipe):
+def test_recipe_loads_in_every_job(recipe):
     trained = parse_args(["--config", str(recipe), "--data", "some/data"])
     assert isinstance(trained, TrainJobConfig) and trained.data == "some/data"
     assert isinstance(segment("--config", str(recipe)), SegmentConfig)
     assert isinstance(evaluate("--config", str(recipe)), EvaluateConfig)
+    exported = parse_export_config(
+        ["--config", str(recipe), "--model", "unet.pt", "--format", "onnx", "--output", "u.onnx"],
+        prog="export",
+        description="",
+    )
+    assert isinstance(exported, ExportConfig)
 
 
 def test_demo_recipe_is_the_built_in_demo_preset():
