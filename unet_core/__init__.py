@@ -40,11 +40,13 @@ if TYPE_CHECKING:
         resolve_device,
     )
     from unet_core.losses import SegmentationLoss
-    from unet_core.metrics import ConfusionMatrix
+    from unet_core.metrics import ConfusionMatrix, adapted_rand_error, segment_labels
     from unet_core.model import UNet
     from unet_core.precision import autocast_context
     from unet_core.predict import Prediction, predict, predict_batch, predict_tensor
     from unet_core.synthetic import make_synthetic_dataset
+    from unet_core.tta import TTA_MODES
+    from unet_core.weightmap import border_weight_map
 
 _EXPORTS = {
     "LoadedModel": "unet_core.checkpoint",
@@ -73,6 +75,8 @@ _EXPORTS = {
     "fold_batchnorm": "unet_core.fold",
     "SegmentationLoss": "unet_core.losses",
     "ConfusionMatrix": "unet_core.metrics",
+    "adapted_rand_error": "unet_core.metrics",
+    "segment_labels": "unet_core.metrics",
     "UNet": "unet_core.model",
     "Prediction": "unet_core.predict",
     "autocast_context": "unet_core.precision",
@@ -84,9 +88,12 @@ _EXPORTS = {
     "prepare_for_inference": "unet_core.inference_device",
     "resolve_device": "unet_core.inference_device",
     "make_synthetic_dataset": "unet_core.synthetic",
+    "TTA_MODES": "unet_core.tta",
+    "border_weight_map": "unet_core.weightmap",
 }
 __all__ = [
     "IGNORE_INDEX",
+    "TTA_MODES",
     "ClassInfo",
     "ClassMap",
     "ConfusionMatrix",
@@ -101,7 +108,9 @@ __all__ = [
     "SegmentationLoss",
     "TrainConfig",
     "UNet",
+    "adapted_rand_error",
     "autocast_context",
+    "border_weight_map",
     "checkpoint_to_bytes",
     "compile_model",
     "decode_image",
@@ -121,6 +130,7 @@ __all__ = [
     "prepare_for_inference",
     "resolve_device",
     "save_checkpoint",
+    "segment_labels",
     "split_pairs",
     "train_one_epoch",
 ]

@@ -152,7 +152,43 @@ class TrainConfig:
     dice_weight: float = 1.0
     """Weight of soft Dice in the loss."""
     augment: bool = True
-    """Random flips, 90-degree rotations and brightness/contrast jitter on training crops."""
+    """Augment training crops as the fields below say; off: crops pass unchanged whatever they say."""
+    hflip: float = 0.5
+    """Probability of a left-right mirror."""
+    vflip: float = 0.5
+    """Probability of an up-down mirror (0 for road scenes)."""
+    rotate90: float = 0.5
+    """Probability of a rotation by 90, 180 or 270 degrees (0 for road scenes)."""
+    scale_min: float = 1.0
+    """Smallest random scale (< 1 zooms out); scale_min = scale_max = 1 with rotate_degrees 0 is off."""
+    scale_max: float = 1.0
+    """Largest random scale (> 1 zooms in)."""
+    rotate_degrees: float = 0.0
+    """Random rotation by any angle in [-x, x] degrees, with the scale in one affine; 0 = off."""
+    affine: float = 1.0
+    """Probability of the random scale/rotation when scale_min, scale_max or rotate_degrees turn it on."""
+    elastic: float = 0.0
+    """Probability of an elastic deformation (the U-Net paper's); 0 = off."""
+    elastic_sigma: float = 10.0
+    """Elastic displacement: standard deviation in pixels at each control point."""
+    elastic_grid: int = 3
+    """Elastic control points per side of the crop (3 = a 3x3 grid, as the U-Net paper)."""
+    brightness: float = 0.2
+    """Brightness jitter: pixels scaled by a factor in [1 - x, 1 + x]; 0 = off."""
+    contrast: float = 0.2
+    """Contrast jitter: distance to the mean scaled by a factor in [1 - x, 1 + x]; 0 = off."""
+    gamma: float = 0.0
+    """Random gamma log-uniform in [1 / (1 + x), 1 + x]; 0 = off."""
+    noise_std: float = 0.0
+    """Additive Gaussian noise, standard deviation in pixel values (0..255); 0 = off."""
+    border_weight: float = 0.0
+    """w0 of the U-Net paper's border weight map (10 there) in the cross-entropy; 0 = off."""
+    border_sigma: float = 5.0
+    """sigma of the border weight map, in pixels (5 in the U-Net paper)."""
+    border_class: int = 1
+    """Class index whose connected components are the objects of the border weight map."""
+    border_class_balance: bool = True
+    """Border weight map: w_c balances the classes of each mask (inverse frequency); off: w_c = 1."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping norm; None disables clipping."""
 
@@ -169,6 +205,39 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight == 0:
             raise ValueError("ce_weight and dice_weight must be >= 0 and not both 0")
+        self._check_augmentation()
+        if self.border_weight < 0 or self.border_sigma <= 0 or self.border_class < 0:
+            raise ValueError(
+                "border_weight must be >= 0 (0 = off), border_sigma > 0 pixels and border_class "
+                f"a class index >= 0; got {self.border_weight}, {self.border_sigma} and "
+                f"{self.border_class}"
+            )
+
+    def _check_augmentation(self) -> None:
+        for name in ("hflip", "vflip", "rotate90", "affine", "elastic"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.scale_min <= self.scale_max:
+            raise ValueError(
+                f"scale_min and scale_max must satisfy 0 < scale_min <= scale_max, got "
+                f"{self.scale_min} and {self.scale_max}"
+            )
+        if not 0.0 <= self.rotate_degrees <= 180.0:
+            raise ValueError(f"rotate_degrees must be in [0, 180], got {self.rotate_degrees}")
+        if self.elastic_sigma < 0 or self.elastic_grid < 2:
+            raise ValueError(
+                f"elastic_sigma must be >= 0 pixels and elastic_grid >= 2 control points, got "
+                f"{self.elastic_sigma} and {self.elastic_grid}"
+            )
+        if not (0.0 <= self.brightness < 1.0 and 0.0 <= self.contrast < 1.0):
+            raise ValueError(
+                f"brightness and contrast must be in [0, 1), got {self.brightness} and "
+                f"{self.contrast}"
+            )
+        if self.gamma < 0 or self.noise_std < 0:
+            raise ValueError(
+                f"gamma and noise_std must be >= 0 (0 = off), got {self.gamma} and {self.noise_std}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -219,7 +219,7 @@ def fit(
     torch.manual_seed(cfg.seed)
     pairs = pairs if pairs is not None else pair_images_and_masks(root)
     train_pairs, val_pairs = split_pairs(pairs, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    transform = transforms_for_training(cfg.crop_size, augment=cfg.augment)
+    transform = transforms_for_training(cfg)
     train_set = PairDataset(
         root,
         train_pairs,

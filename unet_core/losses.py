@@ -72,11 +72,13 @@ def _cross_entropy(
     *,
     ignore_index: int,
     class_weights: torch.Tensor | None,
+    pixel_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted mean cross-entropy over non-ignored pixels; 0 (with a graph) when there are none.
 
     Same value as ``F.cross_entropy(..., weight, ignore_index)`` but no NaN for an all-ignored
-    batch and no host synchronisation to detect one.
+    batch and no host synchronisation to detect one. ``pixel_weights`` (B, H, W) multiply the
+    class weights pixel by pixel, in the same weighted mean.
     """
     valid = target != ignore_index  # (B, H, W)
     safe_target = torch.where(valid, target, 0)
@@ -84,6 +86,8 @@ def _cross_entropy(
     weight = valid.float()
     if class_weights is not None:
         weight = weight * class_weights.to(logits.device)[safe_target]
+    if pixel_weights is not None:
+        weight = weight * pixel_weights.to(device=logits.device, dtype=torch.float32)
     # Multiplying (not indexing) keeps the zero gradient exact at ignored pixels.
     return (per_pixel * weight).sum() / weight.sum().clamp_min(1e-12)
 
@@ -92,9 +96,13 @@ class SegmentationLoss(nn.Module):
     """``ce_weight * cross-entropy + dice_weight * soft Dice``; ignored pixels count in neither.
 
     ``class_weights`` (K,) weight the cross-entropy only (weighted mean, as in
-    ``torch.nn.CrossEntropyLoss``). Both terms are computed in float32 whatever the autocast
-    dtype of the logits. ``forward`` returns the scalar loss; ``components`` returns the two
-    terms (unweighted) and the total, e.g. for logging.
+    ``torch.nn.CrossEntropyLoss``). So does the optional per-pixel ``weight`` (B, H, W) of
+    ``forward`` and ``components`` (e.g. `unet_core.weightmap.border_weight_map`): the
+    cross-entropy is then ``sum(w * ce) / sum(w)`` over non-ignored pixels, normalised by the
+    weight sum so that its scale (and the balance with Dice) does not depend on w0; weights of 1
+    give the unweighted loss exactly. Dice takes no pixel weights. Both terms are computed in
+    float32 whatever the autocast dtype of the logits. ``forward`` returns the scalar loss;
+    ``components`` returns the two terms (unweighted) and the total, e.g. for logging.
     """
 
     def __init__(
@@ -135,9 +143,17 @@ class SegmentationLoss(nn.Module):
         self.class_weights: torch.Tensor | None
         self.register_buffer("class_weights", weights)
 
-    def components(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"ce", "dice", "loss"}`` scalars; ``loss`` is the weighted sum ``forward`` returns."""
+    def components(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``{"ce", "dice", "loss"}`` scalars; ``loss`` is the weighted sum ``forward`` returns.
+        ``weight``: optional (B, H, W) non-negative per-pixel weights of the cross-entropy."""
         _check_shapes(logits, target)
+        if weight is not None and tuple(weight.shape) != tuple(target.shape):
+            raise ValueError(
+                f"pixel weights {tuple(weight.shape)} must have the target's shape "
+                f"{tuple(target.shape)} (B, H, W): one weight per pixel"
+            )
         if logits.shape[1] != self.num_classes:
             raise ValueError(
                 f"logits have {logits.shape[1]} classes, the loss was built for "
@@ -151,14 +167,17 @@ class SegmentationLoss(nn.Module):
                 target,
                 ignore_index=self.ignore_index,
                 class_weights=self.class_weights,
+                pixel_weights=weight,
             )
             dice = soft_dice_loss(
                 logits32, target, ignore_index=self.ignore_index, smooth=self.smooth
             )
         return {"ce": ce, "dice": dice, "loss": self.ce_weight * ce + self.dice_weight * dice}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.components(logits, target)["loss"]
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.components(logits, target, weight)["loss"]
 
     def extra_repr(self) -> str:
         return (

@@ -48,6 +48,7 @@ from unet_core.inference_device import (
 )
 from unet_core.precision import autocast_context, cpu_supports_bf16
 from unet_core.transforms import normalize_batch
+from unet_core.tta import mean_softmax, resolve_tta
 
 log = logging.getLogger(__name__)
 
@@ -93,28 +94,26 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _softmax(model: nn.Module, x: torch.Tensor, *, tta: bool, amp: bool | None) -> torch.Tensor:
-    """(B, C, H, W) normalised -> (B, K, H, W) float32 probabilities on the model's device."""
+def _softmax(model: nn.Module, x: torch.Tensor, *, tta: str, amp: bool | None) -> torch.Tensor:
+    """(B, C, H, W) normalised -> (B, K, H, W) float32 probabilities on the model's device,
+    averaged over the views of the TTA mode (`unet_core.tta`)."""
     x = to_device(x, _model_device(model)).contiguous(memory_format=torch.channels_last)
     with autocast_context(x.device, amp):
-        probs = model(x).float().softmax(dim=1)
-        if tta:  # mean over identity, horizontal flip, vertical flip
-            probs += model(x.flip(-1)).float().softmax(dim=1).flip(-1)
-            probs += model(x.flip(-2)).float().softmax(dim=1).flip(-2)
-            probs /= 3.0
-    return probs
+        return mean_softmax(model, x, tta)
 
 
 @torch.inference_mode()
 def predict_tensor(
-    model: nn.Module, batch: torch.Tensor, *, tta: bool = False, amp: bool | None = None
+    model: nn.Module, batch: torch.Tensor, *, tta: bool | str = False, amp: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, H, W) normalised -> classes (B, H, W) uint8 and confidence (B, H, W) float32.
 
     Both stay on the model's device: the argmax and max happen there, before any copy back.
+    ``tta`` as in `predict`.
     """
+    mode = resolve_tta(tta)
     with _eval_mode(model):
-        confidence, classes = _softmax(model, batch, tta=tta, amp=amp).max(dim=1)
+        confidence, classes = _softmax(model, batch, tta=mode, amp=amp).max(dim=1)
     return classes.to(torch.uint8), confidence
 
 
@@ -202,7 +201,7 @@ def _predict_tiled(
     preprocess: PreprocessConfig,
     tile_size: int,
     overlap: int,
-    tta: bool,
+    tta: str,
     amp: bool | None,
     tile_batch: int,
 ) -> Prediction:
@@ -271,7 +270,7 @@ def predict(
     image: np.ndarray | Image.Image,
     *,
     preprocess: PreprocessConfig,
-    tta: bool = False,
+    tta: bool | str = False,
     tile_size: int | None = 512,
     tile_overlap: float = 64,
     device: torch.device | str | None = None,
@@ -283,7 +282,9 @@ def predict(
     Args:
         preprocess: channels and normalisation the model was trained with; the image is
             converted to ``preprocess.channels`` (RGB -> luminance, grayscale -> replicated).
-        tta: average the softmax over identity, horizontal and vertical flips (3x the compute).
+        tta: test-time augmentation (`unet_core.tta`): False / "none", True / "flip" (mean
+            softmax over identity and both mirrors, 3x the compute) or "dihedral" (the 8
+            rotations and mirrors, 8x).
         tile_size: images larger than this on either side are predicted in overlapping tiles
             (memory bound in the module docstring); None or 0 predicts the whole image at once.
         tile_overlap: overlap of neighbouring tiles in pixels, or a fraction of tile_size in (0, 1);
@@ -300,13 +301,14 @@ def predict(
     job (jobs/inference) predicts with, so ``predict`` with a prepared model gives the job's
     masks bit for bit, and an unprepared one only to float tolerance.
     """
+    mode = resolve_tta(tta)
     arr = _as_array(image, preprocess.channels)
     model = _on_device(model, device)
     return _predict_array(
         model,
         arr,
         preprocess=preprocess,
-        tta=tta,
+        tta=mode,
         tile_size=tile_size,
         tile_overlap=tile_overlap,
         amp=amp,
@@ -319,7 +321,7 @@ def _predict_array(
     arr: np.ndarray,
     *,
     preprocess: PreprocessConfig,
-    tta: bool,
+    tta: str,
     tile_size: int | None,
     tile_overlap: float,
     amp: bool | None,
@@ -351,7 +353,7 @@ def predict_batch(
     images: Sequence[np.ndarray | Image.Image],
     *,
     preprocess: PreprocessConfig,
-    tta: bool = False,
+    tta: bool | str = False,
     tile_size: int | None = 512,
     tile_overlap: float = 64,
     device: torch.device | str | None = None,
@@ -363,6 +365,7 @@ def predict_batch(
     Images larger than ``tile_size`` are tiled one by one, exactly as `predict` does, so
     ``predict_batch(model, [im])[0]`` always equals ``predict(model, im)``.
     """
+    mode = resolve_tta(tta)
     if not images:
         return []
     arrays = [_as_array(im, preprocess.channels) for im in images]
@@ -380,7 +383,7 @@ def predict_batch(
                 model,
                 a,
                 preprocess=preprocess,
-                tta=tta,
+                tta=mode,
                 tile_size=tile_size,
                 tile_overlap=tile_overlap,
                 amp=amp,
@@ -389,6 +392,6 @@ def predict_batch(
             for a in arrays
         ]
     x = _normalized(model, np.stack(arrays), preprocess)  # (B, C, H, W)
-    classes, conf = predict_tensor(model, x, tta=tta, amp=amp)
+    classes, conf = predict_tensor(model, x, tta=mode, amp=amp)
     classes_np, conf_np = classes.cpu().numpy(), conf.cpu().numpy()
     return [Prediction(mask=m, confidence=c) for m, c in zip(classes_np, conf_np, strict=True)]

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unet_core.config import IGNORE_INDEX, PreprocessConfig
+from unet_core.augmentations import GaussianNoise, RandomGamma, RandomWarp
+from unet_core.config import IGNORE_INDEX, PreprocessConfig, TrainConfig
 
 Arrays = tuple[np.ndarray, np.ndarray]
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], Arrays]
@@ -23,15 +24,17 @@ __all__ = [
     "ColorJitter",
     "Compose",
     "collate_pairs",
+    "GaussianNoise",
     "PadTo",
     "RandomCrop",
     "RandomFlip",
+    "RandomGamma",
     "RandomRotate90",
+    "RandomWarp",
     "Resize",
     "eval_transforms",
     "normalize_batch",
     "to_tensors",
-    "train_transforms",
     "transforms_for_training",
 ]
 
@@ -139,18 +142,33 @@ class PadTo:
 
 class RandomCrop:
     """A random (height, width) window. A smaller input is padded at a random offset first
-    (image with ``pad_value``, mask with ``mask_pad``)."""
+    (image with ``pad_value``, mask with ``mask_pad``).
+
+    ``context`` > 0: the window grows by that many pixels on every side (padded where it leaves
+    the image), its centre placed as that of a plain crop; a warp then reads the margin and cuts
+    the central (height, width) out (`unet_core.augmentations.RandomWarp`).
+    """
 
     def __init__(
-        self, size: int | Sequence[int], pad_value: int = 0, mask_pad: int = IGNORE_INDEX
+        self,
+        size: int | Sequence[int],
+        pad_value: int = 0,
+        mask_pad: int = IGNORE_INDEX,
+        *,
+        context: int = 0,
     ) -> None:
         self.size = _size2(size)
         self.pad_value = pad_value
         self.mask_pad = mask_pad
+        if context < 0:
+            raise ValueError(f"context must be >= 0 pixels, got {context}")
+        self.context = int(context)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Arrays:
         ch, cw = self.size
         h, w = image.shape[:2]
+        if self.context:
+            return self._with_context(image, mask, rng)
         ph, pw = max(0, ch - h), max(0, cw - w)
         if ph or pw:
             top, left = int(rng.integers(0, ph + 1)), int(rng.integers(0, pw + 1))
@@ -162,8 +180,22 @@ class RandomCrop:
         left = int(rng.integers(0, w - cw + 1))
         return image[top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
 
+    def _with_context(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> Arrays:
+        (ch, cw), m = self.size, self.context
+        h, w = image.shape[:2]
+        # Top-left of the inner window: where a plain crop (padding a small input) may put it.
+        top = int(rng.integers(min(0, h - ch), max(0, h - ch) + 1)) - m
+        left = int(rng.integers(min(0, w - cw), max(0, w - cw) + 1)) - m
+        wh, ww = ch + 2 * m, cw + 2 * m
+        y0, y1, x0, x1 = max(top, 0), min(top + wh, h), max(left, 0), min(left + ww, w)
+        pads = (y0 - top, top + wh - y1, x0 - left, left + ww - x1)
+        return _pad(image[y0:y1, x0:x1], mask[y0:y1, x0:x1], *pads, self.pad_value, self.mask_pad)
+
     def __repr__(self) -> str:
-        return f"RandomCrop({self.size})"
+        extra = f", context={self.context}" if self.context else ""
+        return f"RandomCrop({self.size}{extra})"
 
 
 class CenterCrop:
@@ -247,30 +279,41 @@ class ColorJitter:
         return f"ColorJitter(brightness={self.brightness}, contrast={self.contrast})"
 
 
-def train_transforms(
-    crop_size: int | None, *, flips: bool = True, rotate90: bool = True, jitter: bool = True
-) -> Compose:
-    """Random crop (padding smaller images; None or 0 keeps whole images), then optional
-    horizontal/vertical flips, 90-degree rotations and brightness/contrast jitter."""
+def transforms_for_training(cfg: TrainConfig) -> Compose:
+    """The training pipeline of a TrainConfig; the single-process `fit` and the Ray Train workers
+    both use it. In order: a random crop of ``crop_size`` (0: whole images), the warp (scale,
+    rotation, elastic), flips, 90-degree rotations, brightness/contrast, gamma, noise; each step
+    only when its field turns it on, and none without ``augment``. The defaults give crop, flips
+    (0.5 each way), RandomRotate90(0.5) and ColorJitter(0.2, 0.2)."""
+    crop = cfg.crop_size
+    if not cfg.augment:
+        return Compose([RandomCrop(crop)] if crop else [])
+    warp = RandomWarp(
+        (crop, crop) if crop else None,
+        scale=(cfg.scale_min, cfg.scale_max),
+        degrees=cfg.rotate_degrees,
+        affine_p=cfg.affine,
+        elastic_p=cfg.elastic,
+        elastic_sigma=cfg.elastic_sigma,
+        elastic_grid=cfg.elastic_grid,
+    )
+    warps = warp.has_affine or warp.has_elastic
     steps: list[Transform] = []
-    if crop_size:
-        steps.append(RandomCrop(crop_size))
-    if flips:
-        steps.append(RandomFlip(horizontal=0.5, vertical=0.5))
-    if rotate90:
-        steps.append(RandomRotate90(p=0.5))
-    if jitter:
-        steps.append(ColorJitter())
+    if crop:
+        steps.append(RandomCrop(crop, context=warp.context(crop) if warps else 0))
+    if warps:
+        steps.append(warp)
+    if cfg.hflip or cfg.vflip:
+        steps.append(RandomFlip(horizontal=cfg.hflip, vertical=cfg.vflip))
+    if cfg.rotate90:
+        steps.append(RandomRotate90(p=cfg.rotate90))
+    if cfg.brightness or cfg.contrast:
+        steps.append(ColorJitter(cfg.brightness, cfg.contrast))
+    if cfg.gamma:
+        steps.append(RandomGamma(cfg.gamma))
+    if cfg.noise_std:
+        steps.append(GaussianNoise(cfg.noise_std))
     return Compose(steps)
-
-
-def transforms_for_training(crop_size: int | None, *, augment: bool) -> Compose:
-    """The training pipeline of a TrainConfig: random crops of ``crop_size`` (0/None: whole
-    images) and, when ``augment``, flips, 90-degree rotations and jitter; with neither, the
-    images pass unchanged. The single-process `fit` and the Ray Train workers both use it."""
-    if not crop_size and not augment:
-        return eval_transforms(None)
-    return train_transforms(crop_size or None, flips=augment, rotate90=augment, jitter=augment)
 
 
 def eval_transforms(crop_size: int | None = None) -> Compose:

@@ -141,7 +141,7 @@ def train_epoch(
 ) -> dict[str, float]:
     """One epoch on this rank's shard; loss and throughput over all ranks."""
     cfg = setup.cfg
-    transform = transforms_for_training(cfg.crop_size, augment=cfg.augment)
+    transform = transforms_for_training(cfg)
     batches = train_batches(
         ray.train.get_dataset_shard(TRAIN),
         batch_size=cfg.batch_size,

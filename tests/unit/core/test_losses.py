@@ -123,3 +123,41 @@ def test_bad_inputs_raise_clear_errors():
         SegmentationLoss(3, class_weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="num_classes"):
         SegmentationLoss(1)
+
+
+@pytest.mark.parametrize("class_weights", [None, [1.0, 2.0, 0.5]])
+def test_pixel_weights_of_one_give_the_unweighted_loss(class_weights):
+    torch.manual_seed(3)
+    target = torch.randint(0, 3, (2, 9, 7))
+    target[0, :2] = IGNORE_INDEX
+    logits = torch.randn(2, 3, 9, 7)
+    loss_fn = SegmentationLoss(3, class_weights=class_weights)
+    plain = loss_fn.components(logits, target)
+    ones = loss_fn.components(logits, target, torch.ones(2, 9, 7))
+    for key in ("ce", "dice", "loss"):
+        assert torch.equal(plain[key], ones[key]), key
+
+
+def test_pixel_weights_make_a_weighted_mean_of_cross_entropy():
+    torch.manual_seed(4)
+    target = torch.randint(0, 2, (1, 6, 6))
+    target[0, 0] = IGNORE_INDEX
+    logits = torch.randn(1, 2, 6, 6, requires_grad=True)
+    weight = torch.rand(1, 6, 6) * 10
+    weight[0, 0] = 100.0  # on ignored pixels: still ignored
+    ce = SegmentationLoss(2, dice_weight=0.0)(logits, target, weight)
+    per_pixel = F.cross_entropy(logits, target.clamp_max(1), reduction="none")
+    valid = (target != IGNORE_INDEX).float()
+    expected = (per_pixel * weight * valid).sum() / (weight * valid).sum()
+    torch.testing.assert_close(ce, expected)
+    ce.backward()
+    assert torch.all(logits.grad[:, :, 0] == 0)
+    # weight 0 on a row is the same as ignoring it
+    zero = torch.ones(1, 6, 6)
+    zero[0, 3] = 0
+    ignored = target.clone()
+    ignored[0, 3] = IGNORE_INDEX
+    loss_fn = SegmentationLoss(2, dice_weight=0.0)
+    torch.testing.assert_close(loss_fn(logits, target, zero), loss_fn(logits, ignored))
+    with pytest.raises(ValueError, match="pixel weights \\(1, 6\\) must have the target's shape"):
+        loss_fn(logits, target, torch.ones(1, 6))

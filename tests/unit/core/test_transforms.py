@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from unet_core.config import IGNORE_INDEX, PreprocessConfig
+from unet_core.config import IGNORE_INDEX, PreprocessConfig, TrainConfig
 from unet_core.transforms import (
     CenterCrop,
     ColorJitter,
@@ -16,7 +16,7 @@ from unet_core.transforms import (
     Resize,
     eval_transforms,
     to_tensors,
-    train_transforms,
+    transforms_for_training,
 )
 
 # Class colours; none is black, the image pad value.
@@ -161,7 +161,7 @@ def test_jitter_changes_only_the_image():
 
 def test_same_seed_same_output_different_seed_different_output():
     image, mask = _pair(np.random.default_rng(1), 64, 64)
-    t = train_transforms(32)
+    t = transforms_for_training(TrainConfig(crop_size=32))
     a = t(image, mask, np.random.default_rng(7))
     b = t(image, mask, np.random.default_rng(7))
     np.testing.assert_array_equal(a[0], b[0])
@@ -173,9 +173,10 @@ def test_same_seed_same_output_different_seed_different_output():
 def test_train_and_eval_pipelines():
     rng = np.random.default_rng(0)
     image, mask = _pair(rng, 20, 30)
-    out_img, out_mask = train_transforms(16)(image, mask, rng)
+    out_img, out_mask = transforms_for_training(TrainConfig(crop_size=16))(image, mask, rng)
     assert out_img.shape == (16, 16, 3) and out_mask.shape == (16, 16)
-    out_img, out_mask = train_transforms(None, jitter=False)(image, mask, rng)
+    no_jitter = TrainConfig(crop_size=0, brightness=0.0, contrast=0.0)
+    out_img, out_mask = transforms_for_training(no_jitter)(image, mask, rng)
     assert sorted(out_mask.shape) == [20, 30]
     _assert_exactly_aligned(out_img, out_mask)
     assert eval_transforms()(image, mask, rng)[1] is mask
