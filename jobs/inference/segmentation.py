@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from jobs.common import fs
 from jobs.common.path_guard import LocalPathError
-from jobs.inference import leases, manifest, plan
+from jobs.inference import leases, manifest, plan, qc_report
 from jobs.inference.config import SegmentConfig
 from jobs.inference.decode import estimate_image_bytes
 from jobs.inference.launch import (
@@ -315,6 +315,26 @@ def _run(
             job_id=job_id,
             endpoint_url=endpoint,
         )
+        report = qc_report.write_report(
+            output,
+            manifest_uri,
+            enabled=cfg.report,
+            worst=cfg.report_worst,
+            run={
+                **resolved.to_dict(),
+                **counts,
+                "skipped": work.n(plan.DONE),
+                "rejected": work.n(plan.REJECTED),
+                "pipeline_seconds": pipeline_seconds,
+                "seconds": time.perf_counter() - started,
+                "checkpoint_sha256": sha,
+                "settings": settings,
+                "job_id": job_id,
+            },
+            class_map=writer.class_map,
+            endpoint_url=endpoint,
+            job_id=job_id,
+        )
 
     failed = counts[manifest.FAILED] + work.n(plan.REJECTED)
     processed = counts[manifest.OK] + counts[manifest.FAILED]
@@ -338,6 +358,7 @@ def _run(
         "manifest": manifest_uri,
         "manifest_dataset": fs.join(output, manifest.MANIFEST_DIR),
         "manifest_rows": compacted["rows"],
+        **report,
         "job_id": job_id,
         "shared_with": sorted(live - {job_id}),
         "failed_inputs": failures[: plan.EXAMPLES],
