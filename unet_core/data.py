@@ -8,7 +8,6 @@ pair with the same function. Decoding turns bytes into arrays with errors that n
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import posixpath
@@ -17,9 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from unet_core.classes import CLASS_MAP_FILENAME, ClassMap, MaskValueError
+from unet_core.image_files import (
+    DEFAULT_OPTIONS,
+    DecodeOptions,
+    ImageDecodeError,
+    ImageTooLargeError,
+    open_image,
+)
 from unet_core.messages import shorten
 
 logger = logging.getLogger(__name__)
@@ -35,12 +41,15 @@ relative to that folder (posix separators, recursive); [] when it does not exist
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "DecodeOptions",
     "ImageDecodeError",
+    "ImageTooLargeError",
     "Lister",
     "MaskValueError",
     "Pair",
     "PairingError",
     "decode_image",
+    "decode_image_oriented",
     "decode_mask",
     "load_class_map",
     "local_lister",
@@ -55,10 +64,6 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 class PairingError(ValueError):
     """Images and masks under a root do not pair one to one."""
-
-
-class ImageDecodeError(ValueError):
-    """A file is not a readable image (corrupt, truncated, empty, too large, or not an image)."""
 
 
 @dataclass(frozen=True)
@@ -215,31 +220,6 @@ def split_pairs(
 
 
 # --- decoding -------------------------------------------------------------------------------
-def _open(data: bytes, source: str, kind: str) -> Image.Image:
-    """Open and fully decode (``load``) so corrupt or truncated files fail here, by name."""
-    if not data:
-        raise ImageDecodeError(f"{source}: empty file (0 bytes); re-export or remove it")
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(
-            f"{source}: {kind} is too large to decode safely ({exc}); split it into tiles, or "
-            "raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
-        ) from exc
-    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, EOFError, ...)
-        reason = (
-            "not a recognised image format"
-            if isinstance(exc, UnidentifiedImageError)
-            else f"{type(exc).__name__}: {exc}"
-        )
-        raise ImageDecodeError(
-            f"{source}: cannot decode {kind} ({reason}); the file is "
-            "corrupt, truncated or not an image: re-export or remove it"
-        ) from exc
-    return img
-
-
 def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     """Grayscale of a wider type -> uint8.
 
@@ -264,18 +244,36 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def decode_image(data: bytes, *, channels: int, source: str = "<image>") -> np.ndarray:
-    """Encoded bytes -> HxWxC uint8 with C = ``channels`` (1 or 3).
+def decode_image(
+    data: bytes,
+    *,
+    channels: int,
+    source: str = "<image>",
+    options: DecodeOptions = DEFAULT_OPTIONS,
+) -> np.ndarray:
+    """Encoded bytes -> HxWxC uint8 with C = ``channels`` (1 or 3), the right way up.
 
     Handles L, LA, P, PA, RGB, RGBA (alpha dropped, not composited), CMYK, YCbCr, 1-bit,
     16-bit (I;16*, scaled by 1/257), 32-bit int (I) and float (F) images. Grayscale is
     replicated for 3 channels; colour becomes luminance (PIL's ``convert("L")``) for 1.
-    Raises ImageDecodeError naming ``source`` for corrupt, truncated, empty, oversized or
-    non-image data.
+    The EXIF orientation is applied (H x W as displayed) unless ``options.exif_transpose`` is
+    off. Raises ImageDecodeError naming ``source`` for corrupt, truncated, empty, oversized
+    (``options.max_image_pixels``: ImageTooLargeError) or non-image data.
     """
+    return decode_image_oriented(data, channels=channels, source=source, options=options)[0]
+
+
+def decode_image_oriented(
+    data: bytes,
+    *,
+    channels: int,
+    source: str = "<image>",
+    options: DecodeOptions = DEFAULT_OPTIONS,
+) -> tuple[np.ndarray, int]:
+    """`decode_image`, and the EXIF orientation applied to it (1-8; 1 when none or off)."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    img = _open(data, source, "image")
+    img, applied = open_image(data, source=source, kind="image", options=options)
     target = "L" if channels == 1 else "RGB"
     try:
         if img.mode in (*_SIXTEEN_BIT_MODES, "I", "F"):
@@ -295,17 +293,25 @@ def decode_image(data: bytes, *, channels: int, source: str = "<image>") -> np.n
             "as 8-bit grayscale or RGB"
         ) from exc
     arr = np.asarray(img, dtype=np.uint8)
-    return arr[:, :, None] if arr.ndim == 2 else arr  # (H, W, C)
+    return (arr[:, :, None] if arr.ndim == 2 else arr), applied  # (H, W, C)
 
 
-def decode_mask(data: bytes, class_map: ClassMap, *, source: str = "<mask>") -> np.ndarray:
+def decode_mask(
+    data: bytes,
+    class_map: ClassMap,
+    *,
+    source: str = "<mask>",
+    options: DecodeOptions = DEFAULT_OPTIONS,
+) -> np.ndarray:
     """Encoded mask -> HxW uint8 class indices (IGNORE_INDEX for ignored values).
 
     Palette (P) PNGs are read as their indices, never converted to colours; L, I;16 and I
     masks as values (8- or 16-bit); 1-bit masks as 0/255 (as Pillow's ``convert("L")``);
-    RGB/RGBA masks only when their colour channels are equal (alpha is ignored).
+    RGB/RGBA masks only when their colour channels are equal (alpha is ignored). A mask file
+    with an EXIF orientation is turned by it like an image (so it lines up with its image as
+    displayed), unless ``options.exif_transpose`` is off; most masks (PNG) carry none.
     """
-    img = _open(data, source, "mask")
+    img, _ = open_image(data, source=source, kind="mask", options=options)
     mode = img.mode
     arr = np.asarray(img)
     if mode == "1":
@@ -341,14 +347,20 @@ def decode_mask(data: bytes, class_map: ClassMap, *, source: str = "<mask>") -> 
         raise
 
 
-def read_image(path: str | Path, *, channels: int) -> np.ndarray:
+def read_image(
+    path: str | Path, *, channels: int, options: DecodeOptions = DEFAULT_OPTIONS
+) -> np.ndarray:
     """``decode_image`` of a local file."""
-    return decode_image(Path(path).read_bytes(), channels=channels, source=str(path))
+    return decode_image(
+        Path(path).read_bytes(), channels=channels, source=str(path), options=options
+    )
 
 
-def read_mask(path: str | Path, class_map: ClassMap) -> np.ndarray:
+def read_mask(
+    path: str | Path, class_map: ClassMap, *, options: DecodeOptions = DEFAULT_OPTIONS
+) -> np.ndarray:
     """``decode_mask`` of a local file."""
-    return decode_mask(Path(path).read_bytes(), class_map, source=str(path))
+    return decode_mask(Path(path).read_bytes(), class_map, source=str(path), options=options)
 
 
 def load_class_map(root: str | Path, class_map_path: str | Path | None = None) -> ClassMap:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.common.cli import NONE_WORDS, add_field_flag, field_docs, load_config_file
+from jobs.common.decoding import DecodeFlags
 
 DEFAULT_MODEL_URI = "models:/unet@champion"
 MASK_FORMATS = ("indices", "values", "color")
@@ -25,8 +26,8 @@ compares: this module stays free of torch and Ray)."""
 
 
 @dataclass
-class InferenceConfig:
-    """Model, cluster and prediction settings shared by the segment and evaluate jobs."""
+class InferenceConfig(DecodeFlags):
+    """Model, cluster, prediction and decode settings shared by the segment and evaluate jobs."""
 
     model: str = DEFAULT_MODEL_URI
     """MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<model_id> (a logged model), runs:/RUN/PATH) or a local or s3:// unet_core checkpoint (file, or a folder holding unet.pt). An alias is resolved to a fixed version once, on the driver."""
@@ -84,7 +85,7 @@ class InferenceConfig:
     """Logging level (stderr)."""
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self.decode_problems()
         if self.batch_size < 0:
             problems.append(f"--batch-size must be >= 0 (0 = auto), got {self.batch_size}")
         if self.rows_per_call < 0:

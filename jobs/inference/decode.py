@@ -6,20 +6,24 @@ fails a whole read task there; here a corrupt, truncated, empty or non-image fil
 with its ``error`` and the rest of the batch goes on.
 
 Decoded pixels travel as raw bytes (``pixels``, HxWxC uint8, C-order) with ``height``,
-``width`` and ``channels`` columns: images of any size share one Arrow schema.
+``width`` and ``channels`` columns: images of any size share one Arrow schema. Decoding
+follows the job's `DecodeOptions` (``decode=``, shipped with every call): the EXIF orientation
+applied (``exif_orientation``, 1 = none; the pixels and sizes are those displayed), and the
+pixel limit (an image above it is a row error naming the file and --max-image-pixels).
 """
 
 from __future__ import annotations
 
-import io
 import logging
+import sys
 import time
 
 import numpy as np
 import pyarrow as pa
 
 from jobs.common import fs
-from unet_core.data import decode_image
+from unet_core.data import decode_image_oriented
+from unet_core.image_files import DEFAULT_OPTIONS, DecodeOptions, image_header
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ DECODED_FIELDS = [
     pa.field("height", pa.int32()),
     pa.field("width", pa.int32()),
     pa.field("channels", pa.int8()),
+    pa.field("exif_orientation", pa.int8()),  # applied (1 = none); null when unreadable
     pa.field("error", pa.string()),
     pa.field("seconds", pa.float64()),
 ]
@@ -35,31 +40,42 @@ DECODED_FIELDS = [
 
 
 def read_and_decode(
-    uri: str, *, channels: int, endpoint_url: str | None = None
-) -> tuple[np.ndarray | None, str | None]:
-    """(HxWxC uint8 image, None), or (None, error message naming the file)."""
+    uri: str,
+    *,
+    channels: int,
+    endpoint_url: str | None = None,
+    decode: DecodeOptions = DEFAULT_OPTIONS,
+) -> tuple[np.ndarray | None, int | None, str | None]:
+    """(HxWxC uint8 image, EXIF orientation applied, None), or (None, None, error message
+    naming the file)."""
     try:
         data = fs.read_bytes(uri, endpoint_url=endpoint_url)
     except Exception as exc:  # missing file, permissions, network: a row error, not a crash
-        return None, f"{uri}: cannot read ({type(exc).__name__}: {exc})"
+        return None, None, f"{uri}: cannot read ({type(exc).__name__}: {exc})"
     try:
-        return decode_image(data, channels=channels, source=uri), None
-    except ValueError as exc:  # ImageDecodeError and conversion errors
-        return None, str(exc)
+        image, orientation = decode_image_oriented(
+            data, channels=channels, source=uri, options=decode
+        )
+        return image, orientation, None
+    except ValueError as exc:  # ImageDecodeError (too large included) and conversion errors
+        return None, None, str(exc)
     except Exception as exc:  # a decoder bug must not stop the job either
-        return None, f"{uri}: cannot decode ({type(exc).__name__}: {exc})"
+        return None, None, f"{uri}: cannot decode ({type(exc).__name__}: {exc})"
+
+
+_ANY_SIZE = DecodeOptions(max_image_pixels=sys.maxsize)
+"""A header is read whatever the pixel limit: no pixels are decoded (huge tiles size blocks)."""
 
 
 def estimate_image_bytes(
     uris: list[str], *, channels: int, endpoint_url: str | None = None, tries: int = 3
 ) -> int | None:
     """Decoded size (H * W * channels) of the first readable of ``uris``, from its header."""
-    from PIL import Image
-
     for uri in uris[:tries]:
         try:
-            with Image.open(io.BytesIO(fs.read_bytes(uri, endpoint_url=endpoint_url))) as img:
-                return img.width * img.height * channels
+            data = fs.read_bytes(uri, endpoint_url=endpoint_url)
+            _, height, width = image_header(data, source=uri, options=_ANY_SIZE)
+            return height * width * channels
         except Exception:  # a bad first file: try the next one
             continue
     return None
@@ -71,21 +87,30 @@ def image_from_row(pixels: pa.Scalar | bytes, height: int, width: int, channels:
     return np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, channels)
 
 
-def decode_images(batch: pa.Table, *, channels: int, endpoint_url: str | None = None) -> pa.Table:
+def decode_images(
+    batch: pa.Table,
+    *,
+    channels: int,
+    endpoint_url: str | None = None,
+    decode: DecodeOptions = DEFAULT_OPTIONS,
+) -> pa.Table:
     """Ray Data UDF: rows with an ``input`` URI -> the same rows plus DECODED_FIELDS."""
-    pixels, heights, widths, chans, errors, seconds = [], [], [], [], [], []
+    pixels, heights, widths, chans, orientations, errors, seconds = [], [], [], [], [], [], []
     for uri in batch.column("input").to_pylist():
         start = time.perf_counter()
-        image, error = read_and_decode(uri, channels=channels, endpoint_url=endpoint_url)
+        image, orientation, error = read_and_decode(
+            uri, channels=channels, endpoint_url=endpoint_url, decode=decode
+        )
         if error is not None:
             logger.warning("%s", error)
         pixels.append(image.tobytes() if image is not None else b"")
         heights.append(image.shape[0] if image is not None else 0)
         widths.append(image.shape[1] if image is not None else 0)
         chans.append(image.shape[2] if image is not None else 0)
+        orientations.append(orientation)
         errors.append(error)
         seconds.append(time.perf_counter() - start)
-    columns = [pixels, heights, widths, chans, errors, seconds]
+    columns = [pixels, heights, widths, chans, orientations, errors, seconds]
     out = batch
     for field, values in zip(DECODED_FIELDS, columns, strict=True):
         out = out.append_column(field, pa.array(values, type=field.type))

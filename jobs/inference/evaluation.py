@@ -219,7 +219,11 @@ def _scored_dataset(
         endpoint_url=endpoint,
         sink=Sink(
             Scorer,
-            {"class_map": class_map.to_dict(), "endpoint_url": endpoint},
+            {
+                "class_map": class_map.to_dict(),
+                "endpoint_url": endpoint,
+                "decode": cfg.decode_options,
+            },
             cfg.rows_per_call,
         ),
         image_bytes=estimate_image_bytes(

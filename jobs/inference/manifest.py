@@ -69,6 +69,7 @@ def schema(class_names: Sequence[str]) -> pa.Schema:
             pa.field("error", pa.string()),
             pa.field("width", pa.int32()),
             pa.field("height", pa.int32()),
+            pa.field("exif_orientation", pa.int8()),  # applied to the input (1 = none)
             pa.field("class_fractions", pa.struct([(n, pa.float64()) for n in class_names])),
             pa.field("mean_confidence", pa.float64()),
             pa.field("model_name", pa.string()),

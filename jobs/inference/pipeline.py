@@ -36,6 +36,7 @@ from jobs.inference.config import InferenceConfig
 from jobs.inference.decode import decode_images
 from jobs.inference.launch import ActorPlan
 from jobs.inference.predictor import Predictor, PredictorSettings
+from unet_core.image_files import DecodeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +115,13 @@ class FusedPredictor:
         *,
         channels: int,
         endpoint_url: str | None,
+        decode: DecodeOptions,
         sink: Sink,
         chunk_rows: int,
     ) -> None:
         self.predictor = Predictor(checkpoint, settings)
         self.sink = sink.factory(**sink.kwargs)
-        self.decode = {"channels": channels, "endpoint_url": endpoint_url}
+        self.decode = {"channels": channels, "endpoint_url": endpoint_url, "decode": decode}
         self.chunk_rows = chunk_rows
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -202,7 +204,12 @@ def build_pipeline(
         finish_rows,
         limit_mb,
     )
-    decode_kwargs = {"channels": channels, "endpoint_url": endpoint_url}
+    # The decode options travel with every call: each task and actor decodes by the job's flags.
+    decode_kwargs = {
+        "channels": channels,
+        "endpoint_url": endpoint_url,
+        "decode": cfg.decode_options,
+    }
     if actors.fused:
         return ds.map_batches(
             FusedPredictor,

@@ -20,6 +20,7 @@ import pyarrow as pa
 from jobs.common import fs
 from unet_core.classes import CLASS_MAP_FILENAME, ClassMap
 from unet_core.data import decode_mask
+from unet_core.image_files import DEFAULT_OPTIONS, DecodeOptions
 from unet_core.metrics import ConfusionMatrix
 
 logger = logging.getLogger(__name__)
@@ -90,9 +91,15 @@ class Scorer:
     """The last stage of `jobs/evaluate.py` (a `jobs.inference.pipeline.Sink`): predictions +
     truth mask URIs -> one `report_schema` row per image."""
 
-    def __init__(self, class_map: dict, endpoint_url: str | None = None) -> None:
+    def __init__(
+        self,
+        class_map: dict,
+        endpoint_url: str | None = None,
+        decode: DecodeOptions = DEFAULT_OPTIONS,
+    ) -> None:
         self.cmap = ClassMap.from_dict(class_map)
         self.endpoint_url = endpoint_url
+        self.decode = decode  # truth masks are decoded like their images (EXIF, pixel limit)
 
     def rows(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(
@@ -104,7 +111,7 @@ class Scorer:
             error, figures = row["error"], {}
             if error is None:
                 try:
-                    figures = _score_one(row, self.cmap, self.endpoint_url)
+                    figures = _score_one(row, self.cmap, self.endpoint_url, self.decode)
                 except Exception as exc:  # unreadable or mismatched truth: a row error
                     error = (
                         str(exc) if isinstance(exc, ValueError) else f"{row['mask_input']}: {exc}"
@@ -128,11 +135,16 @@ class Scorer:
         return pa.concat_tables(tables)
 
 
-def _score_one(row: dict[str, Any], cmap: ClassMap, endpoint_url: str | None) -> dict[str, Any]:
+def _score_one(
+    row: dict[str, Any], cmap: ClassMap, endpoint_url: str | None, decode: DecodeOptions
+) -> dict[str, Any]:
     """The figures of one predicted image against its truth mask; ValueError when they differ
     in size."""
     truth = decode_mask(
-        fs.read_bytes(row["mask_input"], endpoint_url=endpoint_url), cmap, source=row["mask_input"]
+        fs.read_bytes(row["mask_input"], endpoint_url=endpoint_url),
+        cmap,
+        source=row["mask_input"],
+        options=decode,
     )
     h, w = row["height"], row["width"]
     if truth.shape != (h, w):

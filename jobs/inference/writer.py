@@ -132,6 +132,7 @@ class MaskWriter:
             settings=self.s.settings,
             job_id=self.s.job_id,
             predicted_on=row.get("predicted_on"),
+            exif_orientation=row.get("exif_orientation"),  # null when the input was unreadable
         )
         error = row.get("error")
         if error is None:

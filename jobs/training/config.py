@@ -22,6 +22,7 @@ from jobs.common.cli import (
     field_docs,
     load_config_file,
 )
+from jobs.common.decoding import DecodeFlags
 from unet_core.config import ModelConfig, TrainConfig
 
 DEMO_PRESET: dict[str, Any] = {
@@ -69,7 +70,7 @@ def parse_workers(value: int | str) -> tuple[int, int]:
 
 
 @dataclass
-class TrainJobConfig:
+class TrainJobConfig(DecodeFlags):
     """Everything `jobs/train.py` needs; `train` and `model` are the library's own configs."""
 
     data: str | None = None
@@ -159,7 +160,7 @@ class TrainJobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self.decode_problems()
         try:
             low, high = parse_workers(self.num_workers)
             fixed = not isinstance(self.num_workers, str) or self.num_workers.strip().isdigit()

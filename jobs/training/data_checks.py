@@ -5,9 +5,11 @@ What is checked, and how much is read:
 - Pairing (unpaired images or masks, two images with one stem, empty folders): the full
   listing, always. Listing is cheap next to reading, and pairing needs every name.
 - The class map: read once (``--class-map`` or ``classes.json`` at the root).
-- Per pair: the image *header* only (mode and size, from the first 64 KiB; no pixel decode),
-  and the whole mask (decoded and mapped through the class map, so a value outside the map
-  names its file and value), plus mask size == image size.
+- Per pair: the image *header* only (mode and size as displayed, by its EXIF orientation
+  unless --no-exif-transpose; from the first 64 KiB; no pixel decode), and the whole mask
+  (decoded and mapped through the class map, so a value outside the map names its file and
+  value), plus mask size == image size. An image above the pixel limit (--max-image-pixels)
+  is only warned about here: training leaves it out as a bad pair (bounded by --max-bad-pairs).
 - Channels: every checked image's channel count; a mix of grayscale and colour images is an
   error (the model takes one channel count) that names the odd files.
 
@@ -22,53 +24,31 @@ its header only) is left out there, counted and bounded by --max-bad-pairs
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from jobs.common import fs
+from jobs.training.pair_checks import PairCheck, check_pair, check_pairs
 from unet_core.classes import CLASS_MAP_FILENAME, ClassMap
 from unet_core.data import (
-    ImageDecodeError,
-    MaskValueError,
     Pair,
     PairingError,
-    decode_mask,
     pair_images_and_masks,
     split_pairs,
 )
+from unet_core.image_files import DEFAULT_OPTIONS, DecodeOptions, over_limit
 from unet_core.messages import shorten
 
 log = logging.getLogger(__name__)
 
-HEADER_BYTES = 64 * 1024
-
 
 class DataValidationError(ValueError):
     """The data cannot be trained on; the message names the files and the fix."""
-
-
-@dataclass(frozen=True)
-class PairCheck:
-    """What one image/mask pair looks like, or what is wrong with it."""
-
-    key: str
-    image: str
-    channels: int = 0
-    """1 (grayscale) or 3 (colour) from the image header; 0 when unreadable."""
-    height: int = 0
-    width: int = 0
-    problem: str = ""
-    """Empty when the pair is fine; else a message naming the file."""
-    kind: str = ""
-    """Problem category: image, mask_values, mask, size."""
 
 
 @dataclass
@@ -85,88 +65,8 @@ class DataPlan:
     channel_counts: dict[int, int] = field(default_factory=dict)
     mean_pixels: float = 0.0
     """Mean height * width over the checked images (for memory estimates)."""
-
-
-# --- reading ------------------------------------------------------------------------------
-
-
-def _channels_of_mode(mode: str) -> int:
-    return 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F") else 3
-
-
-def image_header(read_prefix, read_all, source: str) -> tuple[int, int, int]:
-    """(channels, height, width) from the header; falls back to the whole file when the
-    header is not within the first 64 KiB (e.g. TIFF directories at the end of the file)."""
-    for reader in (read_prefix, read_all):
-        data = reader()
-        if not data:
-            raise ImageDecodeError(f"{source}: empty file (0 bytes); re-export or remove it")
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                return _channels_of_mode(img.mode), img.size[1], img.size[0]
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            error = exc
-    raise ImageDecodeError(
-        f"{source}: not a readable image ({type(error).__name__}: {error}); the file is corrupt, "
-        "truncated or not an image"
-    )
-
-
-def check_pair(
-    root: str, pair: Pair, class_map: ClassMap, *, endpoint_url: str | None = None
-) -> PairCheck:
-    """Header of the image, full decode of the mask; never raises for a bad file."""
-    filesystem, base = fs.resolve(root, endpoint_url=endpoint_url)
-    image_uri, mask_uri = fs.join(root, pair.image), fs.join(root, pair.mask)
-    image_path = f"{base.rstrip('/')}/{pair.image}"
-    mask_path = f"{base.rstrip('/')}/{pair.mask}"
-
-    def prefix() -> bytes:
-        with filesystem.open_input_file(image_path) as f:
-            return f.read(HEADER_BYTES)
-
-    def whole(path: str = image_path) -> bytes:
-        with filesystem.open_input_stream(path) as f:
-            return f.read()
-
-    try:
-        channels, h, w = image_header(prefix, whole, image_uri)
-    except (ImageDecodeError, OSError) as exc:
-        return PairCheck(pair.key, pair.image, problem=str(exc), kind="image")
-    try:
-        mask = decode_mask(whole(mask_path), class_map, source=mask_uri)
-    except MaskValueError as exc:
-        return PairCheck(pair.key, pair.image, channels, h, w, problem=str(exc), kind="mask_values")
-    except (ImageDecodeError, OSError) as exc:
-        return PairCheck(pair.key, pair.image, channels, h, w, problem=str(exc), kind="mask")
-    if mask.shape != (h, w):
-        return PairCheck(
-            pair.key,
-            pair.image,
-            channels,
-            h,
-            w,
-            problem=f"{mask_uri} is {mask.shape[1]}x{mask.shape[0]} but {image_uri} is {w}x{h}",
-            kind="size",
-        )
-    return PairCheck(pair.key, pair.image, channels, h, w)
-
-
-def check_pairs(
-    root: str,
-    pairs: list[Pair],
-    class_map: ClassMap,
-    *,
-    endpoint_url: str | None = None,
-    threads: int = 8,
-) -> list[PairCheck]:
-    """`check_pair` over many pairs with a thread pool (I/O bound on S3)."""
-    if len(pairs) < 4:
-        return [check_pair(root, p, class_map, endpoint_url=endpoint_url) for p in pairs]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(
-            pool.map(lambda p: check_pair(root, p, class_map, endpoint_url=endpoint_url), pairs)
-        )
+    decode: DecodeOptions = DEFAULT_OPTIONS
+    """How the images and masks are decoded (--exif-transpose, --max-image-pixels)."""
 
 
 # --- verdicts ------------------------------------------------------------------------------
@@ -249,8 +149,10 @@ def plan_data(
     num_workers: int = 1,
     check_limit: int = 1000,
     endpoint_url: str | None = None,
+    decode: DecodeOptions = DEFAULT_OPTIONS,
 ) -> tuple[DataPlan, list[tuple[str, list[Pair]]]]:
-    """Pair, split and check the data. Raises DataValidationError naming every bad file.
+    """Pair, split and check the data (decoded by ``decode``, which the plan carries to the
+    training datasets). Raises DataValidationError naming every bad file.
 
     Returns the plan and the (root, pairs) still unchecked (large sets: everything outside
     the driver's sample), for `check_with_ray`.
@@ -293,7 +195,17 @@ def plan_data(
             to_check.append((group_root, group))
     checks: list[PairCheck] = []
     for group_root, group in to_check:
-        checks += check_pairs(group_root, group, class_map, endpoint_url=endpoint_url)
+        checks += check_pairs(
+            group_root, group, class_map, endpoint_url=endpoint_url, decode=decode
+        )
+    large = [c.image for c in checks if over_limit(c.height, c.width, decode)]
+    if large:
+        log.warning(
+            "%d image(s) above the pixel limit will be left out as bad pairs (raise "
+            "--max-image-pixels to train on them): %s",
+            len(large),
+            shorten(large),
+        )
     message = problems_message(checks)
     if message:
         where = f"a sample of {len(checks)} of {total} pairs" if sampled else f"{total} pairs"
@@ -319,6 +231,7 @@ def plan_data(
         in_channels=channels,
         channel_counts=dict(counts),
         mean_pixels=float(np.mean([c.height * c.width for c in checks])),
+        decode=decode,
     )
     return plan, [(r, g) for r, g in rest if g]
 
@@ -345,6 +258,7 @@ def check_with_ray(
                 Pair(image=str(i), mask=str(m), key=str(k)),
                 class_map,
                 endpoint_url=endpoint_url,
+                decode=plan.decode,
             )
             for r, i, m, k in zip(
                 batch["root"], batch["image"], batch["mask"], batch["key"], strict=True

@@ -6,8 +6,10 @@ on the workers.
   (nearest-neighbour semantics: masks are never interpolated). A pair whose file fails to
   read or decode does not fail the read task: it is left out, logged and recorded with its
   error in the job's bad-pair ledger (`jobs.training.bad_pairs`: counted per epoch, bounded
-  by --max-bad-pairs). Decoded data are deterministic, so small sets are materialised once
-  and reused every epoch (`cache`).
+  by --max-bad-pairs), an image above --max-image-pixels too. Both files are decoded by the
+  plan's `DecodeOptions` (EXIF orientation applied unless --no-exif-transpose), shipped to
+  every decode task with its arguments. Decoded data are deterministic, so small sets are
+  materialised once and reused every epoch (`cache`).
 - Training shards are equal-sized (`streaming_split(equal=True)`: DDP needs the same number
   of steps on every rank). Validation shards partition the set without dropping a row
   (`ExactValidationDataConfig`), so all-reduced metrics are exact over the whole set.
@@ -27,6 +29,7 @@ from jobs.common import fs
 from jobs.training.bad_pairs import open_ledger, record_bad_pairs
 from unet_core.classes import ClassMap
 from unet_core.data import Pair, decode_image, decode_mask
+from unet_core.image_files import DEFAULT_OPTIONS, DecodeOptions
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ def decode_rows(
     class_map: dict,
     channels: int,
     endpoint_url: str | None,
+    decode: DecodeOptions = DEFAULT_OPTIONS,
 ) -> tuple[dict[str, list], dict[str, str]]:
     """Read and decode a batch of pairs: (the decoded rows, {image URI: error naming the file}
     of the pairs that failed)."""
@@ -67,9 +71,9 @@ def decode_rows(
     for key, image_uri, mask_uri in zip(batch["key"], batch["image"], batch["mask"], strict=True):
         try:
             image = decode_image(
-                _read(image_uri, endpoint_url), channels=channels, source=image_uri
+                _read(image_uri, endpoint_url), channels=channels, source=image_uri, options=decode
             )
-            mask = decode_mask(_read(mask_uri, endpoint_url), cmap, source=mask_uri)
+            mask = decode_mask(_read(mask_uri, endpoint_url), cmap, source=mask_uri, options=decode)
             if mask.shape != image.shape[:2]:
                 raise ValueError(f"{mask_uri}: mask size {mask.shape} != image {image.shape[:2]}")
         except (OSError, ValueError) as exc:  # decode errors are ValueErrors naming the file
@@ -88,11 +92,12 @@ def decode_pairs(
     channels: int,
     endpoint_url: str | None,
     ledger: ActorHandle | None = None,
+    decode: DecodeOptions = DEFAULT_OPTIONS,
 ) -> dict[str, list]:
     """Ray Data UDF: the decoded rows of a batch; the pairs that fail are left out and recorded
     in the job's `ledger` (`jobs.training.bad_pairs`), which counts them and bounds them."""
     rows, errors = decode_rows(
-        batch, class_map=class_map, channels=channels, endpoint_url=endpoint_url
+        batch, class_map=class_map, channels=channels, endpoint_url=endpoint_url, decode=decode
     )
     for error in errors.values():
         log.warning("leaving out a pair: %s", error)
@@ -111,6 +116,7 @@ def build_dataset(
     shuffle_seed: int | None = None,
     ray_remote_args: dict | None = None,
     ledger: ActorHandle | None = None,
+    decode: DecodeOptions = DEFAULT_OPTIONS,
 ) -> ray.data.Dataset:
     """Pairs -> a lazy dataset of decoded rows {key, image (H,W,C) uint8, mask (H,W) uint8};
     pairs that fail are left out and recorded in `ledger` (`jobs.training.bad_pairs`)."""
@@ -127,6 +133,7 @@ def build_dataset(
             "channels": channels,
             "endpoint_url": endpoint_url,
             "ledger": ledger,
+            "decode": decode,
         },
         **(ray_remote_args or {}),
     )
@@ -158,6 +165,7 @@ def build_train_val(
             shuffle_seed=shuffle,
             ray_remote_args=ray_remote_args,
             ledger=ledger,
+            decode=plan.decode,
         )
         keep = (
             cache
@@ -185,6 +193,21 @@ class ExactValidationDataConfig(DataConfig):
     def __init__(self, exact: tuple[str, ...] = (VAL,)) -> None:
         super().__init__(datasets_to_split="all")
         self._exact = set(exact)
+
+    @staticmethod
+    def default_ingest_options() -> ray.data.ExecutionOptions:
+        """Ray Train's default (the DataContext's options) without passing the deprecated
+        ``exclude_resources`` again when it is zero, as nothing here sets it: Ray 2.60 warns
+        on every ExecutionOptions built with it."""
+        options = ray.data.DataContext.get_current().execution_options
+        if not options.exclude_resources.is_zero():
+            return DataConfig.default_ingest_options()
+        return ray.data.ExecutionOptions(
+            resource_limits=options.resource_limits,
+            preserve_order=options.preserve_order,
+            verbose_progress=options.verbose_progress,
+            label_selector=options.label_selector,
+        )
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         regular = {k: v for k, v in datasets.items() if k not in self._exact}
@@ -217,6 +240,7 @@ def read_samples(
     channels: int,
     endpoint_url: str | None = None,
     count: int = 4,
+    decode: DecodeOptions = DEFAULT_OPTIONS,
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(key, image, mask) of those of the first `count` pairs that decode, read on the driver
     (for figures)."""
@@ -225,6 +249,10 @@ def read_samples(
         for k in ("key", "image", "mask")
     }
     rows, _ = decode_rows(
-        batch, class_map=class_map.to_dict(), channels=channels, endpoint_url=endpoint_url
+        batch,
+        class_map=class_map.to_dict(),
+        channels=channels,
+        endpoint_url=endpoint_url,
+        decode=decode,
     )
     return list(zip(rows["key"], rows["image"], rows["mask"], strict=True))

@@ -18,10 +18,14 @@ PER_RUN = {"job_id", "seconds", "finished_at"}
 
 
 def _files(root) -> dict[str, bytes]:
+    """The masks and overlays (the manifest is compared row by row, the QC report names the run
+    and its timings)."""
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
         for p in root.rglob("*")
-        if p.is_file() and p.parts[len(root.parts)] != "manifest" and p.suffix != ".parquet"
+        if p.is_file()
+        and p.parts[len(root.parts)] not in ("manifest", "report", "report.html")
+        and p.suffix != ".parquet"
     }
 
 
