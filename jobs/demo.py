@@ -72,9 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="outputs/demo", help="folder for data, masks, picture")
     parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: the preset)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="logging level of the jobs (DEBUG: also Ray's and MLflow's own messages)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     started = time.time()
+    log_level = [] if args.log_level.upper() == "INFO" else ["--log-level", args.log_level]
 
     # Images the model never sees in training (another seed), segmented after training.
     unlabelled = out / "unlabelled"
@@ -84,11 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     train = run_job(
         "train.py",
         ["--run-name", f"demo-{time.strftime('%Y%m%d-%H%M%S')}", "--force-alias"]
+        + log_level
         + (["--epochs", str(args.epochs)] if args.epochs else []),
     )
     segment = run_job(
         "segment.py",
-        ["--input", str(unlabelled / "images"), "--output", str(out / "segmented"), "--overwrite"],
+        ["--input", str(unlabelled / "images"), "--output", str(out / "segmented"), "--overwrite"]
+        + log_level,
     )
     picture(unlabelled, out / "segmented" / "masks", class_map, out / "demo.png")
 

@@ -21,6 +21,8 @@ import os
 
 import ray
 
+from jobs.common.logs import ray_init_options
+
 log = logging.getLogger(__name__)
 
 FORWARDED_ENV = (
@@ -62,17 +64,24 @@ def connect_ray(
     to leave its CPU to the model)."""
     if ray.is_initialized():
         return False
-    runtime_env = {"env_vars": forwarded_env()}
+    options = ray_init_options()  # Ray's own chatter at DEBUG only (jobs.common.logs)
+    runtime_env = {"env_vars": forwarded_env(), **options.pop("runtime_env", {})}
     address = cluster_address(address)
     if address:
         log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, **options)
         return True
     cpus = num_cpus or local_ray_cpus()
     log.info("starting a local Ray with %d logical CPUs on %s cores", cpus, os.cpu_count())
-    ray.init(
-        num_cpus=cpus, include_dashboard=dashboard, runtime_env=runtime_env, log_to_driver=True
+    started = ray.init(
+        num_cpus=cpus,
+        include_dashboard=dashboard,
+        runtime_env=runtime_env,
+        log_to_driver=True,
+        **options,
     )
+    if started.dashboard_url:
+        log.info("Ray dashboard at http://%s", started.dashboard_url)
     return True
 
 

@@ -174,6 +174,11 @@ def build_pipeline(
     block = resources.rows_per_block(
         rows=rows, rows_per_call=call_rows, image_bytes=image_bytes, actors=pool.max_size
     )
+    if rows and pool.min_size > 1:  # a short input: a block for each actor started anyway
+        block = min(block, math.ceil(rows / pool.min_size))
+        call_rows = min(call_rows, block)
+    # Never more actors waiting than blocks (Ray Data warns of a pool larger than its input).
+    min_actors = min(pool.min_size, math.ceil(rows / block)) if rows else pool.min_size
     finish_rows = sink.batch_size or max(32, 4 * call_rows)
     if actors.fused:  # an actor call within a block: blocks are what spreads the work
         finish_rows = min(finish_rows, block)
@@ -223,7 +228,7 @@ def build_pipeline(
             # Blocks of paths weigh nothing: queue at most 2 calls per actor, or Ray Data's
             # locality rule hands every block to the actor on the node that made the blocks.
             compute=ray.data.ActorPoolStrategy(
-                min_size=pool.min_size,
+                min_size=min_actors,
                 max_size=pool.max_size,
                 max_tasks_in_flight_per_actor=FUSED_CALLS_IN_FLIGHT,
             ),
@@ -242,7 +247,7 @@ def build_pipeline(
     ds = ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"checkpoint": checkpoint_ref, "settings": settings},
-        compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=pool.max_size),
         batch_format="pyarrow",
         batch_size=call_rows,
         num_gpus=num_gpus,
