@@ -13,13 +13,15 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.common.cli import NONE_WORDS, add_field_flag, field_docs, load_config_file
+from jobs.common.cli import NONE_WORDS, add_config_flag, add_field_flag, field_docs, parse_fields
 from jobs.common.decoding import DecodeFlags
 
 DEFAULT_MODEL_URI = "models:/unet@champion"
 MASK_FORMATS = ("indices", "values", "color")
 MANIFEST_FORMATS = ("parquet", "jsonl")
 AMP_MODES = ("auto", "bf16", "off")
+TTA_MODES = ("none", "flip", "dihedral")
+"""--tta (`unet_core.tta.TTA_MODES`, which a unit test compares)."""
 TILE_SIZE_CPU = 512
 """--tile-size on CPU actors (`unet_core.inference_device.TILE_SIZE_CPU`, which a unit test
 compares: this module stays free of torch and Ray)."""
@@ -61,8 +63,8 @@ class InferenceConfig(DecodeFlags):
     """Images larger than this on either side are predicted in overlapping tiles; 0 = never tile; default 512 on CPU actors, 1024 on GPU actors (fewer, larger tiles keep a GPU busy)."""
     tile_overlap: int = 64
     """Overlap in pixels between neighbouring tiles (blended with linear ramps)."""
-    tta: bool = False
-    """Flip test-time augmentation (average of identity, horizontal and vertical flips)."""
+    tta: str = "none"
+    """Test-time augmentation, the mean softmax over views of each image: none; flip (identity, left-right and up-down mirrors: 3x the compute); dihedral (the 8 rotations by 90 degrees and mirrors: 8x, for data without a preferred orientation, such as microscopy)."""
     compile: bool = False
     """torch.compile the model in each actor (inductor; the first batch of each image size pays the compilation, about a minute on a small CPU; falls back to eager with a warning where compiling fails). Measured in the README: worth it only for long runs of one image size."""
     amp: str = "auto"
@@ -86,6 +88,8 @@ class InferenceConfig(DecodeFlags):
 
     def __post_init__(self) -> None:
         problems = self.decode_problems()
+        if self.tta not in TTA_MODES:
+            problems.append(f"--tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
         if self.batch_size < 0:
             problems.append(f"--batch-size must be >= 0 (0 = auto), got {self.batch_size}")
         if self.rows_per_call < 0:
@@ -254,13 +258,7 @@ def build_parser(cls: type, *, prog: str, description: str) -> argparse.Argument
     )
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="JSON or YAML file with any of the fields below (flat names, e.g. tile_size: 256, "
-        f"or under a {section_of(cls)}: section, as in configs/*.yaml); flags given on the "
-        "command line override it",
-    )
+    add_config_flag(parser, section_of(cls), "tile_size: 256")
     own = parser.add_argument_group(f"{prog} options")
     shared = parser.add_argument_group("model, cluster and prediction")
     shared_names = {f.name for f in dataclasses.fields(InferenceConfig)}
@@ -294,15 +292,4 @@ def parse_config(cls: type, argv: list[str] | None, *, prog: str, description: s
     """Parse flags (and --config) into `cls`: defaults < config file < command line; invalid
     values exit 2 with the reason."""
     parser = build_parser(cls, prog=prog, description=description)
-    values = vars(parser.parse_args(argv))
-    config_path = values.pop("config", None)
-    try:
-        if config_path:
-            file_values = load_config_file(
-                config_path, typing.get_type_hints(cls), sections=(section_of(cls),), prog=prog
-            )
-            values = {**file_values, **values}
-        return cls(**values)
-    except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
+    return parse_fields(cls, parser, argv, section=section_of(cls))

@@ -88,10 +88,15 @@ def schema(class_names: Sequence[str]) -> pa.Schema:
 FIELDS = schema([]).names
 
 
-def output_settings(*, mask_format: str, tta: bool, tile_size: int, tile_overlap: int) -> str:
+def output_settings(
+    *, mask_format: str, tta: str, tile_size: int, tile_overlap: int, exif_transpose: bool = True
+) -> str:
     """The settings that change a mask's pixels, as recorded per row: a mask made with other
-    settings is not "done" for a run with these."""
-    return f"mask_format={mask_format} tta={int(tta)} tile_size={tile_size} overlap={tile_overlap}"
+    settings is not "done" for a run with these. Written as before dihedral TTA and EXIF
+    orientation existed where those are at their old behaviour, so older outputs still match."""
+    tta = {"none": "0", "flip": "1"}.get(tta, tta)
+    settings = f"mask_format={mask_format} tta={tta} tile_size={tile_size} overlap={tile_overlap}"
+    return settings if exif_transpose else f"{settings} exif_transpose=0"
 
 
 def base_row(**values: Any) -> dict[str, Any]:

@@ -49,8 +49,8 @@ class PredictorSettings:
     """torch.compile the model (`unet_core.compiled`)."""
     tile_overlap: int = 64
     """Overlap between tiles in pixels."""
-    tta: bool = False
-    """Flip test-time augmentation."""
+    tta: str = "none"
+    """Test-time augmentation mode (`unet_core.tta.TTA_MODES`)."""
     amp: bool | None = None
     """bf16 autocast: None = automatic (CUDA, or CPUs with native bf16)."""
     use_gpu: bool = False

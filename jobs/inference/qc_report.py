@@ -182,15 +182,19 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _thumbnails(row: Mapping[str, Any], class_map: Any, endpoint_url: str | None) -> dict:
+def _thumbnails(
+    row: Mapping[str, Any], class_map: Any, endpoint_url: str | None, decode: Any = None
+) -> dict:
     """PNG bytes of the image, the coloured mask and the overlay of one manifest row, at most
     `THUMB_SIDE` pixels on a side (both shrunk before blending: a huge image costs little)."""
     from unet_core.data import decode_image
     from unet_core.viz import colorize_mask, overlay
 
-    image = decode_image(
-        fs.read_bytes(row["input"], endpoint_url=endpoint_url), channels=3, source=row["input"]
-    )
+    data = fs.read_bytes(row["input"], endpoint_url=endpoint_url)
+    if decode is None:
+        image = decode_image(data, channels=3, source=row["input"])
+    else:  # the job's --no-exif-transpose / --max-image-pixels, as its masks were made
+        image = decode_image(data, channels=3, source=row["input"], options=decode)
     settings = dict(s.split("=", 1) for s in (row.get("settings") or "").split() if "=" in s)
     mask = _mask_indices(
         fs.read_bytes(row["output"], endpoint_url=endpoint_url),
@@ -266,9 +270,11 @@ def build_report(
     worst: int = 12,
     endpoint_url: str | None = None,
     job_id: str = "",
+    decode: Any = None,
 ) -> dict[str, Any]:
     """Read the manifest, write the assets and then the page; returns the page's URI and the
-    counts it shows (what a Ray task hands back)."""
+    counts it shows (what a Ray task hands back). ``decode``: the job's
+    `unet_core.image_files.DecodeOptions` (None: the defaults)."""
     from unet_core.classes import ClassMap
 
     stats = ManifestStats(worst_n=worst)
@@ -288,7 +294,7 @@ def build_report(
     for row in stats.worst:
         shown = {k: row[k] for k in ("relative_path", "mean_confidence")}
         try:
-            pngs = _thumbnails(row, colours, endpoint_url)
+            pngs = _thumbnails(row, colours, endpoint_url, decode)
             shown.update({kind: assets.put(kind, data) for kind, data in pngs.items()})
         except Exception as exc:  # a moved or unreadable file costs its thumbnails only
             shown["error"] = f"no thumbnails: {type(exc).__name__}: {exc}"

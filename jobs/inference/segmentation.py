@@ -56,6 +56,7 @@ def _settings(cfg: SegmentConfig, actors: ActorPlan) -> str:
         tta=cfg.tta,
         tile_size=cfg.tile_for(use_gpu=actors.use_gpu),
         tile_overlap=cfg.tile_overlap,
+        exif_transpose=cfg.exif_transpose,
     )
 
 
@@ -334,6 +335,7 @@ def _run(
             class_map=writer.class_map,
             endpoint_url=endpoint,
             job_id=job_id,
+            decode=cfg.decode_options,
         )
 
     failed = counts[manifest.FAILED] + work.n(plan.REJECTED)

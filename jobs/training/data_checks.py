@@ -138,6 +138,18 @@ def list_pairs(root: str, *, endpoint_url: str | None = None) -> list[Pair]:
         raise DataValidationError(str(exc)) from exc
 
 
+def refuse_shared_keys(root: str, train: list[Pair], val_root: str, val: list[Pair]) -> None:
+    """A case (key: its path without extension) in both --data and --val-data would be
+    validated on after being trained on: refused, naming the keys."""
+    shared = sorted({p.key for p in train} & {p.key for p in val})
+    if shared:
+        raise DataValidationError(
+            f"{len(shared)} case(s) are both in --data {root} and in --val-data {val_root}, "
+            "so the validation figures (the best checkpoint, the alias gate) would score images "
+            "the model trained on; remove them from one of the two:\n" + _listing(shared)
+        )
+
+
 def plan_data(
     data: str,
     *,
@@ -162,7 +174,14 @@ def plan_data(
     pairs = list_pairs(root, endpoint_url=endpoint_url)
     if val_data:
         val_root = fs.absolute(val_data)
+        if val_root.rstrip("/") == root.rstrip("/"):
+            raise DataValidationError(
+                f"--val-data {val_data} is the training root {root}: validation on the images "
+                "it trains on says nothing; give a separate folder, or leave --val-data out to "
+                "hold out --val-fraction of the pairs"
+            )
         train, val = pairs, list_pairs(val_root, endpoint_url=endpoint_url)
+        refuse_shared_keys(root, train, val_root, val)
     else:
         val_root = root
         if val_fraction <= 0:

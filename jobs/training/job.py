@@ -49,6 +49,7 @@ def _plan(cfg: TrainJobConfig):
         num_workers=cfg.worker_range[1],  # every worker of the largest group gets a shard
         check_limit=cfg.check_limit,
         endpoint_url=cfg.s3_endpoint_url,
+        decode=cfg.decode_options,
     )
 
 

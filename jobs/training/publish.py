@@ -47,6 +47,7 @@ def publish(
             class_map=plan.class_map,
             channels=plan.in_channels,
             endpoint_url=cfg.s3_endpoint_url,
+            decode=plan.decode,
         )
         log_panel(uri, run_id, loaded, samples, scratch)
         reg = log_and_register(

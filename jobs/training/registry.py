@@ -102,6 +102,8 @@ def log_and_register(
     """Log the model under the active MLflow run `run_id`, register it, maybe move the alias."""
     import mlflow
     import torch
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
     from mlflow.tracking import MlflowClient
 
     import unet_core
@@ -127,8 +129,18 @@ def log_and_register(
             )
         finally:
             pyfunc_log.setLevel(level)
-        registered = mlflow.register_model(info.model_uri, name)
+        # The client's calls, not mlflow.register_model, which prints two lines to stderr
+        # ("Successfully registered model ...", "Created version ...") past logging.
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        registered = client.create_model_version(
+            name, source=info.model_uri, run_id=run_id, model_id=info.model_id
+        )
         version = str(registered.version)
+        log.info("registered %s as version %s of %s", info.model_uri, version, name)
         all_tags = {
             "run_id": run_id,
             "val_miou": f"{val_miou:.6f}",

@@ -22,11 +22,13 @@ def test_decode_and_write_modules_do_not_import_torch():
     assert done.returncode == 0, done.stderr
 
 
-def test_the_inference_configs_cpu_tile_is_the_librarys():
-    from jobs.inference.config import TILE_SIZE_CPU
+def test_the_inference_configs_cpu_tile_and_tta_modes_are_the_librarys():
+    from jobs.inference.config import TILE_SIZE_CPU, TTA_MODES
     from unet_core.inference_device import TILE_SIZE_CPU as LIBRARY_TILE
+    from unet_core.tta import TTA_MODES as LIBRARY_MODES
 
-    assert TILE_SIZE_CPU == LIBRARY_TILE  # config keeps its own copy to stay free of torch
+    # the config keeps its own copies to stay free of torch
+    assert (TILE_SIZE_CPU, TTA_MODES) == (LIBRARY_TILE, LIBRARY_MODES)
 
 
 def test_every_public_name_resolves():

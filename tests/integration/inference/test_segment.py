@@ -74,6 +74,49 @@ def test_segment_alias_masks_match_predict_and_manifest(
     assert 0 < row["mean_confidence"] <= 1 and row["seconds"] > 0
 
 
+def test_segment_and_evaluate_with_dihedral_tta(
+    tmp_path, ray_local, synthetic_root, capsys, mlflow_uri
+):
+    """--tta dihedral: the masks unet_core.predict gives with tta="dihedral", recorded in the
+    manifest's settings; a run with another mode does not count them as done."""
+    from jobs import evaluate
+
+    class_map = ClassMap.from_file(synthetic_root / "classes.json")
+    ckpt = make_checkpoint(tmp_path / "unet.pt", class_map)
+    images = sorted((synthetic_root / "images").glob("*.png"))[:3]
+    listing = tmp_path / "in.txt"
+    listing.write_text("\n".join(p.name for p in images))
+    out = tmp_path / "out"
+    args = ["--input", synthetic_root / "images", "--input-list", listing, "--output", out]
+    code, summary = run_main(segment.main, [*args, "--model", ckpt, "--tta", "dihedral"], capsys)
+    assert code == 0 and summary["ok"] == 3, summary
+    dihedral = expected_masks(ckpt, images, tta="dihedral")
+    plain = expected_masks(ckpt, images)
+    assert any((dihedral[k] != plain[k]).any() for k in dihedral)  # the mode changes masks
+    for p in images:
+        got = np.asarray(Image.open(out / "masks" / p.name))
+        np.testing.assert_array_equal(got, dihedral[p.name], err_msg=p.name)
+    assert {r["settings"].split()[1] for r in read_manifest(summary["manifest"])} == {
+        "tta=dihedral"
+    }
+    code, summary = run_main(segment.main, [*args, "--model", ckpt, "--tta", "flip"], capsys)
+    assert code == 2 and "tta=dihedral" in summary["error"], summary
+
+    code, plain_report = run_main(
+        evaluate.main, ["--model", ckpt, "--data", synthetic_root], capsys
+    )
+    assert code == 0, plain_report
+    code, report = run_main(
+        evaluate.main, ["--model", ckpt, "--data", synthetic_root, "--tta", "dihedral"], capsys
+    )
+    assert code == 0 and report["ok"] == plain_report["ok"], report
+    assert report["mean_iou"] != plain_report["mean_iou"]
+    with pytest.raises(SystemExit) as refused:
+        segment.main([*map(str, args), "--model", str(ckpt), "--tta", "rot90"])
+    assert refused.value.code == 2
+    assert "--tta must be one of none, flip, dihedral" in capsys.readouterr().err
+
+
 def test_segment_mask_formats_and_jsonl(tmp_path, ray_local, registered, synthetic_root, capsys):
     ckpt, version = registered
     images = sorted((synthetic_root / "images").glob("*.png"))[:3]

@@ -115,6 +115,11 @@ def test_segment_writes_masks_the_way_the_images_are_shown(tmp_path, ray_local, 
         mask = np.asarray(Image.open(_mask(out, name)))
         assert mask.shape == stored, name
         assert rows[name]["exif_orientation"] == 1 and rows[name]["status"] == "ok"
+    # Those raw masks are not "done" for a run that turns the images: it refuses, naming them.
+    code, summary = run_main(
+        segment.main, ["--input", photos, "--output", out, "--model", ckpt], capsys
+    )
+    assert code == 2 and "exif_transpose=0" in summary["error"], summary
 
 
 def test_evaluate_pairs_turned_images_with_masks_drawn_on_them(tmp_path, ray_local, capsys):

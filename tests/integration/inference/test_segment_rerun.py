@@ -149,7 +149,7 @@ def _plant_killed_run(out: Path, checkpoint: Path, inputs: list[tuple[str, str]]
             model_uri=str(checkpoint),
             checkpoint_sha256=checkpoint_digest(checkpoint.read_bytes()),
             settings=output_settings(
-                mask_format="indices", tta=False, tile_size=512, tile_overlap=64
+                mask_format="indices", tta="none", tile_size=512, tile_overlap=64
             ),
             job_id="killed-run",
         )

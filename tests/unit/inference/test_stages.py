@@ -51,6 +51,7 @@ def test_config_parsing_and_validation(capsys):
             "--output",
             "s3://b/o",
             "--tta",
+            "flip",
             "--num-gpus-per-actor",
             "0.5",
             "--max-actors",
@@ -62,7 +63,7 @@ def test_config_parsing_and_validation(capsys):
         description="d",
     )
     assert (cfg.tta, cfg.num_gpus_per_actor, cfg.max_actors, cfg.mask_format) == (
-        True,
+        "flip",
         0.5,
         3,
         "color",

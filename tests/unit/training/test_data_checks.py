@@ -31,9 +31,9 @@ def _write(root: Path, stem: str, *, mode: str = "RGB", size=(32, 24), mask_valu
     Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
 
 
-def _dataset(root: Path, n: int = 6, **kwargs) -> Path:
+def _dataset(root: Path, n: int = 6, prefix: str = "case", **kwargs) -> Path:
     for i in range(n):
-        _write(root, f"case_{i:02d}", **kwargs)
+        _write(root, f"{prefix}_{i:02d}", **kwargs)
     (root / "classes.json").write_text(json.dumps(BINARY))
     return root
 
@@ -126,10 +126,24 @@ def test_no_validation_set_and_too_few_pairs_for_the_workers(tmp_path):
 
 def test_separate_validation_root(tmp_path):
     train = _dataset(tmp_path / "train", n=4)
-    val = _dataset(tmp_path / "val", n=2)
+    val = _dataset(tmp_path / "val", n=2, prefix="held_out")
     plan, _ = _plan(train, val_data=str(val), val_fraction=0.0)
     assert len(plan.train) == 4 and len(plan.val) == 2
     assert plan.val_root == str(val.resolve())
+
+
+def test_validation_root_sharing_cases_with_the_training_root_is_refused(tmp_path):
+    train = _dataset(tmp_path / "train", n=4)
+    val = _dataset(tmp_path / "val", n=3, prefix="held_out")
+    _write(val, "case_01")
+    _write(val, "case_03")
+    with pytest.raises(DataValidationError) as info:
+        _plan(train, val_data=str(val), val_fraction=0.0)
+    message = str(info.value)
+    assert "2 case(s) are both in --data" in message
+    assert "case_01" in message and "case_03" in message and "held_out" not in message
+    with pytest.raises(DataValidationError, match="is the training root"):
+        _plan(train, val_data=str(train) + "/", val_fraction=0.0)
 
 
 def test_large_sets_are_sampled_and_the_rest_left_for_ray(tmp_path):
