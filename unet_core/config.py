@@ -132,7 +132,9 @@ class TrainConfig:
     """Optimisation settings shared by the single-process loop and the Ray Train job."""
 
     epochs: int = 20
-    """Passes over the training set."""
+    """Passes over the training set (or, with samples_per_epoch, rounds of that many crops)."""
+    samples_per_epoch: int = 0
+    """Crops per epoch drawn at random with replacement from the training images (the same draws for a seed and epoch whatever the number of workers; rounded down to a multiple of them), so a run of small sets of large images is defined by the crops it sees; 0 = every training image once per epoch. Validation stays exact over whole images."""
     batch_size: int = 8
     """Images per step on each worker (the global batch is batch_size * workers)."""
     crop_size: int = 256
@@ -197,6 +199,10 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.samples_per_epoch < 0:
+            raise ValueError(
+                f"samples_per_epoch must be >= 0 (0 = one pass), got {self.samples_per_epoch}"
+            )
         if self.crop_size < 0:
             raise ValueError(f"crop_size must be >= 0 (0 = whole images), got {self.crop_size}")
         if self.lr <= 0:

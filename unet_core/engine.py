@@ -34,7 +34,8 @@ from unet_core.transforms import (
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]
+"""(images, targets) or (images, targets, per-pixel loss weights)."""
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -93,12 +94,15 @@ def train_one_epoch(
     model.train()
     loss_sum, images = torch.zeros((), dtype=torch.float64, device=device), 0
     start = time.perf_counter()
-    for x, y in batches:
+    for x, y, *weights in batches:  # (x, y) or (x, y, per-pixel loss weights)
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(x)  # (B, K, H, W)
-        loss = loss_fn(logits.float(), y)
+        if weights:
+            loss = loss_fn(logits.float(), y, weights[0].to(device, non_blocking=True))
+        else:
+            loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if max_grad_norm:
@@ -215,6 +219,11 @@ def fit(
     Validates on the stem-hash split when ``cfg.val_fraction > 0``; whole validation images are
     used (no crops), so the metrics are those of full-size prediction.
     """
+    if cfg.samples_per_epoch or cfg.border_weight:
+        raise ValueError(
+            "fit trains one pass per epoch without border weights: samples_per_epoch and "
+            "border_weight are options of the Ray Train job (jobs/train.py)"
+        )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     pairs = pairs if pairs is not None else pair_images_and_masks(root)

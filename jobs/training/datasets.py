@@ -184,14 +184,16 @@ def should_cache(num_pairs: int, mean_pixels: float, channels: int, fraction: fl
 
 
 class ExactValidationDataConfig(DataConfig):
-    """Equal shards for training (DDP lock-step); a lossless partition for validation.
+    """Equal shards for training (DDP lock-step); a lossless partition for validation; the
+    datasets named in ``whole`` go to every worker unsplit (sampled epochs draw from all of
+    the training set on each rank).
 
     The default `DataConfig` splits every dataset with ``equal=True``, which drops up to
     ``world_size - 1`` rows; validation metrics must cover every row exactly once.
     """
 
-    def __init__(self, exact: tuple[str, ...] = (VAL,)) -> None:
-        super().__init__(datasets_to_split="all")
+    def __init__(self, exact: tuple[str, ...] = (VAL,), whole: tuple[str, ...] = ()) -> None:
+        super().__init__(datasets_to_split=[TRAIN] if TRAIN not in whole else [])
         self._exact = set(exact)
 
     @staticmethod

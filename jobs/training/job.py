@@ -35,7 +35,7 @@ from jobs.training.data_checks import DataValidationError, check_with_ray, plan_
 from jobs.training.defaults import with_defaults
 from jobs.training.launch import decide_workers, dry_run_report, path_problems
 from jobs.training.publish import publish
-from jobs.training.trainer import make_loop_config, make_trainer
+from jobs.training.trainer import check_sampled_set, make_loop_config, make_trainer
 
 
 def _plan(cfg: TrainJobConfig):
@@ -83,6 +83,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
             raise LocalPathError("; ".join(problems))
         cfg = with_defaults(cfg)
         plan, unchecked = _plan(cfg)
+        check_sampled_set(cfg, plan)
         cfg, _ = decide_workers(view, cfg)
         if cfg.use_gpu:  # fail here, naming the node, rather than in Ray Train's NCCL setup
             check_gpu_node(view, what="training workers", timeout=NODE_START_TIMEOUT_S)

@@ -13,10 +13,28 @@ from jobs.common import fs
 from jobs.common.ray_cluster import data_remote_args, forwarded_env
 from jobs.common.resources import worker_resources
 from jobs.training.config import TrainJobConfig
-from jobs.training.data_checks import DataPlan
-from jobs.training.datasets import ExactValidationDataConfig, build_train_val
+from jobs.training.data_checks import DataPlan, DataValidationError
+from jobs.training.datasets import TRAIN, ExactValidationDataConfig, build_train_val
 from jobs.training.worker_loop import train_loop_per_worker
 from unet_core.config import PreprocessConfig
+
+SAMPLED_SET_LIMIT_GIB = 4.0
+"""Most decoded training data (GiB) that --samples-per-epoch may hold on every worker."""
+
+
+def check_sampled_set(cfg: TrainJobConfig, plan: DataPlan) -> None:
+    """--samples-per-epoch keeps the whole decoded training set on every worker: refuse a set
+    too large for that, before anything starts."""
+    if not cfg.train.samples_per_epoch:
+        return
+    gib = len(plan.train) * plan.mean_pixels * (plan.in_channels + 1) / 2**30
+    if gib > SAMPLED_SET_LIMIT_GIB:
+        raise DataValidationError(
+            f"--samples-per-epoch {cfg.train.samples_per_epoch} holds the whole training set on "
+            f"every worker: {len(plan.train)} pairs decode to about {gib:.1f} GiB, above "
+            f"{SAMPLED_SET_LIMIT_GIB:g} GiB; for a set this large leave --samples-per-epoch at 0 "
+            "(every image once per epoch, sharded over the workers)"
+        )
 
 
 def make_loop_config(
@@ -33,7 +51,8 @@ def make_loop_config(
         "model": model_config.to_dict(),
         "preprocess": PreprocessConfig.for_channels(plan.in_channels).to_dict(),
         "class_map": plan.class_map.to_dict(),
-        "train_rows": len(plan.train),  # split in equal shards over the workers running
+        # split in equal shards over the workers running, or the crops of a sampled epoch
+        "train_rows": cfg.train.samples_per_epoch or len(plan.train),
         "eval_batch_size": max(1, min(cfg.train.batch_size, 8)),
         "num_workers": cfg.num_workers,  # as given: N or "MIN-MAX"
         "worker_range": list(cfg.worker_range),
@@ -89,5 +108,8 @@ def make_trainer(
             ),
         ),
         datasets=built,
-        dataset_config=ExactValidationDataConfig(),
+        # sampled epochs draw from the whole training set on every worker
+        dataset_config=ExactValidationDataConfig(
+            whole=(TRAIN,) if cfg.train.samples_per_epoch else ()
+        ),
     )

@@ -30,7 +30,14 @@ from jobs.common.devices import require_cuda
 from jobs.common.logs import quiet_worker_logs
 from jobs.common.mlflow_store import metric_name
 from jobs.training.bad_pairs import count_over_ranks
-from jobs.training.batches import eval_batches, train_batches
+from jobs.training.batches import (
+    TrainCollate,
+    TrainingImages,
+    border_weights,
+    eval_batches,
+    sampled_batches,
+    train_batches,
+)
 from jobs.training.checkpoints import restore, save_train_checkpoint
 from jobs.training.collectives import all_reduce, reduce_eval, sync_buffers
 from jobs.training.config import amp_flag
@@ -138,19 +145,35 @@ def train_epoch(
     setup: WorkerSetup,
     *,
     epoch: int,
+    images: TrainingImages | None = None,
 ) -> dict[str, float]:
-    """One epoch on this rank's shard; loss and throughput over all ranks."""
+    """One epoch on this rank's shard (with samples_per_epoch: this rank's share of the epoch's
+    crops drawn from the whole training set, `images`); loss and throughput over all ranks."""
     cfg = setup.cfg
     transform = transforms_for_training(cfg)
-    batches = train_batches(
-        ray.train.get_dataset_shard(TRAIN),
-        batch_size=cfg.batch_size,
-        transform=transform,
-        preprocess=setup.preprocess,
-        seed=cfg.seed,
-        epoch=epoch,
-        rank=setup.rank,
-    )
+    weights = border_weights(cfg, setup.model_config.num_classes)
+    if cfg.samples_per_epoch:
+        batches = sampled_batches(
+            (images or TrainingImages()).load(ray.train.get_dataset_shard(TRAIN)),
+            samples=cfg.samples_per_epoch,
+            world_size=setup.world_size,
+            rank=setup.rank,
+            batch_size=cfg.batch_size,
+            collate=TrainCollate(
+                transform, setup.preprocess, seed=cfg.seed, epoch=epoch, weights=weights
+            ),
+        )
+    else:
+        batches = train_batches(
+            ray.train.get_dataset_shard(TRAIN),
+            batch_size=cfg.batch_size,
+            transform=transform,
+            preprocess=setup.preprocess,
+            seed=cfg.seed,
+            epoch=epoch,
+            rank=setup.rank,
+            weights=weights,
+        )
     waits = DataWait(batches)
     stats = train_one_epoch(
         model,
@@ -268,6 +291,7 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any]:
         setup.model_config.num_classes, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight
     )
     logger = EpochLogger(config.get("tracking_uri"), config.get("run_id"), setup.rank)
+    images = TrainingImages() if cfg.samples_per_epoch else None
     if setup.rank == 0:
         if start_epoch:
             log.info(
@@ -298,7 +322,9 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any]:
     max_bad_pairs = int(config.get("max_bad_pairs", 0))
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         scheduler.start_epoch(epoch - 1)
-        metrics = train_epoch(model, optimizer, scheduler, loss_fn, setup, epoch=epoch)
+        metrics = train_epoch(
+            model, optimizer, scheduler, loss_fn, setup, epoch=epoch, images=images
+        )
         metrics.update(
             validate(model, loss_fn, setup, batch_size=int(config.get("eval_batch_size", 4)))
         )

@@ -60,12 +60,12 @@ def test_each_job_reads_its_own_section_and_flags_override(tmp_path):
     path = write(
         tmp_path,
         "train:\n  epochs: 3\nmodel:\n  depth: 2\n"
-        "evaluate:\n  tile_size: 256\nsegment:\n  tile_size: 128\n  tta: true\n",
+        "evaluate:\n  tile_size: 256\nsegment:\n  tile_size: 128\n  tta: flip\n",
     )
     trained = parse_args(["--config", path, "--data", "d"])
     assert (trained.train.epochs, trained.model.depth) == (3, 2)
-    assert (segment("--config", path).tile_size, segment("--config", path).tta) == (128, True)
-    assert segment("--config", path, "--tile-size", "512", "--no-tta").tile_size == 512
+    assert (segment("--config", path).tile_size, segment("--config", path).tta) == (128, "flip")
+    assert segment("--config", path, "--tile-size", "512", "--tta", "none").tile_size == 512
     assert evaluate("--config", path).tile_size == 256
     assert evaluate("--config", path, "--tile-size", "0").tile_size == 0
 
