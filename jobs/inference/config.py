@@ -224,12 +224,14 @@ class EvaluateConfig(InferenceConfig):
     """Labelled root (folder or s3://bucket/prefix) with images/ and masks/ paired by relative path and stem."""
     class_map: str | None = None
     """Class map JSON (local or s3://) telling which mask values are which class; default <data>/classes.json, else the model's own class map."""
+    rand_error_class: str | None = None
+    """Class whose 4-connected regions are the segments of the adapted Rand error (the ISBI 2012 leaderboard metric; ISBI: cell): computed per image on the truth and predicted masks (ignored truth pixels left out of both) and averaged over images (mean of per-slice values) in the summary; default: not computed."""
     log_to_mlflow: bool = False
     """Record the figures in MLflow: an evaluation run (metrics, the summary as evaluation.json, the --report Parquet file when given) linked to the model version by tags."""
     experiment: str = "unet-evaluation"
     """MLflow experiment of the evaluation run (with --log-to-mlflow)."""
     report: str | None = None
-    """Also write one row per image to this Parquet file (local or s3://, name ending in .parquet; streamed, appears whole at the end; rows in completion order): key, input, mask_input, status (ok | failed), error, height, width, pixels, mean_iou, mean_dice, pixel_accuracy, pixel_error, iou / dice / support (structs with one field per class name; pyarrow.parquet.read_table(path).flatten().to_pandas() gives columns such as iou.cell), confusion (K x K counts, row-major, rows = truth), seconds. Figures are null for a failed image; iou and dice of a class absent from an image's truth and prediction are null."""
+    """Also write one row per image to this Parquet file (local or s3://, name ending in .parquet; streamed, appears whole at the end; rows in completion order): key, input, mask_input, status (ok | failed), error, height, width, pixels, mean_iou, mean_dice, pixel_accuracy, pixel_error, rand_error / rand_precision / rand_recall (with --rand-error-class; null where the image has no truth pixel of the class), iou / dice / support (structs with one field per class name; pyarrow.parquet.read_table(path).flatten().to_pandas() gives columns such as iou.cell), confusion (K x K counts, row-major, rows = truth), seconds. Figures are null for a failed image; iou and dice of a class absent from an image's truth and prediction are null."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

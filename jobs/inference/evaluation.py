@@ -6,7 +6,9 @@ stage (`jobs.inference.scoring`) returns one row per image with its confusion ma
 figures. As each batch of rows arrives the driver adds its matrices into one (`Tally`) and, with
 --report, appends the rows to the Parquet report (`jobs.inference.report`): its memory does not
 grow with the number of images. Figures over the whole set come from the summed matrix (absent
-classes are left out of the means). Pixel error = 1 - pixel accuracy.
+classes are left out of the means). Pixel error = 1 - pixel accuracy. The adapted Rand error
+(--rand-error-class) is per image, so the summary's is the mean of the per-image (per-slice)
+values, over the images where it is defined.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from fractions import Fraction
 from typing import Any
 
 import pyarrow as pa
@@ -39,7 +42,12 @@ from jobs.inference.model_source import (
 )
 from jobs.inference.pipeline import Progress, Sink, build_pipeline
 from jobs.inference.report import ParquetReport
-from jobs.inference.scoring import Scorer, load_eval_class_map, report_schema
+from jobs.inference.scoring import (
+    Scorer,
+    load_eval_class_map,
+    rand_error_class_index,
+    report_schema,
+)
 from unet_core.checkpoint import load_checkpoint
 from unet_core.classes import ClassMap
 from unet_core.data import pair_images_and_masks
@@ -92,15 +100,24 @@ def _dry_run(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[s
     )
 
 
+RAND_COLUMNS = {"rand_error": "error", "rand_precision": "precision", "rand_recall": "recall"}
+"""Per-image Rand columns of the report -> their means' keys in the summary (adapted_rand_*)."""
+
+
 class Tally:
-    """What the driver keeps of the scored rows: their summed confusion matrix, the counts and
-    the `FAILURE_EXAMPLES` failures of smallest key, whatever the number of images."""
+    """What the driver keeps of the scored rows: their summed confusion matrix, the counts, the
+    `FAILURE_EXAMPLES` failures of smallest key and the sums of the per-image Rand figures,
+    whatever the number of images."""
 
     def __init__(self, num_classes: int) -> None:
         self.matrix = ConfusionMatrix(num_classes)
         self.ok = 0
         self.failed = 0
         self.failures: list[dict[str, str]] = []
+        # Exact sums (Fractions of the floats), so the means do not depend on the order in
+        # which rows arrive (fused and staged paths, completion order).
+        self.rand_sums = {c: Fraction(0) for c in RAND_COLUMNS}
+        self.rand_counts = dict.fromkeys(RAND_COLUMNS, 0)
 
     def add(self, table: pa.Table) -> int:
         """Count one batch of `scoring.report_schema` rows; returns how many of them failed."""
@@ -110,6 +127,10 @@ class Tally:
             k = self.matrix.num_classes
             counts = pc.list_flatten(scored["confusion"]).to_numpy()  # (n * K * K,)
             self.matrix.matrix += counts.reshape(-1, k, k).sum(axis=0)
+            for column in RAND_COLUMNS:
+                values = scored[column].drop_null().to_pylist()
+                self.rand_sums[column] += sum(map(Fraction, values), Fraction(0))
+                self.rand_counts[column] += len(values)
         if failed.num_rows:
             examples = failed.select(["key", "error"]).sort_by("key").slice(0, FAILURE_EXAMPLES)
             merged = self.failures + [
@@ -119,6 +140,19 @@ class Tally:
         self.ok += scored.num_rows
         self.failed += failed.num_rows
         return failed.num_rows
+
+    def rand_means(self) -> dict[str, float | int | None]:
+        """``adapted_rand_error``/``_precision``/``_recall``: the means of the per-image values
+        over the images where each is defined (None when none is), and ``adapted_rand_images``,
+        how many images the error's mean is over."""
+        means: dict[str, float | int | None] = {
+            f"adapted_rand_{name}": (
+                float(self.rand_sums[c] / self.rand_counts[c]) if self.rand_counts[c] else None
+            )
+            for c, name in RAND_COLUMNS.items()
+        }
+        means["adapted_rand_images"] = self.rand_counts["rand_error"]
+        return means
 
 
 def _evaluate(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[str, Any]:
@@ -131,6 +165,7 @@ def _evaluate(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[
     )
     loaded = load_checkpoint(checkpoint)
     class_map = load_eval_class_map(data, cfg.class_map, loaded.class_map, endpoint)
+    rand_class = rand_error_class_index(class_map, cfg.rand_error_class)
     rows = _pairs(cfg, endpoint)
     total = len(rows)
     logger.info("%d image/mask pairs under %s; model %s", total, data, resolved.uri_resolved)
@@ -152,6 +187,7 @@ def _evaluate(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[
             checkpoint=checkpoint,
             channels=loaded.preprocess.channels,
             class_map=class_map,
+            rand_class=rand_class,
         )
         del rows  # the dataset's blocks hold them now
         progress = Progress(total=total, every=cfg.progress_seconds, label="evaluate")
@@ -170,6 +206,11 @@ def _evaluate(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[
             "failed": tally.failed,
             "failed_fraction": tally.failed / max(1, total),
             "failures": tally.failures,
+            **(
+                {"adapted_rand_class": cfg.rand_error_class, **tally.rand_means()}
+                if rand_class is not None
+                else {}
+            ),
             "confusion_matrix": tally.matrix.matrix.tolist(),
             "class_names": class_map.names,
             "data": data,
@@ -203,9 +244,10 @@ def _scored_dataset(
     checkpoint: bytes,
     channels: int,
     class_map: ClassMap,
+    rand_class: int | None = None,
 ):
     """The lazy Dataset of ``rows`` (image/mask pairs) after decode, predict and score: one
-    `scoring.report_schema` row per pair."""
+    `scoring.report_schema` row per pair (with the Rand figures of class ``rand_class``)."""
     import ray
 
     endpoint = fs.s3_endpoint(cfg.s3_endpoint_url)
@@ -223,6 +265,7 @@ def _scored_dataset(
                 "class_map": class_map.to_dict(),
                 "endpoint_url": endpoint,
                 "decode": cfg.decode_options,
+                "rand_class": rand_class,
             },
             cfg.rows_per_call,
         ),
@@ -230,6 +273,10 @@ def _scored_dataset(
             [r["input"] for r in rows[:3]], channels=channels, endpoint_url=endpoint
         ),
     )
+
+
+RAND_METRICS = ("adapted_rand_error", "adapted_rand_precision", "adapted_rand_recall")
+"""Summary keys logged as MLflow metrics when present (--rand-error-class)."""
 
 
 def log_evaluation(
@@ -243,7 +290,8 @@ def log_evaluation(
 ) -> str:
     """An evaluation run (metrics, params, the summary as evaluation.json, the Parquet report
     ``report_file`` under its own name) linked to the model version by tags both ways: run tags
-    model_name/model_version, version tags eval_run_id and figures."""
+    model_name/model_version, version tags eval_run_id and figures (with the adapted Rand error's
+    mean, and its class as a param, when the summary has them)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -254,6 +302,7 @@ def log_evaluation(
         "mean_dice": report["mean_dice"],
         "pixel_accuracy": report["pixel_accuracy"],
         "pixel_error": report["pixel_error"],
+        **{k: report.get(k) for k in RAND_METRICS},
         **{f"iou_{metric_name(n)}": c["iou"] for n, c in report["per_class"].items()},
         **{f"dice_{metric_name(n)}": c["dice"] for n, c in report["per_class"].items()},
     }
@@ -268,7 +317,16 @@ def log_evaluation(
             }
         )
         mlflow.log_params(
-            {"images": report["ok"], "failed": report["failed"], "data": report["data"]}
+            {
+                "images": report["ok"],
+                "failed": report["failed"],
+                "data": report["data"],
+                **(
+                    {"rand_error_class": report["adapted_rand_class"]}
+                    if "adapted_rand_class" in report
+                    else {}
+                ),
+            }
         )
         mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
         mlflow.log_dict(report, "evaluation.json")
@@ -284,6 +342,8 @@ def log_evaluation(
             "eval_pixel_accuracy": report["pixel_accuracy"],
             "eval_pixel_error": report["pixel_error"],
         }
+        if report.get("adapted_rand_error") is not None:  # --rand-error-class
+            tags["eval_adapted_rand_error"] = report["adapted_rand_error"]
         for key, value in tags.items():
             client.set_model_version_tag(model_name, model_version, key, str(value))
     logger.info("evaluation logged to MLflow run %s", run_id)

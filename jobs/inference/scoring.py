@@ -1,5 +1,6 @@
 """The scoring stage of `jobs/evaluate.py`: which class map the truth masks are read with, and
-one row per image with its confusion matrix and figures.
+one row per image with its confusion matrix and figures (with --rand-error-class, its adapted
+Rand error too).
 
 Images go through the same pipeline as segmentation; its last stage (`Scorer`, in the fused
 CPU actors or in CPU tasks after GPU actors) reads each truth mask, maps its values to classes with the class map, and returns
@@ -19,9 +20,10 @@ import pyarrow as pa
 
 from jobs.common import fs
 from unet_core.classes import CLASS_MAP_FILENAME, ClassMap
+from unet_core.config import IGNORE_INDEX
 from unet_core.data import decode_mask
 from unet_core.image_files import DEFAULT_OPTIONS, DecodeOptions
-from unet_core.metrics import ConfusionMatrix
+from unet_core.metrics import ConfusionMatrix, adapted_rand_error, finite_or_none, segment_labels
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,10 @@ def report_schema(class_names: Sequence[str]) -> pa.Schema:
             pa.field("mean_dice", pa.float64()),
             pa.field("pixel_accuracy", pa.float64()),
             pa.field("pixel_error", pa.float64()),
+            # adapted Rand error of --rand-error-class (null without it, or with no truth segment)
+            pa.field("rand_error", pa.float64()),
+            pa.field("rand_precision", pa.float64()),
+            pa.field("rand_recall", pa.float64()),
             pa.field("iou", per_class),  # null for a class absent from truth and prediction
             pa.field("dice", per_class),
             pa.field("support", pa.struct([(n, pa.int64()) for n in class_names])),  # truth px
@@ -87,6 +93,20 @@ def load_eval_class_map(
     return class_map
 
 
+def rand_error_class_index(class_map: ClassMap, name: str | None) -> int | None:
+    """The index of --rand-error-class ``name`` in ``class_map`` (None when not given);
+    ValueError naming the classes when it is none of them."""
+    if name is None:
+        return None
+    if name not in class_map.names:
+        raise ValueError(
+            f"--rand-error-class {name!r} is not a class of the class map the masks are read "
+            f"with (--class-map, else <data>/classes.json, else the model's); its classes are "
+            f"{', '.join(class_map.names)}: give one of them (ISBI 2012: the cells)"
+        )
+    return class_map.names.index(name)
+
+
 class Scorer:
     """The last stage of `jobs/evaluate.py` (a `jobs.inference.pipeline.Sink`): predictions +
     truth mask URIs -> one `report_schema` row per image."""
@@ -96,10 +116,12 @@ class Scorer:
         class_map: dict,
         endpoint_url: str | None = None,
         decode: DecodeOptions = DEFAULT_OPTIONS,
+        rand_class: int | None = None,
     ) -> None:
         self.cmap = ClassMap.from_dict(class_map)
         self.endpoint_url = endpoint_url
         self.decode = decode  # truth masks are decoded like their images (EXIF, pixel limit)
+        self.rand_class = rand_class  # class index of --rand-error-class, or None
 
     def rows(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(
@@ -111,7 +133,9 @@ class Scorer:
             error, figures = row["error"], {}
             if error is None:
                 try:
-                    figures = _score_one(row, self.cmap, self.endpoint_url, self.decode)
+                    figures = _score_one(
+                        row, self.cmap, self.endpoint_url, self.decode, self.rand_class
+                    )
                 except Exception as exc:  # unreadable or mismatched truth: a row error
                     error = (
                         str(exc) if isinstance(exc, ValueError) else f"{row['mask_input']}: {exc}"
@@ -136,7 +160,11 @@ class Scorer:
 
 
 def _score_one(
-    row: dict[str, Any], cmap: ClassMap, endpoint_url: str | None, decode: DecodeOptions
+    row: dict[str, Any],
+    cmap: ClassMap,
+    endpoint_url: str | None,
+    decode: DecodeOptions,
+    rand_class: int | None,
 ) -> dict[str, Any]:
     """The figures of one predicted image against its truth mask; ValueError when they differ
     in size."""
@@ -152,9 +180,31 @@ def _score_one(
             f"{row['mask_input']}: mask is {truth.shape[1]}x{truth.shape[0]} but its image "
             f"{row['input']} is {w}x{h}; masks must match their images"
         )
+    pred = np.frombuffer(row["mask"], dtype=np.uint8).reshape(h, w)
     cm = ConfusionMatrix(cmap.num_classes)
-    cm.update(np.frombuffer(row["mask"], dtype=np.uint8).reshape(h, w), truth)
-    return image_figures(cm.matrix, cmap.names)
+    cm.update(pred, truth)
+    figures = image_figures(cm.matrix, cmap.names)
+    if rand_class is not None:
+        figures.update(rand_figures(truth, pred, rand_class))
+    return figures
+
+
+def rand_figures(truth: np.ndarray, pred: np.ndarray, object_class: int) -> dict[str, Any]:
+    """The adapted Rand error of one image, as `report_schema` columns (None where undefined,
+    e.g. no truth pixel of the class). Its segments are the 4-connected regions of
+    ``object_class`` (`segment_labels`) in the truth and in the prediction (class indices);
+    truth pixels that are ignored (IGNORE_INDEX) are left out of both, so a predicted region
+    is not joined across them."""
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    pred = np.where(truth == IGNORE_INDEX, IGNORE_INDEX, pred)  # not the class: no segment
+    error, precision, recall = adapted_rand_error(
+        segment_labels(truth, object_class), segment_labels(pred, object_class)
+    )
+    return {
+        "rand_error": finite_or_none(error),
+        "rand_precision": finite_or_none(precision),
+        "rand_recall": finite_or_none(recall),
+    }
 
 
 def image_figures(matrix: np.ndarray, names: Sequence[str]) -> dict[str, Any]:

@@ -91,7 +91,8 @@ def test_fused_and_staged_paths_agree_on_the_synthetic_set_and_in_evaluate(
         path = tmp_path / f"report{flag}.parquet"
         code, summary = run_main(
             evaluate.main,
-            ["--model", ckpt, "--data", synthetic_root, flag, "--report", path],
+            ["--model", ckpt, "--data", synthetic_root, flag, "--report", path]
+            + ["--rand-error-class", "ellipse"],
             capsys,
         )
         assert code == 0, summary
@@ -99,5 +100,13 @@ def test_fused_and_staged_paths_agree_on_the_synthetic_set_and_in_evaluate(
         reports[flag] = (summary, table)
     (sum_f, table_f), (sum_s, table_s) = reports["--fused"], reports["--no-fused"]
     assert table_f.equals(table_s)
-    for key in ("ok", "mean_iou", "pixel_error", "per_class", "confusion_matrix"):
+    assert table_f["rand_error"].null_count == 0
+    for key in (
+        "ok",
+        "mean_iou",
+        "pixel_error",
+        "adapted_rand_error",
+        "per_class",
+        "confusion_matrix",
+    ):
         assert sum_f[key] == sum_s[key], key
