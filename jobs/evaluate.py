@@ -1,14 +1,16 @@
-"""Evaluate a model on a labelled set: per-class IoU and Dice, mean IoU, pixel accuracy/error.
+"""Evaluate a model on a labelled set: per-class IoU and Dice, mean IoU, pixel accuracy/error,
+and (--rand-error-class) the foreground-restricted adapted Rand error of the ISBI leaderboard.
 
-    python jobs/evaluate.py --model models:/unet@champion --data ../shared/data/isbi2012/train \\
-        --class-map isbi_classes.json --report eval/isbi.parquet --log-to-mlflow
+    python jobs/evaluate.py --config configs/isbi2012.yaml --model models:/unet-isbi@champion \\
+        --data HELD_OUT --class-map configs/isbi2012.classes.json --report eval/isbi.parquet
 
 Runs the segmentation pipeline over images/ of the root and scores each prediction against
 its mask (paired by relative path and stem): in each CPU actor, or in CPU tasks after GPU ones.
 Figures over the whole set come from the summed confusion matrix (absent classes are left out
 of the means); per-image figures go to the --report Parquet file, one row per image. Pixel
-error = 1 - pixel accuracy, the U-Net paper's ISBI 2012 metric. The last line of stdout is the
-JSON summary (totals, figures, confusion matrix, the first failures, the report's URI).
+error = 1 - pixel accuracy, the U-Net paper's ISBI 2012 metric; the Rand error is the mean of
+per-image values. The last line of stdout is the JSON summary (totals, figures, confusion
+matrix, the first failures, the report's URI).
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         fmt(summary["pixel_error"]),
         summary["failed"],
     )
+    if "adapted_rand_error" in summary:
+        logger.info(
+            "adapted Rand error of %r segments %s (mean of %d images)",
+            summary["adapted_rand_class"],
+            fmt(summary["adapted_rand_error"]),
+            summary["adapted_rand_images"],
+        )
     too_many = summary["failed"] > 0 and summary["failed_fraction"] > cfg.max_failed_fraction
     sys.stdout.flush()
     print(json.dumps(summary), flush=True)
