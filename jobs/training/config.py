@@ -145,11 +145,12 @@ class TrainJobConfig(DecodeFlags):
     """Registered model name in the MLflow Model Registry."""
     alias: str = "champion"
     """Alias moved to the new version when it passes the gate (--min-miou, and not worse than the
-    version holding it)."""
+    version holding it, both scored on this run's validation pairs)."""
     min_miou: float = 0.0
     """Validation mIoU a version needs to receive the alias."""
     force_alias: bool = False
-    """Move the alias even when the new version scores below the version holding it."""
+    """Move the alias even when the new version scores below the version holding it, or that
+    version cannot be compared with it (another class map or input channels)."""
     demo_images: int = 32
     """Images in the generated demo set (only without --data)."""
     demo_size: int = 64

@@ -1,5 +1,6 @@
 """The end of a training run (`jobs/train.py`): the bad-pair bound enforced, figures of the
-run, the best checkpoint logged and registered with its alias gate, and the job's JSON
+run, the best checkpoint logged and registered with its alias gate (the version holding the
+alias scored on this run's validation pairs: `jobs.training.champion`), and the job's JSON
 summary."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.training.bad_pairs import BadPairsError, examples, read_bad_pairs
+from jobs.training.champion import compare_with_champion
 from jobs.training.checkpoints import MODEL_FILE, best_checkpoint
 from jobs.training.config import TrainJobConfig
 from jobs.training.data_checks import DataPlan
@@ -50,6 +52,16 @@ def publish(
             decode=plan.decode,
         )
         log_panel(uri, run_id, loaded, samples, scratch)
+        comparison = None  # not needed below --min-miou: the gate refuses first
+        if math.isfinite(val_miou) and val_miou >= cfg.min_miou:
+            comparison = compare_with_champion(
+                cfg.register_as,
+                cfg.alias,
+                candidate=scratch / MODEL_FILE,
+                plan=plan,
+                tracking_uri=uri,
+                endpoint_url=cfg.s3_endpoint_url,
+            )
         reg = log_and_register(
             run_id=run_id,
             checkpoint_path=scratch / MODEL_FILE,
@@ -60,6 +72,7 @@ def publish(
             min_miou=cfg.min_miou,
             force_alias=cfg.force_alias,
             tags={"data_root": plan.root, "run_name": cfg.run_name},
+            comparison=comparison,
         )
         mlflow.set_tags({"model_uri": reg.model_uri, "best_epoch": str(epoch)})
         if bad:  # all of them, where the summary names the first few
@@ -81,6 +94,7 @@ def publish(
         "alias": reg.alias,
         "alias_set": reg.alias_set,
         "alias_reason": reg.reason,
+        "alias_decision": reg.alias_decision(),
         "val_miou": val_miou,
         "best_epoch": epoch,
         "epochs": int(max(speed["epoch"], default=0)),

@@ -3,10 +3,13 @@
 The logged model is `jobs/training/pyfunc_model.py` as code, the `unet_core` package as its
 code path (so it loads where this project is not installed) and the unet_core checkpoint as the
 artifact `unet` (`artifacts/unet.pt` in the model folder: what jobs/inference/model_source.py loads).
-The alias (default `champion`) moves to the new version only when its validation mIoU is at
-least `--min-miou` and not below the version holding the alias (its `val_miou` tag), unless
-`--force-alias`; otherwise the version stays registered without the alias and the reason is
-returned.
+The alias (default `champion`) moves to the new version only when its validation mIoU (the
+workers' `val_miou`) is at least `--min-miou` and, on this run's validation pairs, it scores
+no lower than the version holding the alias (both scored by one computation:
+`jobs.training.champion`); a holder that cannot be compared (unreadable, another class map or
+input channels) keeps the alias unless `--force-alias`. Otherwise the version stays registered
+without the alias and the reason is returned. Both figures and the reason are tags of the new
+version.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from jobs.training.champion import ChampionComparison, alias_holder
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,13 @@ class Registration:
     alias: str
     alias_set: bool
     reason: str
+    comparison: ChampionComparison | None = None
+    """The gate's comparison with the version that held the alias."""
+
+    def alias_decision(self) -> dict:
+        """The gate's decision with both figures, for the job's summary."""
+        figures = self.comparison.to_dict() if self.comparison else {}
+        return {"alias_set": self.alias_set, "reason": self.reason, **figures}
 
     @property
     def model_uri(self) -> str:
@@ -47,30 +59,32 @@ def code_version(run_tags: dict[str, str]) -> str:
 
 
 def decide_alias(
-    client, name: str, alias: str, *, val_miou: float, min_miou: float, force: bool
+    comparison: ChampionComparison, *, val_miou: float, min_miou: float, force: bool
 ) -> tuple[bool, str]:
-    """(move the alias?, why) for a version scoring `val_miou`."""
-    from mlflow.exceptions import MlflowException
-
+    """(move the alias?, why) for a version whose workers measured `val_miou`, given its
+    comparison with the version holding the alias on this run's validation pairs."""
+    alias, held_by = comparison.alias, comparison.champion_version
     if not math.isfinite(val_miou) or val_miou < min_miou:
         return False, f"val_miou {val_miou:.4f} is below --min-miou {min_miou:.4f}"
-    try:
-        holder = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    if held_by is None:
         return True, f"no version held @{alias} yet"
-    try:
-        held = float(holder.tags.get("val_miou", "nan"))
-    except ValueError:
-        held = float("nan")
-    if math.isnan(held):
-        return True, f"version {holder.version} @{alias} has no val_miou tag to compare with"
-    if val_miou < held and not force:
+    if not comparison.compared:
+        why = comparison.refused or "it was not scored on this run's validation pairs"
+        if force:
+            return True, f"forced over version {held_by} @{alias}, not compared: {why}"
         return False, (
-            f"val_miou {val_miou:.4f} is below {held:.4f} of version {holder.version} "
-            f"@{alias}; pass --force-alias to move it anyway"
+            f"version {held_by} @{alias} cannot be compared with this one: {why}; pass "
+            "--force-alias to move it anyway"
         )
-    verb = "forced over" if val_miou < held else "not below"
-    return True, f"val_miou {val_miou:.4f} {verb} {held:.4f} of version {holder.version} @{alias}"
+    ours, theirs = comparison.candidate_miou, comparison.champion_miou
+    where = f"on this run's {comparison.pairs} validation pairs"
+    if ours < theirs and not force:
+        return False, (
+            f"mIoU {ours:.4f} is below {theirs:.4f} of version {held_by} @{alias} {where}; "
+            "pass --force-alias to move it anyway"
+        )
+    verb = "forced over" if ours < theirs else "not below"
+    return True, f"mIoU {ours:.4f} {verb} {theirs:.4f} of version {held_by} @{alias} {where}"
 
 
 def find_registered(client, name: str, run_id: str, epoch: int) -> str | None:
@@ -98,8 +112,11 @@ def log_and_register(
     min_miou: float = 0.0,
     force_alias: bool = False,
     tags: dict[str, str] | None = None,
+    comparison: ChampionComparison | None = None,
 ) -> Registration:
-    """Log the model under the active MLflow run `run_id`, register it, maybe move the alias."""
+    """Log the model under the active MLflow run `run_id`, register it, maybe move the alias.
+    `comparison` (`jobs.training.champion.compare_with_champion`): without it, a version
+    holding the alias counts as not compared."""
     import mlflow
     import torch
     from mlflow.exceptions import MlflowException
@@ -154,12 +171,16 @@ def log_and_register(
         log.info(
             "run %s already registered epoch %d as %s version %s", run_id, epoch, name, version
         )
+    if comparison is None:
+        comparison = ChampionComparison(alias, alias_holder(client, name, alias))
     alias_set, reason = decide_alias(
-        client, name, alias, val_miou=val_miou, min_miou=min_miou, force=force_alias
+        comparison, val_miou=val_miou, min_miou=min_miou, force=force_alias
     )
+    for key, value in {**comparison.tags(), "alias_decision": reason[:500]}.items():
+        client.set_model_version_tag(name, version, key, value)
     if alias_set:
         client.set_registered_model_alias(name, alias, version)
         log.info("models:/%s@%s -> version %s (%s)", name, alias, version, reason)
     else:
         log.warning("version %s of %s registered without @%s: %s", version, name, alias, reason)
-    return Registration(name, version, alias, alias_set, reason)
+    return Registration(name, version, alias, alias_set, reason, comparison)
