@@ -100,8 +100,7 @@ class TrainJobConfig(DecodeFlags):
     torch_threads: int = 0
     """torch intra-op threads per worker; 0 = Ray's default (the worker's CPU count)."""
     amp: str = "auto"
-    """Mixed precision of training: auto (bf16 on CUDA, fp32 on the CPU), bf16 (on the CPU too:
-    about 2x faster with native bf16, AVX512-BF16 or AMX; slower without), or off (fp32)."""
+    """Mixed precision of training and validation: auto (bf16 autocast on CUDA and on CPUs with native bf16, AVX512-BF16 or AMX, about 2x faster there; fp32 on other CPUs), bf16 (forced, also where it is slower), or off (fp32)."""
     ray_address: str | None = None
     """Ray cluster to connect to; default: $RAY_ADDRESS, else a local Ray is started."""
     shared_fs: bool = False
