@@ -14,6 +14,8 @@ version.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 from dataclasses import dataclass
@@ -119,8 +121,6 @@ def log_and_register(
     holding the alias counts as not compared."""
     import mlflow
     import torch
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
     from mlflow.tracking import MlflowClient
 
     import unet_core
@@ -146,16 +146,14 @@ def log_and_register(
             )
         finally:
             pyfunc_log.setLevel(level)
-        # The client's calls, not mlflow.register_model, which prints two lines to stderr
-        # ("Successfully registered model ...", "Created version ...") past logging.
-        try:
-            client.create_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                raise
-        registered = client.create_model_version(
-            name, source=info.model_uri, run_id=run_id, model_id=info.model_id
-        )
+        # mlflow.register_model prints its notices ("Successfully registered model ...",
+        # "Created version ...") to stderr past logging: they go to our log at DEBUG. Logging
+        # handlers keep the stream they were made with, so warnings still reach stderr.
+        printed = io.StringIO()
+        with contextlib.redirect_stderr(printed):
+            registered = mlflow.register_model(info.model_uri, name)
+        for line in printed.getvalue().splitlines():
+            log.debug("mlflow: %s", line)
         version = str(registered.version)
         log.info("registered %s as version %s of %s", info.model_uri, version, name)
         all_tags = {
