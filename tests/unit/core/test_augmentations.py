@@ -4,6 +4,7 @@ values, and the default TrainConfig still builds the pipeline of before."""
 import numpy as np
 import pytest
 
+from tests.unit.core.test_transforms import _interior as one_label_around
 from unet_core.augmentations import GaussianNoise, RandomGamma, RandomWarp
 from unet_core.config import IGNORE_INDEX, TrainConfig
 from unet_core.transforms import (
@@ -28,13 +29,7 @@ def _blocks(rng, h=96, w=80, block=16, classes=5, channels=1):
 
 def _interior(mask, radius=2):
     """Pixels whose (2r+1)^2 neighbourhood holds one label (away from class edges and fill)."""
-    h, w = mask.shape
-    padded = np.pad(mask.astype(np.int16), radius, constant_values=-1)
-    same = np.ones((h, w), bool)
-    for dy in range(2 * radius + 1):
-        for dx in range(2 * radius + 1):
-            same &= padded[dy : dy + h, dx : dx + w] == mask
-    return same & (mask != IGNORE_INDEX)
+    return one_label_around(mask, radius) & (mask != IGNORE_INDEX)
 
 
 def _misaligned(image, mask):
