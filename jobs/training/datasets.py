@@ -193,8 +193,9 @@ class ExactValidationDataConfig(DataConfig):
     """
 
     def __init__(self, exact: tuple[str, ...] = (VAL,), whole: tuple[str, ...] = ()) -> None:
-        super().__init__(datasets_to_split=[TRAIN] if TRAIN not in whole else [])
+        super().__init__(datasets_to_split="all")
         self._exact = set(exact)
+        self._whole = set(whole)
 
     @staticmethod
     def default_ingest_options() -> ray.data.ExecutionOptions:
@@ -212,19 +213,24 @@ class ExactValidationDataConfig(DataConfig):
         )
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        regular = {k: v for k, v in datasets.items() if k not in self._exact}
+        ours = self._exact | self._whole
+        regular = {k: v for k, v in datasets.items() if k not in ours}
         output = (
             super().configure(regular, world_size, worker_handles, worker_node_ids, **kwargs)
             if regular
             else [{} for _ in range(world_size)]
         )
         for name, ds in datasets.items():
-            if name not in self._exact:
+            if name not in ours:
                 continue
             if ds.name is None:
                 ds.set_name(name)
             ds = ds.copy(ds)
             ds.context.execution_options = self._resolve_execution_options(name)
+            if name in self._whole:  # every worker iterates all of it
+                for i in range(world_size):
+                    output[i][name] = ds.iterator()
+                continue
             splits = ds.streaming_split(world_size, equal=False)
             for i, split in enumerate(splits):
                 output[i][name] = split
