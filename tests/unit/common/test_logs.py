@@ -98,6 +98,8 @@ def deduplicators():
 
     dedups = (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator)
     saved = [d.skip_re for d in dedups]
+    for dedup in dedups:  # lines an earlier Ray of this process left buffered come out first
+        dedup.flush()
     yield ray_logging.stderr_deduplicator
     for dedup, skip in zip(dedups, saved, strict=True):
         dedup.skip_re = skip
