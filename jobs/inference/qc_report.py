@@ -188,13 +188,15 @@ def _thumbnails(
     """PNG bytes of the image, the coloured mask and the overlay of one manifest row, at most
     `THUMB_SIDE` pixels on a side (both shrunk before blending: a huge image costs little)."""
     from unet_core.data import decode_image
+    from unet_core.image_files import DEFAULT_OPTIONS
     from unet_core.viz import colorize_mask, overlay
 
-    data = fs.read_bytes(row["input"], endpoint_url=endpoint_url)
-    if decode is None:
-        image = decode_image(data, channels=3, source=row["input"])
-    else:  # the job's --no-exif-transpose / --max-image-pixels, as its masks were made
-        image = decode_image(data, channels=3, source=row["input"], options=decode)
+    image = decode_image(  # with the job's decode options, as its masks were made
+        fs.read_bytes(row["input"], endpoint_url=endpoint_url),
+        channels=3,
+        source=row["input"],
+        options=decode or DEFAULT_OPTIONS,
+    )
     settings = dict(s.split("=", 1) for s in (row.get("settings") or "").split() if "=" in s)
     mask = _mask_indices(
         fs.read_bytes(row["output"], endpoint_url=endpoint_url),
