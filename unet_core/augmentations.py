@@ -1,5 +1,5 @@
 """Warps and photometric changes for training: elastic deformation, scale and rotation by any
-angle, gamma and Gaussian noise. Paired and seeded like `unet_core.transforms`:
+angle, colour balance and saturation, gamma and Gaussian noise. Paired and seeded like `unet_core.transforms`:
 ``t(image, mask, rng) -> (image, mask)``, every random number drawn from ``rng``.
 
 `RandomWarp` resamples the image once (bilinear) and the mask once (nearest neighbour, so no class
@@ -24,7 +24,7 @@ from unet_core.config import IGNORE_INDEX
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
-__all__ = ["GaussianNoise", "RandomGamma", "RandomWarp"]
+__all__ = ["ColorBalance", "GaussianNoise", "RandomGamma", "RandomWarp"]
 
 ELASTIC_REACH = 3.0
 """Displacements are treated as reaching at most this many sigmas (for the context margin)."""
@@ -192,6 +192,34 @@ class RandomGamma:
 
     def __repr__(self) -> str:
         return f"RandomGamma(gamma={self.gamma}, p={self.p})"
+
+
+class ColorBalance:
+    """Colour changes of the light and the camera (image only; RGB or any multi-channel image):
+    each channel scaled by its own factor in [1 - gain, 1 + gain] (white balance, the tint of dusk
+    or artificial light), then the distance of each pixel to its grey (channel mean) scaled by a
+    factor in [1 - saturation, 1 + saturation]. A 1-channel image passes unchanged."""
+
+    def __init__(self, gain: float = 0.1, saturation: float = 0.3) -> None:
+        if not (0.0 <= gain < 1.0 and 0.0 <= saturation < 1.0):
+            raise ValueError(
+                f"channel_gain and saturation must be in [0, 1), got {gain} and {saturation}"
+            )
+        self.gain = float(gain)
+        self.saturation = float(saturation)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Arrays:
+        if image.ndim == 2 or image.shape[2] == 1:
+            return image, mask
+        gains = 1.0 + rng.uniform(-self.gain, self.gain, size=image.shape[2])
+        s = 1.0 + rng.uniform(-self.saturation, self.saturation)
+        x = image.astype(np.float32) * gains.astype(np.float32)
+        grey = x.mean(axis=2, keepdims=True)
+        x = (x - grey) * np.float32(s) + grey
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8), mask
+
+    def __repr__(self) -> str:
+        return f"ColorBalance(gain={self.gain}, saturation={self.saturation})"
 
 
 class GaussianNoise:

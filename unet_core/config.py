@@ -179,6 +179,10 @@ class TrainConfig:
     """Brightness jitter: pixels scaled by a factor in [1 - x, 1 + x]; 0 = off."""
     contrast: float = 0.2
     """Contrast jitter: distance to the mean scaled by a factor in [1 - x, 1 + x]; 0 = off."""
+    channel_gain: float = 0.0
+    """Colour-balance jitter: each channel scaled by its own factor in [1 - x, 1 + x] (white balance, tint of the light); 0 = off, no effect on 1-channel images."""
+    saturation: float = 0.0
+    """Saturation jitter: each pixel's distance to its grey scaled by a factor in [1 - x, 1 + x]; 0 = off, no effect on 1-channel images."""
     gamma: float = 0.0
     """Random gamma log-uniform in [1 / (1 + x), 1 + x]; 0 = off."""
     noise_std: float = 0.0
@@ -239,6 +243,11 @@ class TrainConfig:
             raise ValueError(
                 f"brightness and contrast must be in [0, 1), got {self.brightness} and "
                 f"{self.contrast}"
+            )
+        if not (0.0 <= self.channel_gain < 1.0 and 0.0 <= self.saturation < 1.0):
+            raise ValueError(
+                f"channel_gain and saturation must be in [0, 1), got {self.channel_gain} and "
+                f"{self.saturation}"
             )
         if self.gamma < 0 or self.noise_std < 0:
             raise ValueError(

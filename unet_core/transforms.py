@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unet_core.augmentations import GaussianNoise, RandomGamma, RandomWarp
+from unet_core.augmentations import ColorBalance, GaussianNoise, RandomGamma, RandomWarp
 from unet_core.config import IGNORE_INDEX, PreprocessConfig, TrainConfig
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -282,9 +282,10 @@ class ColorJitter:
 def transforms_for_training(cfg: TrainConfig) -> Compose:
     """The training pipeline of a TrainConfig; the single-process `fit` and the Ray Train workers
     both use it. In order: a random crop of ``crop_size`` (0: whole images), the warp (scale,
-    rotation, elastic), flips, 90-degree rotations, brightness/contrast, gamma, noise; each step
-    only when its field turns it on, and none without ``augment``. The defaults give crop, flips
-    (0.5 each way), RandomRotate90(0.5) and ColorJitter(0.2, 0.2)."""
+    rotation, elastic), flips, 90-degree rotations, brightness/contrast, colour balance and
+    saturation, gamma, noise; each step only when its field turns it on, and none without
+    ``augment``. The defaults give crop, flips (0.5 each way), RandomRotate90(0.5) and
+    ColorJitter(0.2, 0.2)."""
     crop = cfg.crop_size
     if not cfg.augment:
         return Compose([RandomCrop(crop)] if crop else [])
@@ -309,6 +310,8 @@ def transforms_for_training(cfg: TrainConfig) -> Compose:
         steps.append(RandomRotate90(p=cfg.rotate90))
     if cfg.brightness or cfg.contrast:
         steps.append(ColorJitter(cfg.brightness, cfg.contrast))
+    if cfg.channel_gain or cfg.saturation:
+        steps.append(ColorBalance(cfg.channel_gain, cfg.saturation))
     if cfg.gamma:
         steps.append(RandomGamma(cfg.gamma))
     if cfg.noise_std:

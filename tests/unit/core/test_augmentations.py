@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.unit.core.test_transforms import _interior as one_label_around
-from unet_core.augmentations import GaussianNoise, RandomGamma, RandomWarp
+from unet_core.augmentations import ColorBalance, GaussianNoise, RandomGamma, RandomWarp
 from unet_core.config import IGNORE_INDEX, TrainConfig
 from unet_core.transforms import (
     ColorJitter,
@@ -135,6 +135,7 @@ def test_context_crop_centres_like_a_plain_crop(size):
         RandomWarp(scale=(0.8, 1.2), degrees=90.0),
         RandomGamma(0.5),
         GaussianNoise(8.0),
+        ColorBalance(0.2, 0.4),
     ],
     ids=repr,
 )
@@ -176,6 +177,33 @@ def test_photometric_changes_only_the_image():
     assert RandomGamma(0.5, p=0.0)(image, mask, np.random.default_rng(0))[0] is image
 
 
+def test_color_balance_tints_and_desaturates_only_the_image():
+    rng = np.random.default_rng(3)
+    image = rng.integers(80, 170, (24, 20, 3), dtype=np.uint8)  # no clipping at 0 or 255
+    mask = rng.integers(0, 4, (24, 20), dtype=np.uint8)
+    out_img, out_mask = ColorBalance(0.3, 0.0)(image, mask, np.random.default_rng(0))
+    assert out_mask is mask and out_img.dtype == np.uint8 and out_img.shape == image.shape
+    # one gain per channel: every channel's ratio to the input is one constant (up to rounding)
+    ratios = out_img.astype(float) / image
+    assert np.all(ratios.std(axis=(0, 1)) < 0.02) and np.ptp(ratios.mean(axis=(0, 1))) > 0.01
+    assert np.all(np.abs(ratios.mean(axis=(0, 1)) - 1) <= 0.3 + 0.01)
+    # saturation alone keeps each pixel's grey and scales the colour around it by one factor
+    sat, _ = ColorBalance(0.0, 0.5)(image, mask, np.random.default_rng(1))
+    grey_in, grey_out = image.mean(axis=2), sat.astype(float).mean(axis=2)
+    assert np.abs(grey_out - grey_in).max() <= 1.0
+    spread_in, spread_out = image - grey_in[..., None], sat - grey_out[..., None]
+    factor = (spread_out * spread_in).sum() / (spread_in**2).sum()
+    assert abs(factor - 1) > 0.01 and np.abs(spread_out - factor * spread_in).max() <= 1.5
+    # a grey image has no colour to change by saturation; a 1-channel image passes unchanged
+    grey = np.repeat(image[:, :, :1], 3, axis=2)
+    np.testing.assert_array_equal(ColorBalance(0.0, 0.5)(grey, mask, rng)[0], grey)
+    for one in (image[:, :, 0], image[:, :, :1]):
+        assert ColorBalance(0.3, 0.5)(one, mask, rng)[0] is one
+    np.testing.assert_array_equal(ColorBalance(0.0, 0.0)(image, mask, rng)[0], image)
+    with pytest.raises(ValueError, match="channel_gain and saturation"):
+        ColorBalance(1.0, 0.0)
+
+
 def _old_pipeline(crop_size, augment):
     """`transforms_for_training(crop_size, augment=...)` as it was built before TrainConfig
     fields chose the steps."""
@@ -213,13 +241,14 @@ def test_config_fields_turn_steps_on_and_off():
         elastic=0.5,
         brightness=0.0,
         contrast=0.3,
+        channel_gain=0.1,
         gamma=0.2,
         noise_std=3.0,
     )
     steps = transforms_for_training(cfg).transforms
     kinds = [type(t).__name__ for t in steps]
-    assert kinds == ["RandomCrop", "RandomWarp", "RandomFlip", "ColorJitter", "RandomGamma",
-                     "GaussianNoise"]  # fmt: skip
+    assert kinds == ["RandomCrop", "RandomWarp", "RandomFlip", "ColorJitter", "ColorBalance",
+                     "RandomGamma", "GaussianNoise"]  # fmt: skip
     crop, warp = steps[0], steps[1]
     assert crop.context == warp.context(64) > 3 * 10 and warp.size == (64, 64)
     image, mask = _blocks(np.random.default_rng(0), 200, 150, channels=1)
@@ -242,6 +271,8 @@ def test_config_fields_turn_steps_on_and_off():
         (dict(elastic_grid=1), "elastic_grid"),
         (dict(contrast=1.0), "brightness and contrast"),
         (dict(noise_std=-1.0), "noise_std"),
+        (dict(saturation=1.0), "channel_gain and saturation"),
+        (dict(channel_gain=-0.1), "channel_gain and saturation"),
         (dict(border_sigma=0.0), "border_sigma"),
         (dict(border_weight=-1.0), "border_weight"),
     ],
