@@ -99,6 +99,11 @@ def output_settings(
     return settings if exif_transpose else f"{settings} exif_transpose=0"
 
 
+def parse_settings(settings: str | None) -> dict[str, str]:
+    """A row's `output_settings` string back to its ``name -> value`` pairs (``{}`` for none)."""
+    return dict(item.split("=", 1) for item in (settings or "").split() if "=" in item)
+
+
 def base_row(**values: Any) -> dict[str, Any]:
     """A row with every field present (None unless given), stamped with the current time."""
     row: dict[str, Any] = dict.fromkeys(FIELDS)

@@ -197,10 +197,9 @@ def _thumbnails(
         source=row["input"],
         options=decode or DEFAULT_OPTIONS,
     )
-    settings = dict(s.split("=", 1) for s in (row.get("settings") or "").split() if "=" in s)
     mask = _mask_indices(
         fs.read_bytes(row["output"], endpoint_url=endpoint_url),
-        settings.get("mask_format", "indices"),
+        manifest.parse_settings(row.get("settings")).get("mask_format", "indices"),
         class_map,
         row["output"],
     )

@@ -273,3 +273,22 @@ def test_alias_is_pinned_to_a_version(tmp_path, mlflow_uri):
     assert resolve_model("models:/seg/2").version == "2"
     with pytest.raises(ModelSourceError, match="no version"):
         resolve_model("models:/seg/9")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(mask_format="indices", tta="none", tile_size=512, tile_overlap=64),
+        dict(
+            mask_format="color", tta="dihedral", tile_size=0, tile_overlap=0, exif_transpose=False
+        ),  # fmt: skip
+    ],
+)
+def test_output_settings_read_back(kwargs):
+    text = manifest.output_settings(**kwargs)
+    values = manifest.parse_settings(text)
+    assert values["mask_format"] == kwargs["mask_format"]
+    assert values["tta"] == {"none": "0", "flip": "1"}.get(kwargs["tta"], kwargs["tta"])
+    assert values["tile_size"] == str(kwargs["tile_size"])
+    assert values.get("exif_transpose", "1") == ("1" if kwargs.get("exif_transpose", True) else "0")
+    assert manifest.parse_settings(None) == manifest.parse_settings("") == {}
