@@ -107,6 +107,7 @@ Demo finished in {time.time() - started:.0f} s.
 val mIoU {train["val_miou"]:.3f})
   masks        {out / "segmented" / "masks"}  ({segment["ok"]} written, manifest {segment["manifest"]})
   picture      {out / "demo.png"}  (image | predicted mask | overlay)
+  QC report    {segment.get("report") or "not written"}  (open it in a browser)
   MLflow UI    .venv/bin/mlflow ui --backend-store-uri {tracking}   ->  http://127.0.0.1:5000
 """)
     return 0

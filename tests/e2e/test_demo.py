@@ -99,6 +99,9 @@ def test_demo_trains_registers_and_segments(demo):
     picture = np.asarray(Image.open(out / "demo.png"))
     assert picture.ndim == 3 and picture.std() > 10  # a real picture, not a blank canvas
     assert "Demo finished" in done.stdout and str(out / "demo.png") in done.stdout
+    report = out / "segmented" / "report.html"
+    assert segment["report"] == str(report) and report.is_file()
+    assert f"QC report    {report}" in done.stdout
 
 
 def test_demo_console_shows_our_progress_not_rays(demo):
