@@ -195,6 +195,8 @@ class TrainConfig:
     """Class index whose connected components are the objects of the border weight map."""
     border_class_balance: bool = True
     """Border weight map: w_c balances the classes of each mask (inverse frequency); off: w_c = 1."""
+    class_balance: float = 0.0
+    """Class weights of the cross-entropy from the training masks: (median frequency / class frequency) ** x, median-frequency balancing (SegNet) at 1, softer below; 0 = every class weighs 1. The job counts up to 1,000 training masks before training."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping norm; None disables clipping."""
 
@@ -216,6 +218,8 @@ class TrainConfig:
         if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight == 0:
             raise ValueError("ce_weight and dice_weight must be >= 0 and not both 0")
         self._check_augmentation()
+        if self.class_balance < 0:
+            raise ValueError(f"class_balance must be >= 0 (0 = off), got {self.class_balance}")
         if self.border_weight < 0 or self.border_sigma <= 0 or self.border_class < 0:
             raise ValueError(
                 "border_weight must be >= 0 (0 = off), border_sigma > 0 pixels and border_class "

@@ -20,7 +20,7 @@ from torch import nn
 from unet_core.classes import ClassMap
 from unet_core.config import ModelConfig, PreprocessConfig, TrainConfig
 from unet_core.data import Pair, pair_images_and_masks, read_image, read_mask, split_pairs
-from unet_core.losses import SegmentationLoss
+from unet_core.losses import SegmentationLoss, class_pixel_counts, median_frequency_weights
 from unet_core.metrics import ConfusionMatrix
 from unet_core.model import UNet
 from unet_core.precision import autocast, autocast_dtype
@@ -201,6 +201,8 @@ class FitResult:
     model: UNet
     history: dict[str, list[float]] = field(default_factory=dict)
     val: EvalStats | None = None
+    class_weights: list[float] | None = None
+    """The cross-entropy's class weights (``cfg.class_balance``); None: all 1."""
 
 
 def fit(
@@ -254,8 +256,18 @@ def fit(
         val_loader = torch.utils.data.DataLoader(val_set, batch_size=1)
 
     model = UNet.from_config(model_config).to(device).to(memory_format=torch.channels_last)
+    class_weights = None
+    if cfg.class_balance:  # every training mask: fit is for small local sets
+        counts = [
+            class_pixel_counts(read_mask(Path(root) / p.mask, class_map), model_config.num_classes)
+            for p in train_pairs
+        ]
+        class_weights = median_frequency_weights(counts, power=cfg.class_balance)
     loss_fn = SegmentationLoss(
-        model_config.num_classes, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight
+        model_config.num_classes,
+        ce_weight=cfg.ce_weight,
+        dice_weight=cfg.dice_weight,
+        class_weights=class_weights,
     )
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=len(loader))
@@ -295,4 +307,4 @@ def fit(
         )
         if log_every_epoch is not None:
             log_every_epoch(epoch, row)
-    return FitResult(model=model, history=history, val=val)
+    return FitResult(model=model, history=history, val=val, class_weights=class_weights)

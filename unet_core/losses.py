@@ -8,8 +8,9 @@ Neither loss synchronises with the device (no ``.item()`` or data-dependent Pyth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,6 +65,37 @@ def soft_dice_loss(
         present = (target_count > 0).float()
         # Mean over present classes; with none present (all ignored) this is 0 * graph / 1.
         return ((1.0 - dice) * present).sum() / present.sum().clamp_min(1.0)
+
+
+def class_pixel_counts(mask: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels, image_pixels)`` of one mask of class indices, both (K,) int64: the pixels of
+    each class, and the mask's labelled pixels for each class it holds (0 for the others).
+    Ignored pixels count in neither. Sum them over masks for `median_frequency_weights`."""
+    labelled = mask[mask != IGNORE_INDEX].ravel()
+    pixels = np.bincount(labelled, minlength=num_classes)[:num_classes].astype(np.int64)
+    return pixels, np.where(pixels > 0, labelled.size, 0).astype(np.int64)
+
+
+def median_frequency_weights(
+    counts: Iterable[tuple[np.ndarray, np.ndarray]], power: float = 1.0
+) -> list[float]:
+    """Cross-entropy class weights by median-frequency balancing (Eigen & Fergus 2015, SegNet's
+    CamVid recipe) from `class_pixel_counts` of masks: ``freq_c`` = pixels of class c / pixels
+    of the masks that hold c, ``w_c = (median of freq / freq_c) ** power`` (power 1 as in the
+    papers, 0.5 a softer balance, 0 all ones). A class no mask holds weighs 1."""
+    if power < 0:
+        raise ValueError(f"power must be >= 0 (0 = no balancing), got {power}")
+    counts = list(counts)
+    if not counts:
+        raise ValueError("median_frequency_weights needs the class_pixel_counts of >= 1 mask")
+    pixels = np.sum([c[0] for c in counts], axis=0).astype(np.float64)
+    image_pixels = np.sum([c[1] for c in counts], axis=0).astype(np.float64)
+    seen = pixels > 0
+    weights = np.ones_like(pixels)
+    if seen.any():
+        freq = pixels[seen] / image_pixels[seen]
+        weights[seen] = (np.median(freq) / freq) ** power
+    return [float(w) for w in weights]
 
 
 def _cross_entropy(

@@ -49,7 +49,8 @@ def pair_items(root: str, pairs: list[Pair]) -> list[dict[str, str]]:
     ]
 
 
-def _read(uri: str, endpoint_url: str | None) -> bytes:
+def read_bytes_naming_the_file(uri: str, endpoint_url: str | None) -> bytes:
+    """The file's bytes; a failed read raises an OSError whose message starts with the URI."""
     try:
         return fs.read_bytes(uri, endpoint_url=endpoint_url)
     except OSError as exc:  # the filesystem's message does not always name the file
@@ -71,9 +72,17 @@ def decode_rows(
     for key, image_uri, mask_uri in zip(batch["key"], batch["image"], batch["mask"], strict=True):
         try:
             image = decode_image(
-                _read(image_uri, endpoint_url), channels=channels, source=image_uri, options=decode
+                read_bytes_naming_the_file(image_uri, endpoint_url),
+                channels=channels,
+                source=image_uri,
+                options=decode,
             )
-            mask = decode_mask(_read(mask_uri, endpoint_url), cmap, source=mask_uri, options=decode)
+            mask = decode_mask(
+                read_bytes_naming_the_file(mask_uri, endpoint_url),
+                cmap,
+                source=mask_uri,
+                options=decode,
+            )
             if mask.shape != image.shape[:2]:
                 raise ValueError(f"{mask_uri}: mask size {mask.shape} != image {image.shape[:2]}")
         except (OSError, ValueError) as exc:  # decode errors are ValueErrors naming the file

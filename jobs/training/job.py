@@ -30,6 +30,7 @@ from jobs.common.mlflow_store import resolve_tracking_uri
 from jobs.common.path_guard import LocalPathError
 from jobs.common.ray_cluster import connect_ray
 from jobs.training import tracking
+from jobs.training.class_balance import class_weights
 from jobs.training.config import TrainJobConfig
 from jobs.training.data_checks import DataValidationError, check_with_ray, plan_data
 from jobs.training.defaults import with_defaults
@@ -92,6 +93,11 @@ def run_training(cfg: TrainJobConfig) -> dict:
             # none): ask the autoscaler for one first, or fail saying what is missing.
             wait_for_cpus(view, 1.0, timeout=NODE_START_TIMEOUT_S)
             check_with_ray(plan, unchecked, endpoint_url=cfg.s3_endpoint_url)
+        if cfg.train.class_balance:
+            wait_for_cpus(view, 1.0, timeout=NODE_START_TIMEOUT_S)  # as for the check above
+        weights = class_weights(
+            plan, cfg.train.class_balance, seed=cfg.train.seed, endpoint_url=cfg.s3_endpoint_url
+        )
         uri = resolve_tracking_uri(cfg.tracking_uri)
         run_id = tracking.start_or_resume_run(
             tracking_uri=uri,
@@ -101,7 +107,9 @@ def run_training(cfg: TrainJobConfig) -> dict:
         )
         if cfg.system_metrics is None:  # on by default on a cluster, off on a local Ray
             cfg = dataclasses.replace(cfg, system_metrics=not view.local)
-        loop_config = make_loop_config(cfg, plan, tracking_uri=uri, run_id=run_id)
+        loop_config = make_loop_config(
+            cfg, plan, tracking_uri=uri, run_id=run_id, class_weights=weights
+        )
         loop_config["system_metrics"] = tracking.system_metrics_settings(cfg.system_metrics)
         trainer = make_trainer(cfg, plan, loop_config, owned)
         tracking.log_run_inputs(

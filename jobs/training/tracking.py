@@ -263,6 +263,7 @@ def run_params(flat_config: dict[str, Any], loop_config: dict[str, Any]) -> dict
         "use_gpu": loop_config.get("use_gpu"),
         "resources_per_worker": loop_config.get("resources_per_worker"),
         "preprocess": loop_config["preprocess"],
+        "class_weights": [round(w, 4) for w in loop_config.get("class_weights") or []] or None,
     }
     return {**flat_config, **derived}
 

@@ -38,11 +38,17 @@ def check_sampled_set(cfg: TrainJobConfig, plan: DataPlan) -> None:
 
 
 def make_loop_config(
-    cfg: TrainJobConfig, plan: DataPlan, *, tracking_uri: str, run_id: str
+    cfg: TrainJobConfig,
+    plan: DataPlan,
+    *,
+    tracking_uri: str,
+    run_id: str,
+    class_weights: list[float] | None = None,
 ) -> dict[str, Any]:
     """train_loop_config from the job config and the data plan: plain data, the same for every
     rank. What depends on the world size (steps per epoch, the global batch) is computed on the
-    workers, which know how many of them an elastic run started."""
+    workers, which know how many of them an elastic run started. ``class_weights``: the
+    cross-entropy's, one per class (`jobs.training.class_balance`); None: all 1."""
     model_config = dataclasses.replace(
         cfg.model, in_channels=plan.in_channels, num_classes=plan.class_map.num_classes
     )
@@ -54,6 +60,7 @@ def make_loop_config(
         # split in equal shards over the workers running, or the crops of a sampled epoch
         "train_rows": cfg.train.samples_per_epoch or len(plan.train),
         "eval_batch_size": max(1, min(cfg.train.batch_size, 8)),
+        "class_weights": class_weights,
         "num_workers": cfg.num_workers,  # as given: N or "MIN-MAX"
         "worker_range": list(cfg.worker_range),
         "torch_threads": cfg.torch_threads,

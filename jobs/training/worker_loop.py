@@ -288,7 +288,10 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])  # after the optimizer: it sets the lr
         start_epoch = int(state["epoch"])
     loss_fn = SegmentationLoss(
-        setup.model_config.num_classes, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight
+        setup.model_config.num_classes,
+        ce_weight=cfg.ce_weight,
+        dice_weight=cfg.dice_weight,
+        class_weights=config.get("class_weights"),  # --class-balance, counted by the driver
     )
     logger = EpochLogger(config.get("tracking_uri"), config.get("run_id"), setup.rank)
     images = TrainingImages() if cfg.samples_per_epoch else None

@@ -73,3 +73,26 @@ def test_fit_overfits_synthetic_set(tmp_path):
     )
     assert stats.images == 6
     assert stats.confusion.mean_iou() > 0.9
+
+
+def test_fit_weighs_classes_by_their_frequency_in_the_training_masks(tmp_path):
+    import numpy as np
+
+    from unet_core.data import pair_images_and_masks, read_mask
+    from unet_core.losses import class_pixel_counts, median_frequency_weights
+
+    class_map = make_synthetic_dataset(tmp_path, num_images=4, size=32, seed=2)
+    cfg = TrainConfig(epochs=1, batch_size=4, crop_size=0, val_fraction=0.0, class_balance=1.0)
+    model_cfg = ModelConfig(in_channels=3, num_classes=class_map.num_classes, base_width=4,
+                            depth=1)  # fmt: skip
+    kwargs = dict(class_map=class_map, model_config=model_cfg, cfg=cfg, device="cpu",
+                  preprocess=PreprocessConfig.for_channels(3))  # fmt: skip
+    counts = [
+        class_pixel_counts(read_mask(tmp_path / p.mask, class_map), class_map.num_classes)
+        for p in pair_images_and_masks(tmp_path)
+    ]
+    expected = median_frequency_weights(counts)
+    assert len(set(np.round(expected, 6))) > 1  # the synthetic classes are not balanced
+    assert fit(tmp_path, **kwargs).class_weights == expected
+    off = TrainConfig(epochs=1, batch_size=4, crop_size=0, val_fraction=0.0)
+    assert fit(tmp_path, **{**kwargs, "cfg": off}).class_weights is None

@@ -1,9 +1,15 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from unet_core.config import IGNORE_INDEX
-from unet_core.losses import SegmentationLoss, soft_dice_loss
+from unet_core.losses import (
+    SegmentationLoss,
+    class_pixel_counts,
+    median_frequency_weights,
+    soft_dice_loss,
+)
 
 
 def _perfect_logits(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -161,3 +167,30 @@ def test_pixel_weights_make_a_weighted_mean_of_cross_entropy():
     torch.testing.assert_close(loss_fn(logits, target, zero), loss_fn(logits, ignored))
     with pytest.raises(ValueError, match="pixel weights \\(1, 6\\) must have the target's shape"):
         loss_fn(logits, target, torch.ones(1, 6))
+
+
+def test_median_frequency_weights_by_hand():
+    a = np.zeros((4, 4), np.uint8)
+    a[0] = 1  # 12 pixels of class 0, 4 of class 1
+    a[3, 3] = IGNORE_INDEX  # counts nowhere: 11 of class 0, 15 labelled pixels
+    b = np.zeros((4, 4), np.uint8)  # 16 of class 0; class 2 is in no mask
+    counts = [class_pixel_counts(m, 3) for m in (a, b)]
+    np.testing.assert_array_equal(counts[0][0], [11, 4, 0])
+    np.testing.assert_array_equal(counts[0][1], [15, 15, 0])
+    np.testing.assert_array_equal(counts[1][1], [16, 0, 0])
+    # freq: class 0 27 / 31, class 1 4 / 15 (only a holds it); median of the two = their mean
+    f0, f1 = 27 / 31, 4 / 15
+    median = (f0 + f1) / 2
+    np.testing.assert_allclose(median_frequency_weights(counts), [median / f0, median / f1, 1.0])
+    np.testing.assert_allclose(
+        median_frequency_weights(counts, power=0.5), [(median / f0) ** 0.5, (median / f1) ** 0.5, 1]
+    )
+    assert median_frequency_weights(counts, power=0.0) == [1.0, 1.0, 1.0]
+    # the rarer class weighs more, the frequent one less, and the loss takes them as they are
+    weights = median_frequency_weights(counts)
+    assert weights[1] > 1 > weights[0]
+    SegmentationLoss(3, class_weights=weights)
+    with pytest.raises(ValueError, match="at least one mask|>= 1 mask"):
+        median_frequency_weights([])
+    with pytest.raises(ValueError, match="power must be >= 0"):
+        median_frequency_weights(counts, power=-1)
