@@ -83,3 +83,22 @@ def test_real_splits_hold_no_key_twice():
         assert val and train
         assert not {p.key for p in train} & {p.key for p in val}
         assert len(train) + len(val) == len(pairs)
+
+
+@pytest.mark.parametrize(
+    ("rel", "class_map", "names"),
+    [
+        ("isbi2012/train", "isbi2012.classes.json", ["membrane", "cell"]),
+        ("camvid/val", "camvid.classes.json", [n.split("/")[0] for n in CAMVID_NAMES]),
+    ],
+)
+def test_the_recipes_class_maps_read_their_data(rel, class_map, names):
+    """configs/<task>.classes.json: the classes in the data's order, every mask value known."""
+    from tests.support import REPO_ROOT
+
+    root = _root(rel)
+    cm = ClassMap.from_file(REPO_ROOT / "configs" / class_map)
+    assert cm.names == names
+    for p in pair_images_and_masks(root)[:3]:
+        mask = read_mask(root / p.mask, cm)  # raises, naming the value, on an unknown one
+        assert set(np.unique(mask).tolist()) <= set(range(len(names))) | {IGNORE_INDEX}
