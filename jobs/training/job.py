@@ -10,7 +10,6 @@ best checkpoint registered and its alias gated (`jobs.training.publish`).
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,12 @@ from jobs.training.class_balance import class_weights
 from jobs.training.config import TrainJobConfig
 from jobs.training.data_checks import DataValidationError, check_with_ray, plan_data
 from jobs.training.defaults import with_defaults
-from jobs.training.launch import decide_workers, dry_run_report, path_problems
+from jobs.training.launch import (
+    decide_workers,
+    dry_run_report,
+    path_problems,
+    with_system_metrics,
+)
 from jobs.training.publish import publish
 from jobs.training.trainer import check_sampled_set, make_loop_config, make_trainer
 
@@ -105,8 +109,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
             run_name=cfg.run_name,
             tags={"data_root": plan.root, "storage_path": cfg.storage_path},
         )
-        if cfg.system_metrics is None:  # on by default on a cluster, off on a local Ray
-            cfg = dataclasses.replace(cfg, system_metrics=not view.local)
+        cfg = with_system_metrics(cfg, view)  # on by default on a cluster, off on a local Ray
         loop_config = make_loop_config(
             cfg, plan, tracking_uri=uri, run_id=run_id, class_weights=weights
         )

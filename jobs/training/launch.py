@@ -47,6 +47,13 @@ def decide_workers(view: ClusterView, cfg: TrainJobConfig) -> tuple[TrainJobConf
     return dataclasses.replace(cfg, use_gpu=choice.use_gpu, cpus_per_worker=cpus), choice
 
 
+def with_system_metrics(cfg: TrainJobConfig, view: ClusterView) -> TrainJobConfig:
+    """--system-metrics resolved: as given, else on for a cluster and off on a local Ray."""
+    if cfg.system_metrics is not None:
+        return cfg
+    return dataclasses.replace(cfg, system_metrics=not view.local)
+
+
 def dry_run_report(
     cfg: TrainJobConfig,
     view: ClusterView,
@@ -75,6 +82,7 @@ def dry_run_report(
         "run_name": cfg.run_name,
         "tracking_uri": tracking,
         "experiment": cfg.experiment,
+        "system_metrics": with_system_metrics(cfg, view).system_metrics,
         "register_as": f"{cfg.register_as}@{cfg.alias}",
         "problems": problems + ([unreachable] if unreachable else []),
     }

@@ -64,6 +64,7 @@ def test_dry_runs_plan_gpus_the_autoscaler_can_launch(fake_cluster, labelled, ch
     assert plan["num_workers"] == 2
     assert plan["cluster"]["autoscaler"] == "v1" and plan["cluster"]["local"] is False
     assert plan["pairs"]["train"] + plan["pairs"]["val"] == 8
+    assert plan["system_metrics"] is True  # on by default on a cluster
     assert plan["problems"] == []
 
     segment = fake_cluster.run_job(

@@ -202,3 +202,10 @@ def test_ray_data_pass_checks_what_the_driver_sample_left(ray_local, synthetic_r
     with pytest.raises(DataValidationError) as err:
         check_with_ray(plan, unchecked)
     assert bad.mask in str(err.value) and "[7]" in str(err.value)
+
+
+def test_dry_run_reports_the_resolved_system_metrics(ray_local, synthetic_root, capsys):
+    code, plan = run_job(["--dry-run", "--data", str(synthetic_root)], capsys)
+    assert code == 0 and plan["dry_run"] and plan["system_metrics"] is False  # a local Ray
+    code, plan = run_job(["--dry-run", "--data", str(synthetic_root), "--system-metrics"], capsys)
+    assert code == 0 and plan["system_metrics"] is True
