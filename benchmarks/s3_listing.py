@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/s3_listing.py --keys 20000 --folders 20
 
 Uploads ``--keys`` tiny objects under ``--folders`` prefixes, then lists them with the job's
-listing (`jobs.inference.listing.input_blocks`: a shard per folder, Ray tasks, paged
+listing (`jobs.segmenting.listing.input_blocks`: a shard per folder, Ray tasks, paged
 ``ListObjectsV2``) and, as the baseline in the same run, with one recursive
 ``pyarrow.fs.FileSelector`` in this process. moto runs in a process of its own. Prints one JSON object: seconds of each, keys
 found, and the driver's RSS before and after the job's listing, cold (Ray's workers start) and
@@ -74,7 +74,7 @@ def main() -> None:
         upload_s = time.perf_counter() - start
 
         from jobs.common import fs
-        from jobs.inference import listing
+        from jobs.segmenting import listing
 
         filesystem, _ = fs.resolve(f"s3://{bucket}/in", endpoint_url=endpoint)
         start = time.perf_counter()

@@ -25,9 +25,9 @@ if __package__ in (None, ""):  # `python jobs/evaluate.py` from a checkout
 
 from jobs.common.cli import command_name, finish_dry_run
 from jobs.common.logs import setup_logging
+from jobs.common.model_source import ModelSourceError
+from jobs.evaluating.job import run_evaluation
 from jobs.inference.config import EvaluateConfig, parse_config
-from jobs.inference.evaluation import run_evaluation
-from jobs.inference.model_source import ModelSourceError
 from unet_core.data import PairingError
 
 logger = logging.getLogger("jobs.evaluate")

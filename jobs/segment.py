@@ -25,9 +25,9 @@ if __package__ in (None, ""):  # `python jobs/segment.py` from a checkout
 
 from jobs.common.cli import command_name, finish_dry_run
 from jobs.common.logs import setup_logging
+from jobs.common.model_source import ModelSourceError
 from jobs.inference.config import SegmentConfig, parse_config
-from jobs.inference.model_source import ModelSourceError
-from jobs.inference.segmentation import run_segmentation
+from jobs.segmenting.job import run_segmentation
 
 logger = logging.getLogger("jobs.segment")
 

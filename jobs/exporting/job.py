@@ -1,6 +1,6 @@
 """One export run: resolve and fetch the model, export it, check the file, log it to MLflow.
 
-The model's source is pinned once (`jobs.inference.model_source`, as the batch jobs do: an
+The model's source is pinned once (`jobs.common.model_source`, as the batch jobs do: an
 alias becomes a fixed version), the checkpoint rebuilt on CPU in fp32 and eval mode, and the
 export taken from that very module (`jobs.exporting.formats`). The file is checked as written
 (`jobs.exporting.check`); only a file that passes is logged back to MLflow.
@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from jobs.common import fs
-from jobs.exporting import formats
-from jobs.exporting.config import ExportConfig
-from jobs.inference.model_source import (
+from jobs.common.model_source import (
     checkpoint_digest,
     fetch_checkpoint_bytes,
     resolve_model,
 )
+from jobs.exporting import formats
+from jobs.exporting.config import ExportConfig
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.common.mlflow_store import mlflow_client
-from jobs.inference.model_source import ResolvedModel
+from jobs.common.model_source import ResolvedModel
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.common.cli import NONE_WORDS, add_config_flag, add_field_flag, field_docs, parse_fields
-from jobs.common.decoding import DecodeFlags
+from jobs.common.decode_flags import DecodeFlags
 
 DEFAULT_MODEL_URI = "models:/unet@champion"
 MASK_FORMATS = ("indices", "values", "color")

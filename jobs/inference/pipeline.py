@@ -34,8 +34,8 @@ from jobs.common import resources
 from jobs.common.cluster_info import ClusterView
 from jobs.inference.config import InferenceConfig
 from jobs.inference.decode import decode_images
-from jobs.inference.launch import ActorPlan
 from jobs.inference.predictor import Predictor, PredictorSettings
+from jobs.inference.session import ActorPlan
 from unet_core.image_files import DecodeOptions
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ champion), scored on the new run's validation pairs by one computation.
 
 A run's `val_miou` is measured on its own split; a new `--seed` or data root changes the split,
 so the champion's `val_miou` tag is not comparable with it. Here both checkpoints (the champion
-fetched from the registry with the batch jobs' loader, `jobs.inference.model_source`) are scored
+fetched from the registry with the batch jobs' loader, `jobs.common.model_source`) are scored
 on the plan's validation pairs (`val_root`, `val`), decoded as the training datasets decode them
 (the plan's class map, channels and `DecodeOptions`): whole images, fp32, argmax, one
 `ConfusionMatrix` over the set (`unet_core.engine.evaluate`, the workers' validation code). The
@@ -179,7 +179,7 @@ def compare_with_champion(
     """Score the version of `name` holding `alias` and the `candidate` checkpoint file on the
     plan's validation pairs; a champion that cannot be scored comes back `refused`, saying why."""
     from jobs.common.mlflow_store import mlflow_client
-    from jobs.inference.model_source import (
+    from jobs.common.model_source import (
         ModelSourceError,
         fetch_checkpoint_bytes,
         resolve_model,

@@ -22,7 +22,7 @@ from jobs.common.cli import (
     field_docs,
     load_config_file,
 )
-from jobs.common.decoding import DecodeFlags
+from jobs.common.decode_flags import DecodeFlags
 from unet_core.config import ModelConfig, TrainConfig
 
 DEMO_PRESET: dict[str, Any] = {

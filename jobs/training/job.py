@@ -33,7 +33,7 @@ from jobs.training.class_balance import class_weights
 from jobs.training.config import TrainJobConfig
 from jobs.training.data_checks import DataValidationError, check_with_ray, plan_data
 from jobs.training.defaults import with_defaults
-from jobs.training.launch import (
+from jobs.training.preflight import (
     decide_workers,
     dry_run_report,
     path_problems,

@@ -2,7 +2,7 @@
 
 The logged model is `jobs/training/pyfunc_model.py` as code, the `unet_core` package as its
 code path (so it loads where this project is not installed) and the unet_core checkpoint as the
-artifact `unet` (`artifacts/unet.pt` in the model folder: what jobs/inference/model_source.py loads).
+artifact `unet` (`artifacts/unet.pt` in the model folder: what jobs/common/model_source.py loads).
 The alias (default `champion`) moves to the new version only when its validation mIoU (the
 workers' `val_miou`) is at least `--min-miou` and, on this run's validation pairs, it scores
 no lower than the version holding the alias (both scored by one computation:

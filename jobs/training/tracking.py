@@ -6,7 +6,7 @@ Workers do not inherit MLFLOW_* variables from the driver: the driver resolves t
 URI (`jobs.common.mlflow_store`) and hands it and the run id to the workers in
 train_loop_config. A new run gets MLflow's own run-context tags (source, user, git), as
 `mlflow.start_run` records them; the training and validation sets are logged as dataset inputs
-(`jobs.training.run_datasets`); every worker may log system metrics. Figures drawn at the end of
+(`jobs.training.mlflow_inputs`); every worker may log system metrics. Figures drawn at the end of
 the run are in `jobs.training.figures`.
 """
 
@@ -100,7 +100,7 @@ def log_run_inputs(
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     if plan is not None:
-        from jobs.training.run_datasets import dataset_inputs, split_datasets
+        from jobs.training.mlflow_inputs import dataset_inputs, split_datasets
 
         fresh_inputs = dataset_inputs(split_datasets(plan), run.inputs.dataset_inputs)
         if fresh_inputs and run.inputs.dataset_inputs:

@@ -79,7 +79,7 @@ def make_trainer(
     """TorchTrainer over the planned data; storage, failures and checkpoints from the config.
     ``owned``: this job started the local Ray, whose runtime_env already reaches every task."""
     low, high = cfg.worker_range
-    use_gpu = bool(cfg.use_gpu)  # decided on the driver: jobs.training.launch.decide_workers
+    use_gpu = bool(cfg.use_gpu)  # decided on the driver: jobs.training.preflight.decide_workers
     resources = worker_resources(use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker or 1.0)
     built = build_train_val(
         plan,

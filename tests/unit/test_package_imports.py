@@ -9,7 +9,7 @@ PROBE = """
 import sys
 import unet_core
 import unet_core.data, unet_core.classes, unet_core.viz
-import jobs.inference.decode, jobs.inference.writer, jobs.inference.config
+import jobs.inference.decode, jobs.segmenting.writer, jobs.inference.config
 heavy = sorted(m for m in ("torch", "ray", "mlflow", "boto3") if m in sys.modules)
 assert not heavy, heavy
 from unet_core import UNet, predict

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from jobs import segment
-from jobs.inference.manifest import read_manifest
+from jobs.segmenting.manifest import read_manifest
 from tests.integration.inference.helpers import (
     assert_throughput,
     expected_masks,

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from jobs import evaluate, segment
-from jobs.inference.manifest import read_manifest
+from jobs.segmenting.manifest import read_manifest
 from tests.integration.inference.helpers import expected_masks, run_main
 
 pytestmark = pytest.mark.integration

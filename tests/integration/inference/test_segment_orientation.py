@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from jobs import evaluate, segment
-from jobs.inference.manifest import read_manifest
+from jobs.segmenting.manifest import read_manifest
 from tests.integration.inference.helpers import constant_checkpoint, make_checkpoint, run_main
 from unet_core.checkpoint import load_checkpoint
 from unet_core.classes import ClassMap

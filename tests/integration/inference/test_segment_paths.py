@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import evaluate, segment
-from jobs.inference.manifest import read_manifest
+from jobs.segmenting.manifest import read_manifest
 from tests.integration.inference.helpers import BAD, make_checkpoint, run_main
 from unet_core.classes import ClassMap
 

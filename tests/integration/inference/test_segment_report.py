@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from jobs import segment
-from jobs.inference.manifest import read_manifest
+from jobs.segmenting.manifest import read_manifest
 from tests.conftest import upload_tree
 from tests.integration.inference.helpers import BAD, make_checkpoint, run_main
 from tests.support import missing

@@ -27,8 +27,10 @@ from PIL import Image
 
 from jobs import segment
 from jobs.common import fs
+from jobs.common.model_source import checkpoint_digest
 from jobs.inference.decode import decode_images
-from jobs.inference.manifest import (
+from jobs.inference.predictor import Predictor, PredictorSettings
+from jobs.segmenting.manifest import (
     MANIFEST_DIR,
     latest_rows,
     output_settings,
@@ -36,9 +38,7 @@ from jobs.inference.manifest import (
     read_manifest,
     rows_to_table,
 )
-from jobs.inference.model_source import checkpoint_digest
-from jobs.inference.predictor import Predictor, PredictorSettings
-from jobs.inference.writer import MASKS_DIR, MaskWriter, WriterSettings, encode_mask, mask_key
+from jobs.segmenting.writer import MASKS_DIR, MaskWriter, WriterSettings, encode_mask, mask_key
 from tests.integration.inference.helpers import (
     REPO_ROOT,
     assert_throughput,

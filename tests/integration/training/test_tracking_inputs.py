@@ -26,7 +26,7 @@ def git(*args: str) -> subprocess.CompletedProcess:
 
 def inputs_of(client, run_id: str) -> dict[str, tuple[str, dict, dict]]:
     """context -> (digest, source, profile) of the run's dataset inputs; one per context."""
-    from jobs.training.run_datasets import context_of
+    from jobs.training.mlflow_inputs import context_of
 
     out = {}
     for d in client.get_run(run_id).inputs.dataset_inputs:

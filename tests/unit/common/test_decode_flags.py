@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from jobs.common.decoding import DecodeFlags
+from jobs.common.decode_flags import DecodeFlags
 from jobs.inference.config import EvaluateConfig, SegmentConfig, parse_config
 from jobs.inference.decode import decode_images, estimate_image_bytes
 from jobs.training.config import TrainJobConfig, parse_args

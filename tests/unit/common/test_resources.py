@@ -12,7 +12,7 @@ from jobs.common.resources import (
     in_flight_limit_mb,
 )
 from jobs.inference.config import SegmentConfig
-from jobs.inference.launch import plan_actors
+from jobs.inference.session import plan_actors
 
 
 def local(cpus: float, cores: int) -> ClusterView:

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.inference import report as report_module
-from jobs.inference.evaluation import FAILURE_EXAMPLES, Tally
-from jobs.inference.report import ParquetReport
-from jobs.inference.scoring import image_figures, report_schema
+from jobs.evaluating import scores_file as report_module
+from jobs.evaluating.job import FAILURE_EXAMPLES, Tally
+from jobs.evaluating.scores_file import ParquetReport
+from jobs.evaluating.scoring import image_figures, report_schema
 
 NAMES = ["background", "cell"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.inference.model_source import ModelSourceError, fetch_checkpoint_bytes, resolve_model
+from jobs.common.model_source import ModelSourceError, fetch_checkpoint_bytes, resolve_model
 from tests.integration.inference.helpers import make_checkpoint
 from unet_core.classes import ClassMap
 

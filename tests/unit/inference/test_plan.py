@@ -11,9 +11,10 @@ import pyarrow as pa
 import pytest
 
 from jobs.common import fs
-from jobs.inference import leases, listing, manifest, plan
-from jobs.inference.listing import Cleanup
-from jobs.inference.writer import mask_key
+from jobs.segmenting import leases, listing, manifest
+from jobs.segmenting import worklist as plan
+from jobs.segmenting.listing import Cleanup
+from jobs.segmenting.writer import mask_key
 
 OURS = plan.Provenance("sha-new", "mask_format=indices", "models:/unet/2")
 OLD = plan.Provenance("sha-old", "mask_format=indices", "models:/unet/1")

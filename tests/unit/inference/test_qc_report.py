@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.inference import manifest, qc_page, qc_report
+from jobs.reporting import qc_page, qc_report
+from jobs.segmenting import manifest
 
 NAMES = ["background", "cell"]
 

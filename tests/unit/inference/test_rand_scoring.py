@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from jobs.inference.evaluation import Tally
-from jobs.inference.scoring import (
+from jobs.evaluating.job import Tally
+from jobs.evaluating.scoring import (
     Scorer,
     image_figures,
     rand_error_class_index,

@@ -11,18 +11,18 @@ import pytest
 from PIL import Image
 
 from jobs.common.mlflow_store import resolve_tracking_uri
-from jobs.common.resources import forward_batch
-from jobs.inference import manifest
-from jobs.inference.config import EvaluateConfig, SegmentConfig, build_parser, parse_config
-from jobs.inference.decode import decode_images
-from jobs.inference.model_source import (
+from jobs.common.model_source import (
     ModelSourceError,
     fetch_checkpoint_bytes,
     find_checkpoint,
     resolve_model,
 )
+from jobs.common.resources import forward_batch
+from jobs.inference.config import EvaluateConfig, SegmentConfig, build_parser, parse_config
+from jobs.inference.decode import decode_images
 from jobs.inference.predictor import Predictor, PredictorSettings
-from jobs.inference.writer import MaskWriter, WriterSettings, encode_mask, mask_key
+from jobs.segmenting import manifest
+from jobs.segmenting.writer import MaskWriter, WriterSettings, encode_mask, mask_key
 from tests.integration.inference.helpers import make_checkpoint
 from unet_core.checkpoint import load_checkpoint
 from unet_core.classes import ClassMap

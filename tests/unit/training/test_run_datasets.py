@@ -8,7 +8,7 @@ import json
 import pytest
 
 from jobs.training.data_checks import DataPlan
-from jobs.training.run_datasets import PairListing, context_of, root_name, split_datasets
+from jobs.training.mlflow_inputs import PairListing, context_of, root_name, split_datasets
 from unet_core.classes import ClassMap
 from unet_core.data import Pair
 

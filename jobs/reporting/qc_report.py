@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from jobs.common import fs
-from jobs.inference import manifest, qc_page
+from jobs.reporting import qc_page
+from jobs.segmenting import manifest
 
 logger = logging.getLogger(__name__)
 

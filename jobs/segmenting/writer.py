@@ -20,8 +20,8 @@ import pyarrow as pa
 from PIL import Image
 
 from jobs.common import fs
-from jobs.inference import manifest
 from jobs.inference.decode import image_from_row
+from jobs.segmenting import manifest
 from unet_core.classes import ClassMap
 from unet_core.viz import overlay
 
@@ -99,7 +99,7 @@ class WriterSettings:
     checkpoint_sha256: str | None = None
     """The weights' digest, recorded per row: what a rerun compares."""
     settings: str | None = None
-    """`jobs.inference.manifest.output_settings` of the run, recorded per row."""
+    """`jobs.segmenting.manifest.output_settings` of the run, recorded per row."""
     job_id: str = ""
     """Stamped on every row and carried by every temporary file name."""
 

@@ -1,6 +1,6 @@
 """The QC report's page and charts: a static HTML page (inline CSS, no script, works offline)
 and matplotlib histograms as PNG bytes (`matplotlib.figure.Figure` on the Agg canvas, no
-pyplot, so nothing global is touched). `jobs.inference.qc_report` gathers the figures and
+pyplot, so nothing global is touched). `jobs.reporting.qc_report` gathers the figures and
 writes the files; every string from data (file names, errors, URIs) is HTML-escaped here.
 """
 
@@ -254,7 +254,7 @@ def render(
     assets: Mapping[str, str],
     thumbs: Sequence[Mapping[str, Any]],
 ) -> str:
-    """The whole page. ``stats`` is a `jobs.inference.qc_report.ManifestStats`; ``assets``
+    """The whole page. ``stats`` is a `jobs.reporting.qc_report.ManifestStats`; ``assets``
     maps "confidence" and "classes" to chart paths relative to the page."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     title = f"Segmentation QC report: {output}"

@@ -145,7 +145,7 @@ def dry_run_report(session: Session, actors: ActorPlan | None, **planned: Any) -
 def resolved_model_or_problem(cfg: InferenceConfig, problems: list[str]) -> dict[str, Any]:
     """The model URI resolved to a fixed version, for a dry run; why not, appended to
     ``problems``, when it does not resolve."""
-    from jobs.inference.model_source import ModelSourceError, resolve_model
+    from jobs.common.model_source import ModelSourceError, resolve_model
 
     try:
         return resolve_model(cfg.model, tracking_uri=cfg.tracking_uri).to_dict()

@@ -2,9 +2,9 @@
 in MLflow.
 
 Images go through the segmentation pipeline (decode tasks -> predictor actors), then the scoring
-stage (`jobs.inference.scoring`) returns one row per image with its confusion matrix and
+stage (`jobs.evaluating.scoring`) returns one row per image with its confusion matrix and
 figures. As each batch of rows arrives the driver adds its matrices into one (`Tally`) and, with
---report, appends the rows to the Parquet report (`jobs.inference.report`): its memory does not
+--report, appends the rows to the Parquet report (`jobs.evaluating.scores_file`): its memory does not
 grow with the number of images. Figures over the whole set come from the summed matrix (absent
 classes are left out of the means). Pixel error = 1 - pixel accuracy. The adapted Rand error
 (--rand-error-class) is per image, so the summary's is the mean of the per-image (per-slice)
@@ -24,29 +24,29 @@ import pyarrow.compute as pc
 
 from jobs.common import fs
 from jobs.common.mlflow_store import metric_name, mlflow_client, resolve_tracking_uri
+from jobs.common.model_source import (
+    checkpoint_digest,
+    fetch_checkpoint_bytes,
+    resolve_model,
+)
 from jobs.common.path_guard import LocalPathError
+from jobs.evaluating.scores_file import ParquetReport
+from jobs.evaluating.scoring import (
+    Scorer,
+    load_eval_class_map,
+    rand_error_class_index,
+    report_schema,
+)
 from jobs.inference.config import EvaluateConfig
 from jobs.inference.decode import estimate_image_bytes
-from jobs.inference.launch import (
+from jobs.inference.pipeline import Progress, Sink, build_pipeline
+from jobs.inference.session import (
     ActorPlan,
     Session,
     batch_session,
     dry_run_report,
     plan_actors,
     resolved_model_or_problem,
-)
-from jobs.inference.model_source import (
-    checkpoint_digest,
-    fetch_checkpoint_bytes,
-    resolve_model,
-)
-from jobs.inference.pipeline import Progress, Sink, build_pipeline
-from jobs.inference.report import ParquetReport
-from jobs.inference.scoring import (
-    Scorer,
-    load_eval_class_map,
-    rand_error_class_index,
-    report_schema,
 )
 from unet_core.checkpoint import load_checkpoint
 from unet_core.classes import ClassMap

@@ -2,11 +2,11 @@
 calls.
 
 The model is resolved once (an alias becomes a fixed version) and its checkpoint read on the
-driver. The job takes a lease on the output (`jobs.inference.leases`), lists and decides the
-inputs in Ray tasks (`jobs.inference.plan`), streams the to-do rows through read, decode, predict and
+driver. The job takes a lease on the output (`jobs.segmenting.leases`), lists and decides the
+inputs in Ray tasks (`jobs.segmenting.worklist`), streams the to-do rows through read, decode, predict and
 encode/write (`jobs.inference.pipeline`, `.writer`; fused in CPU actors, staged around GPU
 actors), each write batch leaving a manifest part, and finally compacts the manifest dataset
-(`jobs.inference.manifest`). The driver's memory does not grow with the number of inputs: it
+(`jobs.segmenting.manifest`). The driver's memory does not grow with the number of inputs: it
 holds object references, counts and at most a few examples.
 """
 
@@ -20,11 +20,17 @@ from typing import Any
 import pyarrow.compute as pc
 
 from jobs.common import fs
+from jobs.common.model_source import (
+    ModelSourceError,
+    checkpoint_digest,
+    fetch_checkpoint_bytes,
+    resolve_model,
+)
 from jobs.common.path_guard import LocalPathError
-from jobs.inference import leases, manifest, plan, qc_report
 from jobs.inference.config import SegmentConfig
 from jobs.inference.decode import estimate_image_bytes
-from jobs.inference.launch import (
+from jobs.inference.pipeline import Progress, Sink, build_pipeline
+from jobs.inference.session import (
     ActorPlan,
     Session,
     batch_session,
@@ -32,15 +38,11 @@ from jobs.inference.launch import (
     plan_actors,
     resolved_model_or_problem,
 )
-from jobs.inference.listing import Cleanup
-from jobs.inference.model_source import (
-    ModelSourceError,
-    checkpoint_digest,
-    fetch_checkpoint_bytes,
-    resolve_model,
-)
-from jobs.inference.pipeline import Progress, Sink, build_pipeline
-from jobs.inference.writer import MASKS_DIR, MaskWriter, WriterSettings, write_failed_rows
+from jobs.reporting import qc_report
+from jobs.segmenting import leases, manifest
+from jobs.segmenting import worklist as plan
+from jobs.segmenting.listing import Cleanup
+from jobs.segmenting.writer import MASKS_DIR, MaskWriter, WriterSettings, write_failed_rows
 from unet_core.checkpoint import LoadedModel, load_checkpoint
 
 logger = logging.getLogger("jobs.segment")

@@ -2,7 +2,7 @@
 segment it, skip it (done by this model with these settings), or not (another model made its
 mask; a second input would write the same mask; an --input-list entry outside --input).
 
-    listing blocks (jobs.inference.listing)        -> materialised in the object store
+    listing blocks (jobs.segmenting.listing)        -> materialised in the object store
     manifest dataset (latest row per input, ok)    -> tasks, a share of the files each
     complete masks under <output>/masks            -> listing tasks (digests only)
       => known outputs: sorted digests of the inputs whose mask is complete AND whose latest
@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.inference import listing, manifest
-from jobs.inference.listing import Cleanup, digest, digests_to_numpy
-from jobs.inference.writer import mask_key
+from jobs.segmenting import listing, manifest
+from jobs.segmenting.listing import Cleanup, digest, digests_to_numpy
+from jobs.segmenting.writer import mask_key
 
 logger = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ class OutputBusyError(ValueError):
 class Lease:
     job_id: str
     provenance: str
-    """`jobs.inference.plan.Provenance.key` of the job's model and settings."""
+    """`jobs.segmenting.worklist.Provenance.key` of the job's model and settings."""
     model_uri: str
     settings: str
     host: str

@@ -9,7 +9,7 @@ with a paged `pyarrow.fs.FileSelector` (S3: ``ListObjectsV2``, 1,000 keys a page
 only: a few per folder, never a row per file. ``--input-list`` files (text or Parquet) stream the same way, read by
 ``ray.data.read_text`` / ``read_parquet``.
 
-Rows carry 16-byte digests of their keys (`digest`), so that the plan (`jobs.inference.plan`)
+Rows carry 16-byte digests of their keys (`digest`), so that the plan (`jobs.segmenting.worklist`)
 can match millions of inputs against the manifest with sorted NumPy arrays instead of Python
 sets.
 """
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from jobs.common import fs
-from jobs.inference.writer import MASKS_DIR, mask_key
+from jobs.segmenting.writer import MASKS_DIR, mask_key
 from unet_core.data import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -366,8 +366,8 @@ def output_blocks(
     *, output_uri: str, endpoint_url: str | None, cleanup: Cleanup, num_cpus: float
 ) -> list:
     """Object references of tables of the digests of the complete masks under
-    ``<output>/masks`` (the manifest folder is read apart, by `jobs.inference.manifest`)."""
-    from jobs.inference.manifest import MANIFEST_DIR
+    ``<output>/masks`` (the manifest folder is read apart, by `jobs.segmenting.manifest`)."""
+    from jobs.segmenting.manifest import MANIFEST_DIR
 
     found = find_shards(output_uri, endpoint_url=endpoint_url, skip=[MANIFEST_DIR])
     return listing_tasks(

@@ -1,0 +1,1 @@
+"""`jobs/report.py`: the QC report of an existing segment output, read from its manifest."""
