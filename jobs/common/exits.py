@@ -1,0 +1,118 @@
+"""How every job ends: one exit-code table and one strict-JSON line on stdout.
+
+| code | meaning                                                                   |
+|------|---------------------------------------------------------------------------|
+| 0    | done (a `--dry-run` without problems too)                                  |
+| 1    | the job ran and failed its own criterion (too many failed images, bad pairs, an export over its tolerance) |
+| 2    | refused before any work: usage, bad input, paths, versions, a missing device or dependency |
+| 3    | unexpected failure: the traceback is logged at `--log-level DEBUG`         |
+
+The last stdout line is the job's summary, or ``{"error": ..., "kind": ..., "exit_code": ...}``.
+JSON is strict: a NaN or infinite figure is written as null, never as a bare ``NaN``.
+
+An exception says which refusal it is with a class attribute ``exit_kind`` (e.g. ``"paths"``),
+so this module knows no stage's exceptions; ``exit_kind = "criterion"`` means exit 1. Other
+``ValueError`` and ``OSError`` subclasses that name a missing or bad input are refusals of kind
+``"input"``; anything else is unexpected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DONE = 0
+CRITERION_FAILED = 1
+REFUSED = 2
+UNEXPECTED = 3
+
+CRITERION = "criterion"
+UNEXPECTED_KIND = "unexpected"
+USAGE = "usage"
+_INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def strict(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (recursively), for strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(item) for item in value]
+    return value
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    """The job's last stdout line (stderr flushed first, so the line stays last)."""
+    sys.stderr.flush()
+    print(json.dumps(strict(obj), allow_nan=False, default=str), flush=True)
+
+
+def kind_of(exc: BaseException) -> str:
+    """The refusal kind of `exc` (its ``exit_kind``), ``"input"`` for a bad value or path,
+    else ``"unexpected"``."""
+    declared = getattr(exc, "exit_kind", None)
+    if declared:
+        return str(declared)
+    if isinstance(exc, _INPUT_ERRORS):
+        return "input"
+    return UNEXPECTED_KIND
+
+
+def code_of(kind: str) -> int:
+    if kind == CRITERION:
+        return CRITERION_FAILED
+    if kind == UNEXPECTED_KIND:
+        return UNEXPECTED
+    return REFUSED
+
+
+def error_exit(exc: BaseException, *, job: str) -> int:
+    """Log `exc` (its traceback at DEBUG), print the error line, return the exit code."""
+    kind = kind_of(exc)
+    code = code_of(kind)
+    message = str(exc) or type(exc).__name__
+    if code == UNEXPECTED:
+        message = f"{job} failed: {type(exc).__name__}: {message}"
+        log.error("%s (the traceback with --log-level DEBUG)", message)
+    else:
+        log.error("%s", message)
+    log.debug("%s: %s", job, kind, exc_info=exc)
+    print_json({"error": message, "kind": kind, "exit_code": code})
+    return code
+
+
+def usage_exit(code: int | str | None) -> int:
+    """argparse ended the parse: --help (0, nothing more to say) or a usage error (2, its
+    message already on stderr) that gets the JSON error line too."""
+    code = int(code or 0) if not isinstance(code, str) else REFUSED
+    if code:
+        print_json({"error": "bad command line (see stderr)", "kind": USAGE, "exit_code": code})
+    return code
+
+
+def run_job(
+    job: str, parse: Callable[[], Any], run: Callable[[Any], tuple[dict[str, Any], int]]
+) -> int:
+    """Parse the config, run the job and end it by the table: ``run`` returns the summary and
+    its exit code (0, or 1 when the job's own criterion failed); every exception becomes an
+    error line and its code."""
+    try:
+        cfg = parse()
+    except SystemExit as exc:
+        return usage_exit(exc.code)
+    try:
+        summary, code = run(cfg)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # every exit ends with one JSON line
+        return error_exit(exc, job=job)
+    print_json(summary)
+    return code
