@@ -19,10 +19,10 @@ from ray._private.runtime_env import packaging
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.runtime_env import RuntimeEnv
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
+else:  # Python 3.10: tomli, which pytest (the dev extra) requires there
+    import tomli as tomllib
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # tests/unit/ -> the checkout
 CLUSTER = REPO_ROOT / "cluster"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from jobs.training.config import DEMO_PRESET, TrainJobConfig, build_parser, parse_args
 
@@ -53,7 +54,6 @@ def test_config_file_then_flags_override(tmp_path, suffix):
     if suffix == ".json":
         path.write_text(json.dumps(values))
     else:
-        yaml = pytest.importorskip("yaml")
         path.write_text(yaml.safe_dump(values))
     cfg = parse_args(["--config", str(path), "--epochs", "9"])
     assert cfg.data == "/from-file" and cfg.train.lr == 0.01 and cfg.model.depth == 2
