@@ -15,16 +15,20 @@ import pytest
 
 from tests.support import REPO_ROOT
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
+else:  # Python 3.10: tomli, which pytest (the dev extra) requires there
+    import tomli as tomllib
 
 COMMANDS: dict[str, str] = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
     "scripts"
 ]
 """Console command -> 'module:function' ([project.scripts])."""
-DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "cluster").glob("*.md"))]
+DOCS = [
+    REPO_ROOT / "README.md",
+    *sorted((REPO_ROOT / "docs").glob("*.md")),
+    *sorted((REPO_ROOT / "cluster").glob("*.md")),
+]
 JOBS = {target.split(":")[0].removeprefix("jobs."): c for c, target in COMMANDS.items()}
 """jobs/<script>.py -> its console command (whose target is jobs.<script>:main)."""
 JOB_CALL = re.compile(
