@@ -1,4 +1,10 @@
-"""Shared fixtures: real local services (S3 endpoint, Ray, MLflow store) on loopback only."""
+"""Shared fixtures: real local services (S3 endpoint, MLflow store) on loopback only, and the
+`slow` mark of every test outside tests/unit/.
+
+Servers that one folder needs start in that folder's conftest with scope="package", so they
+live only while that folder's tests run: the local Ray in tests/integration/, the Ray head and
+MLflow server in tests/e2e/, the simulated cluster in tests/cluster/.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,20 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).resolve().parent
+SLOW_FOLDERS = ("integration", "e2e", "cluster")
+"""Folders whose every test is `slow` (local Ray, servers, jobs): the fast tier,
+`pytest -m "not slow"`, runs tests/unit/ without its few marked slow tests."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under SLOW_FOLDERS, and every integration / e2e / cluster test, `slow`."""
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS).parts
+        marked = any(item.get_closest_marker(name) for name in SLOW_FOLDERS)
+        if marked or (len(parts) > 1 and parts[0] in SLOW_FOLDERS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -68,30 +88,6 @@ def upload_tree(local_root: Path, bucket: str, prefix: str, endpoint: str) -> st
             key = f"{prefix}/{path.relative_to(local_root).as_posix()}"
             client.upload_file(str(path), bucket, key)
     return f"s3://{bucket}/{prefix}"
-
-
-@pytest.fixture(scope="session")
-def ray_local(tmp_path_factory, s3_endpoint):
-    """One local Ray for the test session (started after the S3 endpoint so that its workers
-    inherit the AWS_* variables). More logical CPUs than cores, so that training
-    workers and Ray Data tasks both get scheduled on a 2-core machine."""
-    import ray
-
-    if ray.is_initialized():
-        yield ray
-        return
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(
-        num_cpus=8,
-        include_dashboard=False,
-        log_to_driver=True,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-        runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}},
-    )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture

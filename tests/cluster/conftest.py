@@ -156,8 +156,10 @@ print(json.dumps({"nodes": len(nodes), "resources": ray.cluster_resources()}))
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fake_cluster(s3_endpoint: str) -> Iterator[FakeCluster]:
+    """The cluster, from the first test of tests/cluster/ that asks for it to the end of the
+    folder's tests (scope="package": not held while the other folders run)."""
     if not (VENV_BIN / "ray").exists():
         missing(f"no `ray` CLI beside {VENV_BIN}: run pytest from the project's venv")
     root = Path(tempfile.mkdtemp(prefix="unet-fc-", dir="/tmp"))  # short: Ray's socket paths

@@ -1,4 +1,5 @@
-"""Real servers for the end-to-end tests, all on 127.0.0.1, one set per test session.
+"""Real servers for the end-to-end tests, all on 127.0.0.1, one set for the tests of this folder
+(scope="package": stopped after its last test, not at the end of the whole session).
 
 - S3: the moto server of the root conftest (`s3_endpoint`), with a bucket holding a small
   labelled data set and a prefix of unlabelled images.
@@ -45,7 +46,7 @@ from tests.support import REPO_ROOT, missing
 RUNTIME_ENV_FILE = REPO_ROOT / "cluster" / "runtime_env.yaml"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_tmp() -> Iterator[Path]:
     """A short private folder (Ray's socket paths must stay under ~100 characters)."""
     root = Path(tempfile.mkdtemp(prefix="unet-e2e-", dir="/tmp"))
@@ -87,7 +88,7 @@ class S3Store:
         return client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_s3(s3_endpoint: str, e2e_tmp: Path) -> S3Store:
     """A bucket with a labelled set (10 images, 64 px) and 6 unlabelled images, one level nested."""
     import boto3
@@ -158,7 +159,7 @@ def require_basic_auth() -> None:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def mlflow_server(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[MlflowServer]:
     """`mlflow server --app-name basic-auth` with a sqlite backend and artifacts proxied to the
     bucket. The server creates the admin on its first start with MLFLOW_AUTH_ADMIN_PASSWORD (a
@@ -211,7 +212,7 @@ def mlflow_server(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[MlflowServer]:
         yield MlflowServer(url, "admin", password, auth_ini, "mlartifacts/")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def mlflow_client(mlflow_server: MlflowServer) -> Iterator:
     """An MlflowClient of the server, logged in as the admin (basic auth reads the env)."""
     from mlflow import MlflowClient
@@ -269,7 +270,7 @@ class RayHead:
         return response.json()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_head(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[RayHead]:
     """`ray start --head --block` on loopback with token authentication (RAY_AUTH_MODE=token and
     a token in this session's ~/.ray/auth_token), 8 logical CPUs, dashboard on 127.0.0.1."""
@@ -329,7 +330,7 @@ def ray_head(e2e_tmp: Path, e2e_s3: S3Store) -> Iterator[RayHead]:
         yield RayHead(url, home, token, env)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def job_runtime_env(e2e_tmp: Path, mlflow_server: MlflowServer, e2e_s3: S3Store) -> Path:
     """cluster/runtime_env.yaml as shipped, plus what a user adds in a private copy: the
     MLflow server and its credentials, and the S3 endpoint and keys."""

@@ -4,12 +4,11 @@ The sets live outside the repository (../shared/data from the project root, or
 $UNET_SHARED_DATA); the tests skip when they are absent, and fail in CI (CI=true).
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.support import SHARED_DATA, missing
+from tests.support import shared_data
 from unet_core.classes import ClassMap
 from unet_core.config import IGNORE_INDEX
 from unet_core.data import pair_images_and_masks, read_image, read_mask, split_pairs
@@ -29,18 +28,8 @@ CAMVID_NAMES = [
 ]
 
 
-def _root(rel: str) -> Path:
-    root = SHARED_DATA / rel
-    if not root.is_dir():
-        missing(
-            f"{root} is absent: the shared real data sets are not on this machine "
-            "(set UNET_SHARED_DATA to their folder to run these tests)"
-        )
-    return root
-
-
 def test_isbi_pairs_are_grayscale_with_membrane_and_cell():
-    root = _root("isbi2012/train")
+    root = shared_data("isbi2012/train")
     pairs = pair_images_and_masks(root)
     assert len(pairs) == 25 and pairs[0].key == "slice_00"
     cm = ClassMap.binary(("membrane", "cell"), (0, 255))
@@ -54,7 +43,7 @@ def test_isbi_pairs_are_grayscale_with_membrane_and_cell():
 
 
 def test_camvid_index_masks_with_the_unlabelled_value_ignored():
-    root = _root("camvid/val")
+    root = shared_data("camvid/val")
     pairs = pair_images_and_masks(root)
     assert len(pairs) == 101
     cm = ClassMap.from_names(CAMVID_NAMES, ignore_values=(11,))
@@ -70,7 +59,7 @@ def test_camvid_index_masks_with_the_unlabelled_value_ignored():
 
 
 def test_camvid_without_ignore_values_names_the_unknown_value():
-    root = _root("camvid/val")
+    root = shared_data("camvid/val")
     pair = pair_images_and_masks(root)[0]
     with pytest.raises(ValueError, match=rf"{pair.key}\.png: mask values \[11\]"):
         read_mask(root / pair.mask, ClassMap.from_names(CAMVID_NAMES))
@@ -78,7 +67,7 @@ def test_camvid_without_ignore_values_names_the_unknown_value():
 
 def test_real_splits_hold_no_key_twice():
     for rel in ("isbi2012/train", "camvid/val"):
-        pairs = pair_images_and_masks(_root(rel))
+        pairs = pair_images_and_masks(shared_data(rel))
         train, val = split_pairs(pairs, val_fraction=0.2, seed=0)
         assert val and train
         assert not {p.key for p in train} & {p.key for p in val}
@@ -96,7 +85,7 @@ def test_the_recipes_class_maps_read_their_data(rel, class_map, names):
     """configs/<task>.classes.json: the classes in the data's order, every mask value known."""
     from tests.support import REPO_ROOT
 
-    root = _root(rel)
+    root = shared_data(rel)
     cm = ClassMap.from_file(REPO_ROOT / "configs" / class_map)
     assert cm.names == names
     for p in pair_images_and_masks(root)[:3]:
