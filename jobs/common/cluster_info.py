@@ -5,10 +5,10 @@ Every device and pool decision of the jobs reads a `ClusterView`, taken once on 
 - A local Ray this job started (no --ray-address, no $RAY_ADDRESS): one machine; GPU when this
   machine has CUDA.
 - A cluster: GPUs are used when it has GPU nodes now, when the cluster config Ray reports
-  (`ray._private.state.state.get_cluster_config()`, what Ray Train and Ray Data read for their
-  own limits) has node types with GPUs, or, when only the autoscaler's status is published
-  (autoscaler v1 writes `__autoscaling_status` to the GCS; v2 answers `get_cluster_status`),
-  when the autoscaler starts launching a node after being asked for one GPU
+  (`ray._private.state`, what Ray Train and Ray Data read for their own limits; private Ray
+  APIs are reached through `jobs.common.private_apis`) has node types with GPUs, or, when
+  only the autoscaler's status is published (autoscaler v1 writes `__autoscaling_status` to
+  the GCS; v2 answers `get_cluster_status`), when the autoscaler starts launching a node after being asked for one GPU
   (`ray.autoscaler.sdk.request_resources`). Neither autoscaler publishes its node types
   before a launch, so asking is the only way to learn it; the request is withdrawn after the
   probe (the trainer's placement group or the actors then ask for what they need).
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import ray
 
+from jobs.common import private_apis
 from jobs.common.ray_cluster import cluster_address
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,7 @@ class ClusterView:
 
 
 def _autoscaler_status() -> dict | None:
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    raw = _internal_kv_get(AUTOSCALER_STATUS_KEY)
+    raw = private_apis.gcs_kv_get(AUTOSCALER_STATUS_KEY)
     return json.loads(raw) if raw else None
 
 
@@ -104,9 +103,7 @@ def runs_an_autoscaler(status: dict | None) -> bool:
     mapping = report.get("node_type_mapping") or {}
     if not mapping:
         return False
-    from ray.autoscaler._private.util import format_readonly_node_type
-
-    return any(kind != format_readonly_node_type(node) for node, kind in mapping.items())
+    return any(kind != private_apis.readonly_node_type(node) for node, kind in mapping.items())
 
 
 def _autoscaler_version() -> str | None:
@@ -127,9 +124,7 @@ def _autoscaler_version() -> str | None:
 
 def _max_resources() -> dict[str, float] | None:
     try:
-        from ray._private import state
-
-        return state.state.get_max_resources_from_cluster_config()
+        return private_apis.max_resources_from_cluster_config()
     except Exception:  # noqa: BLE001 - private API: absent means "not reported"
         log.debug("no cluster config in the GCS", exc_info=True)
         return None

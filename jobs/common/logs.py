@@ -98,9 +98,9 @@ def ray_init_options() -> dict:
     (`ray job submit --runtime-env`) brings a setup hook of its own: Ray refuses two."""
     if not is_quiet(_console_level):
         return {}
-    import ray._private.ray_constants as ray_constants
+    from jobs.common import private_apis
 
-    hook_var = ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+    hook_var = private_apis.worker_setup_hook_env_var()
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
     job_env = job.get("runtime_env") or {}
     theirs = (
@@ -132,12 +132,12 @@ def drop_forwarded_notices(level: str) -> None:
     there (Ray's log deduplicator, the one place all forwarded lines pass; its skip pattern is
     RAY_DEDUP_LOGS_SKIP_REGEX, read at `import ray`, combined here with any the user set). With
     RAY_DEDUP_LOGS=0 Ray bypasses the deduplicator and every line shows."""
-    from ray._private import ray_constants, ray_logging
+    from jobs.common import private_apis
 
     own = [] if not is_quiet(level) else list(FORWARDED_NOTICES)
-    user = ray_constants.RAY_DEDUP_LOGS_SKIP_REGEX
+    user = private_apis.dedup_skip_regex()
     pattern = "|".join(f"(?:{p})" for p in ([user] if user else []) + own)
-    for dedup in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+    for dedup in private_apis.log_deduplicators():
         dedup.skip_re = re.compile(pattern) if pattern else None
 
 

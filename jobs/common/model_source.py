@@ -1,11 +1,13 @@
-"""Where the batch jobs' model comes from: an MLflow URI or a checkpoint path, resolved once.
+"""Where the jobs' model comes from: an MLflow URI or a checkpoint path, read in one call.
 
-MLflow's own parser reads ``models:/`` URIs (MLflow 3: ``models:/NAME@ALIAS``,
-``models:/NAME/VERSION`` or ``models:/m-<model_id>``, a logged model). The driver resolves an
-alias to ``models:/NAME/VERSION`` a single time (a version and a logged model id are already
-fixed), downloads the model once and reads the unet_core checkpoint (``unet.pt``, found anywhere
-under the downloaded folder) into bytes. Actors get those bytes through the Ray object store, so
-every actor runs the same version even if the alias moves mid-job, and no actor talks to MLflow.
+`fetch_model` is the one reader of the registry: segment, evaluate, export and the champion
+gate call it. MLflow's own parser reads ``models:/`` URIs (MLflow 3: ``models:/NAME@ALIAS``,
+``models:/NAME/VERSION`` or ``models:/m-<model_id>``, a logged model). An alias is resolved to
+``models:/NAME/VERSION`` a single time (a version and a logged model id are already fixed), the
+model downloaded once, and its checkpoint artifact (`CHECKPOINT_ARTIFACT`, the name the
+training job logs it under) read into bytes, loaded once to check it, and digested. Batch jobs
+hand the bytes to their actors through the Ray object store, so every actor runs the same
+version even if the alias moves mid-job, and no actor talks to MLflow.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ from pathlib import Path
 
 from jobs.common import fs
 from jobs.common.mlflow_store import mlflow_client, registry_uri, resolve_tracking_uri
+from jobs.common.private_apis import parse_model_uri
+from unet_core.checkpoint import LoadedModel, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "unet.pt"
+CHECKPOINT_ARTIFACT = "unet"
+"""Name of the checkpoint artifact of a logged model: what `jobs/training/registry.py` logs
+(``artifacts={CHECKPOINT_ARTIFACT: ...}``) and `jobs/training/pyfunc_model.py` loads."""
+CHECKPOINT_FILE = "unet.pt"
+"""File name of a checkpoint in a model folder without an MLmodel file (``artifacts/unet.pt``
+of the pyfunc layout, or ``unet.pt`` of a training checkpoint folder)."""
 URI_FORMS = (
     "models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<model_id> (a logged model), "
     "runs:/RUN/PATH"
@@ -89,10 +98,9 @@ def resolve_model(uri: str, *, tracking_uri: str | None = None) -> ResolvedModel
 
 def _resolve_models_uri(uri: str, tracking_uri: str | None) -> ResolvedModel:
     from mlflow.exceptions import MlflowException
-    from mlflow.store.artifact.utils.models import _parse_model_uri
 
     try:
-        parsed = _parse_model_uri(uri.rstrip("/"))
+        parsed = parse_model_uri(uri.rstrip("/"))
     except MlflowException as exc:
         raise ModelSourceError(f"{uri}: not a model URI; expected one of {URI_FORMS}") from exc
     if parsed.model_id is None and parsed.version is None and parsed.alias is None:
@@ -137,12 +145,10 @@ def _resolve_models_uri(uri: str, tracking_uri: str | None) -> ResolvedModel:
 def _model_id_of(mv) -> str | None:
     """The logged model behind a registered version: its ``model_id``, else the id in its
     ``models:/m-...`` source (the sqlite registry keeps only the source)."""
-    from mlflow.store.artifact.utils.models import _parse_model_uri
-
     if getattr(mv, "model_id", None):
         return mv.model_id
     source = str(mv.source or "")
-    return _parse_model_uri(source).model_id if source.startswith("models:/") else None
+    return parse_model_uri(source).model_id if source.startswith("models:/") else None
 
 
 def _resolve_logged_model(uri: str, model_id: str, client, tracking: str) -> ResolvedModel:
@@ -181,21 +187,41 @@ def _resolve_logged_model(uri: str, model_id: str, client, tracking: str) -> Res
 
 
 def find_checkpoint(root: str | Path) -> Path:
-    """``root`` itself when it is a file, else the single ``unet.pt`` anywhere under it."""
+    """The checkpoint of a model: ``root`` itself when it is a file; in a model folder with an
+    MLmodel file, the file of its `CHECKPOINT_ARTIFACT` artifact; otherwise
+    ``artifacts/unet.pt`` (the pyfunc layout) or ``unet.pt`` (a training checkpoint folder)."""
     root = Path(root)
     if root.is_file():
         return root
-    found = sorted(root.rglob(CHECKPOINT_NAME))
-    if not found:
-        found = sorted(root.rglob("*.pt"))
-    if len(found) != 1:
-        what = "no" if not found else f"{len(found)} ({', '.join(str(p) for p in found[:5])})"
+    if (root / "MLmodel").is_file():
+        return _logged_artifact(root)
+    for candidate in (root / "artifacts" / CHECKPOINT_FILE, root / CHECKPOINT_FILE):
+        if candidate.is_file():
+            return candidate
+    raise ModelSourceError(
+        f"{root}: not a logged unet model: no MLmodel file, no artifacts/{CHECKPOINT_FILE} and "
+        f"no {CHECKPOINT_FILE} in it; pass a model logged by jobs/train.py (its folder or "
+        "models:/ URI) or the checkpoint file itself"
+    )
+
+
+def _logged_artifact(root: Path) -> Path:
+    """The file of the `CHECKPOINT_ARTIFACT` artifact recorded in ``root/MLmodel``."""
+    from mlflow.models import Model
+
+    try:
+        flavor = Model.load(str(root / "MLmodel")).flavors.get("python_function") or {}
+    except Exception as exc:  # noqa: BLE001 - a damaged MLmodel file: say which
+        raise ModelSourceError(f"{root / 'MLmodel'}: cannot be read ({exc})") from exc
+    artifacts = flavor.get("artifacts") or {}
+    relative = (artifacts.get(CHECKPOINT_ARTIFACT) or {}).get("path")
+    if not relative or not (root / relative).is_file():
         raise ModelSourceError(
-            f"{root}: expected exactly one {CHECKPOINT_NAME} (a unet_core checkpoint) under the "
-            f"model folder, found {what}; log the model with jobs/train.py (jobs/training/registry.py) or pass the "
-            "checkpoint file itself"
+            f"{root}: the logged model has no {CHECKPOINT_ARTIFACT!r} artifact file (its "
+            f"artifacts: {sorted(artifacts) or 'none'}); pass a model logged by jobs/train.py "
+            "(jobs/training/registry.py) or the checkpoint file itself"
         )
-    return found[0]
+    return root / relative
 
 
 def fetch_checkpoint_bytes(
@@ -251,3 +277,40 @@ def _artifact_location(resolved: ResolvedModel, tracking_uri: str | None) -> str
 def checkpoint_digest(data: bytes) -> str:
     """Short content hash: identifies the exact weights in the manifest and the summary."""
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    """A model read once on the driver: where it is pinned, its bytes, the rebuilt UNet."""
+
+    resolved: ResolvedModel
+    """The URI pinned to a fixed version (never an alias)."""
+    checkpoint: bytes
+    """The unet_core checkpoint's bytes (what predictor actors get through the object store)."""
+    loaded: LoadedModel
+    """The checkpoint rebuilt on CPU: model, class map, preprocessing."""
+    sha256: str
+    """`checkpoint_digest` of the bytes: identifies the exact weights in outputs."""
+
+
+def fetch_model(
+    uri: str, *, tracking_uri: str | None = None, endpoint_url: str | None = None
+) -> FetchedModel:
+    """Resolve ``uri`` (an alias once), fetch its checkpoint, load and digest it. Every failure
+    is a `ModelSourceError` naming the URI and what to pass instead."""
+    try:
+        resolved = resolve_model(uri, tracking_uri=tracking_uri)
+        data = fetch_checkpoint_bytes(
+            resolved, tracking_uri=tracking_uri, endpoint_url=endpoint_url
+        )
+    except ModelSourceError:
+        raise
+    except (ValueError, OSError) as exc:  # a tracking URI that is a path, an unreadable file
+        raise ModelSourceError(f"{uri}: cannot read the model ({exc})") from exc
+    try:
+        loaded = load_checkpoint(data)
+    except ValueError as exc:
+        raise ModelSourceError(
+            f"{uri}: {exc}; pass a model logged by jobs/train.py or a checkpoint file it wrote"
+        ) from exc
+    return FetchedModel(resolved, data, loaded, checkpoint_digest(data))

@@ -24,11 +24,7 @@ import pyarrow.compute as pc
 
 from jobs.common import fs
 from jobs.common.mlflow_store import metric_name, mlflow_client, resolve_tracking_uri
-from jobs.common.model_source import (
-    checkpoint_digest,
-    fetch_checkpoint_bytes,
-    resolve_model,
-)
+from jobs.common.model_source import fetch_model
 from jobs.common.path_guard import LocalPathError
 from jobs.evaluating.scores_file import ParquetReport
 from jobs.evaluating.scoring import (
@@ -41,14 +37,13 @@ from jobs.inference.config import EvaluateConfig
 from jobs.inference.decode import estimate_image_bytes
 from jobs.inference.pipeline import Progress, Sink, build_pipeline
 from jobs.inference.session import (
-    ActorPlan,
+    PredictorActors,
     Session,
     batch_session,
-    dry_run_report,
-    plan_actors,
-    resolved_model_or_problem,
+    choose_predictor_actors,
+    dry_run_summary,
+    fetched_model_or_problem,
 )
-from unet_core.checkpoint import load_checkpoint
 from unet_core.classes import ClassMap
 from unet_core.data import pair_images_and_masks
 from unet_core.metrics import ConfusionMatrix
@@ -65,7 +60,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     with batch_session(cfg) as session:
         if session.problems and not cfg.dry_run:
             raise LocalPathError("; ".join(session.problems))
-        actors = plan_actors(cfg, session.view)
+        actors = choose_predictor_actors(cfg, session.view)
         if cfg.dry_run:
             return _dry_run(cfg, session, actors)
         return _evaluate(cfg, session, actors)
@@ -80,16 +75,17 @@ def _pairs(cfg: EvaluateConfig, endpoint: str | None) -> list[dict[str, str]]:
     ]
 
 
-def _dry_run(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[str, Any]:
+def _dry_run(cfg: EvaluateConfig, session: Session, actors: PredictorActors) -> dict[str, Any]:
     endpoint = fs.s3_endpoint(cfg.s3_endpoint_url)
     problems: list[str] = []
-    model = resolved_model_or_problem(cfg, problems)
+    fetched = fetched_model_or_problem(cfg, problems, endpoint_url=endpoint)
+    model = fetched.resolved.to_dict() if fetched else {}
     pairs = None
     try:
         pairs = len(_pairs(cfg, endpoint))
     except (ValueError, OSError) as exc:
         problems.append(f"data: {exc}")
-    return dry_run_report(
+    return dry_run_summary(
         session,
         actors,
         **model,
@@ -155,15 +151,12 @@ class Tally:
         return means
 
 
-def _evaluate(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[str, Any]:
+def _evaluate(cfg: EvaluateConfig, session: Session, actors: PredictorActors) -> dict[str, Any]:
     started = time.perf_counter()
     endpoint = fs.s3_endpoint(cfg.s3_endpoint_url)
     data = fs.absolute(cfg.data)
-    resolved = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri)
-    checkpoint = fetch_checkpoint_bytes(
-        resolved, tracking_uri=cfg.tracking_uri, endpoint_url=endpoint
-    )
-    loaded = load_checkpoint(checkpoint)
+    fetched = fetch_model(cfg.model, tracking_uri=cfg.tracking_uri, endpoint_url=endpoint)
+    resolved, checkpoint, loaded = fetched.resolved, fetched.checkpoint, fetched.loaded
     class_map = load_eval_class_map(data, cfg.class_map, loaded.class_map, endpoint)
     rand_class = rand_error_class_index(class_map, cfg.rand_error_class)
     rows = _pairs(cfg, endpoint)
@@ -215,7 +208,7 @@ def _evaluate(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[
             "class_names": class_map.names,
             "data": data,
             **resolved.to_dict(),
-            "checkpoint_sha256": checkpoint_digest(checkpoint),
+            "checkpoint_sha256": fetched.sha256,
             "images_per_second": total / pipeline_seconds if pipeline_seconds else 0.0,
             "pipeline_seconds": round(pipeline_seconds, 3),
         }
@@ -238,7 +231,7 @@ def _evaluate(cfg: EvaluateConfig, session: Session, actors: ActorPlan) -> dict[
 def _scored_dataset(
     cfg: EvaluateConfig,
     session: Session,
-    actors: ActorPlan,
+    actors: PredictorActors,
     rows: list[dict[str, str]],
     *,
     checkpoint: bytes,

@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.common import fs
-from jobs.common.model_source import (
-    checkpoint_digest,
-    fetch_checkpoint_bytes,
-    resolve_model,
-)
+from jobs.common.model_source import fetch_model
 from jobs.exporting import formats
 from jobs.exporting.config import ExportConfig
 
@@ -39,20 +35,15 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
     the file's logits are within ``cfg.tolerance`` of PyTorch's. Bad input raises ValueError
     (`ModelSourceError` among them), missing ONNX packages `ExportDependencyError`."""
     from jobs.exporting.check import check_export, sample_input
-    from unet_core.checkpoint import load_checkpoint
 
     start = time.perf_counter()
     formats.quiet_exporter_logs(cfg.log_level)
     if cfg.format == "onnx":
         formats.require_onnx()  # before any download or export
-    resolved = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri)
-    data = fetch_checkpoint_bytes(
-        resolved, tracking_uri=cfg.tracking_uri, endpoint_url=fs.s3_endpoint(cfg.s3_endpoint_url)
+    fetched = fetch_model(
+        cfg.model, tracking_uri=cfg.tracking_uri, endpoint_url=fs.s3_endpoint(cfg.s3_endpoint_url)
     )
-    try:
-        loaded = load_checkpoint(data)
-    except ValueError as exc:
-        raise ValueError(f"--model {cfg.model}: {exc}") from exc
+    resolved, loaded = fetched.resolved, fetched.loaded
     multiple = formats.spatial_multiple(loaded)
     sizes = cfg.sizes(multiple=multiple)
     output = Path(cfg.output).expanduser().resolve()
@@ -61,7 +52,7 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
     source = {
         **resolved.to_dict(),
         "model_uri_given": resolved.uri,
-        "checkpoint_sha256": checkpoint_digest(data),
+        "checkpoint_sha256": fetched.sha256,
     }
     model = loaded.model.float().eval()
     meta = formats.metadata(loaded, source)

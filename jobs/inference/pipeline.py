@@ -34,22 +34,22 @@ from jobs.common import resources
 from jobs.common.cluster_info import ClusterView
 from jobs.inference.config import InferenceConfig
 from jobs.inference.decode import decode_images
-from jobs.inference.predictor import Predictor, PredictorSettings
-from jobs.inference.session import ActorPlan
+from jobs.inference.predictor import Predictor, PredictorOptions
+from jobs.inference.session import PredictorActors
 from unet_core.image_files import DecodeOptions
 
 logger = logging.getLogger(__name__)
 
 
-def predictor_settings(
+def predictor_options(
     cfg: InferenceConfig,
     *,
     use_gpu: bool,
     torch_threads: int,
     confidence_map: bool = False,
     keep_pixels: bool = False,
-) -> PredictorSettings:
-    return PredictorSettings(
+) -> PredictorOptions:
+    return PredictorOptions(
         tile_size=cfg.tile_for(use_gpu=use_gpu),
         tile_overlap=cfg.tile_overlap,
         tta=cfg.tta,
@@ -111,7 +111,7 @@ class FusedPredictor:
     def __init__(
         self,
         checkpoint: object,
-        settings: PredictorSettings,
+        options: PredictorOptions,
         *,
         channels: int,
         endpoint_url: str | None,
@@ -119,7 +119,7 @@ class FusedPredictor:
         sink: Sink,
         chunk_rows: int,
     ) -> None:
-        self.predictor = Predictor(checkpoint, settings)
+        self.predictor = Predictor(checkpoint, options)
         self.sink = sink.factory(**sink.kwargs)
         self.decode = {"channels": channels, "endpoint_url": endpoint_url, "decode": decode}
         self.chunk_rows = chunk_rows
@@ -139,7 +139,7 @@ def build_pipeline(
     source: list[dict[str, Any]] | Callable[[int], Any],
     *,
     cfg: InferenceConfig,
-    actors: ActorPlan,
+    actors: PredictorActors,
     view: ClusterView,
     checkpoint_ref: Any,
     channels: int,
@@ -161,7 +161,7 @@ def build_pipeline(
     import ray
 
     num_gpus, pool = actors.num_gpus, actors.pool
-    settings = predictor_settings(
+    options = predictor_options(
         cfg,
         use_gpu=num_gpus > 0,
         torch_threads=pool.torch_threads,
@@ -220,7 +220,7 @@ def build_pipeline(
             FusedPredictor,
             fn_constructor_kwargs={
                 "checkpoint": checkpoint_ref,
-                "settings": settings,
+                "options": options,
                 **decode_kwargs,
                 "sink": sink,
                 "chunk_rows": call_rows,
@@ -246,7 +246,7 @@ def build_pipeline(
     )
     ds = ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"checkpoint": checkpoint_ref, "settings": settings},
+        fn_constructor_kwargs={"checkpoint": checkpoint_ref, "options": options},
         compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=pool.max_size),
         batch_format="pyarrow",
         batch_size=call_rows,

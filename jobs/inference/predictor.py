@@ -36,11 +36,13 @@ PREDICTED_FIELDS = [
     pa.field("mean_confidence", pa.float64()),
     pa.field("predicted_on", pa.string()),
 ]
-"""Columns the model stage appends (predicted_on: the Ray node id of the actor; ((H, W) uint8 raw bytes; confidence_map empty unless asked)."""
+"""Columns the model stage appends: ``mask`` and ``confidence_map`` as raw (H, W) uint8 bytes
+(``confidence_map`` empty unless asked for), ``mean_confidence``, and ``predicted_on``, the Ray
+node id of the actor."""
 
 
 @dataclass(frozen=True)
-class PredictorSettings:
+class PredictorOptions:
     """How the actors predict (everything but the weights)."""
 
     tile_size: int = 512
@@ -89,23 +91,23 @@ def _node_id() -> str | None:
 class Predictor:
     """Ray Data callable class: ``ds.map_batches(Predictor, compute=ActorPoolStrategy(...))``."""
 
-    def __init__(self, checkpoint: object, settings: PredictorSettings) -> None:
+    def __init__(self, checkpoint: object, options: PredictorOptions) -> None:
         """``checkpoint``: unet_core checkpoint bytes, or the ObjectRef the driver put them in."""
         if not isinstance(checkpoint, (bytes, bytearray)):
             import ray  # an ObjectRef put by the driver: fetched once per actor
 
             checkpoint = ray.get(checkpoint)
         loaded = load_checkpoint(bytes(checkpoint))
-        self.settings = settings
-        if settings.use_gpu:
+        self.options = options
+        if options.use_gpu:
             require_cuda("a predictor actor")
             self.device = torch.device("cuda")
         else:
             self.device = torch.device("cpu")
-            if settings.torch_threads:
-                torch.set_num_threads(settings.torch_threads)
+            if options.torch_threads:
+                torch.set_num_threads(options.torch_threads)
         enable_cudnn_benchmark(self.device)  # batches and tiles of a few sizes repeat
-        self.model = prepare_for_inference(loaded.model, self.device, compile=settings.compile)
+        self.model = prepare_for_inference(loaded.model, self.device, compile=options.compile)
         self.preprocess = loaded.preprocess
         self.num_classes = loaded.model_config.num_classes
         self.node_id = _node_id()
@@ -120,10 +122,10 @@ class Predictor:
     # --- prediction on arrays (usable without Ray) ---------------------------------------------
     def _batch(self, pixels: int) -> int:
         """Images (tiles) of ``pixels`` pixels per forward pass."""
-        return self.settings.batch_size or forward_batch(pixels, use_gpu=self.settings.use_gpu)
+        return self.options.batch_size or forward_batch(pixels, use_gpu=self.options.use_gpu)
 
     def _needs_tiles(self, shape: tuple[int, ...]) -> bool:
-        tile = self.settings.tile_size
+        tile = self.options.tile_size
         return bool(tile) and (shape[0] > tile or shape[1] > tile)
 
     def _forward(self, images: list[np.ndarray]) -> list[ImagePrediction]:
@@ -131,11 +133,11 @@ class Predictor:
         x = to_device(torch.from_numpy(np.stack(images)), self.device)  # (B, H, W, C) uint8
         x = normalize_batch(x, self.preprocess)  # (B, C, H, W), on the device
         classes, confidence = predict_tensor(
-            self.model, x, tta=self.settings.tta, amp=self.settings.amp
+            self.model, x, tta=self.options.tta, amp=self.options.amp
         )
         means = confidence.float().mean(dim=(1, 2)).cpu().tolist()
         conf_u8 = None
-        if self.settings.confidence_map:
+        if self.options.confidence_map:
             conf_u8 = (confidence.float() * 255.0).round_().to(torch.uint8).cpu().numpy()
         masks = classes.cpu().numpy()  # (B, H, W) uint8: the only full-size copy back
         return [
@@ -144,7 +146,7 @@ class Predictor:
         ]
 
     def _tiled(self, image: np.ndarray) -> ImagePrediction:
-        s = self.settings
+        s = self.options
         pred = predict(
             self.model,
             image,
@@ -251,7 +253,7 @@ class Predictor:
                 means.append(None)
         seconds = [s + share for s in batch.column("seconds").to_pylist()]
         out = batch
-        if not self.settings.keep_pixels:
+        if not self.options.keep_pixels:
             out = out.drop_columns(["pixels"])
         out = out.set_column(
             out.schema.get_field_index("error"), "error", pa.array(errors, pa.string())

@@ -1,5 +1,5 @@
 """What a segment or evaluate run will use, decided on the driver before any work: the cluster,
-the paths it may use there, the predictor actors' device and pool, and `--dry-run` reports."""
+the paths it may use there, the predictor actors' device and pool, and `--dry-run` summaries."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.common import resources
 from jobs.common.cluster_info import (
@@ -23,11 +23,14 @@ from jobs.common.path_guard import local_path_problems
 from jobs.common.ray_cluster import connect_ray
 from jobs.inference.config import EvaluateConfig, InferenceConfig, SegmentConfig
 
+if TYPE_CHECKING:
+    from jobs.common.model_source import FetchedModel
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ActorPlan:
+class PredictorActors:
     """The predictor actors of a run."""
 
     num_gpus: float
@@ -55,7 +58,7 @@ def guarded_paths(cfg: InferenceConfig) -> dict[str, str | None]:
     return paths
 
 
-def plan_actors(cfg: InferenceConfig, view: ClusterView) -> ActorPlan:
+def choose_predictor_actors(cfg: InferenceConfig, view: ClusterView) -> PredictorActors:
     """Device and pool bounds of the predictor actors (the flags win)."""
     requested = None if cfg.num_gpus_per_actor is None else cfg.num_gpus_per_actor > 0
     choice = choose_gpu(view, requested, what="predictor actors")
@@ -80,7 +83,7 @@ def plan_actors(cfg: InferenceConfig, view: ClusterView) -> ActorPlan:
         "fused" if fused else "staged",
         f"{num_gpus:g} GPU each" if num_gpus else f"{pool.torch_threads} torch thread(s) each",
     )
-    return ActorPlan(num_gpus, pool, choice.reason, fused)
+    return PredictorActors(num_gpus, pool, choice.reason, fused)
 
 
 @dataclass
@@ -92,7 +95,7 @@ class Session:
     problems: list[str]
     """Local paths the cluster's nodes cannot see (refused unless --dry-run reports them)."""
 
-    def ask_for_first_nodes(self, actors: ActorPlan) -> None:
+    def ask_for_first_nodes(self, actors: PredictorActors) -> None:
         """On an autoscaling cluster, ask for the first actor's node and a CPU for decoding:
         Ray Data submits no task while the cluster has no CPU for it, so nothing would ask."""
         bundle = {"CPU": self.cfg.num_cpus_per_actor}
@@ -119,7 +122,9 @@ def batch_session(cfg: InferenceConfig) -> Iterator[Session]:
             ray.shutdown()
 
 
-def dry_run_report(session: Session, actors: ActorPlan | None, **planned: Any) -> dict[str, Any]:
+def dry_run_summary(
+    session: Session, actors: PredictorActors | None, **planned: Any
+) -> dict[str, Any]:
     """The common part of the batch jobs' `--dry-run` JSON, plus what each job ``planned``."""
     cfg = session.cfg
     problems = list(session.problems) + list(planned.pop("problems", []))
@@ -142,13 +147,15 @@ def dry_run_report(session: Session, actors: ActorPlan | None, **planned: Any) -
     }
 
 
-def resolved_model_or_problem(cfg: InferenceConfig, problems: list[str]) -> dict[str, Any]:
-    """The model URI resolved to a fixed version, for a dry run; why not, appended to
-    ``problems``, when it does not resolve."""
-    from jobs.common.model_source import ModelSourceError, resolve_model
+def fetched_model_or_problem(
+    cfg: InferenceConfig, problems: list[str], *, endpoint_url: str | None = None
+) -> FetchedModel | None:
+    """The model read as a run reads it (`fetch_model`: pinned, fetched, loaded), for a dry
+    run; why not, appended to ``problems``, when it cannot be read."""
+    from jobs.common.model_source import ModelSourceError, fetch_model
 
     try:
-        return resolve_model(cfg.model, tracking_uri=cfg.tracking_uri).to_dict()
+        return fetch_model(cfg.model, tracking_uri=cfg.tracking_uri, endpoint_url=endpoint_url)
     except (ModelSourceError, ValueError, OSError) as exc:
         problems.append(f"model: {exc}")
-        return {}
+        return None

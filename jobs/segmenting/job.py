@@ -20,30 +20,25 @@ from typing import Any
 import pyarrow.compute as pc
 
 from jobs.common import fs
-from jobs.common.model_source import (
-    ModelSourceError,
-    checkpoint_digest,
-    fetch_checkpoint_bytes,
-    resolve_model,
-)
+from jobs.common.model_source import fetch_model
 from jobs.common.path_guard import LocalPathError
 from jobs.inference.config import SegmentConfig
 from jobs.inference.decode import estimate_image_bytes
 from jobs.inference.pipeline import Progress, Sink, build_pipeline
 from jobs.inference.session import (
-    ActorPlan,
+    PredictorActors,
     Session,
     batch_session,
-    dry_run_report,
-    plan_actors,
-    resolved_model_or_problem,
+    choose_predictor_actors,
+    dry_run_summary,
+    fetched_model_or_problem,
 )
 from jobs.reporting import qc_report
 from jobs.segmenting import leases, manifest
 from jobs.segmenting import worklist as plan
 from jobs.segmenting.listing import Cleanup
 from jobs.segmenting.writer import MASKS_DIR, MaskWriter, WriterSettings, write_failed_rows
-from unet_core.checkpoint import LoadedModel, load_checkpoint
+from unet_core.checkpoint import LoadedModel
 
 logger = logging.getLogger("jobs.segment")
 
@@ -52,7 +47,7 @@ class OtherVersionsError(ValueError):
     """Masks under --output were made by another model version or other settings."""
 
 
-def _settings(cfg: SegmentConfig, actors: ActorPlan) -> str:
+def _settings(cfg: SegmentConfig, actors: PredictorActors) -> str:
     return manifest.output_settings(
         mask_format=cfg.mask_format,
         tta=cfg.tta,
@@ -109,23 +104,19 @@ def _problems(cfg: SegmentConfig, work: plan.Plan, output: str, ours: plan.Prove
 
 
 def _dry_run(
-    cfg: SegmentConfig, session: Session, actors: ActorPlan, *, output: str, endpoint: str | None
+    cfg: SegmentConfig,
+    session: Session,
+    actors: PredictorActors,
+    *,
+    output: str,
+    endpoint: str | None,
 ) -> dict[str, Any]:
     """What a run would do: the model version, how many inputs, how many would be skipped.
     Nothing is written or removed."""
     problems: list[str] = []
-    model = resolved_model_or_problem(cfg, problems)
-    sha = "?"
-    if model:
-        try:
-            resolved = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri)
-            sha = checkpoint_digest(
-                fetch_checkpoint_bytes(
-                    resolved, tracking_uri=cfg.tracking_uri, endpoint_url=endpoint
-                )
-            )
-        except (ModelSourceError, ValueError, OSError) as exc:
-            problems.append(f"model: {exc}")
+    fetched = fetched_model_or_problem(cfg, problems, endpoint_url=endpoint)
+    model = fetched.resolved.to_dict() if fetched else {}
+    sha = fetched.sha256 if fetched else "?"
     ours = plan.Provenance(sha, _settings(cfg, actors), model.get("model_uri") or cfg.model)
     work = None
     try:
@@ -137,7 +128,7 @@ def _dry_run(
         problems += _problems(cfg, work, output, ours)
     except (ValueError, OSError) as exc:
         problems.append(f"inputs: {exc}")
-    return dry_run_report(
+    return dry_run_summary(
         session,
         actors,
         **model,
@@ -162,7 +153,7 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     with batch_session(cfg) as session:
         if session.problems and not cfg.dry_run:
             raise LocalPathError("; ".join(session.problems))
-        actors = plan_actors(cfg, session.view)
+        actors = choose_predictor_actors(cfg, session.view)
         if cfg.dry_run:
             return _dry_run(cfg, session, actors, output=output, endpoint=endpoint)
         return _run(
@@ -175,7 +166,7 @@ def _segment(
     work: plan.Plan,
     *,
     session: Session,
-    actors: ActorPlan,
+    actors: PredictorActors,
     checkpoint: bytes,
     loaded: LoadedModel,
     writer: WriterSettings,
@@ -230,19 +221,16 @@ def _segment(
 def _run(
     cfg: SegmentConfig,
     session: Session,
-    actors: ActorPlan,
+    actors: PredictorActors,
     *,
     started: float,
     job_id: str,
     output: str,
     endpoint: str | None,
 ) -> dict[str, Any]:
-    resolved = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri)
-    checkpoint = fetch_checkpoint_bytes(
-        resolved, tracking_uri=cfg.tracking_uri, endpoint_url=endpoint
-    )
-    loaded = load_checkpoint(checkpoint)  # validated here, before any cluster work
-    sha = checkpoint_digest(checkpoint)
+    fetched = fetch_model(cfg.model, tracking_uri=cfg.tracking_uri, endpoint_url=endpoint)
+    resolved, checkpoint, loaded = fetched.resolved, fetched.checkpoint, fetched.loaded
+    sha = fetched.sha256  # loaded and checked here, before any cluster work
     logger.info(
         "model %s (%s classes: %s), checkpoint sha256 %s",
         resolved.uri_resolved,

@@ -4,10 +4,11 @@ champion), scored on the new run's validation pairs by one computation.
 A run's `val_miou` is measured on its own split; a new `--seed` or data root changes the split,
 so the champion's `val_miou` tag is not comparable with it. Here both checkpoints (the champion
 fetched from the registry with the batch jobs' loader, `jobs.common.model_source`) are scored
-on the plan's validation pairs (`val_root`, `val`), decoded as the training datasets decode them
-(the plan's class map, channels and `DecodeOptions`): whole images, fp32, argmax, one
-`ConfusionMatrix` over the set (`unet_core.engine.evaluate`, the workers' validation code). The
-pairs are scored in Ray tasks of `CHUNK` pairs, so the driver never holds the images, whatever
+on the run's validation pairs (`TrainingData.val_root`, `.val`), read as the training datasets
+read them (`jobs.common.pairs`: its class map, channels and `DecodeOptions`), by the evaluate
+job's computation (`jobs.common.pair_scores`, `GATE_SETTINGS`: evaluate's CPU defaults in fp32,
+so ``jobs/evaluate.py --amp off`` on these pairs reports the same figure). The pairs are
+scored in Ray tasks of `CHUNK` pairs, so the driver never holds the images, whatever
 the size of the set; only the K x K counts come back. A champion that cannot be scored (its
 checkpoint unreadable, another class map, other input channels) is not compared: the comparison
 says why, and the gate (`jobs.training.registry.decide_alias`) moves the alias only with
@@ -21,9 +22,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from jobs.training.datasets import decode_rows, pair_items
+from jobs.common.pair_scores import GATE_SETTINGS, PairScorer, ScoringSettings
+from jobs.common.pairs import pair_items, read_pairs
 from unet_core.checkpoint import LoadedModel, load_checkpoint
 from unet_core.classes import ClassMap
 from unet_core.metrics import ConfusionMatrix
@@ -112,52 +112,50 @@ def comparability_problems(
     return problems
 
 
-def confusion_on(loaded: LoadedModel, pairs: list[tuple[np.ndarray, np.ndarray]]):
-    """One confusion matrix of `loaded` over (image, mask) pairs: whole images one at a time,
-    fp32, argmax (`unet_core.engine.evaluate`, as the workers validate)."""
-    from torch import nn
-
-    from unet_core.config import IGNORE_INDEX
-    from unet_core.engine import evaluate
-    from unet_core.transforms import collate_pairs
-
-    batches = (collate_pairs([pair], loaded.preprocess) for pair in pairs)  # (1, C, H, W)
-    loss = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)  # evaluate sums a loss: unused here
-    stats = evaluate(
-        loaded.model, batches, loss, num_classes=loaded.class_map.num_classes, device="cpu"
-    )
-    return stats.confusion
-
-
 def _score_chunk(items: list[dict], settings: dict, *checkpoints: bytes):
     """Ray task: (a K x K count matrix per checkpoint, pairs scored, {image: error})."""
-    batch = {k: np.array([item[k] for item in items]) for k in ("key", "image", "mask")}
-    rows, errors = decode_rows(batch, **settings)
+    rows, errors = read_pairs(
+        items,
+        ClassMap.from_dict(settings["class_map"]),
+        channels=settings["channels"],
+        endpoint_url=settings["endpoint_url"],
+        decode=settings["decode"],
+    )
     pairs = list(zip(rows["image"], rows["mask"], strict=True))
-    matrices = [confusion_on(load_checkpoint(data), pairs).matrix for data in checkpoints]
+    matrices = [
+        PairScorer(load_checkpoint(data), settings["scoring"]).score(pairs).matrix
+        for data in checkpoints
+    ]
     return matrices, len(pairs), errors
 
 
 def score_on_pairs(
-    checkpoints: list[bytes], plan, *, endpoint_url: str | None = None
+    checkpoints: list[bytes],
+    data,
+    *,
+    endpoint_url: str | None = None,
+    scoring: ScoringSettings = GATE_SETTINGS,
 ) -> tuple[list[ConfusionMatrix], int, dict[str, str]]:
-    """Each checkpoint's confusion matrix over the plan's validation pairs (Ray tasks of
-    `CHUNK` pairs), the pairs scored, and {image URI: error} of those that did not decode."""
+    """Each checkpoint's confusion matrix over the validation pairs of ``data`` (a
+    `jobs.training.data_checks.TrainingData`; Ray tasks of `CHUNK` pairs, each read once and
+    scored by every checkpoint), the pairs scored, and {image URI: error} of those that did not
+    decode."""
     import ray
 
-    refs = [ray.put(data) for data in checkpoints]  # once each, shared by every task
-    items = pair_items(plan.val_root, plan.val)
+    refs = [ray.put(blob) for blob in checkpoints]  # once each, shared by every task
+    items = pair_items(data.val_root, data.val)
     settings = {
-        "class_map": plan.class_map.to_dict(),
-        "channels": plan.in_channels,
+        "class_map": data.class_map.to_dict(),
+        "channels": data.in_channels,
         "endpoint_url": endpoint_url,
-        "decode": plan.decode,
+        "decode": data.decode,
+        "scoring": scoring,
     }
     task = ray.remote(num_cpus=1)(_score_chunk)
     pending = [
         task.remote(items[i : i + CHUNK], settings, *refs) for i in range(0, len(items), CHUNK)
     ]
-    k = plan.class_map.num_classes
+    k = data.class_map.num_classes
     totals, scored, errors = [ConfusionMatrix(k) for _ in checkpoints], 0, {}
     for matrices, count, failed in ray.get(pending):
         for total, matrix in zip(totals, matrices, strict=True):
@@ -172,18 +170,14 @@ def compare_with_champion(
     alias: str,
     *,
     candidate: str | Path,
-    plan,
+    training_data,
     tracking_uri: str | None = None,
     endpoint_url: str | None = None,
 ) -> ChampionComparison:
     """Score the version of `name` holding `alias` and the `candidate` checkpoint file on the
-    plan's validation pairs; a champion that cannot be scored comes back `refused`, saying why."""
+    validation pairs of ``training_data`` (`jobs.training.data_checks.TrainingData`); a champion that cannot be scored comes back `refused`, saying why."""
     from jobs.common.mlflow_store import mlflow_client
-    from jobs.common.model_source import (
-        ModelSourceError,
-        fetch_checkpoint_bytes,
-        resolve_model,
-    )
+    from jobs.common.model_source import ModelSourceError, fetch_model
 
     client, _ = mlflow_client(tracking_uri)
     version = alias_holder(client, name, alias)
@@ -196,37 +190,35 @@ def compare_with_champion(
         return ChampionComparison(alias, version, refused=why)
 
     try:
-        data = fetch_checkpoint_bytes(
-            resolve_model(uri, tracking_uri=tracking_uri),
-            tracking_uri=tracking_uri,
-            endpoint_url=endpoint_url,
-        )
-        champion = load_checkpoint(data)
+        fetched = fetch_model(uri, tracking_uri=tracking_uri, endpoint_url=endpoint_url)
     except (ModelSourceError, ValueError, OSError) as exc:
         return refused(f"its checkpoint cannot be read ({exc})")
-    problems = comparability_problems(champion, plan.class_map, plan.in_channels)
+    data, champion = fetched.checkpoint, fetched.loaded
+    problems = comparability_problems(champion, training_data.class_map, training_data.in_channels)
     if problems:
         return refused("; ".join(problems))
-    if not plan.val:
+    if not training_data.val:
         return refused("this run has no validation pairs")
     (ours, theirs), scored, errors = score_on_pairs(
-        [Path(candidate).read_bytes(), data], plan, endpoint_url=endpoint_url
+        [Path(candidate).read_bytes(), data], training_data, endpoint_url=endpoint_url
     )
     for error in errors.values():
         log.warning("champion comparison leaves out a pair: %s", error)
     mious = ours.mean_iou(), theirs.mean_iou()
     if scored == 0 or not all(math.isfinite(m) for m in mious):
         return refused(
-            f"no pixel of this run's {len(plan.val)} validation pairs could be scored "
+            f"no pixel of this run's {len(training_data.val)} validation pairs could be scored "
             f"({scored} decoded)"
         )
     log.info(
-        "on this run's %d validation pairs: this version mIoU %.4f, version %s @%s %.4f",
+        "on this run's %d validation pairs: this version mIoU %.4f, version %s @%s %.4f "
+        "(as jobs/evaluate.py %s reports them)",
         scored,
         mious[0],
         version,
         alias,
         mious[1],
+        GATE_SETTINGS.evaluate_flags(),
     )
     return ChampionComparison(
         alias, version, champion_miou=mious[1], candidate_miou=mious[0], pairs=scored

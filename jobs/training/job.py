@@ -31,11 +31,11 @@ from jobs.common.ray_cluster import connect_ray
 from jobs.training import tracking
 from jobs.training.class_balance import class_weights
 from jobs.training.config import TrainJobConfig
-from jobs.training.data_checks import DataValidationError, check_with_ray, plan_data
+from jobs.training.data_checks import DataValidationError, check_with_ray, gather_training_data
 from jobs.training.defaults import with_defaults
 from jobs.training.preflight import (
     decide_workers,
-    dry_run_report,
+    dry_run_summary,
     path_problems,
     with_system_metrics,
 )
@@ -43,8 +43,8 @@ from jobs.training.publish import publish
 from jobs.training.trainer import check_sampled_set, make_loop_config, make_trainer
 
 
-def _plan(cfg: TrainJobConfig):
-    return plan_data(
+def _gather(cfg: TrainJobConfig):
+    return gather_training_data(
         cfg.data,
         val_data=cfg.val_data,
         class_map_path=cfg.class_map,
@@ -63,18 +63,18 @@ def dry_run(cfg: TrainJobConfig, view: ClusterView, problems: list[str]) -> dict
     demo = cfg.data is None
     cfg = with_defaults(cfg)
     cfg, choice = decide_workers(view, cfg)
-    plan = None
+    data = None
     if not (demo and not Path(cfg.data, "classes.json").is_file()):  # else: made by a real run
         try:
-            plan, _ = _plan(cfg)
+            data, _ = _gather(cfg)
         except (DataValidationError, OSError, ValueError) as exc:
             problems = [*problems, f"data: {exc}"]
-    return dry_run_report(cfg, view, choice, plan, problems)
+    return dry_run_summary(cfg, view, choice, data, problems)
 
 
 def run_training(cfg: TrainJobConfig) -> dict:
-    """Train and register (or, with --dry-run, only plan); returns the job's JSON summary.
-    Machine defaults are filled here (`jobs.training.defaults.with_defaults`), after the
+    """Train and register (or, with --dry-run, only resolve what a run would use); returns the
+    job's JSON summary. Machine defaults are filled here (`jobs.training.defaults.with_defaults`), after the
     cluster is known: on a multi-node cluster every local path is refused first."""
     started = time.time()
     owned = connect_ray(cfg.ray_address)
@@ -87,8 +87,8 @@ def run_training(cfg: TrainJobConfig) -> dict:
         if problems:
             raise LocalPathError("; ".join(problems))
         cfg = with_defaults(cfg)
-        plan, unchecked = _plan(cfg)
-        check_sampled_set(cfg, plan)
+        data, unchecked = _gather(cfg)
+        check_sampled_set(cfg, data)
         cfg, _ = decide_workers(view, cfg)
         if cfg.use_gpu:  # fail here, naming the node, rather than in Ray Train's NCCL setup
             check_gpu_node(view, what="training workers", timeout=NODE_START_TIMEOUT_S)
@@ -96,31 +96,31 @@ def run_training(cfg: TrainJobConfig) -> dict:
             # Ray Data submits no task while the cluster has no CPU (a KubeRay head offers
             # none): ask the autoscaler for one first, or fail saying what is missing.
             wait_for_cpus(view, 1.0, timeout=NODE_START_TIMEOUT_S)
-            check_with_ray(plan, unchecked, endpoint_url=cfg.s3_endpoint_url)
+            check_with_ray(data, unchecked, endpoint_url=cfg.s3_endpoint_url)
         if cfg.train.class_balance:
             wait_for_cpus(view, 1.0, timeout=NODE_START_TIMEOUT_S)  # as for the check above
         weights = class_weights(
-            plan, cfg.train.class_balance, seed=cfg.train.seed, endpoint_url=cfg.s3_endpoint_url
+            data, cfg.train.class_balance, seed=cfg.train.seed, endpoint_url=cfg.s3_endpoint_url
         )
         uri = resolve_tracking_uri(cfg.tracking_uri)
         run_id = tracking.start_or_resume_run(
             tracking_uri=uri,
             experiment=cfg.experiment,
             run_name=cfg.run_name,
-            tags={"data_root": plan.root, "storage_path": cfg.storage_path},
+            tags={"data_root": data.root, "storage_path": cfg.storage_path},
         )
         cfg = with_system_metrics(cfg, view)  # on by default on a cluster, off on a local Ray
         loop_config = make_loop_config(
-            cfg, plan, tracking_uri=uri, run_id=run_id, class_weights=weights
+            cfg, data, tracking_uri=uri, run_id=run_id, class_weights=weights
         )
         loop_config["system_metrics"] = tracking.system_metrics_settings(cfg.system_metrics)
-        trainer = make_trainer(cfg, plan, loop_config, owned)
+        trainer = make_trainer(cfg, data, loop_config, owned)
         tracking.log_run_inputs(
             uri,
             run_id,
             params=tracking.run_params(cfg.to_flat(), loop_config),
-            artifacts={"config.json": loop_config, "split.json": tracking.split_record(plan)},
-            plan=plan,
+            artifacts={"config.json": loop_config, "split.json": tracking.split_record(data)},
+            data=data,
         )
         try:
             result = trainer.fit()
@@ -128,7 +128,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
             tracking.finish_run(uri, run_id, "FAILED")
             raise
         with tempfile.TemporaryDirectory() as scratch:
-            summary = publish(cfg, plan, result, uri, run_id, Path(scratch))
+            summary = publish(cfg, data, result, uri, run_id, Path(scratch))
         summary["world_size"] = (result.return_value or {}).get("world_size")  # at the end
         summary["elapsed_seconds"] = round(time.time() - started, 1)
         return summary

@@ -4,7 +4,7 @@ split, with the root as its source (a local path or an s3:// URI), a digest that
 the listing or the class map does, a profile (pairs, channels, class map, a hash of the
 listing alone) and a schema (the key, image and mask columns of the listing).
 
-`jobs.training.tracking.log_datasets` logs them; a resumed run logs only what it lacks.
+`jobs.training.tracking.log_run_inputs` logs them; a resumed run logs only what it lacks.
 """
 
 from __future__ import annotations
@@ -91,19 +91,19 @@ def _source(root: str):
         return resolve_dataset_source(root)
 
 
-def split_datasets(plan) -> dict[str, PairListing]:
-    """{"train": ..., "val": ...} of a `jobs.training.data_checks.DataPlan`."""
+def split_datasets(data) -> dict[str, PairListing]:
+    """{"train": ..., "val": ...} of a `jobs.training.data_checks.TrainingData`."""
     return {
         split: PairListing(
             root=root,
             split=split,
             pairs=pairs,
-            class_map=plan.class_map,
-            channels=plan.in_channels,
+            class_map=data.class_map,
+            channels=data.in_channels,
         )
         for split, root, pairs in (
-            ("train", plan.root, plan.train),
-            ("val", plan.val_root, plan.val),
+            ("train", data.root, data.train),
+            ("val", data.val_root, data.val),
         )
     }
 

@@ -11,7 +11,7 @@ from jobs.common.cluster_info import ClusterView, GpuChoice, choose_gpu
 from jobs.common.mlflow_store import resolve_tracking_uri, tracking_problem
 from jobs.common.path_guard import local_path_problems
 from jobs.training.config import TrainJobConfig
-from jobs.training.data_checks import DataPlan
+from jobs.training.data_checks import TrainingData
 from jobs.training.defaults import default_cache_dir
 
 
@@ -54,11 +54,11 @@ def with_system_metrics(cfg: TrainJobConfig, view: ClusterView) -> TrainJobConfi
     return dataclasses.replace(cfg, system_metrics=not view.local)
 
 
-def dry_run_report(
+def dry_run_summary(
     cfg: TrainJobConfig,
     view: ClusterView,
     choice: GpuChoice | None,
-    plan: DataPlan | None,
+    data: TrainingData | None,
     problems: list[str],
 ) -> dict[str, Any]:
     """The `--dry-run` JSON: what the run would use, and what would stop it."""
@@ -73,11 +73,11 @@ def dry_run_report(
         "num_workers": low if low == high else [low, high],
         "resources_per_worker": per_worker,
         "cluster": view.describe(),
-        "data": plan.root if plan else cfg.data,
-        "val_data": plan.val_root if plan else cfg.val_data,
-        "pairs": {"train": len(plan.train), "val": len(plan.val)} if plan else None,
-        "classes": plan.class_map.names if plan else None,
-        "in_channels": plan.in_channels if plan else cfg.in_channels,
+        "data": data.root if data else cfg.data,
+        "val_data": data.val_root if data else cfg.val_data,
+        "pairs": {"train": len(data.train), "val": len(data.val)} if data else None,
+        "classes": data.class_map.names if data else None,
+        "in_channels": data.in_channels if data else cfg.in_channels,
         "storage_path": cfg.storage_path,
         "run_name": cfg.run_name,
         "tracking_uri": tracking,

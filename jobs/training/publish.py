@@ -15,7 +15,7 @@ from jobs.training.bad_pairs import BadPairsError, examples, read_bad_pairs
 from jobs.training.champion import compare_with_champion
 from jobs.training.checkpoints import MODEL_FILE, best_checkpoint
 from jobs.training.config import TrainJobConfig
-from jobs.training.data_checks import DataPlan
+from jobs.training.data_checks import TrainingData
 from jobs.training.datasets import read_samples
 from jobs.training.figures import log_curves, log_panel
 from jobs.training.registry import log_and_register
@@ -24,7 +24,7 @@ from unet_core.checkpoint import load_checkpoint
 
 
 def publish(
-    cfg: TrainJobConfig, plan: DataPlan, result: Any, uri: str, run_id: str, scratch: Path
+    cfg: TrainJobConfig, data: TrainingData, result: Any, uri: str, run_id: str, scratch: Path
 ) -> dict:
     """The end of a training run: figures, then the best checkpoint (by val_miou) logged,
     registered and gated; returns the job's JSON summary. `result` is Ray Train's Result.
@@ -44,12 +44,12 @@ def publish(
     with mlflow.start_run(run_id=run_id):
         log_curves(uri, run_id)
         samples = read_samples(
-            plan.val_root,
-            plan.val,
-            class_map=plan.class_map,
-            channels=plan.in_channels,
+            data.val_root,
+            data.val,
+            class_map=data.class_map,
+            channels=data.in_channels,
             endpoint_url=cfg.s3_endpoint_url,
-            decode=plan.decode,
+            decode=data.decode,
         )
         log_panel(uri, run_id, loaded, samples, scratch)
         comparison = None  # not needed below --min-miou: the gate refuses first
@@ -58,7 +58,7 @@ def publish(
                 cfg.register_as,
                 cfg.alias,
                 candidate=scratch / MODEL_FILE,
-                plan=plan,
+                training_data=data,
                 tracking_uri=uri,
                 endpoint_url=cfg.s3_endpoint_url,
             )
@@ -71,8 +71,9 @@ def publish(
             epoch=epoch,
             min_miou=cfg.min_miou,
             force_alias=cfg.force_alias,
-            tags={"data_root": plan.root, "run_name": cfg.run_name},
+            tags={"data_root": data.root, "run_name": cfg.run_name},
             comparison=comparison,
+            tracking_uri=uri,
         )
         mlflow.set_tags({"model_uri": reg.model_uri, "best_epoch": str(epoch)})
         if bad:  # all of them, where the summary names the first few
@@ -100,7 +101,7 @@ def publish(
         "epochs": int(max(speed["epoch"], default=0)),
         "images_per_second": round(sum(steady) / len(steady), 2) if steady else math.nan,
         "num_workers": cfg.num_workers,
-        "data_root": plan.root,
+        "data_root": data.root,
         "bad_pairs": len(bad),
         "bad_pair_examples": examples(bad),
         "checkpoints": str(result.path),

@@ -21,6 +21,9 @@ import mlflow
 import numpy as np
 
 ARTIFACT_KEY = "unet"
+"""`jobs.common.model_source.CHECKPOINT_ARTIFACT`, written out: this file runs where the project
+is not installed, so it imports nothing of it (tests/unit/inference/test_model_uris.py checks
+that the two agree)."""
 
 
 class UNetPyfunc(mlflow.pyfunc.PythonModel):

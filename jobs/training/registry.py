@@ -2,7 +2,8 @@
 
 The logged model is `jobs/training/pyfunc_model.py` as code, the `unet_core` package as its
 code path (so it loads where this project is not installed) and the unet_core checkpoint as the
-artifact `unet` (`artifacts/unet.pt` in the model folder: what jobs/common/model_source.py loads).
+artifact `CHECKPOINT_ARTIFACT` (`artifacts/unet.pt` in the model folder, recorded in its
+MLmodel file: what `jobs.common.model_source.fetch_model` reads).
 The alias (default `champion`) moves to the new version only when its validation mIoU (the
 workers' `val_miou`) is at least `--min-miou` and, on this run's validation pairs, it scores
 no lower than the version holding the alias (both scored by one computation:
@@ -21,6 +22,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.common.mlflow_store import mlflow_client
+from jobs.common.model_source import CHECKPOINT_ARTIFACT
 from jobs.training.champion import ChampionComparison, alias_holder
 
 log = logging.getLogger(__name__)
@@ -115,17 +118,18 @@ def log_and_register(
     force_alias: bool = False,
     tags: dict[str, str] | None = None,
     comparison: ChampionComparison | None = None,
+    tracking_uri: str | None = None,
 ) -> Registration:
     """Log the model under the active MLflow run `run_id`, register it, maybe move the alias.
     `comparison` (`jobs.training.champion.compare_with_champion`): without it, a version
-    holding the alias counts as not compared."""
+    holding the alias counts as not compared. `tracking_uri`: the job's store (default: the
+    one the active run logs to)."""
     import mlflow
     import torch
-    from mlflow.tracking import MlflowClient
 
     import unet_core
 
-    client = MlflowClient()
+    client, _ = mlflow_client(tracking_uri or mlflow.get_tracking_uri())
     version = find_registered(client, name, run_id, epoch)
     if version is None:
         # No signature: inputs are images of any size (HxW or HxWxC) or a DataFrame of encoded
@@ -137,7 +141,7 @@ def log_and_register(
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(PYFUNC_FILE),
-                artifacts={"unet": str(checkpoint_path)},
+                artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_path)},
                 # unet_core travels in the model (code/unet_core, put on sys.path on load), so
                 # mlflow.pyfunc.load_model works where this project is not installed.
                 code_paths=[str(Path(unet_core.__file__).resolve().parent)],

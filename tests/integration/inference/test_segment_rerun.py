@@ -29,7 +29,7 @@ from jobs import segment
 from jobs.common import fs
 from jobs.common.model_source import checkpoint_digest
 from jobs.inference.decode import decode_images
-from jobs.inference.predictor import Predictor, PredictorSettings
+from jobs.inference.predictor import Predictor, PredictorOptions
 from jobs.segmenting.manifest import (
     MANIFEST_DIR,
     latest_rows,
@@ -126,7 +126,7 @@ def _model_rows(checkpoint: Path, inputs: list[tuple[str, str]]) -> pa.Table:
     """What the predictor stage hands the write stage for these (input URI, relative path)
     rows: the job's own decode and Predictor code, run in-process."""
     rows = pa.Table.from_pylist([{"input": uri, "relative_path": rel} for uri, rel in inputs])
-    return Predictor(checkpoint.read_bytes(), PredictorSettings())(decode_images(rows, channels=3))
+    return Predictor(checkpoint.read_bytes(), PredictorOptions())(decode_images(rows, channels=3))
 
 
 def _plant_killed_run(out: Path, checkpoint: Path, inputs: list[tuple[str, str]], class_map):

@@ -12,7 +12,7 @@ from jobs.common.resources import (
     in_flight_limit_mb,
 )
 from jobs.inference.config import SegmentConfig
-from jobs.inference.session import plan_actors
+from jobs.inference.session import choose_predictor_actors
 
 
 def local(cpus: float, cores: int) -> ClusterView:
@@ -62,7 +62,7 @@ def test_actor_pool_sizes():
 
 def test_cpu_actors_take_the_fused_path_unless_told_otherwise():
     def fused(view: ClusterView, **flags) -> bool:
-        return plan_actors(SegmentConfig(input="a", output="b", **flags), view).fused
+        return choose_predictor_actors(SegmentConfig(input="a", output="b", **flags), view).fused
 
     assert fused(local(4, 2), num_gpus_per_actor=0) is True
     assert fused(fixed(CPU=64), num_gpus_per_actor=0) is True

@@ -20,7 +20,7 @@ from jobs.common.model_source import (
 from jobs.common.resources import forward_batch
 from jobs.inference.config import EvaluateConfig, SegmentConfig, build_parser, parse_config
 from jobs.inference.decode import decode_images
-from jobs.inference.predictor import Predictor, PredictorSettings
+from jobs.inference.predictor import Predictor, PredictorOptions
 from jobs.segmenting import manifest
 from jobs.segmenting.writer import MaskWriter, WriterSettings, encode_mask, mask_key
 from tests.integration.inference.helpers import make_checkpoint
@@ -124,8 +124,8 @@ def test_decode_batch_keeps_going_past_bad_files(tmp_path):
 
 def test_predictor_mixed_sizes_tiles_and_failures(tmp_path):
     ckpt = make_checkpoint(tmp_path / "unet.pt", CLASSES, base_width=4, depth=2)
-    settings = PredictorSettings(tile_size=48, tile_overlap=8, batch_size=2, confidence_map=True)
-    predictor = Predictor(ckpt.read_bytes(), settings)
+    options = PredictorOptions(tile_size=48, tile_overlap=8, batch_size=2, confidence_map=True)
+    predictor = Predictor(ckpt.read_bytes(), options)
     rng = np.random.default_rng(1)
     images = [
         rng.integers(0, 256, (20, 30, 3), dtype=np.uint8),
@@ -150,15 +150,15 @@ def test_predictor_mixed_sizes_tiles_and_failures(tmp_path):
 
 def test_predictor_passes_stack_equal_sizes_and_compile_reaches_the_model(tmp_path):
     ckpt = make_checkpoint(tmp_path / "unet.pt", CLASSES, base_width=4, depth=2)
-    predictor = Predictor(ckpt.read_bytes(), PredictorSettings(tile_size=48, batch_size=0))
+    predictor = Predictor(ckpt.read_bytes(), PredictorOptions(tile_size=48, batch_size=0))
     small, tiled = (8, 8, 3), (70, 50, 3)
     shapes = [small, None, tiled, small, (20, 30, 3), None, small]
     # no image first (together), the tiled one alone, equal sizes stacked in order
     assert predictor.passes(shapes) == [[1, 5], [2], [0, 3, 6], [4]]
-    two = Predictor(ckpt.read_bytes(), PredictorSettings(tile_size=48, batch_size=2))
+    two = Predictor(ckpt.read_bytes(), PredictorOptions(tile_size=48, batch_size=2))
     assert two.passes(shapes) == [[1, 5], [2], [0, 3], [6], [4]]
     assert not isinstance(predictor.model, CompiledModel)
-    compiled = Predictor(ckpt.read_bytes(), PredictorSettings(compile=True))
+    compiled = Predictor(ckpt.read_bytes(), PredictorOptions(compile=True))
     assert isinstance(compiled.model, CompiledModel)  # compiles at its first batch
 
 
@@ -242,8 +242,8 @@ def test_local_checkpoint_sources(tmp_path, monkeypatch):
     (tmp_path / "two/b").mkdir()
     (tmp_path / "two/a/unet.pt").write_bytes(b"1")
     (tmp_path / "two/b/unet.pt").write_bytes(b"2")
-    with pytest.raises(ModelSourceError, match="exactly one"):
-        find_checkpoint(tmp_path / "two")
+    with pytest.raises(ModelSourceError, match="not a logged unet model"):
+        find_checkpoint(tmp_path / "two")  # no rglob: checkpoints deeper down are not taken
     with pytest.raises(ModelSourceError, match="no such checkpoint"):
         fetch_checkpoint_bytes(resolve_model(str(tmp_path / "missing.pt")))
     with pytest.raises(ModelSourceError, match="alias"):
