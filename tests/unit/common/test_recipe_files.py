@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from jobs.exporting.config import ExportConfig, parse_export_config
 from jobs.inference.config import EvaluateConfig, SegmentConfig, parse_config
@@ -48,6 +49,56 @@ def test_demo_recipe_is_the_built_in_demo_preset():
     assert from_file == parse_args([])
     flat = {**vars(from_file.train), **vars(from_file.model)}
     assert {k: flat[k] for k in DEMO_PRESET} == DEMO_PRESET
+
+
+def export(*argv: str) -> ExportConfig:
+    return parse_export_config(
+        ["--model", "unet.pt", "--format", "onnx", "--output", "u.onnx", *argv],
+        prog="export",
+        description="",
+    )
+
+
+def trained_field(cfg: TrainJobConfig, key: str):
+    """A `train:` / `model:` key's value in the parsed training config: the model's field, the
+    training loop's, or the job's (the file's two sections fill one flat set of fields)."""
+    holders = [h for h in (cfg.model, cfg.train, cfg) if key in vars(h)]
+    assert holders, f"no field {key!r} in the training job's config"
+    return getattr(holders[0], key)
+
+
+def same(parsed, value) -> bool:
+    if isinstance(value, list):
+        return list(parsed) == value
+    if isinstance(value, float):
+        return parsed == pytest.approx(value, rel=1e-12)
+    return parsed == value
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_value_of_a_recipe_reaches_its_jobs_config(recipe):
+    """Each key of each section ends up as that field's value in the job that reads the
+    section: a key parsed but dropped, or read into another field, fails here."""
+    sections = yaml.safe_load(recipe.read_text())
+    assert set(sections) <= {"train", "model", "evaluate", "segment", "export"}, recipe
+    path = str(recipe)
+    parsed = {
+        "train": lambda: parse_args(["--config", path, "--data", "some/data"]),
+        "model": lambda: parse_args(["--config", path, "--data", "some/data"]),
+        "evaluate": lambda: evaluate("--config", path),
+        "segment": lambda: segment("--config", path),
+        "export": lambda: export("--config", path),
+    }
+    checked = 0
+    for section, values in sections.items():
+        cfg = parsed[section]()
+        for key, value in values.items():
+            got = trained_field(cfg, key) if section in ("train", "model") else getattr(cfg, key)
+            assert same(got, value), (
+                f"{recipe.name} {section}.{key}: {value!r} in the file, {got!r}"
+            )
+            checked += 1
+    assert checked == sum(len(v) for v in sections.values()) > 0
 
 
 def write(tmp_path: Path, text: str) -> str:
