@@ -3,9 +3,11 @@ one row per image with its confusion matrix and figures (with --rand-error-class
 Rand error too).
 
 Images go through the same pipeline as segmentation; its last stage (`Scorer`, in the fused
-CPU actors or in CPU tasks after GPU actors) reads each truth mask, maps its values to classes with the class map, and returns
-the image's row (`report_schema`): these rows are the --report file as they are. The driver
-only sums their small (K, K) matrices and writes the rows out batch by batch.
+CPU actors or in CPU tasks after GPU actors) reads each truth mask (`jobs.common.pairs`, the
+reader of every labelled pair), counts the prediction against it
+(`jobs.common.pair_scores.image_confusion`, the alias gate's computation too) and returns the
+image's row (`report_schema`): these rows are the --report file as they are. The driver only
+sums their small (K, K) matrices and writes the rows out batch by batch.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.common import fs
+from jobs.common.pair_scores import image_confusion
+from jobs.common.pairs import read_mask
 from unet_core.classes import CLASS_MAP_FILENAME, ClassMap
 from unet_core.config import IGNORE_INDEX
-from unet_core.data import decode_mask
 from unet_core.image_files import DEFAULT_OPTIONS, DecodeOptions
 from unet_core.metrics import ConfusionMatrix, adapted_rand_error, finite_or_none, segment_labels
 
@@ -137,9 +140,8 @@ class Scorer:
                         row, self.cmap, self.endpoint_url, self.decode, self.rand_class
                     )
                 except Exception as exc:  # unreadable or mismatched truth: a row error
-                    error = (
-                        str(exc) if isinstance(exc, ValueError) else f"{row['mask_input']}: {exc}"
-                    )
+                    named = isinstance(exc, (ValueError, OSError))  # these name the file
+                    error = str(exc) if named else f"{row['mask_input']}: {exc}"
             out.append(
                 {
                     "key": row["key"],
@@ -168,22 +170,12 @@ def _score_one(
 ) -> dict[str, Any]:
     """The figures of one predicted image against its truth mask; ValueError when they differ
     in size."""
-    truth = decode_mask(
-        fs.read_bytes(row["mask_input"], endpoint_url=endpoint_url),
-        cmap,
-        source=row["mask_input"],
-        options=decode,
+    truth = read_mask(row["mask_input"], cmap, endpoint_url=endpoint_url, decode=decode)
+    pred = np.frombuffer(row["mask"], dtype=np.uint8).reshape(row["height"], row["width"])
+    matrix = image_confusion(
+        pred, truth, cmap.num_classes, mask_uri=row["mask_input"], image_uri=row["input"]
     )
-    h, w = row["height"], row["width"]
-    if truth.shape != (h, w):
-        raise ValueError(
-            f"{row['mask_input']}: mask is {truth.shape[1]}x{truth.shape[0]} but its image "
-            f"{row['input']} is {w}x{h}; masks must match their images"
-        )
-    pred = np.frombuffer(row["mask"], dtype=np.uint8).reshape(h, w)
-    cm = ConfusionMatrix(cmap.num_classes)
-    cm.update(pred, truth)
-    figures = image_figures(cm.matrix, cmap.names)
+    figures = image_figures(matrix, cmap.names)
     if rand_class is not None:
         figures.update(rand_figures(truth, pred, rand_class))
     return figures

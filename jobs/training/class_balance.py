@@ -16,10 +16,9 @@ import random
 import numpy as np
 import ray.data
 
-from jobs.training.data_checks import DataPlan
-from jobs.training.datasets import pair_items, read_bytes_naming_the_file
+from jobs.common.pairs import pair_items, read_mask
+from jobs.training.data_checks import TrainingData
 from unet_core.classes import ClassMap
-from unet_core.data import decode_mask
 from unet_core.image_files import DecodeOptions
 from unet_core.losses import class_pixel_counts, median_frequency_weights
 
@@ -40,9 +39,7 @@ def _count_masks(
     pixels, image_pixels = [], []
     for uri in batch["mask"]:
         try:
-            mask = decode_mask(
-                read_bytes_naming_the_file(uri, endpoint_url), cmap, source=uri, options=decode
-            )
+            mask = read_mask(str(uri), cmap, endpoint_url=endpoint_url, decode=decode)
         except (OSError, ValueError) as exc:
             log.warning("class weights: leaving out a mask: %s", exc)
             continue
@@ -53,16 +50,16 @@ def _count_masks(
 
 
 def class_weights(
-    plan: DataPlan, power: float, *, seed: int, endpoint_url: str | None = None
+    data: TrainingData, power: float, *, seed: int, endpoint_url: str | None = None
 ) -> list[float] | None:
-    """The class weights of --class-balance ``power`` for the plan's training pairs, or None
+    """The class weights of --class-balance ``power`` for the training pairs of ``data``, or None
     when it is 0 (every class weighs 1)."""
     if not power:
         return None
-    pairs = list(plan.train)
+    pairs = list(data.train)
     if len(pairs) > COUNT_LIMIT:
         pairs = random.Random(seed).sample(pairs, COUNT_LIMIT)
-    items = pair_items(plan.root, pairs)
+    items = pair_items(data.root, pairs)
     rows = (
         ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 16, 64)))
         .map_batches(
@@ -70,9 +67,9 @@ def class_weights(
             batch_size=16,
             batch_format="numpy",
             fn_kwargs={
-                "class_map": plan.class_map.to_dict(),
+                "class_map": data.class_map.to_dict(),
                 "endpoint_url": endpoint_url,
-                "decode": plan.decode,
+                "decode": data.decode,
             },
         )
         .take_all()
@@ -80,7 +77,7 @@ def class_weights(
     if not rows:
         raise ValueError(
             f"--class-balance: none of the {len(items)} training masks counted could be decoded "
-            f"(under {plan.root}); fix the masks or train with --class-balance 0"
+            f"(under {data.root}); fix the masks or train with --class-balance 0"
         )
     weights = median_frequency_weights(
         ((r["pixels"], r["image_pixels"]) for r in rows), power=power
@@ -89,6 +86,6 @@ def class_weights(
         "class weights (median-frequency balancing ** %g, counted on %d training masks): %s",
         power,
         len(rows),
-        ", ".join(f"{n} {w:.2f}" for n, w in zip(plan.class_map.names, weights, strict=True)),
+        ", ".join(f"{n} {w:.2f}" for n, w in zip(data.class_map.names, weights, strict=True)),
     )
     return weights

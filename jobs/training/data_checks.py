@@ -52,8 +52,8 @@ class DataValidationError(ValueError):
 
 
 @dataclass
-class DataPlan:
-    """The validated data: absolute roots, class map, split, channels, sizes."""
+class TrainingData:
+    """The validated training data: absolute roots, class map, split, channels, sizes."""
 
     root: str
     class_map: ClassMap
@@ -108,7 +108,7 @@ def problems_message(checks: Iterable[PairCheck], *, expected_channels: int | No
     return "\n".join(parts)
 
 
-# --- the plan ---------------------------------------------------------------------------
+# --- gathering ---------------------------------------------------------------------------
 
 
 def read_class_map(
@@ -150,7 +150,7 @@ def refuse_shared_keys(root: str, train: list[Pair], val_root: str, val: list[Pa
         )
 
 
-def plan_data(
+def gather_training_data(
     data: str,
     *,
     val_data: str | None = None,
@@ -162,11 +162,11 @@ def plan_data(
     check_limit: int = 1000,
     endpoint_url: str | None = None,
     decode: DecodeOptions = DEFAULT_OPTIONS,
-) -> tuple[DataPlan, list[tuple[str, list[Pair]]]]:
-    """Pair, split and check the data (decoded by ``decode``, which the plan carries to the
+) -> tuple[TrainingData, list[tuple[str, list[Pair]]]]:
+    """Pair, split and check the data (decoded by ``decode``, which the result carries to the
     training datasets). Raises DataValidationError naming every bad file.
 
-    Returns the plan and the (root, pairs) still unchecked (large sets: everything outside
+    Returns the `TrainingData` and the (root, pairs) still unchecked (large sets: everything outside
     the driver's sample), for `check_with_ray`.
     """
     root = fs.absolute(data)
@@ -241,7 +241,7 @@ def plan_data(
             "grayscale" if found == 1 else "colour",
             in_channels,
         )
-    plan = DataPlan(
+    gathered = TrainingData(
         root=root,
         class_map=class_map,
         train=train,
@@ -252,11 +252,11 @@ def plan_data(
         mean_pixels=float(np.mean([c.height * c.width for c in checks])),
         decode=decode,
     )
-    return plan, [(r, g) for r, g in rest if g]
+    return gathered, [(r, g) for r, g in rest if g]
 
 
 def check_with_ray(
-    plan: DataPlan,
+    data: TrainingData,
     unchecked: list[tuple[str, list[Pair]]],
     *,
     endpoint_url: str | None = None,
@@ -266,8 +266,8 @@ def check_with_ray(
     """Check the pairs the driver did not, in parallel Ray Data tasks; raise on problems."""
     import ray.data
 
-    class_map_dict = plan.class_map.to_dict()
-    expected = max(plan.channel_counts, key=plan.channel_counts.get)
+    class_map_dict = data.class_map.to_dict()
+    expected = max(data.channel_counts, key=data.channel_counts.get)
 
     def check_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         class_map = ClassMap.from_dict(class_map_dict)
@@ -277,7 +277,7 @@ def check_with_ray(
                 Pair(image=str(i), mask=str(m), key=str(k)),
                 class_map,
                 endpoint_url=endpoint_url,
-                decode=plan.decode,
+                decode=data.decode,
             )
             for r, i, m, k in zip(
                 batch["root"], batch["image"], batch["mask"], batch["key"], strict=True
@@ -317,6 +317,6 @@ def check_with_ray(
     message = problems_message(checks + majority, expected_channels=expected)
     if message:
         raise DataValidationError(
-            f"{plan.root}: the data failed validation (Ray Data pass over {len(items)} pairs):\n"
+            f"{data.root}: the data failed validation (Ray Data pass over {len(items)} pairs):\n"
             + message
         )

@@ -1,13 +1,13 @@
 """Ray Data datasets of image/mask pairs (driver side); `jobs.training.batches` iterates them
 on the workers.
 
-- Ray Data tasks (anywhere in the cluster) read bytes through the filesystem factory and
-  decode them: images to HxWxC uint8, masks through the class map to HxW class indices
+- Ray Data tasks (anywhere in the cluster) read and decode each pair with the reader of
+  every labelled pair (`jobs.common.pairs`): images to HxWxC uint8, masks through the class map to HxW class indices
   (nearest-neighbour semantics: masks are never interpolated). A pair whose file fails to
   read or decode does not fail the read task: it is left out, logged and recorded with its
   error in the job's bad-pair ledger (`jobs.training.bad_pairs`: counted per epoch, bounded
   by --max-bad-pairs), an image above --max-image-pixels too. Both files are decoded by the
-  plan's `DecodeOptions` (EXIF orientation applied unless --no-exif-transpose), shipped to
+  run's `DecodeOptions` (EXIF orientation applied unless --no-exif-transpose), shipped to
   every decode task with its arguments. Decoded data are deterministic, so small sets are
   materialised once and reused every epoch (`cache`).
 - Training shards are equal-sized (`streaming_split(equal=True)`: DDP needs the same number
@@ -25,10 +25,10 @@ import ray.data
 from ray.actor import ActorHandle
 from ray.train import DataConfig
 
-from jobs.common import fs
+from jobs.common.pairs import pair_items, read_pairs
 from jobs.training.bad_pairs import open_ledger, record_bad_pairs
 from unet_core.classes import ClassMap
-from unet_core.data import Pair, decode_image, decode_mask
+from unet_core.data import Pair
 from unet_core.image_files import DEFAULT_OPTIONS, DecodeOptions
 
 log = logging.getLogger(__name__)
@@ -40,60 +40,6 @@ TRAIN, VAL = "train", "val"
 # --- driver side: datasets ----------------------------------------------------------------
 
 
-def pair_items(root: str, pairs: list[Pair]) -> list[dict[str, str]]:
-    """One row per pair with absolute URIs (workers run elsewhere, with another cwd)."""
-    root = fs.absolute(root)
-    return [
-        {"key": p.key, "image": fs.join(root, p.image), "mask": fs.join(root, p.mask)}
-        for p in pairs
-    ]
-
-
-def read_bytes_naming_the_file(uri: str, endpoint_url: str | None) -> bytes:
-    """The file's bytes; a failed read raises an OSError whose message starts with the URI."""
-    try:
-        return fs.read_bytes(uri, endpoint_url=endpoint_url)
-    except OSError as exc:  # the filesystem's message does not always name the file
-        raise OSError(f"{uri}: cannot read ({type(exc).__name__}: {exc})") from exc
-
-
-def decode_rows(
-    batch: dict[str, np.ndarray],
-    *,
-    class_map: dict,
-    channels: int,
-    endpoint_url: str | None,
-    decode: DecodeOptions = DEFAULT_OPTIONS,
-) -> tuple[dict[str, list], dict[str, str]]:
-    """Read and decode a batch of pairs: (the decoded rows, {image URI: error naming the file}
-    of the pairs that failed)."""
-    cmap = ClassMap.from_dict(class_map)
-    keys, images, masks, errors = [], [], [], {}
-    for key, image_uri, mask_uri in zip(batch["key"], batch["image"], batch["mask"], strict=True):
-        try:
-            image = decode_image(
-                read_bytes_naming_the_file(image_uri, endpoint_url),
-                channels=channels,
-                source=image_uri,
-                options=decode,
-            )
-            mask = decode_mask(
-                read_bytes_naming_the_file(mask_uri, endpoint_url),
-                cmap,
-                source=mask_uri,
-                options=decode,
-            )
-            if mask.shape != image.shape[:2]:
-                raise ValueError(f"{mask_uri}: mask size {mask.shape} != image {image.shape[:2]}")
-        except (OSError, ValueError) as exc:  # decode errors are ValueErrors naming the file
-            errors[str(image_uri)] = str(exc)
-            continue
-        keys.append(str(key))
-        images.append(image)
-        masks.append(mask)
-    return {"key": keys, "image": images, "mask": masks}, errors
-
-
 def decode_pairs(
     batch: dict[str, np.ndarray],
     *,
@@ -103,10 +49,14 @@ def decode_pairs(
     ledger: ActorHandle | None = None,
     decode: DecodeOptions = DEFAULT_OPTIONS,
 ) -> dict[str, list]:
-    """Ray Data UDF: the decoded rows of a batch; the pairs that fail are left out and recorded
-    in the job's `ledger` (`jobs.training.bad_pairs`), which counts them and bounds them."""
-    rows, errors = decode_rows(
-        batch, class_map=class_map, channels=channels, endpoint_url=endpoint_url, decode=decode
+    """Ray Data UDF: the decoded rows of a batch (`jobs.common.pairs.read_pairs`); the pairs
+    that fail are left out and recorded in the job's `ledger` (`jobs.training.bad_pairs`), which counts them and bounds them."""
+    rows, errors = read_pairs(
+        batch,
+        ClassMap.from_dict(class_map),
+        channels=channels,
+        endpoint_url=endpoint_url,
+        decode=decode,
     )
     for error in errors.values():
         log.warning("leaving out a pair: %s", error)
@@ -149,37 +99,37 @@ def build_dataset(
 
 
 def build_train_val(
-    plan,
+    data,
     *,
     seed: int,
     endpoint_url: str | None = None,
     cache: bool | None = None,
     ray_remote_args: dict | None = None,
 ) -> dict[str, ray.data.Dataset]:
-    """{"train", "val"} datasets of a `jobs.validation.DataPlan`; materialised (decoded once,
+    """{"train", "val"} datasets of a `jobs.training.data_checks.TrainingData`; materialised (decoded once,
     reused every epoch) when `cache`, or by default when they fit in a fifth of the store.
     Opens this job's bad-pair ledger, which both record into."""
     ledger = open_ledger()
     out = {}
     for name, root, pairs, shuffle in (
-        (TRAIN, plan.root, plan.train, seed),
-        (VAL, plan.val_root, plan.val, None),
+        (TRAIN, data.root, data.train, seed),
+        (VAL, data.val_root, data.val, None),
     ):
         ds = build_dataset(
             root,
             pairs,
-            class_map=plan.class_map,
-            channels=plan.in_channels,
+            class_map=data.class_map,
+            channels=data.in_channels,
             endpoint_url=endpoint_url,
             shuffle_seed=shuffle,
             ray_remote_args=ray_remote_args,
             ledger=ledger,
-            decode=plan.decode,
+            decode=data.decode,
         )
         keep = (
             cache
             if cache is not None
-            else should_cache(len(pairs), plan.mean_pixels, plan.in_channels)
+            else should_cache(len(pairs), data.mean_pixels, data.in_channels)
         )
         out[name] = ds.materialize() if keep else ds
     return out
@@ -261,13 +211,9 @@ def read_samples(
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(key, image, mask) of those of the first `count` pairs that decode, read on the driver
     (for figures)."""
-    batch = {
-        k: np.array([r[k] for r in pair_items(root, pairs[:count])])
-        for k in ("key", "image", "mask")
-    }
-    rows, _ = decode_rows(
-        batch,
-        class_map=class_map.to_dict(),
+    rows, _ = read_pairs(
+        pair_items(root, pairs[:count]),
+        class_map,
         channels=channels,
         endpoint_url=endpoint_url,
         decode=decode,

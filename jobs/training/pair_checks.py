@@ -1,6 +1,7 @@
 """One image/mask pair checked before training (`jobs.training.data_checks`): the image's
 header (mode, and size as decoded: by its EXIF orientation unless --no-exif-transpose; no
-pixel decode) and the whole mask (decoded and mapped through the class map)."""
+pixel decode) and the whole mask (read, decoded and mapped through the class map by
+`jobs.common.pairs`, the reader of every labelled pair)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 from PIL import UnidentifiedImageError
 
 from jobs.common import fs
+from jobs.common.pairs import read_mask, size_mismatch
 from unet_core.classes import ClassMap
-from unet_core.data import ImageDecodeError, MaskValueError, Pair, decode_mask
+from unet_core.data import ImageDecodeError, MaskValueError, Pair
 from unet_core.image_files import DEFAULT_OPTIONS, DecodeOptions, over_limit
 from unet_core.image_files import image_header as read_header
 
@@ -42,7 +44,7 @@ def _channels_of_mode(mode: str) -> int:
 def image_header(
     read_prefix, read_all, source: str, decode: DecodeOptions = DEFAULT_OPTIONS
 ) -> tuple[int, int, int]:
-    """(channels, height, width) from the header, as decoded (`DataPlan.decode`); falls back
+    """(channels, height, width) from the header, as decoded (`TrainingData.decode`); falls back
     to the whole file when the header is not within the first 64 KiB (e.g. TIFF directories
     at the end of the file)."""
     # A header decodes no pixels: read it whatever the limit (training refuses the image).
@@ -75,14 +77,13 @@ def check_pair(
     filesystem, base = fs.resolve(root, endpoint_url=endpoint_url)
     image_uri, mask_uri = fs.join(root, pair.image), fs.join(root, pair.mask)
     image_path = f"{base.rstrip('/')}/{pair.image}"
-    mask_path = f"{base.rstrip('/')}/{pair.mask}"
 
     def prefix() -> bytes:
         with filesystem.open_input_file(image_path) as f:
             return f.read(HEADER_BYTES)
 
-    def whole(path: str = image_path) -> bytes:
-        with filesystem.open_input_stream(path) as f:
+    def whole() -> bytes:
+        with filesystem.open_input_stream(image_path) as f:
             return f.read()
 
     try:
@@ -92,21 +93,14 @@ def check_pair(
     if over_limit(h, w, decode):
         return PairCheck(pair.key, pair.image, channels, h, w)
     try:
-        mask = decode_mask(whole(mask_path), class_map, source=mask_uri, options=decode)
+        mask = read_mask(mask_uri, class_map, endpoint_url=endpoint_url, decode=decode)
     except MaskValueError as exc:
         return PairCheck(pair.key, pair.image, channels, h, w, problem=str(exc), kind="mask_values")
     except (ImageDecodeError, OSError) as exc:
         return PairCheck(pair.key, pair.image, channels, h, w, problem=str(exc), kind="mask")
-    if mask.shape != (h, w):
-        return PairCheck(
-            pair.key,
-            pair.image,
-            channels,
-            h,
-            w,
-            problem=f"{mask_uri} is {mask.shape[1]}x{mask.shape[0]} but {image_uri} is {w}x{h}",
-            kind="size",
-        )
+    mismatch = size_mismatch(mask_uri, mask.shape, image_uri, (h, w))
+    if mismatch:
+        return PairCheck(pair.key, pair.image, channels, h, w, problem=mismatch, kind="size")
     return PairCheck(pair.key, pair.image, channels, h, w)
 
 

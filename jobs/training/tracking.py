@@ -88,21 +88,21 @@ def log_run_inputs(
     *,
     params: dict[str, Any],
     artifacts: dict[str, Any],
-    plan=None,
+    data=None,
 ) -> None:
     """Params (only those not in the run yet: params are immutable, a resumed run keeps its
-    first values and changed ones are reported), JSON artifacts (rewritten) and, given the data
-    plan, its training and validation sets as dataset inputs (those the run lacks: a resumed
+    first values and changed ones are reported), JSON artifacts (rewritten) and, given the training
+    data (`TrainingData`), its training and validation sets as dataset inputs (those the run lacks: a resumed
     run on the same data logs none; on a changed listing it adds the new one)."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
-    if plan is not None:
+    if data is not None:
         from jobs.training.mlflow_inputs import dataset_inputs, split_datasets
 
-        fresh_inputs = dataset_inputs(split_datasets(plan), run.inputs.dataset_inputs)
+        fresh_inputs = dataset_inputs(split_datasets(data), run.inputs.dataset_inputs)
         if fresh_inputs and run.inputs.dataset_inputs:
             log.warning(
                 "resumed run: its data changed since it started; logging %s beside %s",
@@ -273,12 +273,13 @@ def _span(values: list[int]) -> int | str:
     return values[0] if len(values) == 1 else f"{min(values)}-{max(values)}"
 
 
-def split_record(plan) -> dict[str, Any]:
-    """The train/validation keys (jobs.validation.DataPlan), logged as split.json."""
+def split_record(data) -> dict[str, Any]:
+    """The train/validation keys (`jobs.training.data_checks.TrainingData`), logged as
+    split.json."""
     return {
-        "root": plan.root,
-        "val_root": plan.val_root,
-        "val_source": "val_data" if plan.val_root != plan.root else "stem_hash_split",
-        "train": [p.key for p in plan.train],
-        "val": [p.key for p in plan.val],
+        "root": data.root,
+        "val_root": data.val_root,
+        "val_source": "val_data" if data.val_root != data.root else "stem_hash_split",
+        "train": [p.key for p in data.train],
+        "val": [p.key for p in data.val],
     }

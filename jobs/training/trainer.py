@@ -1,5 +1,5 @@
 """The driver's side of Ray Train: the plain-data config every worker gets, and the
-TorchTrainer over the planned datasets (scaling, storage, failures, checkpoints)."""
+TorchTrainer over the training datasets (scaling, storage, failures, checkpoints)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from jobs.common import fs
 from jobs.common.ray_cluster import data_remote_args, forwarded_env
 from jobs.common.resources import worker_resources
 from jobs.training.config import TrainJobConfig
-from jobs.training.data_checks import DataPlan, DataValidationError
+from jobs.training.data_checks import DataValidationError, TrainingData
 from jobs.training.datasets import TRAIN, ExactValidationDataConfig, build_train_val
 from jobs.training.worker_loop import train_loop_per_worker
 from unet_core.config import PreprocessConfig
@@ -22,16 +22,16 @@ SAMPLED_SET_LIMIT_GIB = 4.0
 """Most decoded training data (GiB) that --samples-per-epoch may hold on every worker."""
 
 
-def check_sampled_set(cfg: TrainJobConfig, plan: DataPlan) -> None:
+def check_sampled_set(cfg: TrainJobConfig, data: TrainingData) -> None:
     """--samples-per-epoch keeps the whole decoded training set on every worker: refuse a set
     too large for that, before anything starts."""
     if not cfg.train.samples_per_epoch:
         return
-    gib = len(plan.train) * plan.mean_pixels * (plan.in_channels + 1) / 2**30
+    gib = len(data.train) * data.mean_pixels * (data.in_channels + 1) / 2**30
     if gib > SAMPLED_SET_LIMIT_GIB:
         raise DataValidationError(
             f"--samples-per-epoch {cfg.train.samples_per_epoch} holds the whole training set on "
-            f"every worker: {len(plan.train)} pairs decode to about {gib:.1f} GiB, above "
+            f"every worker: {len(data.train)} pairs decode to about {gib:.1f} GiB, above "
             f"{SAMPLED_SET_LIMIT_GIB:g} GiB; for a set this large leave --samples-per-epoch at 0 "
             "(every image once per epoch, sharded over the workers)"
         )
@@ -39,26 +39,26 @@ def check_sampled_set(cfg: TrainJobConfig, plan: DataPlan) -> None:
 
 def make_loop_config(
     cfg: TrainJobConfig,
-    plan: DataPlan,
+    data: TrainingData,
     *,
     tracking_uri: str,
     run_id: str,
     class_weights: list[float] | None = None,
 ) -> dict[str, Any]:
-    """train_loop_config from the job config and the data plan: plain data, the same for every
+    """train_loop_config from the job config and the training data: plain data, the same for every
     rank. What depends on the world size (steps per epoch, the global batch) is computed on the
     workers, which know how many of them an elastic run started. ``class_weights``: the
     cross-entropy's, one per class (`jobs.training.class_balance`); None: all 1."""
     model_config = dataclasses.replace(
-        cfg.model, in_channels=plan.in_channels, num_classes=plan.class_map.num_classes
+        cfg.model, in_channels=data.in_channels, num_classes=data.class_map.num_classes
     )
     return {
         "train": cfg.train.to_dict(),
         "model": model_config.to_dict(),
-        "preprocess": PreprocessConfig.for_channels(plan.in_channels).to_dict(),
-        "class_map": plan.class_map.to_dict(),
+        "preprocess": PreprocessConfig.for_channels(data.in_channels).to_dict(),
+        "class_map": data.class_map.to_dict(),
         # split in equal shards over the workers running, or the crops of a sampled epoch
-        "train_rows": cfg.train.samples_per_epoch or len(plan.train),
+        "train_rows": cfg.train.samples_per_epoch or len(data.train),
         "eval_batch_size": max(1, min(cfg.train.batch_size, 8)),
         "class_weights": class_weights,
         "num_workers": cfg.num_workers,  # as given: N or "MIN-MAX"
@@ -74,15 +74,15 @@ def make_loop_config(
 
 
 def make_trainer(
-    cfg: TrainJobConfig, plan: DataPlan, loop_config: dict, owned: bool
+    cfg: TrainJobConfig, data: TrainingData, loop_config: dict, owned: bool
 ) -> TorchTrainer:
-    """TorchTrainer over the planned data; storage, failures and checkpoints from the config.
+    """TorchTrainer over the training data; storage, failures and checkpoints from the config.
     ``owned``: this job started the local Ray, whose runtime_env already reaches every task."""
     low, high = cfg.worker_range
     use_gpu = bool(cfg.use_gpu)  # decided on the driver: jobs.training.preflight.decide_workers
     resources = worker_resources(use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker or 1.0)
     built = build_train_val(
-        plan,
+        data,
         seed=cfg.train.seed,
         endpoint_url=cfg.s3_endpoint_url,
         cache=cfg.cache_data,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jobs.training import class_balance
-from jobs.training.data_checks import plan_data
+from jobs.training.data_checks import gather_training_data
 from tests.integration.training.test_train import TINY, run_job
 from unet_core.data import read_mask
 from unet_core.losses import class_pixel_counts, median_frequency_weights
@@ -20,9 +20,9 @@ from unet_core.losses import class_pixel_counts, median_frequency_weights
 pytestmark = pytest.mark.integration
 
 
-def expected_weights(root, plan, pairs, power):
+def expected_weights(root, data, pairs, power):
     counts = [
-        class_pixel_counts(read_mask(root / p.mask, plan.class_map), plan.class_map.num_classes)
+        class_pixel_counts(read_mask(root / p.mask, data.class_map), data.class_map.num_classes)
         for p in pairs
     ]
     return median_frequency_weights(counts, power=power)
@@ -31,33 +31,33 @@ def expected_weights(root, plan, pairs, power):
 def test_weights_are_counted_on_the_training_masks(ray_local, synthetic_root, tmp_path, caplog):
     root = tmp_path / "data"
     shutil.copytree(synthetic_root, root)
-    plan, _ = plan_data(str(root), val_fraction=0.25, seed=0)
-    assert plan.val  # the validation masks are not counted
-    weights = class_balance.class_weights(plan, 0.5, seed=0)
-    assert weights == pytest.approx(expected_weights(root, plan, plan.train, 0.5), rel=1e-12)
+    data, _ = gather_training_data(str(root), val_fraction=0.25, seed=0)
+    assert data.val  # the validation masks are not counted
+    weights = class_balance.class_weights(data, 0.5, seed=0)
+    assert weights == pytest.approx(expected_weights(root, data, data.train, 0.5), rel=1e-12)
     assert len(set(weights)) > 1
-    assert class_balance.class_weights(plan, 0.0, seed=0) is None
+    assert class_balance.class_weights(data, 0.0, seed=0) is None
 
     # a mask that no longer decodes is left out of the count, named in the log
-    broken = plan.train[0]
+    broken = data.train[0]
     (root / broken.mask).write_bytes(b"not a png")
     with caplog.at_level("INFO", logger="jobs.training.class_balance"):
-        weights = class_balance.class_weights(plan, 1.0, seed=0)
-    assert weights == pytest.approx(expected_weights(root, plan, plan.train[1:], 1.0), rel=1e-12)
-    assert f"counted on {len(plan.train) - 1} training masks" in caplog.text
+        weights = class_balance.class_weights(data, 1.0, seed=0)
+    assert weights == pytest.approx(expected_weights(root, data, data.train[1:], 1.0), rel=1e-12)
+    assert f"counted on {len(data.train) - 1} training masks" in caplog.text
 
 
 def test_a_large_set_is_counted_on_a_seeded_sample(ray_local, synthetic_root, monkeypatch):
-    plan, _ = plan_data(str(synthetic_root), val_fraction=0.2, seed=0)
-    assert len(plan.train) > 5
+    data, _ = gather_training_data(str(synthetic_root), val_fraction=0.2, seed=0)
+    assert len(data.train) > 5
     monkeypatch.setattr(class_balance, "COUNT_LIMIT", 5)
-    a = class_balance.class_weights(plan, 1.0, seed=3)
-    assert a == class_balance.class_weights(plan, 1.0, seed=3)
+    a = class_balance.class_weights(data, 1.0, seed=3)
+    assert a == class_balance.class_weights(data, 1.0, seed=3)
     import random
 
-    sample = random.Random(3).sample(list(plan.train), 5)
-    assert a == pytest.approx(expected_weights(synthetic_root, plan, sample, 1.0), rel=1e-12)
-    empty = dataclasses.replace(plan, train=[])
+    sample = random.Random(3).sample(list(data.train), 5)
+    assert a == pytest.approx(expected_weights(synthetic_root, data, sample, 1.0), rel=1e-12)
+    empty = dataclasses.replace(data, train=[])
     with pytest.raises(ValueError, match="--class-balance 0"):
         class_balance.class_weights(empty, 1.0, seed=0)
 
@@ -82,8 +82,8 @@ def test_training_with_class_balance_records_the_weights(
         path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=name)
         return json.loads(Path(path).read_text())
 
-    plan, _ = plan_data(str(synthetic_root), val_fraction=0.2, seed=0)
-    assert [p.key for p in plan.train] == artifact("split.json")["train"]
-    expected = expected_weights(synthetic_root, plan, plan.train, 1.0)
+    data, _ = gather_training_data(str(synthetic_root), val_fraction=0.2, seed=0)
+    assert [p.key for p in data.train] == artifact("split.json")["train"]
+    expected = expected_weights(synthetic_root, data, data.train, 1.0)
     assert json.loads(run.data.params["class_weights"]) == [round(w, 4) for w in expected]
     assert artifact("config.json")["class_weights"] == pytest.approx(expected)

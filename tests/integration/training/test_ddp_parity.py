@@ -67,7 +67,7 @@ from ray.train.torch import TorchTrainer
 from jobs.training import datasets
 from jobs.training.batches import train_batches
 from jobs.training.config import parse_args
-from jobs.training.data_checks import plan_data
+from jobs.training.data_checks import gather_training_data
 from jobs.training.datasets import TRAIN
 from jobs.training.trainer import make_loop_config
 from jobs.training.worker_loop import WorkerSetup, build_model, train_epoch, validate
@@ -199,9 +199,9 @@ def parity_loop(config: dict) -> dict:
     return out  # rank 0's is trainer.fit().return_value
 
 
-def run_parity(plans, loop_config: dict, workers: int, batch: int, storage) -> dict:
+def run_parity(training_sets, loop_config: dict, workers: int, batch: int, storage) -> dict:
     config = {**loop_config, "train": {**loop_config["train"], "batch_size": batch}}
-    equal, unequal = plans
+    equal, unequal = training_sets
     data = datasets.build_train_val(equal, seed=0, cache=False)
     data[UNEQUAL] = datasets.build_train_val(unequal, seed=0, cache=False)[TRAIN]
     trainer = TorchTrainer(
@@ -274,8 +274,8 @@ def test_one_and_two_workers_agree(ray_local, tmp_path):
     make_data(train_root, seed=1, ignored=[150] * 4)  # the same valid-pixel count on each rank
     make_data(unequal_root, seed=1, ignored=[40, 150, 400, 900])  # no 2 + 2 split is balanced
     make_data(val_root, seed=2, ignored=[0, 60, 120, 180, 240], prefix="val")  # 5: uneven shards
-    plans = [
-        plan_data(str(root), val_data=str(val_root), val_fraction=0.0, seed=0)[0]
+    training_sets = [
+        gather_training_data(str(root), val_data=str(val_root), val_fraction=0.0, seed=0)[0]
         for root in (train_root, unequal_root)
     ]
     cfg = parse_args(
@@ -286,10 +286,10 @@ def test_one_and_two_workers_agree(ray_local, tmp_path):
     job_weights = (cfg.train.ce_weight, cfg.train.dice_weight)
     assert job_weights == (TrainConfig().ce_weight, TrainConfig().dice_weight)  # the defaults
     assert cfg.train.dice_weight > 0 and cfg.model.dropout == 0
-    loop_config = make_loop_config(cfg, plans[0], tracking_uri="", run_id="")
+    loop_config = make_loop_config(cfg, training_sets[0], tracking_uri="", run_id="")
 
-    one = run_parity(plans, loop_config, workers=1, batch=4, storage=tmp_path / "runs")
-    two = run_parity(plans, loop_config, workers=2, batch=2, storage=tmp_path / "runs")
+    one = run_parity(training_sets, loop_config, workers=1, batch=4, storage=tmp_path / "runs")
+    two = run_parity(training_sets, loop_config, workers=2, batch=2, storage=tmp_path / "runs")
 
     # the same global batch of 4 distinct images in both set-ups, 2 per rank with 2 workers
     for key in ("equal_batches", "unequal_batches"):

@@ -188,19 +188,19 @@ def test_ray_data_pass_checks_what_the_driver_sample_left(ray_local, synthetic_r
 
     from PIL import Image
 
-    from jobs.training.data_checks import DataValidationError, check_with_ray, plan_data
+    from jobs.training.data_checks import DataValidationError, check_with_ray, gather_training_data
 
     data = tmp_path / "data"
     shutil.copytree(synthetic_root, data)
-    plan, unchecked = plan_data(str(data), val_fraction=0.2, seed=0, check_limit=4)
+    gathered, unchecked = gather_training_data(str(data), val_fraction=0.2, seed=0, check_limit=4)
     assert sum(len(pairs) for _, pairs in unchecked) == 12
-    check_with_ray(plan, unchecked)  # clean data passes
+    check_with_ray(gathered, unchecked)  # clean data passes
     bad = unchecked[0][1][0]  # a pair the driver did not read
     mask = np.asarray(Image.open(data / bad.mask)).copy()
     mask[0, 0] = 7
     Image.fromarray(mask).save(data / bad.mask)
     with pytest.raises(DataValidationError) as err:
-        check_with_ray(plan, unchecked)
+        check_with_ray(gathered, unchecked)
     assert bad.mask in str(err.value) and "[7]" in str(err.value)
 
 

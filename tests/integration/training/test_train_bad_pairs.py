@@ -13,7 +13,7 @@ import json
 import pytest
 
 from jobs.train import main
-from jobs.training.data_checks import plan_data
+from jobs.training.data_checks import gather_training_data
 from jobs.training.worker_loop import RESUMED_TAG
 from unet_core.synthetic import make_synthetic_dataset
 
@@ -27,11 +27,11 @@ def bad_data(tmp_path_factory):
     """(root, the truncated image's path, training pairs, validation pairs)."""
     root = tmp_path_factory.mktemp("bad-pairs")
     make_synthetic_dataset(root, num_images=10, size=32, seed=0)
-    plan, _ = plan_data(str(root), val_fraction=0.2, seed=0)  # the split the job makes
-    image = root / plan.train[0].image
+    data, _ = gather_training_data(str(root), val_fraction=0.2, seed=0)  # the split the job makes
+    image = root / data.train[0].image
     image.write_bytes(image.read_bytes()[:200])  # header intact, pixel data cut
-    plan_data(str(root), val_fraction=0.2, seed=0)  # the driver's checks still pass
-    return root, str(image), len(plan.train), len(plan.val)
+    gather_training_data(str(root), val_fraction=0.2, seed=0)  # the driver's checks still pass
+    return root, str(image), len(data.train), len(data.val)
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from jobs.common.decode_flags import DecodeFlags
+from jobs.common.pairs import read_pairs
 from jobs.inference.config import EvaluateConfig, SegmentConfig, parse_config
 from jobs.inference.decode import decode_images, estimate_image_bytes
 from jobs.training.config import TrainJobConfig, parse_args
-from jobs.training.data_checks import check_pair, plan_data
-from jobs.training.datasets import decode_rows
+from jobs.training.data_checks import check_pair, gather_training_data
 from unet_core.classes import ClassMap
 from unet_core.data import DecodeOptions, Pair
 
@@ -117,19 +117,15 @@ def test_training_checks_and_decode_see_the_displayed_image(tmp_path):
     assert (check.problem, check.height, check.width) == ("", 24, 16)
     raw = DecodeOptions(exif_transpose=False)
     check = check_pair(str(root), pair, cmap, decode=raw)
-    assert check.kind == "size" and "a.png is 16x24 but" in check.problem
-    rows, errors = decode_rows(
-        _batch(root, "a"), class_map=BINARY_MAP, channels=3, endpoint_url=None
-    )
+    assert check.kind == "size" and "a.png: mask is 16x24 but its image" in check.problem
+    rows, errors = read_pairs(_batch(root, "a"), ClassMap.binary(), channels=3)
     assert not errors
     assert rows["image"][0].shape == (24, 16, 3) and rows["mask"][0].shape == (24, 16)
-    _, errors = decode_rows(
-        _batch(root, "a"), class_map=BINARY_MAP, channels=3, endpoint_url=None, decode=raw
+    _, errors = read_pairs(_batch(root, "a"), ClassMap.binary(), channels=3, decode=raw)
+    assert (
+        f"a.png: mask is 16x24 but its image {root}/images/a.jpg is 24x16"
+        in errors[f"{root}/images/a.jpg"]
     )
-    assert "mask size (24, 16) != image (16, 24)" in errors[f"{root}/images/a.jpg"]
-
-
-BINARY_MAP = ClassMap.binary().to_dict()
 
 
 def test_an_image_above_the_limit_is_a_bad_pair_not_a_failed_check(tmp_path, caplog):
@@ -137,16 +133,12 @@ def test_an_image_above_the_limit_is_a_bad_pair_not_a_failed_check(tmp_path, cap
         _write_pair(tmp_path, f"c{i}", image=_jpeg(20, 20), mask_hw=(20, 20))
     _write_pair(tmp_path, "c0", image=_jpeg(40, 40), mask_hw=(40, 40))
     limit = DecodeOptions(max_image_pixels=1000)
-    plan, _ = plan_data(str(tmp_path), val_fraction=0.3, seed=0, decode=limit)
-    assert plan.decode == limit  # what the training datasets decode with
+    data, _ = gather_training_data(str(tmp_path), val_fraction=0.3, seed=0, decode=limit)
+    assert data.decode == limit  # what the training datasets decode with
     assert "1 image(s) above the pixel limit" in caplog.text and "c0.jpg" in caplog.text
-    rows, errors = decode_rows(
-        _batch(tmp_path, "c0"), class_map=BINARY_MAP, channels=3, endpoint_url=None, decode=limit
-    )
+    rows, errors = read_pairs(_batch(tmp_path, "c0"), ClassMap.binary(), channels=3, decode=limit)
     assert rows["key"] == [] and "--max-image-pixels 1000" in errors[f"{tmp_path}/images/c0.jpg"]
     # Without the limit the same set is fine and the pair decodes.
-    plan, _ = plan_data(str(tmp_path), val_fraction=0.3, seed=0)
-    rows, errors = decode_rows(
-        _batch(tmp_path, "c0"), class_map=BINARY_MAP, channels=3, endpoint_url=None
-    )
+    data, _ = gather_training_data(str(tmp_path), val_fraction=0.3, seed=0)
+    rows, errors = read_pairs(_batch(tmp_path, "c0"), ClassMap.binary(), channels=3)
     assert not errors and rows["image"][0].shape == (40, 40, 3)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.training.champion import ChampionComparison, comparability_problems, confusion_on
+from jobs.common.pair_scores import GATE_SETTINGS, PairScorer
+from jobs.training.champion import ChampionComparison, comparability_problems
 from jobs.training.registry import decide_alias
 from unet_core.checkpoint import LoadedModel
 from unet_core.classes import ClassInfo, ClassMap
@@ -110,7 +111,7 @@ def test_incomparable_champions_are_named():
     assert "3-channel images, this run 1-channel" in problem
 
 
-def test_the_score_is_one_confusion_matrix_of_whole_images_in_fp32():
+def test_the_score_sums_per_image_matrices_of_whole_images_in_fp32():
     loaded = loaded_model(ClassMap((ClassInfo("a", 0), ClassInfo("b", 1), ClassInfo("c", 2))))
     rng = np.random.default_rng(0)
     pairs = [
@@ -123,6 +124,8 @@ def test_the_score_is_one_confusion_matrix_of_whole_images_in_fp32():
         for image, mask in pairs:
             x = torch.from_numpy(loaded.preprocess.normalize(image))[None]  # (1, C, H, W)
             expected.update(loaded.model(x)[0].argmax(dim=0).numpy(), mask)
-    got = confusion_on(loaded, [(image, mask.astype(np.uint8)) for image, mask in pairs])
+    got = PairScorer(loaded, GATE_SETTINGS).score(
+        [(image, mask.astype(np.uint8)) for image, mask in pairs]
+    )
     np.testing.assert_array_equal(got.matrix, expected.matrix)
     assert got.matrix.sum() == sum(m.size for _, m in pairs) - 5 * 17

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jobs.common.pairs import pair_items, read_pairs
 from jobs.training.bad_pairs import MAX_EXAMPLES, BadPairLedger, BadPairsError, examples
 from jobs.training.data_checks import DataValidationError, check_pair
-from jobs.training.datasets import decode_rows, pair_items
 from unet_core.data import pair_images_and_masks
 from unet_core.synthetic import make_synthetic_dataset
 
@@ -28,7 +28,7 @@ def batch_of(root: Path) -> dict[str, np.ndarray]:
 
 
 def decode(batch: dict[str, np.ndarray], class_map) -> tuple[dict, dict]:
-    return decode_rows(batch, class_map=class_map.to_dict(), channels=3, endpoint_url=None)
+    return read_pairs(batch, class_map, channels=3)
 
 
 def test_clean_batch_decodes_every_pair(data):
@@ -56,7 +56,7 @@ def test_each_bad_pair_is_left_out_with_an_error_naming_its_file(data):
     assert errors[image[1]].startswith(f"{truncated}: cannot decode image")
     assert "truncated" in errors[image[1]]
     assert errors[image[2]].startswith(f"{root / 'masks' / 'synth_0002.png'}: cannot read")
-    assert errors[image[3]].startswith(f"{root / 'masks' / 'synth_0003.png'}: mask size")
+    assert errors[image[3]].startswith(f"{root / 'masks' / 'synth_0003.png'}: mask is 32x16 but")
 
 
 def test_a_truncated_image_passes_the_driver_check(data):

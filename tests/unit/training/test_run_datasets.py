@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jobs.training.data_checks import DataPlan
+from jobs.training.data_checks import TrainingData
 from jobs.training.mlflow_inputs import PairListing, context_of, root_name, split_datasets
 from unet_core.classes import ClassMap
 from unet_core.data import Pair
@@ -21,8 +21,10 @@ def pairs(*stems: str) -> list[Pair]:
     return [Pair(f"images/{s}.png", f"masks/{s}.png", s) for s in stems]
 
 
-def plan(root: str, train: list[Pair], val: list[Pair], class_map: ClassMap = BINARY) -> DataPlan:
-    return DataPlan(
+def training_data(
+    root: str, train: list[Pair], val: list[Pair], class_map: ClassMap = BINARY
+) -> TrainingData:
+    return TrainingData(
         root=root, class_map=class_map, train=train, val=val, val_root=root, in_channels=3
     )
 
@@ -81,7 +83,7 @@ def test_resumed_run_logs_each_split_once(mlflow_uri, tmp_path):
     client = MlflowClient(mlflow_uri)
     run_id = client.create_run(client.create_experiment("inputs")).info.run_id
     root = str(tmp_path / "set")
-    first = plan(root, pairs("a", "b", "c"), pairs("d"))
+    first = training_data(root, pairs("a", "b", "c"), pairs("d"))
 
     def inputs() -> list[tuple[str, str, str]]:
         return sorted(
@@ -89,8 +91,8 @@ def test_resumed_run_logs_each_split_once(mlflow_uri, tmp_path):
             for d in client.get_run(run_id).inputs.dataset_inputs
         )
 
-    def log(data_plan: DataPlan) -> None:
-        log_run_inputs(mlflow_uri, run_id, params={"epochs": 1}, artifacts={}, plan=data_plan)
+    def log(data: TrainingData) -> None:
+        log_run_inputs(mlflow_uri, run_id, params={"epochs": 1}, artifacts={}, data=data)
 
     log(first)
     logged = inputs()
@@ -100,15 +102,15 @@ def test_resumed_run_logs_each_split_once(mlflow_uri, tmp_path):
     ]
     log(first)  # a resumed run on the same data
     assert inputs() == logged
-    log(plan(root, pairs("a", "b"), pairs("d")))  # resumed after a training pair went away
+    log(training_data(root, pairs("a", "b"), pairs("d")))  # resumed after a training pair went away
     now = inputs()
     assert len(now) == 3 and set(logged) <= set(now)
     new_train = [d for d in now if d not in logged]
     assert new_train[0][0] == "set-train" and new_train[0][2] == "training"
 
 
-def test_split_datasets_of_a_plan_with_its_own_validation_root():
-    data = DataPlan(
+def test_split_datasets_with_their_own_validation_root():
+    data = TrainingData(
         root="/data/train",
         class_map=BINARY,
         train=pairs("a", "b"),
