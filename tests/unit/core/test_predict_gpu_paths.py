@@ -64,6 +64,24 @@ def _job_forward(model, images, *, amp, device="cpu"):
     return predict_tensor(model, x, amp=amp)
 
 
+def _assert_is_the_models_own(preds, model, images, *, device="cpu", atol=1e-5):
+    """Each prediction is the model's float32 softmax computed here without unet_core.predict
+    or normalize_batch (NumPy normalisation, forward, softmax): the confidence its max, the
+    class its argmax wherever the two best classes are not within rounding of each other. An
+    independent reference: a path that is wrong but repeatable fails here."""
+    x = torch.from_numpy(np.stack([PRE.normalize(image) for image in images])).to(device)
+    with torch.inference_mode():
+        probs = model(x.contiguous(memory_format=torch.channels_last)).float().softmax(dim=1)
+    top2 = probs.topk(2, dim=1).values.cpu().numpy()  # (B, 2, H, W)
+    classes = probs.argmax(dim=1).cpu().numpy()
+    for pred, best, want in zip(preds, top2, classes, strict=True):
+        np.testing.assert_allclose(pred.confidence, best[0], rtol=0, atol=atol)
+        decided = best[0] - best[1] > 2 * atol
+        assert decided.mean() > 0.99, "near-ties everywhere: the comparison would be vacuous"
+        np.testing.assert_array_equal(pred.mask[decided], want[decided])
+    assert len(np.unique(classes)) > 1, "one class everywhere: the comparison would be weak"
+
+
 def test_predict_equals_the_jobs_forward_pass_bit_for_bit():
     """With the same prepared model and the same batch, predict_batch gives exactly the job's
     classes and confidences, and predict those of a batch of one. (float32 convolutions of a
@@ -79,6 +97,10 @@ def test_predict_equals_the_jobs_forward_pass_bit_for_bit():
         pred = predict(model, images[0], preprocess=PRE, amp=amp)
         np.testing.assert_array_equal(pred.mask, classes[0].numpy())
         np.testing.assert_array_equal(pred.confidence, conf[0].numpy())
+    # ... and both are the model's own (the job's path and predict share predict_tensor)
+    _assert_is_the_models_own(
+        predict_batch(model, images, preprocess=PRE, amp=False), model, images
+    )
 
 
 def test_pixels_travel_to_the_device_as_uint8(monkeypatch):
@@ -243,6 +265,9 @@ def test_cuda_paths_agree_with_each_other_and_the_cpu(amp, monkeypatch):
     single = predict(model, images[0], preprocess=PRE, amp=amp, tile_size=None)
     np.testing.assert_array_equal(single.mask, classes[0].cpu().numpy())
     np.testing.assert_array_equal(single.confidence, conf[0].cpu().numpy())
+    if amp is False:  # float32: the model's own softmax, on this device and on the CPU's
+        _assert_is_the_models_own(batch, model, images, device="cuda")
+        _assert_is_the_models_own(batch, cpu_model, images, atol=1e-4)
     # the sliding window forced onto one tile is the untiled forward pass
     forced = _predict_tiled(
         model,
@@ -279,5 +304,9 @@ def test_cudnn_benchmark_is_set_on_cuda(monkeypatch):
     assert enable_cudnn_benchmark("cuda") is True and torch.backends.cudnn.benchmark
     model = prepare_for_inference(_model(), "cuda")
     image = _images(1, 64, 64)[0]
-    a, b = (predict(model, image, preprocess=PRE) for _ in range(2))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    a, b = (predict(model, image, preprocess=PRE, amp=False) for _ in range(2))
     np.testing.assert_array_equal(a.mask, b.mask)
+    # the same bits twice, and the right ones: the model's float32 softmax (cuDNN may pick
+    # other kernels than the reference's, so up to rounding)
+    _assert_is_the_models_own([a], model, [image], device="cuda", atol=1e-4)
