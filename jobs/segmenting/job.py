@@ -34,10 +34,10 @@ from jobs.inference.session import (
     fetched_model_or_problem,
 )
 from jobs.reporting import qc_report
-from jobs.segmenting import leases, manifest
-from jobs.segmenting import worklist as plan
-from jobs.segmenting.listing import Cleanup
-from jobs.segmenting.writer import MASKS_DIR, MaskWriter, WriterSettings, write_failed_rows
+from jobs.segmenting import leases, manifest, worklist
+from jobs.segmenting.layout import MANIFEST_DIR, MASKS_DIR, Provenance, output_settings
+from jobs.segmenting.worklist import Worklist
+from jobs.segmenting.writer import MaskWriter, WriterOptions, write_failed_rows
 from unet_core.checkpoint import LoadedModel
 
 logger = logging.getLogger("jobs.segment")
@@ -48,7 +48,7 @@ class OtherVersionsError(ValueError):
 
 
 def _settings(cfg: SegmentConfig, actors: PredictorActors) -> str:
-    return manifest.output_settings(
+    return output_settings(
         mask_format=cfg.mask_format,
         tta=cfg.tta,
         tile_size=cfg.tile_for(use_gpu=actors.use_gpu),
@@ -57,45 +57,45 @@ def _settings(cfg: SegmentConfig, actors: PredictorActors) -> str:
     )
 
 
-def _plan(
+def _worklist(
     cfg: SegmentConfig,
     *,
     output: str,
     endpoint: str | None,
-    ours: plan.Provenance,
-    cleanup: Cleanup,
-) -> plan.Plan:
-    return plan.make_plan(
+    ours: Provenance,
+    temp_max_age: float | None,
+) -> Worklist:
+    return worklist.make_worklist(
         base=fs.absolute(cfg.input),
         input_list=cfg.input_list,
         output=output,
         endpoint_url=endpoint,
         ours=ours,
-        cleanup=cleanup,
+        temp_max_age=temp_max_age,
         overwrite=cfg.overwrite,
         redo_other=cfg.redo_other_versions,
         num_cpus=cfg.decode_cpus,
     )
 
 
-def _problems(cfg: SegmentConfig, work: plan.Plan, output: str, ours: plan.Provenance) -> list[str]:
-    """Why the run cannot go ahead as planned (each with the fix)."""
+def _problems(cfg: SegmentConfig, work: Worklist, output: str, ours: Provenance) -> list[str]:
+    """Why the run cannot go ahead as listed (each with the fix)."""
     problems = []
     if work.total == 0:
         problems.append(
             f"no images under {cfg.input_list or cfg.input} (extensions png, jpg, jpeg, tif, "
             "tiff, bmp, any case); check --input"
         )
-    if work.n(plan.OUTSIDE):
+    if work.n(worklist.OUTSIDE):
         problems.append(
-            f"{cfg.input_list}: {work.n(plan.OUTSIDE)} entries are not under --input "
-            f"{fs.absolute(cfg.input)} (e.g. {work.examples[plan.OUTSIDE][:3]}); list paths "
+            f"{cfg.input_list}: {work.n(worklist.OUTSIDE)} entries are not under --input "
+            f"{fs.absolute(cfg.input)} (e.g. {work.examples[worklist.OUTSIDE][:3]}); list paths "
             "relative to --input, or URIs under it"
         )
-    if work.n(plan.OTHER):
+    if work.n(worklist.OTHER):
         found = "; ".join(f"{n} by {label}" for label, n in sorted(work.other.items()))
         problems.append(
-            f"{work.n(plan.OTHER)} inputs already have a mask under {output} made by another "
+            f"{work.n(worklist.OTHER)} inputs already have a mask under {output} made by another "
             f"model or other settings ({found}; this run: {ours.model_uri} with "
             f"{ours.settings}); to replace exactly those pass --redo-other-versions, to redo "
             "everything --overwrite, or write to a new --output"
@@ -117,14 +117,10 @@ def _dry_run(
     fetched = fetched_model_or_problem(cfg, problems, endpoint_url=endpoint)
     model = fetched.resolved.to_dict() if fetched else {}
     sha = fetched.sha256 if fetched else "?"
-    ours = plan.Provenance(sha, _settings(cfg, actors), model.get("model_uri") or cfg.model)
+    ours = Provenance(sha, _settings(cfg, actors), model.get("model_uri") or cfg.model)
     work = None
     try:
-        live = frozenset(
-            lease.job_id for lease in leases.live_leases(output, endpoint_url=endpoint)
-        )
-        cleanup = Cleanup(live, cfg.temp_max_age, remove=False)
-        work = _plan(cfg, output=output, endpoint=endpoint, ours=ours, cleanup=cleanup)
+        work = _worklist(cfg, output=output, endpoint=endpoint, ours=ours, temp_max_age=None)
         problems += _problems(cfg, work, output, ours)
     except (ValueError, OSError) as exc:
         problems.append(f"inputs: {exc}")
@@ -135,16 +131,16 @@ def _dry_run(
         output=output,
         masks=fs.join(output, MASKS_DIR),
         inputs=work.total if work else None,
-        to_process=work.n(plan.TODO) if work else None,
-        skipped=work.n(plan.DONE) if work else None,
-        rejected=work.n(plan.REJECTED) if work else None,
+        to_process=work.n(worklist.TODO) if work else None,
+        skipped=work.n(worklist.DONE) if work else None,
+        rejected=work.n(worklist.REJECTED) if work else None,
         other_versions=work.other if work else None,
         problems=problems,
     )
 
 
 def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
-    """Segment every input (or, with --dry-run, only plan); returns the summary (also the last
+    """Segment every input (or, with --dry-run, only list and decide); returns the summary (also the last
     stdout line of main). Local paths a multi-node cluster cannot share are refused first."""
     started = time.perf_counter()
     job_id = uuid.uuid4().hex[:12]
@@ -163,13 +159,13 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
 
 def _segment(
     cfg: SegmentConfig,
-    work: plan.Plan,
+    work: Worklist,
     *,
     session: Session,
     actors: PredictorActors,
     checkpoint: bytes,
     loaded: LoadedModel,
-    writer: WriterSettings,
+    writer: WriterOptions,
     endpoint: str | None,
 ) -> tuple[dict[str, int], list[dict[str, str]], float, float | None]:
     """Run the pipeline over the to-do rows; (counts per status, up to 10 failures, pipeline
@@ -178,11 +174,11 @@ def _segment(
 
     session.ask_for_first_nodes(actors)
     pipeline_start = time.perf_counter()
-    todo = work.n(plan.TODO)
+    todo = work.n(worklist.TODO)
     ds = build_pipeline(
-        lambda block: plan.dataset_of(
+        lambda block: worklist.dataset_of(
             work,
-            plan.TODO,
+            worklist.TODO,
             ["input", "relative_path"],
             rows_per_block=block,
             num_cpus=cfg.decode_cpus,
@@ -194,11 +190,11 @@ def _segment(
         checkpoint_ref=ray.put(checkpoint),
         channels=loaded.preprocess.channels,
         endpoint_url=endpoint,
-        sink=Sink(MaskWriter, {"settings": writer}, cfg.write_batch_size),
+        sink=Sink(MaskWriter, {"options": writer}, cfg.write_batch_size),
         confidence_map=cfg.confidence,
         keep_pixels=cfg.overlays,
         image_bytes=estimate_image_bytes(
-            work.examples.get(plan.TODO, [])[:3],
+            work.examples.get(worklist.TODO, [])[:3],
             channels=loaded.preprocess.channels,
             endpoint_url=endpoint,
         ),
@@ -212,10 +208,10 @@ def _segment(
         failed = table.filter(pc.equal(table.column("status"), manifest.FAILED))
         counts[manifest.OK] += table.num_rows - failed.num_rows
         counts[manifest.FAILED] += failed.num_rows
-        if len(failures) < plan.EXAMPLES:
-            failures += failed.select(["input", "error"]).slice(0, plan.EXAMPLES).to_pylist()
+        if len(failures) < worklist.EXAMPLES:
+            failures += failed.select(["input", "error"]).slice(0, worklist.EXAMPLES).to_pylist()
         progress.update(table.num_rows, failed.num_rows)
-    return counts, failures[: plan.EXAMPLES], time.perf_counter() - pipeline_start, first
+    return counts, failures[: worklist.EXAMPLES], time.perf_counter() - pipeline_start, first
 
 
 def _run(
@@ -239,7 +235,7 @@ def _run(
         sha,
     )
     settings = _settings(cfg, actors)
-    ours = plan.Provenance(sha, settings, resolved.uri_resolved or cfg.model)
+    ours = Provenance(sha, settings, resolved.uri_resolved or cfg.model)
     with leases.hold(
         output,
         job_id=job_id,
@@ -250,21 +246,22 @@ def _run(
     ) as others:
         live = frozenset({job_id, *(lease.job_id for lease in others)})
         leases.abort_stale_uploads(output, max_age_s=cfg.temp_max_age, endpoint_url=endpoint)
-        cleanup = Cleanup(live, cfg.temp_max_age)
-        work = _plan(cfg, output=output, endpoint=endpoint, ours=ours, cleanup=cleanup)
+        work = _worklist(
+            cfg, output=output, endpoint=endpoint, ours=ours, temp_max_age=cfg.temp_max_age
+        )
         problems = _problems(cfg, work, output, ours)
         if problems:
-            raise (OtherVersionsError if work.n(plan.OTHER) else ValueError)("; ".join(problems))
+            raise (OtherVersionsError if work.n(worklist.OTHER) else ValueError)("; ".join(problems))
         logger.info(
             "%d inputs: %d to segment (%d made by another model or settings before), %d already "
             "done (skipped), %d rejected",
             work.total,
-            work.n(plan.TODO),
+            work.n(worklist.TODO),
             sum(work.redone.values()),
-            work.n(plan.DONE),
-            work.n(plan.REJECTED),
+            work.n(worklist.DONE),
+            work.n(worklist.REJECTED),
         )
-        writer = WriterSettings(
+        writer = WriterOptions(
             output=output,
             class_map=loaded.class_map.to_dict(),
             mask_format=cfg.mask_format,
@@ -280,12 +277,12 @@ def _run(
         )
         counts, failures = {manifest.OK: 0, manifest.FAILED: 0}, []
         pipeline_seconds, first = 0.0, None
-        if work.n(plan.REJECTED):
+        if work.n(worklist.REJECTED):
             failures += write_failed_rows(
-                plan.dataset_of(work, plan.REJECTED, ["input", "relative_path", "error"]),
+                worklist.dataset_of(work, worklist.REJECTED, ["input", "relative_path", "error"]),
                 writer,
             )
-        if work.n(plan.TODO):
+        if work.n(worklist.TODO):
             counts, failed, pipeline_seconds, first = _segment(
                 cfg,
                 work,
@@ -314,8 +311,8 @@ def _run(
             run={
                 **resolved.to_dict(),
                 **counts,
-                "skipped": work.n(plan.DONE),
-                "rejected": work.n(plan.REJECTED),
+                "skipped": work.n(worklist.DONE),
+                "rejected": work.n(worklist.REJECTED),
                 "pipeline_seconds": pipeline_seconds,
                 "seconds": time.perf_counter() - started,
                 "checkpoint_sha256": sha,
@@ -328,14 +325,14 @@ def _run(
             decode=cfg.decode_options,
         )
 
-    failed = counts[manifest.FAILED] + work.n(plan.REJECTED)
+    failed = counts[manifest.FAILED] + work.n(worklist.REJECTED)
     processed = counts[manifest.OK] + counts[manifest.FAILED]
     return {
         "total": work.total,
         "ok": counts[manifest.OK],
         "failed": failed,
-        "skipped": work.n(plan.DONE),
-        "rejected": work.n(plan.REJECTED),
+        "skipped": work.n(worklist.DONE),
+        "rejected": work.n(worklist.REJECTED),
         "redone_other_versions": work.redone,
         "failed_fraction": failed / work.total,
         "images_per_second": processed / pipeline_seconds if pipeline_seconds else 0.0,
@@ -348,10 +345,10 @@ def _run(
         "output": output,
         "masks": fs.join(output, MASKS_DIR),
         "manifest": manifest_uri,
-        "manifest_dataset": fs.join(output, manifest.MANIFEST_DIR),
+        "manifest_dataset": fs.join(output, MANIFEST_DIR),
         "manifest_rows": compacted["rows"],
         **report,
         "job_id": job_id,
         "shared_with": sorted(live - {job_id}),
-        "failed_inputs": failures[: plan.EXAMPLES],
+        "failed_inputs": failures[: worklist.EXAMPLES],
     }

@@ -10,8 +10,8 @@ The rule for a second job on an output that a live job holds:
 
 - **Same model and settings: share.** Both run; an input both process gets the same mask
   bytes (atomic renames) and the latest manifest row wins; neither deletes the other's
-  temporaries (they carry the job id) nor manifest parts (compaction deletes only files it
-  read and rewrote).
+  temporaries (only those older than --temp-max-age are removed, by anyone) nor manifest
+  parts (compaction deletes only files it read and rewrote).
 - **Another model or settings: refuse**, naming the live job, unless this job started first
   (of two jobs starting at once, exactly the later one refuses).
 
@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass
 import pyarrow.fs as pafs
 
 from jobs.common import fs
+from jobs.segmenting.layout import LEASES_DIR
 
 logger = logging.getLogger(__name__)
 
-LEASES_DIR = "manifest/_leases"
 HEARTBEAT_S = 20.0
 """Seconds between two writes of a live job's lease."""
 LEASE_TTL_S = 120.0
@@ -53,7 +53,7 @@ class OutputBusyError(ValueError):
 class Lease:
     job_id: str
     provenance: str
-    """`jobs.segmenting.worklist.Provenance.key` of the job's model and settings."""
+    """`jobs.segmenting.layout.Provenance.key` of the job's model and settings."""
     model_uri: str
     settings: str
     host: str

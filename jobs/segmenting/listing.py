@@ -6,17 +6,29 @@ A listing starts with one small task that walks the first levels of the tree (`S
 and returns the folders (prefixes) found there; each becomes a shard that a listing task lists
 with a paged `pyarrow.fs.FileSelector` (S3: ``ListObjectsV2``, 1,000 keys a page); at most
 `MAX_LIST_TASKS` tasks share the shards, one table each. The driver keeps the shard names
-only: a few per folder, never a row per file. ``--input-list`` files (text or Parquet) stream the same way, read by
-``ray.data.read_text`` / ``read_parquet``.
+only: a few per folder, never a row per file. ``--input-list`` files (text or Parquet) stream
+the same way, read by ``ray.data.read_text`` / ``read_parquet``.
 
-Rows carry 16-byte digests of their keys (`digest`), so that the plan (`jobs.segmenting.worklist`)
-can match millions of inputs against the manifest with sorted NumPy arrays instead of Python
-sets.
+Rows carry plain keys (relative path, mask key), which the work list
+(`jobs.segmenting.worklist`) matches against the manifest with ``pyarrow.compute.is_in``.
+
+Temporaries met while listing the output are removed by age alone (older than
+``--temp-max-age``): a local write's temporary lives for the write (microseconds to seconds)
+and a single-PUT S3 write leaves none, so an older one was left by a killed writer. Where age
+alone is not safe, other rules stay:
+
+- a writer slower than ``--temp-max-age`` (a huge file on a slow mount) would lose its
+  temporary: keep the age well above the longest write (default an hour);
+- unfinished S3 multipart uploads (pyarrow streams large objects in parts) are invisible to a
+  listing and aborted by age (`jobs.segmenting.leases.abort_stale_uploads`); the same bound;
+- lease files are not temporaries: they say which model's job writes the output now, and a
+  heartbeat, not their age, decides (`jobs.segmenting.leases`);
+- the QC report's charts and thumbnails are kept while a page may name them
+  (`jobs.reporting.qc_report`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import posixpath
 import secrets
@@ -30,7 +42,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from jobs.common import fs
-from jobs.segmenting.writer import MASKS_DIR, mask_key
+from jobs.segmenting.layout import MANIFEST_DIR, MASKS_DIR, is_temporary, mask_key
 from unet_core.data import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -42,39 +54,16 @@ MAX_SHARDS = 4096
 """Stop walking deeper once this many folders are known (they are listed in parallel anyway)."""
 LIST_BLOCK_ROWS = 20_000
 """Rows per listing block."""
-DIGEST = pa.binary(16)
-"""Type of the key digests (blake2b, 128 bits: no collision in any plausible output)."""
 
 INPUT_SCHEMA = pa.schema(
     [
         pa.field("input", pa.string()),  # full URI or absolute path
         pa.field("relative_path", pa.string()),  # path under --input: the manifest's key
-        pa.field("key", DIGEST),  # digest(relative_path)
-        pa.field("mask", DIGEST),  # digest(mask key): two inputs with one mask collide here
+        pa.field("mask", pa.string()),  # mask key: two inputs with one mask collide here
         pa.field("row_id", pa.int64()),  # unique per listed row (duplicates in an input list)
         pa.field("error", pa.string()),  # an --input-list entry outside --input
     ]
 )
-
-
-def digest(values: Sequence[str] | pa.Array) -> pa.Array:
-    """16-byte blake2b digest of each string (a ``binary(16)`` Arrow array)."""
-    if isinstance(values, pa.ChunkedArray | pa.Array):
-        values = values.to_pylist()
-    return pa.array(
-        [hashlib.blake2b(v.encode(), digest_size=16).digest() for v in values], type=DIGEST
-    )
-
-
-def digests_to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A ``binary(16)`` column as a NumPy ``S16`` array (sortable, searchable), zero-copy."""
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if len(array) == 0:
-        return np.empty(0, dtype="S16")
-    return np.frombuffer(
-        array.buffers()[1], dtype="S16", count=len(array), offset=16 * array.offset
-    )
 
 
 def is_image(rel: str) -> bool:
@@ -171,8 +160,7 @@ def input_rows(
         [
             pa.array(uris, pa.string()),
             pa.array(rels, pa.string()),
-            digest(rels),
-            digest([mask_key(r) for r in rels]),
+            pa.array([mask_key(r) for r in rels], pa.string()),
             _row_ids(len(rels)),
             pa.array(errors or [None] * len(rels), pa.string()),
         ],
@@ -220,7 +208,7 @@ def relative_to_base(entry: str, base: str) -> str | None:
 
 def input_list_rows(batch: pa.Table, *, base_uri: str, column: str) -> pa.Table:
     """Ray Data UDF: --input-list entries -> `INPUT_SCHEMA` rows; an entry outside --input is
-    a row with its ``error`` (the plan refuses the run, naming a few)."""
+    a row with its ``error`` (the run is refused, naming a few)."""
     uris, rels, errors = [], [], []
     for entry in batch.column(column).to_pylist():
         entry = (entry or "").strip()
@@ -309,66 +297,47 @@ def listing_tasks(fn: Any, found: list[Shard], *, num_cpus: float, **kwargs: Any
 
 # --- what is under the output ------------------------------------------------------------------
 
-OUTPUT_SCHEMA = pa.schema([pa.field("mask", DIGEST)])
-
-
-@dataclass(frozen=True)
-class Cleanup:
-    """Which temporary files under the output are abandoned (and removed while listing)."""
-
-    live_jobs: frozenset[str]
-    """Job ids holding a live lease on the output: their temporaries are in use."""
-    max_age_s: float
-    """A temporary older than this is abandoned whoever wrote it."""
-    remove: bool = True
-    """Remove the abandoned ones (False: a dry run, which writes and removes nothing)."""
+OUTPUT_SCHEMA = pa.schema([pa.field("mask", pa.string())])
+"""Keys (under masks/) of the complete masks under the output."""
 
 
 def list_output_shards(
-    batch: pa.Table, *, output_uri: str, endpoint_url: str | None, cleanup: Cleanup
+    batch: pa.Table, *, output_uri: str, endpoint_url: str | None, temp_max_age: float | None
 ) -> Iterator[pa.Table]:
-    """Shard rows of the output -> digests of the complete masks under masks/ (run by
-    `listing_tasks`);
-    abandoned temporaries met on the way are deleted (see `Cleanup`)."""
+    """Shard rows of the output -> the keys of the complete masks under masks/ (run by
+    `listing_tasks`); temporaries older than ``temp_max_age`` met on the way are deleted
+    (None: none, a dry run)."""
     filesystem, base = fs.resolve(output_uri, endpoint_url=endpoint_url)
     masks_prefix = MASKS_DIR + "/"
     now = time.time()
     keys, removed = [], 0
     for shard in batch.to_pylist():
         for rel, entry in _files(filesystem, base, shard):
-            name = posixpath.basename(rel)
-            if fs.is_temp(name):
-                owner = fs.temp_owner(name)
+            if is_temporary(posixpath.basename(rel)):
                 age = now - entry.mtime.timestamp() if entry.mtime else float("inf")
-                abandoned = owner not in cleanup.live_jobs or age > cleanup.max_age_s
-                if cleanup.remove and abandoned:
+                if temp_max_age is not None and age > temp_max_age:
                     try:
                         filesystem.delete_file(entry.path)
                         removed += 1
                     except OSError:  # removed by another job meanwhile
                         pass
                 continue
-            if (
-                rel.startswith(masks_prefix)
-                and rel.endswith(".png")
-                and not any(p.startswith(".") for p in rel.split("/"))
-            ):
+            if rel.startswith(masks_prefix) and rel.endswith(".png") and not _hidden(rel):
                 keys.append(rel[len(masks_prefix) :])
             if len(keys) >= LIST_BLOCK_ROWS:
-                yield pa.table([digest(keys)], schema=OUTPUT_SCHEMA)
+                yield pa.table([pa.array(keys, pa.string())], schema=OUTPUT_SCHEMA)
                 keys = []
     if removed:
         logger.info("removed %d abandoned temporary files under %s", removed, output_uri)
-    yield pa.table([digest(keys)], schema=OUTPUT_SCHEMA)  # even empty: one schema throughout
+    # The last block, even empty: one schema throughout.
+    yield pa.table([pa.array(keys, pa.string())], schema=OUTPUT_SCHEMA)
 
 
 def output_blocks(
-    *, output_uri: str, endpoint_url: str | None, cleanup: Cleanup, num_cpus: float
+    *, output_uri: str, endpoint_url: str | None, temp_max_age: float | None, num_cpus: float
 ) -> list:
-    """Object references of tables of the digests of the complete masks under
-    ``<output>/masks`` (the manifest folder is read apart, by `jobs.segmenting.manifest`)."""
-    from jobs.segmenting.manifest import MANIFEST_DIR
-
+    """Object references of tables of the keys of the complete masks under ``<output>/masks``
+    (the manifest folder is read apart, by `jobs.segmenting.manifest`)."""
     found = find_shards(output_uri, endpoint_url=endpoint_url, skip=[MANIFEST_DIR])
     return listing_tasks(
         list_output_shards,
@@ -376,5 +345,5 @@ def output_blocks(
         num_cpus=num_cpus,
         output_uri=output_uri,
         endpoint_url=endpoint_url,
-        cleanup=cleanup,
+        temp_max_age=temp_max_age,
     )

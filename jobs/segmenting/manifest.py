@@ -6,11 +6,14 @@ row of every input ever processed into this output.
   replaces its own part). A kill loses at most the rows of the batches in flight; their masks
   then have no row, and the next run redoes them.
 - **At the end,** the job compacts the files it saw when it started compacting into a few
-  large ``data-<time>-<job id>-<bucket>.parquet`` files (hash-partitioned by relative path,
-  one latest row per input), written before any old file is deleted. Rows of earlier runs are
-  carried over; parts another job writes meanwhile are not touched (they are compacted by the
-  next run). Readers see every row at every moment and take the latest per input
-  (`latest_rows`), so duplicates between compaction steps are harmless.
+  large ``data-<time>-<job id>-<tag>.parquet`` files: Ray Data reads them, hash-partitions the
+  rows by relative path (``Dataset.repartition(n, keys=["relative_path"])``) and keeps the
+  latest row per input in each block (`latest`). All new files are written before any old
+  file is deleted. Rows of earlier runs are carried over; parts another job writes meanwhile
+  are not touched (they are compacted by the next run); a file another job's compaction
+  deleted meanwhile is skipped (its rows are in that job's new files). Readers see every row
+  at every moment and take the latest per input (`latest_rows`), so duplicates between
+  compaction steps are harmless.
 - ``<output>/manifest.parquet`` (or ``.jsonl``) is the same latest rows in one file, rewritten
   at the end of each run: it covers every input of the output, not only the last run's.
 
@@ -23,14 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import io
 import json
 import logging
 import math
 import posixpath
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -40,13 +43,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from jobs.common import fs
+from jobs.segmenting import layout
+from jobs.segmenting.layout import MANIFEST_DIR
 
 logger = logging.getLogger(__name__)
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
-MANIFEST_DIR = "manifest"
-PART_PREFIX = "part-"
-DATA_PREFIX = "data-"
 ROWS_PER_DATA_FILE = 1_000_000
 """Target rows per compacted file (the number of buckets follows from the rows)."""
 BYTES_PER_DATA_FILE = 64 * 2**20
@@ -76,7 +78,7 @@ def schema(class_names: Sequence[str]) -> pa.Schema:
             pa.field("model_version", pa.string()),
             pa.field("model_uri", pa.string()),
             pa.field("checkpoint_sha256", pa.string()),  # the weights that made the mask
-            pa.field("settings", pa.string()),  # output settings (`output_settings`)
+            pa.field("settings", pa.string()),  # `layout.output_settings` of the run
             pa.field("seconds", pa.float64()),  # read + decode + predict share + encode + write
             pa.field("job_id", pa.string()),  # the run that produced the row
             pa.field("predicted_on", pa.string()),  # Ray node id of the predictor actor
@@ -86,22 +88,6 @@ def schema(class_names: Sequence[str]) -> pa.Schema:
 
 
 FIELDS = schema([]).names
-
-
-def output_settings(
-    *, mask_format: str, tta: str, tile_size: int, tile_overlap: int, exif_transpose: bool = True
-) -> str:
-    """The settings that change a mask's pixels, as recorded per row: a mask made with other
-    settings is not "done" for a run with these. Written as before dihedral TTA and EXIF
-    orientation existed where those are at their old behaviour, so older outputs still match."""
-    tta = {"none": "0", "flip": "1"}.get(tta, tta)
-    settings = f"mask_format={mask_format} tta={tta} tile_size={tile_size} overlap={tile_overlap}"
-    return settings if exif_transpose else f"{settings} exif_transpose=0"
-
-
-def parse_settings(settings: str | None) -> dict[str, str]:
-    """A row's `output_settings` string back to its ``name -> value`` pairs (``{}`` for none)."""
-    return dict(item.split("=", 1) for item in (settings or "").split() if "=" in item)
 
 
 def base_row(**values: Any) -> dict[str, Any]:
@@ -131,11 +117,6 @@ def failed_row(input_uri: str, relative_path: str, error: str, **values: Any) ->
     )
 
 
-def part_name(inputs: Iterable[str], job_id: str = "") -> str:
-    digest = hashlib.sha1("\n".join(sorted(inputs)).encode()).hexdigest()[:24]
-    return f"{PART_PREFIX}{job_id + '-' if job_id else ''}{digest}.parquet"
-
-
 def parquet_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
@@ -147,7 +128,7 @@ def write_part(
 ) -> str:
     """Atomically write a batch's rows as ``manifest/part-<job>-<hash of its inputs>.parquet``."""
     filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
-    name = part_name(table.column("input").to_pylist(), job_id)
+    name = layout.part_name(table.column("input").to_pylist(), job_id)
     fs.write_bytes_atomic(
         filesystem, posixpath.join(root, MANIFEST_DIR, name), parquet_bytes(table), owner=job_id
     )
@@ -158,14 +139,11 @@ def write_part(
 
 
 def dataset_files(
-    output: str,
-    *,
-    endpoint_url: str | None = None,
-    live_jobs: frozenset[str] = frozenset(),
-    max_temp_age_s: float | None = None,
+    output: str, *, endpoint_url: str | None = None, max_temp_age_s: float | None = None
 ) -> list[str]:
     """Paths (inside the filesystem) of the manifest files under ``<output>/manifest``; with
-    ``max_temp_age_s``, temporaries of jobs not in ``live_jobs`` (or older) are removed."""
+    ``max_temp_age_s``, temporaries older than that are removed (see `jobs.segmenting.listing`
+    for why age alone is safe)."""
     filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
     selector = pafs.FileSelector(posixpath.join(root, MANIFEST_DIR), allow_not_found=True)
     files, now = [], time.time()
@@ -173,10 +151,9 @@ def dataset_files(
         name = posixpath.basename(info.path)
         if info.type != pafs.FileType.File:
             continue
-        if fs.is_temp(name):
+        if layout.is_temporary(name):
             age = now - info.mtime.timestamp() if info.mtime else float("inf")
-            stale = fs.temp_owner(name) not in live_jobs or age > (max_temp_age_s or 0)
-            if max_temp_age_s is not None and stale:
+            if max_temp_age_s is not None and age > max_temp_age_s:
                 with contextlib.suppress(OSError):  # removed by another job meanwhile
                     filesystem.delete_file(info.path)
             continue
@@ -239,6 +216,12 @@ def read_latest(
     return latest(concat(tables, columns))
 
 
+def _read_batch(batch: pa.Table, *, output: str, endpoint_url: str | None) -> pa.Table:
+    """Ray Data UDF: manifest file paths -> the latest rows in those files."""
+    paths = batch.column("path").to_pylist()
+    return read_latest(paths, output=output, endpoint_url=endpoint_url, columns=None)
+
+
 def chunks(paths: Sequence[str], size: int = FILES_PER_READ_TASK) -> list[list[str]]:
     return [list(paths[i : i + size]) for i in range(0, len(paths), size)]
 
@@ -253,37 +236,21 @@ def latest_rows(output: str, *, endpoint_url: str | None = None) -> pa.Table:
 # --- compaction -------------------------------------------------------------------------------
 
 
-def _bucket_of(rels: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
-    values = rels.to_pylist()
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest()) % buckets
-         for v in values),
-        dtype=np.int64,
-        count=len(values),
-    )  # fmt: skip
-
-
-def _split(paths: list[str], output: str, endpoint_url: str | None, buckets: int) -> list:
-    table = read_latest(paths, output=output, endpoint_url=endpoint_url, columns=None)
-    which = _bucket_of(table.column("relative_path"), buckets)
-    parts = [table.filter(pa.array(which == b)) for b in range(buckets)]
-    return parts if buckets > 1 else parts[0]
-
-
-def _merge(
-    name: str, output: str, endpoint_url: str | None, job_id: str, *tables: pa.Table
-) -> dict:
-    merged = latest(concat(tables))
-    filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
+def _write_block(
+    table: pa.Table, *, output: str, endpoint_url: str | None, job_id: str, stamp: str
+) -> pa.Table:
+    """Ray Data UDF over one hash partition: its latest rows as one compacted file; a row of
+    (path or null, rows, counts per status as JSON)."""
+    merged = latest(table)
+    path = None
     if merged.num_rows:
+        filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
+        name = layout.data_name(stamp, job_id, uuid.uuid4().hex[:8])
         path = posixpath.join(root, MANIFEST_DIR, name)
         fs.write_bytes_atomic(filesystem, path, parquet_bytes(merged), owner=job_id)
     counts = merged.group_by("status").aggregate([("status", "count")]).to_pylist()
-    return {
-        "path": posixpath.join(root, MANIFEST_DIR, name) if merged.num_rows else None,
-        "rows": merged.num_rows,
-        "status": {c["status"]: c["status_count"] for c in counts},
-    }
+    status = {c["status"]: c["status_count"] for c in counts}
+    return pa.table({"path": [path], "rows": [merged.num_rows], "status": [json.dumps(status)]})
 
 
 def _delete(paths: list[str], output: str, endpoint_url: str | None) -> int:
@@ -301,7 +268,7 @@ def _delete(paths: list[str], output: str, endpoint_url: str | None) -> int:
 def compact(
     output: str, *, job_id: str, expected_rows: int, endpoint_url: str | None = None
 ) -> dict[str, Any]:
-    """Compact the manifest dataset in Ray tasks (see the module docstring); returns the new
+    """Compact the manifest dataset with Ray Data (see the module docstring); returns the new
     files, the row count and the count per status. Nothing but file paths and counts passes
     through the driver."""
     import ray
@@ -318,32 +285,25 @@ def compact(
         math.ceil(expected_rows / ROWS_PER_DATA_FILE),
         math.ceil(stored / BYTES_PER_DATA_FILE),
     )
-    split = ray.remote(_split).options(num_cpus=0.5, num_returns=buckets)
-    pieces = [split.remote(chunk, output, endpoint_url, buckets) for chunk in chunks(files)]
-    if buckets == 1:
-        pieces = [[p] for p in pieces]
+    where = {"output": output, "endpoint_url": endpoint_url}
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    merge = ray.remote(_merge).options(num_cpus=0.5)
-    written = ray.get(
-        [
-            merge.remote(
-                f"{DATA_PREFIX}{stamp}-{job_id}-{b:04d}.parquet",
-                output,
-                endpoint_url,
-                job_id,
-                *[p[b] for p in pieces],
-            )
-            for b in range(buckets)
-        ]
-    )
+    written = (
+        ray.data.from_items([{"path": f} for f in files])
+        .map_batches(_read_batch, fn_kwargs=where, batch_size=FILES_PER_READ_TASK,
+                     batch_format="pyarrow", num_cpus=0.5)
+        .repartition(buckets, keys=["relative_path"])
+        .map_batches(_write_block, fn_kwargs={**where, "job_id": job_id, "stamp": stamp},
+                     batch_size=None, batch_format="pyarrow", num_cpus=0.5)
+        .take_all()
+    )  # fmt: skip
     new = {w["path"] for w in written if w["path"]}
     old = [f for f in files if f not in new]
     delete = ray.remote(_delete).options(num_cpus=0.25)
     ray.get([delete.remote(chunk, output, endpoint_url) for chunk in chunks(old, 512)])
     status: dict[str, int] = {}
     for w in written:
-        for key, count in w["status"].items():
-            status[key] = status.get(key, 0) + count
+        for key, n in json.loads(w["status"]).items():
+            status[key] = status.get(key, 0) + n
     return {"files": sorted(new), "rows": sum(w["rows"] for w in written), "status": status}
 
 
@@ -366,7 +326,7 @@ def _write_final(output: str, fmt: str, endpoint_url: str | None, job_id: str) -
                 lines.append(json.dumps({k: _jsonable(v) for k, v in row.items()}))
         data = ("\n".join(lines) + "\n").encode() if lines else b""
     filesystem, root = fs.resolve(output, endpoint_url=endpoint_url)
-    name = f"manifest.{fmt}"
+    name = layout.final_manifest(fmt)
     fs.write_bytes_atomic(filesystem, posixpath.join(root, name), data, owner=job_id)
     return fs.join(output, name)
 
@@ -379,8 +339,7 @@ def write_final(
     task; returns its URI."""
     import ray
 
-    if fmt not in ("parquet", "jsonl"):
-        raise ValueError(f"unknown manifest format {fmt!r}; use parquet or jsonl")
+    layout.final_manifest(fmt)  # an unknown format fails here, before any work
     task = ray.remote(_write_final).options(num_cpus=0.5)
     return ray.get(task.remote(output, fmt, endpoint_url, job_id))
 

@@ -4,11 +4,15 @@ mask; a second input would write the same mask; an --input-list entry outside --
 
     listing blocks (jobs.segmenting.listing)        -> materialised in the object store
     manifest dataset (latest row per input, ok)    -> tasks, a share of the files each
-    complete masks under <output>/masks            -> listing tasks (digests only)
-      => known outputs: sorted digests of the inputs whose mask is complete AND whose latest
-         manifest row is ok, with a code for the model + settings that made it (0 = ours)
+    complete masks under <output>/masks            -> listing tasks (mask keys only)
+      => known outputs: the relative paths of the inputs whose mask is complete AND whose
+         latest manifest row is ok, with a code for the model + settings that made it (0 = ours)
       => duplicates: masks two inputs would both write (a.png, a.jpg), with the winner
-      => decide (Ray Data tasks): one ``decision`` per row; counts come back as numbers
+      => decide (Ray tasks): one ``decision`` per row; counts come back as numbers
+
+Keys are plain paths matched with ``pyarrow.compute.is_in`` / ``index_in`` (measured against
+16-byte digests in sorted NumPy arrays on benchmarks/segment_scale.py: the same driver memory
+and rerun time at 100k inputs, see the README's scale figures).
 
 The driver holds object references, a handful of labels and counts: never a row per input. A
 mask without a manifest row (a kill between the two) is not "done": it is redone.
@@ -27,8 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.segmenting import listing, manifest
-from jobs.segmenting.listing import Cleanup, digest, digests_to_numpy
-from jobs.segmenting.writer import mask_key
+from jobs.segmenting.layout import Provenance, mask_key
 
 logger = logging.getLogger(__name__)
 
@@ -40,44 +43,20 @@ EXAMPLES = 10
 DECIDED_SCHEMA = listing.INPUT_SCHEMA.append(pa.field("decision", pa.string())).append(
     pa.field("made_by", pa.int32())
 )
-"""Listing rows with what the plan decided for them."""
+"""Listing rows with what the work list decided for them."""
+KNOWN_SCHEMA = pa.schema([pa.field("relative_path", pa.string()), pa.field("made_by", pa.int32())])
 
 
-@dataclass(frozen=True)
-class Provenance:
-    """What makes a mask: the weights and the output settings."""
-
-    checkpoint_sha256: str
-    settings: str
-    model_uri: str
-    """How the weights were named (models:/NAME/VERSION, a path): for messages only."""
-
-    @property
-    def key(self) -> str:
-        return f"{self.checkpoint_sha256}|{self.settings}"
-
-
-def _in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(found mask, index) of ``values`` in the sorted array ``sorted_values``."""
-    if len(sorted_values) == 0:
-        return np.zeros(len(values), dtype=bool), np.zeros(len(values), dtype=np.int64)
-    idx = np.searchsorted(sorted_values, values)
-    idx = np.minimum(idx, len(sorted_values) - 1)
-    return sorted_values[idx] == values, idx
-
-
-def known_outputs(
-    ours: str, n_manifest: int, *tables: pa.Table
-) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
-    """Ray task: ``tables`` = manifest shares (`manifest.read_latest`), then mask-digest
-    blocks. Returns ((sorted input digests, made_by codes), label per code)."""
+def known_outputs(ours: str, n_manifest: int, *tables: pa.Table) -> tuple[pa.Table, list[str]]:
+    """Ray task: ``tables`` = manifest shares (`manifest.read_latest`), then mask-key blocks
+    (`listing.output_blocks`). Returns (`KNOWN_SCHEMA` rows: the inputs whose mask is complete
+    and recorded ok, with the code of its maker; the label per code)."""
     rows = manifest.latest(manifest.concat(tables[:n_manifest], manifest.PROVENANCE_COLUMNS))
     rows = rows.filter(pc.equal(rows.column("status"), manifest.OK))
-    blocks = [digests_to_numpy(t.column("mask")) for t in tables[n_manifest:] if t.num_rows]
-    masks = np.sort(np.concatenate(blocks)) if blocks else np.empty(0, dtype="S16")
-    rels = rows.column("relative_path").to_pylist()
-    present, _ = _in_sorted(masks, digests_to_numpy(digest([mask_key(r) for r in rels])))
-    rows = rows.filter(pa.array(present))
+    blocks = [t for t in tables[n_manifest:] if t.num_rows]
+    masks = pa.concat_tables(blocks).column("mask") if blocks else pa.array([], pa.string())
+    keys = pa.array([mask_key(r) for r in rows.column("relative_path").to_pylist()], pa.string())
+    rows = rows.filter(pc.is_in(keys, value_set=masks))
     makers = pc.binary_join_element_wise(
         pc.fill_null(rows.column("checkpoint_sha256"), "?"),
         pc.fill_null(rows.column("settings"), "?"),
@@ -92,10 +71,20 @@ def known_outputs(
                 f"{uri or 'an unnamed model'} ({setting or 'settings not recorded'})"
             )
     code_of = {key: i for i, key in enumerate(labels_by_key)}
-    codes = np.fromiter((code_of[m] for m in makers), dtype=np.int32, count=len(makers))
-    keys = digests_to_numpy(digest(rows.column("relative_path")))
-    order = np.argsort(keys, kind="stable")
-    return (keys[order].copy(), codes[order]), list(labels_by_key.values())
+    codes = pa.array([code_of[m] for m in makers], pa.int32())
+    known = pa.table([rows.column("relative_path"), codes], schema=KNOWN_SCHEMA)
+    return known, list(labels_by_key.values())
+
+
+def _first_of_each(table: pa.Table, column: str) -> pa.Table:
+    """The first row of each run of equal values of ``column`` (a sorted table)."""
+    values = table.column(column).combine_chunks()
+    first = np.ones(len(values), dtype=bool)
+    if len(values) > 1:
+        first[1:] = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1)).to_numpy(
+            zero_copy_only=False
+        )
+    return table.filter(pa.array(first))
 
 
 def duplicates(*tables: pa.Table) -> pa.Table:
@@ -103,23 +92,20 @@ def duplicates(*tables: pa.Table) -> pa.Table:
     the winning row (the first relative path; the first listed of equal entries)."""
     columns = ["mask", "relative_path", "row_id"]
     valid = [t.filter(pc.is_null(t.column("error"))).select(columns) for t in tables if t.num_rows]
-    blocks = [digests_to_numpy(t.column("mask")) for t in valid if t.num_rows]
     empty = pa.schema([listing.INPUT_SCHEMA.field(c) for c in columns]).empty_table()
-    if not blocks:
+    if not valid:
         return empty
-    unique, counts = np.unique(np.concatenate(blocks), return_counts=True)
-    taken = unique[counts > 1]
+    counts = pa.concat_tables(t.select(["mask"]) for t in valid).group_by("mask").aggregate(
+        [("mask", "count")]
+    )
+    taken = counts.filter(pc.greater(counts.column("mask_count"), 1)).column("mask")
     if len(taken) == 0:
         return empty
-    hits = [t.filter(pa.array(_in_sorted(taken, digests_to_numpy(t.column("mask")))[0]))
-            for t in valid if t.num_rows]  # fmt: skip
-    table = pa.concat_tables(hits).sort_by(
+    hits = pa.concat_tables(t.filter(pc.is_in(t.column("mask"), value_set=taken)) for t in valid)
+    table = hits.sort_by(
         [("mask", "ascending"), ("relative_path", "ascending"), ("row_id", "ascending")]
     )
-    m = digests_to_numpy(table.column("mask"))
-    first = np.ones(len(m), dtype=bool)
-    first[1:] = m[1:] != m[:-1]
-    return table.filter(pa.array(first))
+    return _first_of_each(table, "mask")
 
 
 def _value(item: Any) -> Any:
@@ -132,25 +118,25 @@ def _value(item: Any) -> Any:
 def decide(
     batch: pa.Table, *, known: list, taken: list, overwrite: bool, redo_other: bool
 ) -> pa.Table:
-    """Ray task over a listing block: its rows + ``decision`` and ``made_by`` (the code of whoever made
-    the input's complete mask, -1 for none). ``known`` (`known_outputs`) and ``taken``
-    (`duplicates`) hold one item each: an object reference (the arrays live in the object
-    store; NumPy reads them zero-copy) or the value."""
+    """Ray task over a listing block: its rows + ``decision`` and ``made_by`` (the code of
+    whoever made the input's complete mask, -1 for none). ``known`` (`known_outputs`) and
+    ``taken`` (`duplicates`) hold one item each: an object reference (the tables live in the
+    object store) or the value."""
     if batch.num_rows == 0:
         return DECIDED_SCHEMA.empty_table()
-    (keys, codes), winners = _value(known[0]), _value(taken[0])
+    known_rows, winners = _value(known[0]), _value(taken[0])
     n = batch.num_rows
-    found, idx = _in_sorted(keys, digests_to_numpy(batch.column("key")))
-    made_by = np.where(found, codes[idx] if len(codes) else -1, -1).astype(np.int32)
+    idx = pc.index_in(batch.column("relative_path"), value_set=known_rows.column("relative_path"))
+    made_by = pc.fill_null(pc.take(known_rows.column("made_by"), idx), -1).to_numpy()
     decision = np.full(n, TODO, dtype=object)
     if not overwrite:
         decision[made_by == OURS] = DONE
         decision[made_by > OURS] = TODO if redo_other else OTHER
     errors = batch.column("error").to_pylist()
     if winners.num_rows:
-        hit, at = _in_sorted(
-            digests_to_numpy(winners.column("mask")), digests_to_numpy(batch.column("mask"))
-        )
+        at = pc.index_in(batch.column("mask"), value_set=winners.column("mask"))
+        hit = pc.is_valid(at).to_numpy(zero_copy_only=False)
+        at = pc.fill_null(at, 0).to_numpy()
         rels = batch.column("relative_path").to_pylist()
         ids = batch.column("row_id").to_numpy()
         win_rels = winners.column("relative_path").to_pylist()
@@ -212,7 +198,7 @@ def count(*tables: pa.Table) -> dict[str, Any]:
 
 
 @dataclass
-class Plan:
+class Worklist:
     """The decided inputs (in the object store) and what the driver needs to know of them."""
 
     blocks: list = field(default_factory=list)
@@ -243,20 +229,20 @@ def select(batch: pa.Table, *, decision: str, columns: list[str]) -> pa.Table:
     return batch.filter(pc.equal(batch.column("decision"), decision)).select(columns)
 
 
-def make_plan(
+def make_worklist(
     *,
     base: str,
     input_list: str | None,
     output: str,
     endpoint_url: str | None,
     ours: Provenance,
-    cleanup: Cleanup,
+    temp_max_age: float | None,
     overwrite: bool,
     redo_other: bool,
     num_cpus: float,
-) -> Plan:
-    """List and decide every input in Ray tasks (see the module docstring); abandoned
-    temporaries under the output are removed on the way."""
+) -> Worklist:
+    """List and decide every input in Ray tasks (see the module docstring); temporaries under
+    the output older than ``temp_max_age`` are removed on the way (None: none, a dry run)."""
     import ray
 
     listed = listing.input_blocks(
@@ -267,14 +253,9 @@ def make_plan(
         num_cpus=num_cpus,
     )
     masks = listing.output_blocks(
-        output_uri=output, endpoint_url=endpoint_url, cleanup=cleanup, num_cpus=num_cpus
+        output_uri=output, endpoint_url=endpoint_url, temp_max_age=temp_max_age, num_cpus=num_cpus
     )
-    files = manifest.dataset_files(
-        output,
-        endpoint_url=endpoint_url,
-        live_jobs=cleanup.live_jobs,
-        max_temp_age_s=cleanup.max_age_s if cleanup.remove else None,
-    )
+    files = manifest.dataset_files(output, endpoint_url=endpoint_url, max_temp_age_s=temp_max_age)
     task = ray.remote(manifest.read_latest).options(num_cpus=num_cpus)
     shares = [
         task.remote(
@@ -297,7 +278,7 @@ def make_plan(
     ]
     counted = ray.get(ray.remote(count).options(num_cpus=num_cpus).remote(*blocks))
     names = ray.get(labels)
-    return Plan(
+    return Worklist(
         blocks=blocks,
         counts=counted["decisions"],
         per_block=counted["per_block"],
@@ -308,14 +289,14 @@ def make_plan(
 
 
 def dataset_of(
-    plan: Plan,
+    work: Worklist,
     decision: str,
     columns: list[str],
     *,
     rows_per_block: int | None = None,
     num_cpus: float = 0.5,
 ):
-    """A lazy Dataset of the planned rows with this decision (the blocks stay where they are).
+    """A lazy Dataset of the work list's rows with this decision (the blocks stay where they are).
 
     With ``rows_per_block``, Ray tasks cut them into blocks of that many rows at once (`split`),
     outside Ray Data's budget: they run while the pipeline's actors start, and every actor has
@@ -323,7 +304,7 @@ def dataset_of(
     import ray
 
     if rows_per_block is None:
-        return ray.data.from_arrow_refs(plan.blocks).map_batches(
+        return ray.data.from_arrow_refs(work.blocks).map_batches(
             select,
             fn_kwargs={"decision": decision, "columns": columns},
             batch_format="pyarrow",
@@ -331,7 +312,7 @@ def dataset_of(
         )
     split_task = ray.remote(split)
     refs = []
-    for block, counts in zip(plan.blocks, plan.per_block, strict=True):
+    for block, counts in zip(work.blocks, work.per_block, strict=True):
         pieces = math.ceil(counts.get(decision, 0) / rows_per_block)
         if pieces:
             out = split_task.options(num_cpus=num_cpus, num_returns=pieces).remote(

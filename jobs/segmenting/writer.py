@@ -1,7 +1,7 @@
 """The encode/write stage: PNG masks (and overlays, confidence maps) under keys from the input.
 
-``<output>/masks/<relative path of the input, extension .png>``; overlays under ``overlays/``
-(JPEG), confidence maps under ``confidence/`` (8-bit PNG). Every file is written atomically
+Masks (PNG), overlays (JPEG) and confidence maps (8-bit PNG) under the keys and folders of
+`jobs.segmenting.layout`. Every file is written atomically
 (``jobs.common.fs.write_bytes_atomic``) and the mask last, so a mask under its final name means the
 input's files are complete; its manifest row (in the batch's part, written after all masks
 of the batch) says which model and settings made them, which a rerun checks.
@@ -22,26 +22,15 @@ from PIL import Image
 from jobs.common import fs
 from jobs.inference.decode import image_from_row
 from jobs.segmenting import manifest
+from jobs.segmenting.layout import CONFIDENCE_DIR, MASKS_DIR, OVERLAYS_DIR, mask_key, overlay_key
 from unet_core.classes import ClassMap
 from unet_core.viz import overlay
 
 logger = logging.getLogger(__name__)
 
-MASKS_DIR = "masks"
-OVERLAYS_DIR = "overlays"
-CONFIDENCE_DIR = "confidence"
 PNG_COMPRESS_LEVEL = 1
 """zlib level 1: masks are mostly flat areas, so level 1 is ~5x faster than Pillow's 6 for a
 few percent more bytes."""
-
-
-def mask_key(rel: str) -> str:
-    """``a/b.jpg`` -> ``a/b.png``: the mask's path under masks/, derived from the input's."""
-    return posixpath.splitext(rel)[0] + ".png"
-
-
-def overlay_key(rel: str) -> str:
-    return posixpath.splitext(rel)[0] + ".jpg"
 
 
 def encode_png(array: np.ndarray, *, palette: np.ndarray | None = None) -> bytes:
@@ -82,7 +71,7 @@ def class_fractions(mask: np.ndarray, num_classes: int) -> list[float]:
 
 
 @dataclass(frozen=True)
-class WriterSettings:
+class WriterOptions:
     """What the write stage needs; plain data so Ray can ship it to tasks."""
 
     output: str
@@ -99,7 +88,7 @@ class WriterSettings:
     checkpoint_sha256: str | None = None
     """The weights' digest, recorded per row: what a rerun compares."""
     settings: str | None = None
-    """`jobs.segmenting.manifest.output_settings` of the run, recorded per row."""
+    """`jobs.segmenting.layout.output_settings` of the run, recorded per row."""
     job_id: str = ""
     """Stamped on every row and carried by every temporary file name."""
 
@@ -107,10 +96,10 @@ class WriterSettings:
 class MaskWriter:
     """Encodes and writes one batch of predictions; returns its manifest rows."""
 
-    def __init__(self, settings: WriterSettings) -> None:
-        self.s = settings
-        self.class_map = ClassMap.from_dict(settings.class_map)
-        self.filesystem, self.root = fs.resolve(settings.output, endpoint_url=settings.endpoint_url)
+    def __init__(self, options: WriterOptions) -> None:
+        self.s = options
+        self.class_map = ClassMap.from_dict(options.class_map)
+        self.filesystem, self.root = fs.resolve(options.output, endpoint_url=options.endpoint_url)
 
     def _path(self, folder: str, key: str) -> str:
         return posixpath.join(self.root, folder, key)
@@ -218,27 +207,27 @@ RESULT_COLUMNS = ["input", "status", "error"]
 """What the write stage hands back to the driver (the full rows are in the manifest parts)."""
 
 
-def write_failed_rows(ds, settings: WriterSettings) -> list[dict[str, str]]:
+def write_failed_rows(ds, options: WriterOptions) -> list[dict[str, str]]:
     """Write ``failed`` manifest rows for the rows of ``ds`` (input, relative_path, error: the
-    inputs the plan rejected) as one part; returns up to 10 of them (input, error)."""
+    inputs the work list rejected) as one part; returns up to 10 of them (input, error)."""
     table = pa.concat_tables(list(ds.iter_batches(batch_size=None, batch_format="pyarrow")))
-    class_map = ClassMap.from_dict(settings.class_map)
+    class_map = ClassMap.from_dict(options.class_map)
     rows = [
         manifest.failed_row(
             r["input"],
             r["relative_path"],
             r["error"],
-            model_name=settings.model_name,
-            model_version=settings.model_version,
-            model_uri=settings.model_uri,
-            checkpoint_sha256=settings.checkpoint_sha256,
-            settings=settings.settings,
-            job_id=settings.job_id,
+            model_name=options.model_name,
+            model_version=options.model_version,
+            model_uri=options.model_uri,
+            checkpoint_sha256=options.checkpoint_sha256,
+            settings=options.settings,
+            job_id=options.job_id,
         )
         for r in table.to_pylist()
     ]
     part = manifest.rows_to_table(rows, class_map.names)
     manifest.write_part(
-        settings.output, part, job_id=settings.job_id, endpoint_url=settings.endpoint_url
+        options.output, part, job_id=options.job_id, endpoint_url=options.endpoint_url
     )
     return [{"input": r["input"], "error": r["error"]} for r in rows[:10]]

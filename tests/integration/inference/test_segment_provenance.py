@@ -24,7 +24,8 @@ from jobs.common import fs
 from jobs.inference.config import SegmentConfig
 from jobs.segmenting import leases
 from jobs.segmenting.job import run_segmentation
-from jobs.segmenting.manifest import MANIFEST_DIR, latest_rows, read_manifest
+from jobs.segmenting.layout import MANIFEST_DIR
+from jobs.segmenting.manifest import latest_rows, read_manifest
 from tests.conftest import upload_tree
 from tests.integration.inference.helpers import expected_masks, run_main, tree
 
@@ -165,7 +166,7 @@ def _plant_live_job(out: str, provenance: str) -> tuple[str, str]:
 
 def _provenance(ckpt, cfg: SegmentConfig) -> str:
     from jobs.common.model_source import checkpoint_digest
-    from jobs.segmenting.manifest import output_settings
+    from jobs.segmenting.layout import output_settings
 
     settings = output_settings(mask_format=cfg.mask_format, tta=cfg.tta,
                                tile_size=cfg.tile_for(use_gpu=False),

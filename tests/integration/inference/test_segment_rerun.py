@@ -30,15 +30,9 @@ from jobs.common import fs
 from jobs.common.model_source import checkpoint_digest
 from jobs.inference.decode import decode_images
 from jobs.inference.predictor import Predictor, PredictorOptions
-from jobs.segmenting.manifest import (
-    MANIFEST_DIR,
-    latest_rows,
-    output_settings,
-    part_name,
-    read_manifest,
-    rows_to_table,
-)
-from jobs.segmenting.writer import MASKS_DIR, MaskWriter, WriterSettings, encode_mask, mask_key
+from jobs.segmenting.layout import MANIFEST_DIR, MASKS_DIR, mask_key, output_settings, part_name
+from jobs.segmenting.manifest import latest_rows, read_manifest, rows_to_table
+from jobs.segmenting.writer import MaskWriter, WriterOptions, encode_mask
 from tests.integration.inference.helpers import (
     REPO_ROOT,
     assert_throughput,
@@ -115,10 +109,12 @@ def test_rerun_skips_then_fills_gaps(tmp_path, ray_local, synthetic_root, capsys
 
 def _tmp_sibling(path: Path, data: bytes) -> Path:
     """A temporary sibling as `jobs.common.fs.write_bytes_atomic` names it, holding ``data``
-    (the start of the file it was writing when the process died)."""
+    (the start of the file it was writing when the process died), as old as a kill two hours
+    ago: older than --temp-max-age (an hour), the age at which a rerun removes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     tmp.write_bytes(data)
+    os.utime(tmp, (time.time() - 7200, time.time() - 7200))
     return tmp
 
 
@@ -143,7 +139,7 @@ def _plant_killed_run(out: Path, checkpoint: Path, inputs: list[tuple[str, str]]
     Returns (relative paths whose mask is complete AND recorded: A's; A's manifest rows by
     relative path). The masks of B and C have no manifest row, so the rerun redoes them."""
     writer = MaskWriter(
-        WriterSettings(
+        WriterOptions(
             output=str(out),
             class_map=class_map.to_dict(),
             model_uri=str(checkpoint),
@@ -343,7 +339,9 @@ def test_sigkill_then_rerun_gives_the_complete_set(tmp_path, ray_local, capsys, 
     record_property("recorded_before_rerun", len(done))
     before = tree(out / MASKS_DIR)
 
-    code, summary = run_main(segment.main, args, capsys)
+    # Temporaries go by age alone: a temporary the kill left is older than 1 s by the time
+    # the rerun lists the output (a live write's lives for microseconds).
+    code, summary = run_main(segment.main, [*args, "--temp-max-age", 1], capsys)
     assert code == 0, summary
     assert (summary["total"], summary["ok"], summary["skipped"], summary["failed"]) == (
         n, n - len(done), len(done), 0,

@@ -21,8 +21,9 @@ from jobs.common.resources import forward_batch
 from jobs.inference.config import EvaluateConfig, SegmentConfig, build_parser, parse_config
 from jobs.inference.decode import decode_images
 from jobs.inference.predictor import Predictor, PredictorOptions
-from jobs.segmenting import manifest
-from jobs.segmenting.writer import MaskWriter, WriterSettings, encode_mask, mask_key
+from jobs.segmenting import layout, manifest
+from jobs.segmenting.layout import mask_key
+from jobs.segmenting.writer import MaskWriter, WriterOptions, encode_mask
 from tests.integration.inference.helpers import make_checkpoint
 from unet_core.checkpoint import load_checkpoint
 from unet_core.classes import ClassMap
@@ -182,7 +183,7 @@ def test_encode_mask_formats():
 
 def test_mask_writer_rows_parts_and_final_manifest(tmp_path):
     out = tmp_path / "out"
-    settings = WriterSettings(
+    options = WriterOptions(
         output=str(out),
         class_map=CLASSES.to_dict(),
         model_name="unet",
@@ -205,7 +206,7 @@ def test_mask_writer_rows_parts_and_final_manifest(tmp_path):
             "mean_confidence": [0.75, None],
         }
     )
-    table = MaskWriter(settings)(batch)
+    table = MaskWriter(options)(batch)
     rows = {r["relative_path"]: r for r in table.to_pylist()}
     ok, bad = rows["a/x.jpg"], rows["y.png"]
     assert ok["status"] == "ok" and ok["output"] == str(out / "masks/a/x.png")
@@ -221,7 +222,7 @@ def test_mask_writer_rows_parts_and_final_manifest(tmp_path):
     assert bad["status"] == "failed" and bad["output"] is None and "empty" in bad["error"]
     assert np.array_equal(np.asarray(Image.open(out / "masks/a/x.png")), mask)
     assert [p.name for p in (out / "manifest").iterdir()] == [
-        manifest.part_name(["/in/a/x.jpg", "/in/y.png"], "j1")
+        layout.part_name(["/in/a/x.jpg", "/in/y.png"], "j1")
     ]
     assert not list(out.rglob(".*"))  # no temporary file left behind
     assert mask_key("x/y.v2.JPEG") == "x/y.v2.png"
@@ -285,10 +286,10 @@ def test_alias_is_pinned_to_a_version(tmp_path, mlflow_uri):
     ],
 )
 def test_output_settings_read_back(kwargs):
-    text = manifest.output_settings(**kwargs)
-    values = manifest.parse_settings(text)
+    text = layout.output_settings(**kwargs)
+    values = layout.parse_settings(text)
     assert values["mask_format"] == kwargs["mask_format"]
     assert values["tta"] == {"none": "0", "flip": "1"}.get(kwargs["tta"], kwargs["tta"])
     assert values["tile_size"] == str(kwargs["tile_size"])
     assert values.get("exif_transpose", "1") == ("1" if kwargs.get("exif_transpose", True) else "0")
-    assert manifest.parse_settings(None) == manifest.parse_settings("") == {}
+    assert layout.parse_settings(None) == layout.parse_settings("") == {}

@@ -1,5 +1,5 @@
-"""The segment job's listing, plan, manifest dataset and leases, as plain functions (the job
-runs them in Ray tasks; the integration tests run them there)."""
+"""The segment job's listing, work list, manifest dataset and leases, as plain functions (the
+job runs them in Ray tasks; the integration tests run them there)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ import pyarrow as pa
 import pytest
 
 from jobs.common import fs
-from jobs.segmenting import leases, listing, manifest
-from jobs.segmenting import worklist as plan
-from jobs.segmenting.listing import Cleanup
-from jobs.segmenting.writer import mask_key
+from jobs.segmenting import leases, listing, manifest, worklist
+from jobs.segmenting.layout import Provenance, mask_key
 
-OURS = plan.Provenance("sha-new", "mask_format=indices", "models:/unet/2")
-OLD = plan.Provenance("sha-old", "mask_format=indices", "models:/unet/1")
+OURS = Provenance("sha-new", "mask_format=indices", "models:/unet/2")
+OLD = Provenance("sha-old", "mask_format=indices", "models:/unet/1")
 
 
 def _touch(root, *rels, data=b"x"):
@@ -47,10 +45,8 @@ def test_listing_in_shards_finds_every_image_once(tmp_path):
     assert sorted(table.column("relative_path").to_pylist()) == sorted(images)
     assert table.column("input").to_pylist()[0].startswith(str(src) + "/")
     assert len(set(table.column("row_id").to_pylist())) == len(images)
-    assert (
-        table.column("key").to_pylist()[0]
-        == listing.digest([table["relative_path"][0].as_py()])[0].as_py()
-    )
+    masks = dict(zip(table["relative_path"].to_pylist(), table["mask"].to_pylist(), strict=True))
+    assert masks["b.JPG"] == "b.png" and masks["d1/e/g/h.bmp"] == "d1/e/g/h.png"
     with pytest.raises(NotADirectoryError):
         listing.shards(str(src / "a.png"), endpoint_url=None)
     assert listing.shards(str(tmp_path / "missing"), endpoint_url=None) == []
@@ -73,31 +69,34 @@ def test_temporary_names_carry_their_job():
     assert not fs.is_temp("a.png")
 
 
-def test_output_listing_keeps_live_temporaries_and_removes_abandoned_ones(tmp_path):
+def _age(path, seconds):
+    os.utime(path, (time.time() - seconds, time.time() - seconds))
+
+
+def test_output_listing_removes_temporaries_by_age_alone(tmp_path):
     out = tmp_path / "out"
-    live, gone = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
     _touch(out, "masks/a.png", "masks/sub/b.png", "overlays/a.jpg", "manifest.parquet")
-    live_tmp = out / "masks" / fs.temp_name("c.png", live)
-    gone_tmp = out / "masks/sub" / fs.temp_name("d.png", gone)
-    legacy_tmp = out / "overlays" / ".e.jpg.0123abcd.tmp"
-    old_live_tmp = out / "masks" / fs.temp_name("f.png", live)
-    for path in (live_tmp, gone_tmp, legacy_tmp, old_live_tmp):
+    young = out / "masks" / fs.temp_name("c.png", "aaaaaaaaaaaa")  # a write in flight
+    old = out / "masks/sub" / fs.temp_name("d.png", "aaaaaaaaaaaa")  # whoever wrote it
+    legacy = out / "overlays" / ".e.jpg.0123abcd.tmp"  # an older name format
+    for path in (young, old, legacy):
         path.write_bytes(b"half")
-    os.utime(old_live_tmp, (time.time() - 7200, time.time() - 7200))
+    _age(old, 7200)
+    _age(legacy, 7200)
     found = listing.shards(str(out), endpoint_url=None, skip=["manifest"])
     rows = pa.Table.from_pylist(listing.shard_items(found), schema=listing.SHARD_SCHEMA)
-    cleanup = Cleanup(frozenset({live}), max_age_s=3600)
-    tables = list(listing.list_output_shards(rows, output_uri=str(out), endpoint_url=None,
-                                             cleanup=cleanup))  # fmt: skip
-    masks = pa.concat_tables(tables).column("mask").to_pylist()
-    assert sorted(masks) == sorted(listing.digest(["a.png", "sub/b.png"]).to_pylist())
-    assert live_tmp.exists()
-    assert not gone_tmp.exists() and not legacy_tmp.exists() and not old_live_tmp.exists()
-    # A dry run looks and removes nothing.
-    gone_tmp.write_bytes(b"half")
-    list(listing.list_output_shards(rows, output_uri=str(out), endpoint_url=None,
-                                    cleanup=Cleanup(frozenset(), 3600, remove=False)))  # fmt: skip
-    assert gone_tmp.exists()
+
+    def listed(temp_max_age):
+        tables = listing.list_output_shards(
+            rows, output_uri=str(out), endpoint_url=None, temp_max_age=temp_max_age
+        )
+        return sorted(pa.concat_tables(list(tables)).column("mask").to_pylist())
+
+    # A dry run (None) looks and removes nothing.
+    assert listed(None) == ["a.png", "sub/b.png"]
+    assert young.exists() and old.exists() and legacy.exists()
+    assert listed(3600) == ["a.png", "sub/b.png"]
+    assert young.exists() and not old.exists() and not legacy.exists()
 
 
 def _row(rel, *, maker=OURS, status="ok", at=0):
@@ -115,17 +114,17 @@ def _row(rel, *, maker=OURS, status="ok", at=0):
 def _decide(listed, rows, masks, **flags):
     table = manifest.rows_to_table(rows, ["bg", "fg"]).select(manifest.PROVENANCE_COLUMNS)
     mask_table = pa.table(
-        [listing.digest([mask_key(m) for m in masks])], schema=listing.OUTPUT_SCHEMA
+        [pa.array([mask_key(m) for m in masks], pa.string())], schema=listing.OUTPUT_SCHEMA
     )
-    (keys, codes), labels = plan.known_outputs(OURS.key, 1, table, mask_table)
-    taken = plan.duplicates(listed)
-    decided = plan.decide(listed, known=[(keys, codes)], taken=[taken],
+    known, labels = worklist.known_outputs(OURS.key, 1, table, mask_table)
+    taken = worklist.duplicates(listed)
+    decided = worklist.decide(listed, known=[known], taken=[taken],
                           overwrite=flags.get("overwrite", False),
                           redo_other=flags.get("redo_other", False))  # fmt: skip
     return decided, labels
 
 
-def test_plan_decides_by_provenance_and_mask():
+def test_worklist_decides_by_provenance_and_mask():
     rels = ["done.png", "old.png", "failed.png", "nomask.png", "norow.png", "new.png",
             "clash.jpg", "clash.png", "relisted.png", "relisted.png"]  # fmt: skip
     listed = listing.input_rows([f"/in/{r}" for r in rels], rels)
@@ -137,23 +136,23 @@ def test_plan_decides_by_provenance_and_mask():
     masks = ["done.png", "old.png", "failed.png", "norow.png"]  # nomask's mask was deleted
     decided, labels = _decide(listed, rows, masks)
     pairs = zip(decided["relative_path"].to_pylist(), decided["decision"].to_pylist(), strict=True)
-    got = {rel: d for rel, d in pairs if d != plan.DUPLICATE}
+    got = {rel: d for rel, d in pairs if d != worklist.DUPLICATE}
     assert got == {
-        "done.png": plan.DONE, "old.png": plan.OTHER, "failed.png": plan.TODO,
-        "nomask.png": plan.TODO, "norow.png": plan.TODO,  # a mask without a row is redone
-        "new.png": plan.TODO, "clash.jpg": plan.TODO, "clash.png": plan.REJECTED,
-        "relisted.png": plan.TODO,
+        "done.png": worklist.DONE, "old.png": worklist.OTHER, "failed.png": worklist.TODO,
+        "nomask.png": worklist.TODO, "norow.png": worklist.TODO,  # a mask without a row is redone
+        "new.png": worklist.TODO, "clash.jpg": worklist.TODO, "clash.png": worklist.REJECTED,
+        "relisted.png": worklist.TODO,
     }  # fmt: skip
-    assert decided["decision"].to_pylist().count(plan.DUPLICATE) == 1
-    rejected = decided.filter(pa.compute.equal(decided["decision"], plan.REJECTED))
+    assert decided["decision"].to_pylist().count(worklist.DUPLICATE) == 1
+    rejected = decided.filter(pa.compute.equal(decided["decision"], worklist.REJECTED))
     assert "already the mask of clash.jpg" in rejected["error"][0].as_py()
-    counted = plan.count(decided)
-    assert counted["decisions"] == {plan.DONE: 1, plan.OTHER: 1, plan.TODO: 6,
-                                    plan.REJECTED: 1, plan.DUPLICATE: 1}  # fmt: skip
+    counted = worklist.count(decided)
+    assert counted["decisions"] == {worklist.DONE: 1, worklist.OTHER: 1, worklist.TODO: 6,
+                                    worklist.REJECTED: 1, worklist.DUPLICATE: 1}  # fmt: skip
     assert {labels[c]: n for c, n in counted["other"].items()} == {
         "models:/unet/1 (mask_format=indices)": 1
     }
-    work = plan.Plan(counts=counted["decisions"])
+    work = worklist.Worklist(counts=counted["decisions"])
     assert work.total == 9  # the entry listed twice counts once
 
     redo, _ = _decide(listed, rows, masks, redo_other=True)
@@ -161,11 +160,11 @@ def test_plan_decides_by_provenance_and_mask():
         dict(zip(redo["relative_path"].to_pylist(), redo["decision"].to_pylist(), strict=True))[
             "old.png"
         ]
-        == plan.TODO
+        == worklist.TODO
     )
-    assert plan.count(redo)["redone"] == {1: 1}
+    assert worklist.count(redo)["redone"] == {1: 1}
     everything, _ = _decide(listed, rows, masks, overwrite=True)
-    assert plan.DONE not in everything["decision"].to_pylist()
+    assert worklist.DONE not in everything["decision"].to_pylist()
 
 
 def test_outside_entries_are_marked():
@@ -173,8 +172,8 @@ def test_outside_entries_are_marked():
         pa.table({"text": ["a.png", "/x/b.png"]}), base_uri="/in", column="text"
     )
     decided, _ = _decide(rows, [], [])
-    assert decided["decision"].to_pylist() == [plan.TODO, plan.OUTSIDE]
-    assert plan.count(decided)["examples"][plan.OUTSIDE] == ["/x/b.png: not under --input /in"]
+    assert decided["decision"].to_pylist() == [worklist.TODO, worklist.OUTSIDE]
+    assert worklist.count(decided)["examples"][worklist.OUTSIDE] == ["/x/b.png: not under --input /in"]
 
 
 def test_manifest_dataset_latest_rows_across_models(tmp_path):
@@ -183,10 +182,15 @@ def test_manifest_dataset_latest_rows_across_models(tmp_path):
     second = manifest.rows_to_table([_row("a.png", maker=OLD, at=9)], ["bg", "road"])
     manifest.write_part(out, first, job_id="job1")
     manifest.write_part(out, second, job_id="job2")
-    (tmp_path / "manifest" / fs.temp_name("part-x.parquet", "deadjob")).write_bytes(b"half")
+    young = tmp_path / "manifest" / fs.temp_name("part-x.parquet", "livejob")
+    old = tmp_path / "manifest" / fs.temp_name("part-y.parquet", "livejob")
+    for path in (young, old):
+        path.write_bytes(b"half")
+    _age(old, 7200)
     (tmp_path / "manifest" / "part-broken.parquet").write_bytes(b"not parquet")
+    assert len(manifest.dataset_files(out)) == 3 and old.exists()  # readers skip, keep
     files = manifest.dataset_files(out, max_temp_age_s=3600)
-    assert len(files) == 3 and not list((tmp_path / "manifest").glob(".*"))
+    assert len(files) == 3 and young.exists() and not old.exists()
     table = manifest.latest_rows(out)
     rows = {r["relative_path"]: r for r in table.to_pylist()}
     assert set(rows) == {"a.png", "b.png"} and rows["a.png"]["model_uri"] == "models:/unet/1"
