@@ -4,6 +4,7 @@ tests/integration/test_gpu_benchmark_smoke.py runs them."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -40,6 +41,33 @@ def test_smoke_model_part_writes_the_json(tmp_path, capsys):
         assert entry["images_per_second"] > 0 and entry["mfu"] is None  # no CPU peak
     assert inference["width"] == 8 and inference["size"] == 64
     assert training["gflops_per_image"] > 2 * inference["gflops_per_image"]  # + backward
+
+
+def test_rates_are_the_images_given_over_the_timed_seconds(monkeypatch):
+    """With a clock that advances 0.25 s per reading, each rate is exactly the images of the
+    timed passes (batch x iterations, warm-up excluded) over 0.25 s, and the TFLOP/s are that
+    rate times the FLOPs of one image; MFU is achieved over the device's peak."""
+    torch.set_num_threads(1)
+    ticks = itertools.count()
+    monkeypatch.setattr(gpu_benchmark.time, "perf_counter", lambda: next(ticks) * 0.25)
+    cpu = torch.device("cpu")
+    common = dict(width=4, depth=2, size=32, batch=2, warmup=2, peak=100.0)
+    config = gpu_benchmark.model_config(4, 2)
+    for entry, flops in (
+        (
+            gpu_benchmark.forward_throughput(cpu, iters=3, **common),
+            gpu_benchmark.flops_per_image(config, 32),
+        ),
+        (
+            gpu_benchmark.train_throughput(cpu, steps=3, **common),
+            gpu_benchmark.flops_per_image(config, 32, backward=True),
+        ),
+    ):
+        assert entry["images_per_second"] == 2 * 3 / 0.25, entry  # 6 images in one tick
+        assert entry["gflops_per_image"] == round(flops / 1e9, 3)
+        assert entry["achieved_tflops"] == round(24.0 * flops / 1e12, 3)
+        assert entry["mfu"] == round(24.0 * flops / 1e12 / 100.0, 4)
+        assert (entry["width"], entry["size"], entry["batch_size"]) == (4, 32, 2)
 
 
 @pytest.mark.parametrize(
