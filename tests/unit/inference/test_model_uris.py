@@ -1,13 +1,21 @@
-"""MLflow 3 model URIs in the batch jobs' model source: logged models (``models:/m-<id>``),
-registered versions and aliases, and the errors of URIs that name nothing. A real sqlite
-MLflow store in a temporary folder; no model is trained."""
+"""The jobs' one registry reader (`jobs.common.model_source.fetch_model`): MLflow 3 model URIs
+(logged models ``models:/m-<id>``, registered versions and aliases), the checkpoint artifact
+found by name in a model folder, and the errors of URIs and folders that name no model. A real
+sqlite MLflow store in a temporary folder; no model is trained."""
 
 from __future__ import annotations
 
 import pytest
 
-from jobs.common.model_source import ModelSourceError, fetch_checkpoint_bytes, resolve_model
-from tests.integration.inference.helpers import make_checkpoint
+from jobs.common.model_source import (
+    CHECKPOINT_ARTIFACT,
+    ModelSourceError,
+    checkpoint_digest,
+    fetch_checkpoint_bytes,
+    fetch_model,
+    resolve_model,
+)
+from tests.integration.inference.helpers import make_checkpoint, register_checkpoint
 from unet_core.classes import ClassMap
 
 CLASSES = ClassMap.from_names(["background", "cell"], values=[0, 255])
@@ -102,3 +110,66 @@ def test_bad_model_uris_say_what_to_pass(uri, message, mlflow_uri):
     with pytest.raises(ModelSourceError, match=message.replace("(", r"\(")) as info:
         resolve_model(uri)
     assert str(info.value).startswith(uri), info.value
+
+
+def test_the_training_writer_and_the_reader_agree_on_the_artifact(tmp_path, mlflow_uri):
+    """What jobs/training/registry.py logs, fetch_model reads back, whatever the file's name:
+    the artifact is found by its name in the MLmodel file."""
+    from jobs.training import pyfunc_model
+
+    assert pyfunc_model.ARTIFACT_KEY == CHECKPOINT_ARTIFACT  # the logged code loads the same
+    ckpt = make_checkpoint(tmp_path / "best-of-run.pt", CLASSES, seed=3)
+    version = register_checkpoint(ckpt, tmp_path / "art")
+    model = fetch_model("models:/unet@champion", tracking_uri=mlflow_uri)
+    assert (model.resolved.version, model.resolved.alias) == (version, "champion")
+    assert model.checkpoint == ckpt.read_bytes()
+    assert model.sha256 == checkpoint_digest(ckpt.read_bytes())
+    assert model.loaded.class_map.names == CLASSES.names
+
+
+def _mlflow_model_folder(root, artifacts: dict[str, str]):
+    """A model folder as MLflow downloads it: an MLmodel file naming its pyfunc artifacts."""
+    from mlflow.models import Model
+
+    model = Model()
+    model.add_flavor(
+        "python_function",
+        loader_module="mlflow.pyfunc.model",
+        artifacts={name: {"path": path, "uri": path} for name, path in artifacts.items()},
+    )
+    root.mkdir(parents=True)
+    model.save(str(root / "MLmodel"))
+    return root
+
+
+def test_a_model_folder_gives_exactly_its_checkpoint_artifact(tmp_path):
+    folder = _mlflow_model_folder(tmp_path / "m", {CHECKPOINT_ARTIFACT: "artifacts/w.pt"})
+    ckpt = make_checkpoint(folder / "artifacts/w.pt", CLASSES, seed=1)
+    make_checkpoint(folder / "artifacts/unet.pt", CLASSES, seed=2)  # not the logged artifact
+    assert fetch_model(str(folder)).checkpoint == ckpt.read_bytes()
+
+    other = _mlflow_model_folder(tmp_path / "other", {"weights": "artifacts/unet.pt"})
+    make_checkpoint(other / "artifacts/unet.pt", CLASSES)
+    with pytest.raises(ModelSourceError, match=r"no 'unet' artifact file \(its artifacts: \['w"):
+        fetch_model(str(other))
+
+    deep = tmp_path / "deep"
+    make_checkpoint(deep / "some/run/unet.pt", CLASSES)  # no rglob: a folder is a model or not
+    make_checkpoint(deep / "x.pt", CLASSES)
+    with pytest.raises(ModelSourceError, match="not a logged unet model") as info:
+        fetch_model(str(deep))
+    assert str(info.value).startswith(str(deep))
+
+    # Without an MLmodel file: the pyfunc layout, and a training checkpoint folder.
+    pyfunc = make_checkpoint(tmp_path / "pyfunc/artifacts/unet.pt", CLASSES)
+    assert fetch_model(str(tmp_path / "pyfunc")).checkpoint == pyfunc.read_bytes()
+    run = make_checkpoint(tmp_path / "checkpoint_000001/unet.pt", CLASSES)
+    assert fetch_model(str(run.parent)).checkpoint == run.read_bytes()
+
+
+def test_a_checkpoint_that_does_not_load_names_the_uri(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelSourceError, match="not a loadable unet-ray checkpoint") as info:
+        fetch_model(str(junk))
+    assert str(info.value).startswith(str(junk)) and "jobs/train.py" in str(info.value)
