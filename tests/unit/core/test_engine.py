@@ -1,5 +1,6 @@
 """The single-process loop: the reference every distributed run is compared with."""
 
+import pytest
 import torch
 
 from unet_core.config import ModelConfig, PreprocessConfig, TrainConfig
@@ -96,3 +97,44 @@ def test_fit_weighs_classes_by_their_frequency_in_the_training_masks(tmp_path):
     assert fit(tmp_path, **kwargs).class_weights == expected
     off = TrainConfig(epochs=1, batch_size=4, crop_size=0, val_fraction=0.0)
     assert fit(tmp_path, **{**kwargs, "cfg": off}).class_weights is None
+
+
+def test_train_one_epoch_trains_on_the_border_weighted_loss():
+    """A batch (x, y, w) reaches the loss with its weights: the epoch's loss (one batch: the
+    model before its step) is the loss computed here by hand on a known border weight map,
+    sum(w * ce) / sum(w) + soft Dice, and not the unweighted one."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from unet_core.engine import train_one_epoch
+    from unet_core.losses import SegmentationLoss
+    from unet_core.weightmap import border_weight_map
+
+    torch.manual_seed(0)
+    model = UNet(3, 2, base_width=4, depth=1)
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[3:13, 2:7] = mask[3:13, 9:14] = 1  # two cells, a 2-pixel membrane between them
+    weights = border_weight_map(mask, foreground=1, w0=10.0, sigma=2.0, class_balance=False)
+    assert weights[8, 7] > 4 and weights[0, 0] == pytest.approx(1.0)  # the gap weighs, not far off
+    x = torch.randn(2, 3, 16, 16)
+    y = torch.from_numpy(mask).long().expand(2, 16, 16)
+    w = torch.from_numpy(weights).expand(2, 16, 16)
+
+    model.train()
+    with torch.no_grad():  # by hand, the model as train_one_epoch runs it before the step
+        logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+    ce = F.cross_entropy(logits, y, reduction="none")  # (B, H, W)
+    probs, one_hot = logits.softmax(dim=1), F.one_hot(y, 2).permute(0, 3, 1, 2).float()
+    dice = (2 * (probs * one_hot).sum((0, 2, 3)) + 1) / (
+        probs.sum((0, 2, 3)) + one_hot.sum((0, 2, 3)) + 1
+    )
+    weighted = float((ce * w).sum() / w.sum() + (1 - dice).mean())
+    unweighted = float(ce.mean() + (1 - dice).mean())
+    assert abs(weighted - unweighted) > 1e-3, (weighted, unweighted)  # the weights matter here
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    stats = train_one_epoch(model, [(x, y, w)], optimizer, SegmentationLoss(2), device="cpu")
+    assert stats.images == 2
+    assert stats.loss == pytest.approx(weighted, rel=1e-5, abs=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
