@@ -170,3 +170,34 @@ def test_invalid_arguments():
         border_weight_map(np.zeros((2, 3, 4), np.uint8), foreground=1)
     with pytest.raises(ValueError, match="sigma > 0"):
         border_weight_map(np.zeros((4, 4), np.uint8), foreground=1, sigma=0.0)
+
+
+def test_the_training_jobs_batches_carry_each_crops_border_weight_map():
+    """jobs/train.py --border-weight: each training batch is (x, y, w), w the border weight map
+    of each (augmented) crop's own mask with the config's w0, sigma, class and balance; without
+    --border-weight the batches are (x, y)."""
+    from jobs.training.batches import TrainCollate, border_weights
+    from unet_core.config import PreprocessConfig, TrainConfig
+    from unet_core.transforms import Compose, RandomFlip
+
+    cfg = TrainConfig(border_weight=10.0, border_sigma=3.0, border_class=1)
+    masks = [_two_squares(), np.roll(_two_squares(), 7, axis=0)]
+    batch = {
+        "key": np.array(["a", "b"]),
+        "image": np.stack([np.zeros((64, 64, 3), np.uint8)] * 2),
+        "mask": np.stack(masks),
+    }
+    flip = Compose([RandomFlip(horizontal=1.0, vertical=0.0)])  # a known augmentation
+    collate = TrainCollate(
+        flip, PreprocessConfig(), seed=0, epoch=0, weights=border_weights(cfg, num_classes=2)
+    )
+    x, y, w = collate(batch)
+    assert tuple(w.shape) == tuple(y.shape) == (2, 64, 64) and x.shape[0] == 2
+    for i, mask in enumerate(masks):
+        crop = mask[:, ::-1]
+        np.testing.assert_array_equal(y[i].numpy(), crop)
+        want = border_weight_map(crop, foreground=1, w0=10.0, sigma=3.0, num_classes=2)
+        np.testing.assert_allclose(w[i].numpy(), want, rtol=1e-6)
+    assert w.max() > 2 * w.min()  # the map is not flat
+    plain = TrainCollate(flip, PreprocessConfig(), seed=0, epoch=0, weights=None)(batch)
+    assert len(plain) == 2 and border_weights(TrainConfig(), num_classes=2) is None
