@@ -30,6 +30,7 @@ from jobs.evaluating.job import run_evaluation
 from jobs.inference.config import EvaluateConfig, parse_config
 from unet_core.data import PairingError
 
+# The module's import name: __name__ is "__main__" when it runs as a script.
 logger = logging.getLogger("jobs.evaluate")
 
 

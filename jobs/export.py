@@ -28,6 +28,7 @@ from jobs.exporting.config import parse_export_config
 from jobs.exporting.formats import ExportDependencyError
 from jobs.exporting.job import run_export
 
+# The module's import name: __name__ is "__main__" when it runs as a script.
 logger = logging.getLogger("jobs.export")
 
 

@@ -29,6 +29,7 @@ from jobs.common.model_source import ModelSourceError
 from jobs.inference.config import SegmentConfig, parse_config
 from jobs.segmenting.job import run_segmentation
 
+# The module's import name: __name__ is "__main__" when it runs as a script.
 logger = logging.getLogger("jobs.segment")
 
 

@@ -26,7 +26,8 @@ from jobs.training.config import parse_args
 from jobs.training.data_checks import DataValidationError
 from jobs.training.job import run_training
 
-log = logging.getLogger("unet_ray.train")
+# The module's import name: __name__ is "__main__" when it runs as a script.
+log = logging.getLogger("jobs.train")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,9 @@ import os
 import re
 import sys
 
-OUR_LOGGERS = ("unet_ray", "jobs", "unet_core")
+OUR_LOGGERS = ("jobs", "unet_core")
+"""Our loggers' roots: every module logs as its import name (`logging.getLogger(__name__)`; an
+entry script names itself, ``jobs.segment``, as ``__name__`` is ``__main__`` when it runs)."""
 
 RAY_NOTICES = (
     # ray.init() on a fresh machine: token authentication is the default, nothing to act on

@@ -48,7 +48,7 @@ from unet_core.classes import ClassMap
 from unet_core.data import pair_images_and_masks
 from unet_core.metrics import ConfusionMatrix
 
-logger = logging.getLogger("jobs.evaluate")
+logger = logging.getLogger(__name__)
 
 FAILURE_EXAMPLES = 10
 """Failures listed in the summary (those of smallest key); `failed` counts them all."""

@@ -40,7 +40,7 @@ from jobs.segmenting.worklist import Worklist
 from jobs.segmenting.writer import MaskWriter, WriterOptions, write_failed_rows
 from unet_core.checkpoint import LoadedModel
 
-logger = logging.getLogger("jobs.segment")
+logger = logging.getLogger(__name__)
 
 
 class OtherVersionsError(ValueError):
@@ -251,7 +251,9 @@ def _run(
         )
         problems = _problems(cfg, work, output, ours)
         if problems:
-            raise (OtherVersionsError if work.n(worklist.OTHER) else ValueError)("; ".join(problems))
+            raise (OtherVersionsError if work.n(worklist.OTHER) else ValueError)(
+                "; ".join(problems)
+            )
         logger.info(
             "%d inputs: %d to segment (%d made by another model or settings before), %d already "
             "done (skipped), %d rejected",

@@ -53,7 +53,7 @@ from unet_core.precision import autocast_dtype
 from unet_core.schedule import steps_per_epoch
 from unet_core.transforms import transforms_for_training
 
-log = logging.getLogger("unet_ray.worker")
+log = logging.getLogger(__name__)
 
 RESUMED_TAG = "unet_ray.resumed_from_epochs"
 

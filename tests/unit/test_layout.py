@@ -172,3 +172,27 @@ def test_the_import_graph_check_sees_every_form_of_import(tmp_path, monkeypatch)
         ("common", "training", "e.py"),
         ("segmenting", "inference", "f.py"),
     }
+
+
+def test_every_logger_is_named_after_its_module():
+    """One naming scheme: ``logging.getLogger(__name__)``; an entry script, whose ``__name__``
+    is ``__main__`` when it runs as a script, spells its import name (``jobs.segment``)."""
+    wrong = []
+    for package in PACKAGES:
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            module = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+            entry = path.parent == REPO_ROOT / "jobs"
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (
+                    isinstance(node, ast.Call)
+                    and getattr(node.func, "attr", None) == "getLogger"
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                ):
+                    continue
+                name = node.args[0].value
+                ours = name.split(".")[0] in ("jobs", "unet_core", "unet_ray")
+                if ours and not (entry and name == module):
+                    rel = path.relative_to(REPO_ROOT).as_posix()
+                    wrong.append(f"{rel}:{node.lineno} getLogger({name!r})")
+    assert not wrong, f"name these loggers logging.getLogger(__name__): {wrong}"
