@@ -1,6 +1,6 @@
 """The jobs as users run them: every console command of pyproject.toml answers `--help` from the
 installed venv, every `python jobs/<job>.py` answers it from a checkout, and every command the
-docs show (README.md, cluster/*.md) uses only flags that its job's `--help` lists."""
+docs show (README.md, docs/*.md, cluster/*.md) uses only flags that its job's `--help` lists."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ JOB_CALL = re.compile(
 """A job run in a doc: `python jobs/train.py ...` or `unet-train ...`, up to a pipe, `;`, `&&`,
 a comment, a redirect or the end of an inline code span."""
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+"""A Markdown link or image: [text](target) or ![alt](target "title"); group 1 is the target."""
 
 
 @functools.cache
@@ -97,6 +99,13 @@ def test_script_help_from_a_checkout(command):
     assert set(FLAG.findall(proc.stdout)) == listed_flags(command)
 
 
+def test_every_entry_script_is_a_console_command():
+    """Each thin entry script jobs/<job>.py is also `unet-<job>` ([project.scripts])."""
+    scripts = {p.stem for p in (REPO_ROOT / "jobs").glob("*.py") if p.stem != "__init__"}
+    assert scripts == set(JOBS), f"scripts {sorted(scripts)}, console commands {JOBS}"
+    assert {"report": "unet-report", "segment": "unet-segment"}.items() <= JOBS.items()
+
+
 def test_docs_show_both_forms_of_a_job():
     commands = {command for _, command, _ in doc_commands()}
     assert {"unet-train", "unet-segment", "unet-evaluate", "unet-export"} <= commands
@@ -116,3 +125,46 @@ def test_doc_commands_use_only_listed_flags():
         }
     )
     assert not wrong, f"flags the jobs' --help does not list (doc, command, flag): {wrong}"
+
+
+def heading_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped,
+    spaces to hyphens, a -1, -2 ... suffix on repeats."""
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", prose(text), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def prose(text: str) -> str:
+    """The text outside fenced code blocks, where a Markdown link is a link."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def test_relative_links_point_at_files():
+    """Every relative link or image in README.md and docs/*.md names a file of the checkout
+    (and, with #anchor, one of that Markdown file's headings)."""
+    docs = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    assert len(docs) > 1, "docs/*.md is missing"
+    links, broken = 0, []
+    for doc in docs:
+        for target in LINK.findall(re.sub(r"`[^`\n]*`", "", prose(doc.read_text()))):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...
+                continue
+            links += 1
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            where = f"{doc.relative_to(REPO_ROOT)}: {target}"
+            if not file.exists():
+                broken.append(f"{where} (no file {file})")
+            elif (
+                anchor and file.suffix == ".md" and anchor not in heading_anchors(file.read_text())
+            ):
+                broken.append(f"{where} (no heading #{anchor} in {file.name})")
+    assert links >= 5, links  # the pattern finds the docs' links at all
+    assert not broken, "broken relative links:\n" + "\n".join(broken)
