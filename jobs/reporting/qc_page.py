@@ -151,15 +151,22 @@ def _status(stats: Any) -> str:
     )
 
 
+UNKNOWN = "not known"
+"""What a report made alone shows for the run's figures that the manifest does not record."""
+
+
 def _run(run: Mapping[str, Any]) -> str:
+    """The run's figures; a report made alone (``source: manifest``) shows the last job of the
+    manifest, says which figures it cannot know, and how its throughput was estimated."""
+    alone = run.get("source") == "manifest"
     rate = run.get("images_per_second") or 0.0
     facts = [
         ("processed in this run", _num(run.get("processed", 0))),
-        ("skipped (already done)", _num(run.get("skipped", 0))),
-        ("rejected", _num(run.get("rejected", 0))),
+        ("skipped (already done)", UNKNOWN if alone else _num(run.get("skipped", 0))),
+        ("rejected", UNKNOWN if alone else _num(run.get("rejected", 0))),
         ("throughput", f"{rate:,.2f} images/s" if rate else "-"),
-        ("pipeline", _seconds(run.get("pipeline_seconds"))),
-        ("elapsed (job start to report)", _seconds(run.get("seconds"))),
+        ("pipeline", UNKNOWN if alone else _seconds(run.get("pipeline_seconds"))),
+        ("elapsed (job start to report)", UNKNOWN if alone else _seconds(run.get("seconds"))),
     ]
     model = [
         ("model URI", run.get("model_uri")),
@@ -173,7 +180,15 @@ def _run(run: Mapping[str, Any]) -> str:
     rows = [[f"<th>{k}</th>", _td(v, "num")] for k, v in facts]
     rows += [[f"<th>{k}</th>", _td(_e(v if v is not None else "-"), "path")] for k, v in model]
     table = _table(["", ""], rows, id_="run").replace("<table", '<table class="kv"', 1)
-    return f"<section><h2>This run</h2>{table}</section>"
+    if not alone:
+        return f"<section><h2>This run</h2>{table}</section>"
+    note = (
+        '<p class="muted" id="run-source">Made from the manifest alone (unet-report): the run '
+        "is the job whose rows finished last; its throughput is its rows over the time between "
+        "its first and last finished row; skipped and rejected counts and the run's timings are "
+        f"{UNKNOWN} (the segment run's own report shows them).</p>"
+    )
+    return f"<section><h2>Last job in the manifest</h2>{table}{note}</section>"
 
 
 def _confidence(stats: Any, assets: Mapping[str, str]) -> str:

@@ -1,12 +1,15 @@
 """The QC report of a segmentation output: ``<output>/report.html`` and its PNGs under
-``<output>/report/``, written at the end of every segment run (`write_report`).
+``<output>/report/`` (`build_report`), written at the end of a segment run (`write_report`)
+or by ``unet-report`` over an existing output (`jobs.reporting.job`).
 
 The figures come from the final manifest (``manifest.parquet`` or ``.jsonl``), read back in
 batches, so the page counts every input of the output, not only the last run's: counts by
 status, the failures with their errors, a histogram of each class's predicted pixel fraction
 and one of the mean confidence, the lowest-confidence images as image | mask | overlay
-thumbnails, and the run's throughput and model version. Memory stays flat however many rows
-the manifest holds (fixed-bin histograms, at most ``worst`` and `MAX_FAILURES` rows kept).
+thumbnails, and the run's throughput and model version (the segment run's own figures, or,
+for a report made alone, the last job's as its manifest rows record them). Memory stays flat
+however many rows the manifest holds (fixed-bin histograms, at most ``worst`` and
+`MAX_FAILURES` rows kept).
 
 Every asset is named by a digest of its bytes and written before the page, which replaces the
 old one atomically: a reader sees the old report or the new one, whole. Assets no page names
@@ -17,13 +20,14 @@ writing a page that names them).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import io
 import json
 import logging
 import posixpath
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,11 +41,10 @@ from PIL import Image
 from jobs.common import fs
 from jobs.reporting import qc_page
 from jobs.segmenting import manifest
+from jobs.segmenting.layout import ASSETS_DIR, REPORT_NAME, is_temporary, parse_settings
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "report.html"
-ASSETS_DIR = "report"
 BINS = np.linspace(0.0, 1.0, 21)
 """Histogram bin edges: fractions and confidences are in [0, 1]."""
 MAX_FAILURES = 200
@@ -50,8 +53,10 @@ THUMB_SIDE = 200
 """Longest side of a thumbnail in pixels (smaller images are kept as they are)."""
 STALE_ASSET_S = 3600.0
 BATCH_ROWS = 65_536
+JOB_KEYS = ["job_id", "model_uri", "model_name", "model_version", "checkpoint_sha256", "settings"]
+"""What the manifest records of the job that wrote a row."""
 COLUMNS = ["input", "relative_path", "output", "status", "error", "class_fractions",
-           "mean_confidence", "model_uri", "model_version", "settings", "finished_at"]  # fmt: skip
+           "mean_confidence", *JOB_KEYS, "finished_at"]  # fmt: skip
 
 
 def is_on(report: bool | None, output: str) -> bool:
@@ -76,9 +81,12 @@ class ManifestStats:
     class_present: dict[str, int] = field(default_factory=dict)
     class_n: int = 0
     worst: list[dict[str, Any]] = field(default_factory=list)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per job id: its rows, `JOB_KEYS` and its first and last finish time."""
 
     def add(self, table: pa.Table) -> None:
         self.rows += table.num_rows
+        self._add_jobs(table)
         for item in table.column("status").value_counts().to_pylist():
             self.status[item["values"]] = self.status.get(item["values"], 0) + item["counts"]
         keys = ["model_uri", "model_version"]
@@ -96,6 +104,33 @@ class ManifestStats:
         ok = table.filter(pc.equal(table.column("status"), manifest.OK))
         if ok.num_rows:
             self._add_ok(ok)
+
+    def _add_jobs(self, table: pa.Table) -> None:
+        spans = [("finished_at", "min"), ("finished_at", "max"), ("status", "count")]
+        for g in table.group_by(JOB_KEYS).aggregate(spans).to_pylist():
+            new = {**{k: g[k] for k in JOB_KEYS}, "rows": 0, "first": None, "last": None}
+            job = self.jobs.setdefault(g["job_id"] or "", new)
+            job["rows"] += g["status_count"]
+            first, last = g["finished_at_min"], g["finished_at_max"]
+            if first is not None:
+                job["first"] = first if job["first"] is None else min(job["first"], first)
+                job["last"] = last if job["last"] is None else max(job["last"], last)
+
+    def last_job(self) -> dict[str, Any]:
+        """What the manifest says of the run a report made alone stands for: the job whose
+        rows finished last (its rows per second between its first and last finish time), with
+        ``source: manifest``; the run's other figures are not recorded there."""
+        done = [j for j in self.jobs.values() if j.get("last")]
+        if not done:
+            return {"source": "manifest"}
+        job = max(done, key=lambda j: j["last"])
+        span = (job["last"] - job["first"]).total_seconds()
+        return {
+            "source": "manifest",
+            **{k: job[k] for k in JOB_KEYS},
+            "processed": job["rows"],
+            "images_per_second": job["rows"] / span if span > 0 else 0.0,
+        }
 
     def _add_ok(self, ok: pa.Table) -> None:
         conf = ok.column("mean_confidence").to_numpy().astype(np.float64)  # null -> nan
@@ -151,8 +186,10 @@ def manifest_batches(uri: str, *, endpoint_url: str | None = None) -> Iterator[p
 
 def _jsonl_table(rows: list[dict[str, Any]]) -> pa.Table:
     names = sorted({k for r in rows for k in (r.get("class_fractions") or {})})
-    fields = [manifest.schema(names).field(c) for c in COLUMNS if c != "finished_at"]
-    sch = pa.schema([*fields, pa.field("finished_at", pa.string())])
+    sch = pa.schema([manifest.schema(names).field(c) for c in COLUMNS])
+    for r in rows:
+        if r.get("finished_at"):
+            r["finished_at"] = dt.datetime.fromisoformat(r["finished_at"])
     return pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=sch)
 
 
@@ -200,7 +237,7 @@ def _thumbnails(
     )
     mask = _mask_indices(
         fs.read_bytes(row["output"], endpoint_url=endpoint_url),
-        manifest.parse_settings(row.get("settings")).get("mask_format", "indices"),
+        parse_settings(row.get("settings")).get("mask_format", "indices"),
         class_map,
         row["output"],
     )
@@ -246,7 +283,7 @@ class _Assets:
         for info in self.filesystem.get_file_info(selector):
             name = posixpath.basename(info.path)
             age = now - info.mtime.timestamp() if info.mtime else 0.0
-            if info.type != pafs.FileType.File or name in self.names or fs.is_temp(name):
+            if info.type != pafs.FileType.File or name in self.names or is_temporary(name):
                 continue
             if name.endswith(".png") and age > STALE_ASSET_S:
                 with contextlib.suppress(OSError):  # removed by another job meanwhile
@@ -267,21 +304,25 @@ def build_report(
     output: str,
     manifest_uri: str,
     *,
-    run: Mapping[str, Any],
-    class_map: dict[str, Any],
+    run: Mapping[str, Any] | None,
+    class_map: dict[str, Any] | Callable[[ManifestStats], dict[str, Any]],
     worst: int = 12,
     endpoint_url: str | None = None,
     job_id: str = "",
     decode: Any = None,
 ) -> dict[str, Any]:
     """Read the manifest, write the assets and then the page; returns the page's URI and the
-    counts it shows (what a Ray task hands back). ``decode``: the job's
+    counts it shows (what a Ray task hands back). ``run``: the segment run's figures, or None
+    for a report made alone (the last job's, from the manifest: `ManifestStats.last_job`).
+    ``class_map``: `ClassMap.to_dict()` of the model, or a function that finds it from the
+    manifest's figures (a report made alone: the last job's model's). ``decode``: the job's
     `unet_core.image_files.DecodeOptions` (None: the defaults)."""
     from unet_core.classes import ClassMap
 
     stats = ManifestStats(worst_n=worst)
     for table in manifest_batches(manifest_uri, endpoint_url=endpoint_url):
         stats.add(table)
+    colours = ClassMap.from_dict(class_map if isinstance(class_map, dict) else class_map(stats))
     assets = _Assets(output, endpoint_url, job_id)
     charts = {}
     if stats.conf_n:
@@ -291,7 +332,6 @@ def build_report(
         charts["classes"] = assets.put(
             "classes", qc_page.class_histograms_png(stats.class_hist, BINS)
         )
-    colours = ClassMap.from_dict(class_map)
     thumbs = []
     for row in stats.worst:
         shown = {k: row[k] for k in ("relative_path", "mean_confidence")}
@@ -302,13 +342,20 @@ def build_report(
             shown["error"] = f"no thumbnails: {type(exc).__name__}: {exc}"
             logger.warning("report: %s", shown["error"])
         thumbs.append(shown)
+    facts = stats.last_job() if run is None else run
     page = qc_page.render(
-        output=output, manifest_uri=manifest_uri, stats=stats, run=run, assets=charts, thumbs=thumbs
-    )
+        output=output, manifest_uri=manifest_uri, stats=stats, run=facts, assets=charts,
+        thumbs=thumbs,
+    )  # fmt: skip
     path = posixpath.join(assets.root, REPORT_NAME)
     _write(assets.filesystem, path, page.encode("utf-8"), "text/html; charset=utf-8", job_id)
     assets.remove_stale()
-    return {"report": fs.join(output, REPORT_NAME), "rows": stats.rows, "status": stats.status}
+    return {
+        "report": fs.join(output, REPORT_NAME),
+        "rows": stats.rows,
+        "status": stats.status,
+        "run": {k: v for k, v in facts.items() if k != "source"},
+    }
 
 
 def write_report(
