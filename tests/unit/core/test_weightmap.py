@@ -180,7 +180,7 @@ def test_the_training_jobs_batches_carry_each_crops_border_weight_map():
     from unet_core.config import PreprocessConfig, TrainConfig
     from unet_core.transforms import Compose, RandomFlip
 
-    cfg = TrainConfig(border_weight=10.0, border_sigma=3.0, border_class=1)
+    cfg = TrainConfig(border_weight=7.0, border_sigma=3.0, border_class=1)
     masks = [_two_squares(), np.roll(_two_squares(), 7, axis=0)]
     batch = {
         "key": np.array(["a", "b"]),
@@ -196,7 +196,7 @@ def test_the_training_jobs_batches_carry_each_crops_border_weight_map():
     for i, mask in enumerate(masks):
         crop = mask[:, ::-1]
         np.testing.assert_array_equal(y[i].numpy(), crop)
-        want = border_weight_map(crop, foreground=1, w0=10.0, sigma=3.0, num_classes=2)
+        want = border_weight_map(crop, foreground=1, w0=7.0, sigma=3.0, num_classes=2)
         np.testing.assert_allclose(w[i].numpy(), want, rtol=1e-6)
     assert w.max() > 2 * w.min()  # the map is not flat
     plain = TrainCollate(flip, PreprocessConfig(), seed=0, epoch=0, weights=None)(batch)
