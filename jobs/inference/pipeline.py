@@ -161,7 +161,7 @@ def build_pipeline(
     import ray
 
     num_gpus, pool = actors.num_gpus, actors.pool
-    options = predictor_options(
+    predict_options = predictor_options(
         cfg,
         use_gpu=num_gpus > 0,
         torch_threads=pool.torch_threads,
@@ -220,7 +220,7 @@ def build_pipeline(
             FusedPredictor,
             fn_constructor_kwargs={
                 "checkpoint": checkpoint_ref,
-                "options": options,
+                "options": predict_options,
                 **decode_kwargs,
                 "sink": sink,
                 "chunk_rows": call_rows,
@@ -246,7 +246,7 @@ def build_pipeline(
     )
     ds = ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"checkpoint": checkpoint_ref, "options": options},
+        fn_constructor_kwargs={"checkpoint": checkpoint_ref, "options": predict_options},
         compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=pool.max_size),
         batch_format="pyarrow",
         batch_size=call_rows,
