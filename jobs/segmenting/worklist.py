@@ -95,8 +95,10 @@ def duplicates(*tables: pa.Table) -> pa.Table:
     empty = pa.schema([listing.INPUT_SCHEMA.field(c) for c in columns]).empty_table()
     if not valid:
         return empty
-    counts = pa.concat_tables(t.select(["mask"]) for t in valid).group_by("mask").aggregate(
-        [("mask", "count")]
+    counts = (
+        pa.concat_tables(t.select(["mask"]) for t in valid)
+        .group_by("mask")
+        .aggregate([("mask", "count")])
     )
     taken = counts.filter(pc.greater(counts.column("mask_count"), 1)).column("mask")
     if len(taken) == 0:

@@ -1,6 +1,8 @@
-"""jobs/segment.py --report: the QC page opened in a real headless Chromium (Debian's package,
-driven by Playwright; no browser is downloaded). The page must render without console
-errors, load every image, show the manifest's counts and escape hostile file names."""
+"""jobs/segment.py --report and jobs/report.py (unet-report): the QC page opened in a real
+headless Chromium (Debian's package, driven by Playwright; no browser is downloaded). The page
+must render without console errors, load every image, show the manifest's counts and escape
+hostile file names; the report made alone from an output's manifest shows what segment's own
+report shows."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs import segment
+from jobs import report, segment
 from jobs.segmenting.manifest import read_manifest
 from tests.conftest import upload_tree
 from tests.integration.inference.helpers import BAD, make_checkpoint, run_main
@@ -110,6 +112,28 @@ def check_page(page: Path, chromium: str, manifest: list[dict], *, thumbs: int) 
     return facts
 
 
+def check_report_alone(out: str, page: Path, chromium: str, rows: list[dict], segments: dict,
+                       capsys, *, argv: list[str] = (), fetch=None) -> dict:  # fmt: skip
+    """jobs/report.py over an output segment wrote (its report is ``segments``, the facts of
+    its page): the same counts, failures, thumbnails and charts, the last job's model and rows;
+    what the manifest cannot tell is said. ``fetch`` brings an S3 page home first."""
+    code, alone = run_main(report.main, ["--output", out, *argv], capsys)
+    assert code == 0 and alone["report"] == f"{out}/report.html", alone
+    assert alone["rows"] == len(rows) and alone["manifest"].startswith(f"{out}/manifest."), alone
+    if fetch:
+        fetch()
+    facts = check_page(page, chromium, rows, thumbs=len(segments["worst"]))
+    for key in ("status", "total", "failures", "worst"):
+        assert facts[key] == segments[key], key
+    # Same bytes, same names: the charts and thumbnails are the ones segment drew.
+    assert sorted(i["src"] for i in facts["images"]) == sorted(i["src"] for i in segments["images"])
+    for key in ("processed in this run", "model URI", "model version", "settings"):
+        assert facts["run"][key] == segments["run"][key], key
+    assert facts["run"]["skipped (already done)"] == "not known"
+    assert "Made from the manifest alone" in facts["text"]
+    return alone
+
+
 def _inputs(root: Path, synthetic_root: Path, hostile: Path) -> list[Path]:
     images = sorted((synthetic_root / "images").glob("*.png"))
     for p in images[:8]:
@@ -161,6 +185,14 @@ def test_report_renders_the_whole_manifest(tmp_path, ray_local, synthetic_root, 
     facts = check_page(page, chromium, rows, thumbs=5)
     assert facts["run"]["processed in this run"] == str(1 + len(failed))
 
+    # unet-report over the same output: the same page, made from the manifest alone.
+    check_report_alone(str(out), page, chromium, rows, facts, capsys)
+    # A missing output, an output without a manifest: exit 2 naming the path and the fix.
+    for missing_out, says in ((tmp_path / "nowhere", "no such folder"), (source, "no manifest")):
+        code, error = run_main(report.main, ["--output", missing_out], capsys)
+        assert code == 2 and str(missing_out) in error["error"] and says in error["error"], error
+        assert "--output of" in error["error"]
+
     # --no-report writes none.
     few = tmp_path / "few"
     few.mkdir()
@@ -206,3 +238,18 @@ def test_report_on_s3_only_when_asked(
     facts = check_page(local / "report.html", chromium, rows, thumbs=12)
     assert facts["run"]["processed in this run"] == "0"
     assert facts["run"]["skipped (already done)"] == str(len(rows))
+
+    # unet-report over the S3 output (the endpoint as a flag): segment's page from the manifest
+    # alone. The last job that wrote rows is the first run (the rerun skipped everything).
+    def fetch():
+        for obj in client.list_objects_v2(Bucket=s3_bucket, Prefix="masks/report")["Contents"]:
+            client.download_file(
+                s3_bucket, obj["Key"], str(local / obj["Key"].removeprefix("masks/"))
+            )
+
+    first_run = {**facts, "run": {**facts["run"], "processed in this run": str(len(rows))}}
+    check_report_alone(out, local / "report.html", chromium, rows, first_run, capsys,
+                       argv=["--s3-endpoint-url", s3_endpoint], fetch=fetch)  # fmt: skip
+    assert client.head_object(Bucket=s3_bucket, Key="masks/report.html")["ContentType"].startswith(
+        "text/html"
+    )
