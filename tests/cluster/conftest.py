@@ -18,6 +18,7 @@ lacks and runs `ray stop --force`.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -138,6 +139,23 @@ class FakeCluster:
         )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    def worker_group_sizes(self, run_name: str) -> list[int]:
+        """The worker-group sizes Ray Train's controller started the run `run_name` with, in
+        order: its elastic policy's decisions from the resources the cluster had ready
+        ("Detected ready resources for N workers ... Deciding to start/restart training"), read
+        from the controller's structured log (logs/train/ in the head's session folder)."""
+        records = []
+        for path in (self.root / "ray").glob("session_*/logs/train/ray-train-sys-controller-*"):
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                match = _STARTED.search(record.get("message", ""))
+                if match and record.get("run_name") == run_name:
+                    records.append((record.get("timestamp_ns", 0), int(match.group(1))))
+        return [size for _, size in sorted(records)]
+
     def wait_idle(self, timeout: float = 120) -> None:
         """Wait until no worker node is left from an earlier test (idle nodes time out after a
         15 s), so each test starts from a cluster at zero."""
@@ -147,6 +165,10 @@ class FakeCluster:
                 return
             time.sleep(2)
 
+
+_STARTED = re.compile(
+    r"Detected ready resources for (\d+) workers.*Deciding to start/restart training", re.S
+)
 
 _STATUS_SCRIPT = """
 import json, sys, ray

@@ -20,6 +20,7 @@ from pathlib import Path
 import boto3
 import pyarrow.parquet as pq
 import pytest
+from mlflow import MlflowClient
 
 from tests.conftest import upload_tree
 from tests.integration.inference.helpers import make_checkpoint
@@ -188,11 +189,13 @@ def s3_labelled(s3_endpoint: str, labelled: Path) -> str:
 
 def test_elastic_cpu_training_from_s3_brings_up_its_nodes(fake_cluster, s3_labelled, tmp_path):
     """The head has no CPUs: the workers' placement group brings up CPU nodes, Ray Data's
-    tasks run beside the workers, the run starts with the workers it gets (1-2) and finishes."""
+    tasks run beside the workers, the run starts with the workers the cluster has ready (1-2)
+    and finishes with the world size of the last group Ray Train started."""
     fake_cluster.wait_idle()
     bucket = s3_labelled[len("s3://") :].split("/")[0]
     run = fake_cluster.run_job(
         "train.py",
+        "--run-name", "fc-elastic",
         "--data", s3_labelled,
         "--storage-path", f"s3://{bucket}/runs",
         "--shared-fs",  # the sqlite store below: the fake nodes do share this disk
@@ -209,8 +212,16 @@ def test_elastic_cpu_training_from_s3_brings_up_its_nodes(fake_cluster, s3_label
     )  # fmt: skip
     assert run.returncode == 0, run.describe()
     summary = run.final_json
-    assert summary["world_size"] in (1, 2), summary
     assert summary["model_version"], summary
+    # The sizes the cluster allowed, in order (the elastic policy's decisions from the
+    # resources it found ready; a fixed-size run makes none), and the run trained with the
+    # last of them: its summary and the epoch's logged world_size.
+    sizes = fake_cluster.worker_group_sizes("fc-elastic")
+    assert sizes and all(1 <= n <= 2 for n in sizes), (sizes, run.describe(200))
+    assert summary["world_size"] == sizes[-1], (summary, sizes)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = client.get_metric_history(summary["run_id"], "world_size")
+    assert [m.value for m in logged] == [float(sizes[-1])], (logged, sizes)
 
 
 def test_training_on_a_fake_gpu_node_fails_fast(fake_cluster, s3_labelled, tmp_path):
