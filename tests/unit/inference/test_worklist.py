@@ -173,7 +173,9 @@ def test_outside_entries_are_marked():
     )
     decided, _ = _decide(rows, [], [])
     assert decided["decision"].to_pylist() == [worklist.TODO, worklist.OUTSIDE]
-    assert worklist.count(decided)["examples"][worklist.OUTSIDE] == ["/x/b.png: not under --input /in"]
+    assert worklist.count(decided)["examples"][worklist.OUTSIDE] == [
+        "/x/b.png: not under --input /in"
+    ]
 
 
 def test_manifest_dataset_latest_rows_across_models(tmp_path):
