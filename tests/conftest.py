@@ -22,10 +22,11 @@ SLOW_FOLDERS = ("integration", "e2e", "cluster")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test under SLOW_FOLDERS, and every integration / e2e / cluster test, `slow`."""
+    slow_roots = [TESTS / name for name in SLOW_FOLDERS]
     for item in items:
-        parts = item.path.resolve().relative_to(TESTS).parts
+        path = item.path.resolve()
         marked = any(item.get_closest_marker(name) for name in SLOW_FOLDERS)
-        if marked or (len(parts) > 1 and parts[0] in SLOW_FOLDERS):
+        if marked or any(root in path.parents for root in slow_roots):
             item.add_marker(pytest.mark.slow)
 
 

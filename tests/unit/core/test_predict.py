@@ -423,6 +423,7 @@ class _TensorShapes(TorchDispatchMode):
         return super().__exit__(*exc)
 
 
+@pytest.mark.slow  # several seconds: a large image
 def test_large_image_tiled_runs_with_bounded_memory():
     """4000 x 4000: 25 tiles of 1024; the accumulator is one (K, 1024, 4000) band (module doc)."""
     h = w = 4000
@@ -503,6 +504,7 @@ print(json.dumps({"kib": after - before, "shape": list(pred.mask.shape)}))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads VmHWM from /proc/self/status")
+@pytest.mark.slow  # several seconds: a large image
 def test_large_image_peak_memory_stays_below_the_full_probabilities():
     """Peak RSS of a fresh process predicting 4000 x 4000 with K = 8 classes, tiles of 256.
 
