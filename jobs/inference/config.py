@@ -179,7 +179,7 @@ class SegmentConfig(InferenceConfig):
     redo_other_versions: bool = False
     """Redo exactly the inputs whose mask another model (version) or other output settings (--mask-format, --tta, --tile-size, --tile-overlap) made, as the manifest records; without it a run that finds such masks refuses, naming the versions found."""
     temp_max_age: float = 3600.0
-    """Seconds after which a temporary file or an unfinished S3 multipart upload under --output counts as abandoned even if the job that wrote it still looks alive; a run removes abandoned ones when it starts (those of jobs that are gone at once)."""
+    """Seconds after which a temporary file or an unfinished S3 multipart upload under --output counts as abandoned, whichever job wrote it; a run removes abandoned ones when it starts (a write's temporary lives as long as the write: keep this above the longest write)."""
     manifest_format: str = "parquet"
     """Format of the consolidated manifest (the latest row of every input of the output, beside the manifest/ dataset): parquet (manifest.parquet) or jsonl (manifest.jsonl)."""
     write_batch_size: int = 0

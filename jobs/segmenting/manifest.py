@@ -182,21 +182,23 @@ def _read(filesystem: pafs.FileSystem, path: str, columns: list[str] | None) -> 
     return table.select(columns)
 
 
+def first_of_each(table: pa.Table, column: str) -> pa.Table:
+    """The first row of each run of equal values of ``column`` (in a table sorted by it)."""
+    values = table.column(column).combine_chunks()
+    first = np.ones(len(values), dtype=bool)
+    if len(values) > 1:
+        first[1:] = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1)).to_numpy(
+            zero_copy_only=False
+        )
+    return table.filter(pa.array(first))
+
+
 def latest(table: pa.Table) -> pa.Table:
     """The latest row (by ``finished_at``) of every ``relative_path``."""
     if table.num_rows == 0:
         return table
-    order = pc.sort_indices(
-        table, sort_keys=[("relative_path", "ascending"), ("finished_at", "descending")]
-    )
-    table = table.take(order)
-    rels = table.column("relative_path").combine_chunks()
-    first = np.ones(len(rels), dtype=bool)
-    if len(rels) > 1:
-        first[1:] = pc.not_equal(rels.slice(1), rels.slice(0, len(rels) - 1)).to_numpy(
-            zero_copy_only=False
-        )
-    return table.filter(pa.array(first))
+    table = table.sort_by([("relative_path", "ascending"), ("finished_at", "descending")])
+    return first_of_each(table, "relative_path")
 
 
 def concat(tables: Sequence[pa.Table], columns: list[str] | None = None) -> pa.Table:

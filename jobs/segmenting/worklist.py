@@ -76,17 +76,6 @@ def known_outputs(ours: str, n_manifest: int, *tables: pa.Table) -> tuple[pa.Tab
     return known, list(labels_by_key.values())
 
 
-def _first_of_each(table: pa.Table, column: str) -> pa.Table:
-    """The first row of each run of equal values of ``column`` (a sorted table)."""
-    values = table.column(column).combine_chunks()
-    first = np.ones(len(values), dtype=bool)
-    if len(values) > 1:
-        first[1:] = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1)).to_numpy(
-            zero_copy_only=False
-        )
-    return table.filter(pa.array(first))
-
-
 def duplicates(*tables: pa.Table) -> pa.Table:
     """Ray task over the listing blocks: for every mask that two or more inputs would write,
     the winning row (the first relative path; the first listed of equal entries)."""
@@ -107,7 +96,7 @@ def duplicates(*tables: pa.Table) -> pa.Table:
     table = hits.sort_by(
         [("mask", "ascending"), ("relative_path", "ascending"), ("row_id", "ascending")]
     )
-    return _first_of_each(table, "mask")
+    return manifest.first_of_each(table, "mask")
 
 
 def _value(item: Any) -> Any:

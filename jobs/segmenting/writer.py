@@ -79,12 +79,19 @@ class WriterOptions:
     class_map: dict
     """ClassMap.to_dict() of the model."""
     mask_format: str = "indices"
+    """--mask-format: indices, values or color."""
     overlays: bool = False
+    """Also write overlays/ (JPEG): the input blended with the class colours."""
     confidence: bool = False
+    """Also write confidence/ (8-bit PNG)."""
     endpoint_url: str | None = None
+    """S3-compatible endpoint of an s3:// output."""
     model_name: str | None = None
+    """Registered model name, recorded per row (None for a checkpoint path)."""
     model_version: str | None = None
+    """Registered model version, recorded per row."""
     model_uri: str | None = None
+    """The resolved model URI (an alias made a version) or checkpoint path, recorded per row."""
     checkpoint_sha256: str | None = None
     """The weights' digest, recorded per row: what a rerun compares."""
     settings: str | None = None

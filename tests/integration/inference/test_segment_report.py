@@ -186,7 +186,7 @@ def test_report_renders_the_whole_manifest(tmp_path, ray_local, synthetic_root, 
     assert facts["run"]["processed in this run"] == str(1 + len(failed))
 
     # unet-report over the same output: the same page, made from the manifest alone.
-    check_report_alone(str(out), page, chromium, rows, facts, capsys)
+    check_report_alone(str(out), page, chromium, rows, facts, capsys, argv=["--report-worst", 5])
     # A missing output, an output without a manifest: exit 2 naming the path and the fix.
     for missing_out, says in ((tmp_path / "nowhere", "no such folder"), (source, "no manifest")):
         code, error = run_main(report.main, ["--output", missing_out], capsys)
