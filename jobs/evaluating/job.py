@@ -8,7 +8,8 @@ figures. As each batch of rows arrives the driver adds its matrices into one (`T
 grow with the number of images. Figures over the whole set come from the summed matrix (absent
 classes are left out of the means). Pixel error = 1 - pixel accuracy. The adapted Rand error
 (--rand-error-class) is per image, so the summary's is the mean of the per-image (per-slice)
-values, over the images where it is defined.
+values, over the images where it is defined. The alias gate of training scores a version by the
+same computation (`jobs.common.pair_scores`): with `--amp off`, evaluate reports its figure.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The alias gate compares like with like: at the end of a run the version holding the alias is
 scored on this run's validation pairs (a local Ray, a sqlite MLflow, the synthetic data), by the
-computation `jobs/evaluate.py` reports.
+computation whose figure `jobs/evaluate.py` reports.
 
 Both decisions happen by construction: a constant champion (every pixel one small class) is
 worse than any trained candidate, and a trained champion is better than a candidate that barely
@@ -16,12 +16,7 @@ import numpy as np
 import pytest
 
 from jobs.train import main
-from tests.integration.inference.helpers import (
-    constant_checkpoint,
-    make_checkpoint,
-    register_checkpoint,
-    run_main,
-)
+from tests.integration.inference.helpers import constant_checkpoint, make_checkpoint, run_main
 from tests.integration.training.test_train import TINY, run_job, val_miou_of
 
 pytestmark = pytest.mark.integration
@@ -40,15 +35,19 @@ def args(root: Path, tmp: Path, name: str, *extra: str) -> list[str]:
             *TINY, *extra]  # fmt: skip
 
 
-def registered(version: str):
+def registered_file(version: str) -> Path:
     import mlflow
-
-    from unet_core.checkpoint import load_checkpoint
 
     (checkpoint,) = Path(mlflow.artifacts.download_artifacts(f"models:/unet/{version}")).glob(
         "**/unet.pt"
     )
-    return load_checkpoint(checkpoint)
+    return checkpoint
+
+
+def registered(version: str):
+    from unet_core.checkpoint import load_checkpoint
+
+    return load_checkpoint(registered_file(version))
 
 
 def val_keys(run_id: str) -> list[str]:
@@ -91,6 +90,34 @@ def constant_miou(root: Path, keys: list[str], class_map, predicted: int) -> flo
     return confusion.mean_iou()
 
 
+def assert_evaluate_reports_the_gates_figure(root: Path, version: str, capsys) -> None:
+    """The gate's computation (`score_on_pairs`, its Ray tasks) and `jobs/evaluate.py` run
+    with the flags of the same settings give the same confusion matrix over every pair of
+    ``root``: with the gate's own settings (whole 64 x 64 images, fp32), and tiled."""
+    from jobs import evaluate
+    from jobs.common.pair_scores import GATE_SETTINGS
+    from jobs.training.champion import score_on_pairs
+    from jobs.training.data_checks import gather_training_data
+
+    data, _ = gather_training_data(str(root), val_fraction=0.25, seed=0)
+    every = dataclasses.replace(data, val=[*data.train, *data.val])  # all 16 pairs
+    checkpoint = registered_file(version).read_bytes()
+    matrices = []
+    for settings in (GATE_SETTINGS, dataclasses.replace(GATE_SETTINGS, tile_size=48)):
+        (gate,), scored, errors = score_on_pairs([checkpoint], every, scoring=settings)
+        assert (scored, errors) == (16, {})
+        flags = settings.evaluate_flags().split()
+        assert flags[flags.index("--amp") + 1] == "off"  # fp32: the same on every CPU
+        code, report = run_main(
+            evaluate.main, ["--model", f"models:/unet/{version}", "--data", root, *flags], capsys
+        )
+        assert code == 0 and report["ok"] == 16, report
+        assert report["confusion_matrix"] == gate.matrix.tolist(), settings
+        assert report["mean_iou"] == pytest.approx(gate.mean_iou(), abs=1e-12)
+        matrices.append(gate.matrix.tolist())
+    assert matrices[0] != matrices[1]  # tiles change the prediction: the settings are not idle
+
+
 def assert_decision(summary: dict, *, champion: str, moved: bool, pairs: int) -> dict:
     """The summary's alias decision, the registry's alias holder and the new version's tags
     agree with a comparison that moved (or kept) the alias."""
@@ -131,7 +158,9 @@ def test_a_worse_champion_loses_the_alias_and_a_better_one_keeps_it(
     assert register_champion(constant, val_miou=0.99) == "1"
 
     # A trained run beats the constant champion: the alias moves to it.
-    code, first = run_job(args(root, in_tmp, "gate-trained", "--seed", "0"), capsys)
+    # BatchNorm: the gate, as the batch jobs, predicts with it folded into the convolutions
+    trained = args(root, in_tmp, "gate-trained", "--seed", "0", "--norm", "batch")
+    code, first = run_job(trained, capsys)
     assert code == 0 and first["model_version"] == "2"
     split1 = val_keys(first["run_id"])
     decision = assert_decision(first, champion="1", moved=True, pairs=len(split1))
@@ -141,6 +170,7 @@ def test_a_worse_champion_loses_the_alias_and_a_better_one_keeps_it(
     new_miou, tolerance = val_miou_of(registered("2"), root, split1)
     assert decision["val_miou"] == pytest.approx(new_miou, abs=tolerance)
     assert first["val_miou"] == pytest.approx(new_miou, abs=tolerance)  # the workers' (fp32)
+    assert_evaluate_reports_the_gates_figure(root, "2", capsys)
 
     # A run that barely leaves its random start is below the trained champion: it stays.
     code, second = run_job(
@@ -190,65 +220,3 @@ def test_a_champion_with_other_classes_is_not_compared(
     tags = client.get_model_version("unet", "2").tags
     assert tags["champion_version"] == "1" and tags["champion_not_compared"] == why
     assert "champion_val_miou_on_this_split" not in tags
-
-
-def batchnorm_checkpoint(path: Path, class_map) -> Path:
-    """A small BatchNorm UNet whose running statistics are far from (0, 1), so that folding
-    them into the convolutions (as the batch jobs do) is not a no-op."""
-    import torch
-
-    from unet_core.checkpoint import load_checkpoint, save_checkpoint
-
-    loaded = load_checkpoint(make_checkpoint(path, class_map, base_width=4, seed=3))
-    generator = torch.Generator().manual_seed(0)
-    for module in loaded.model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.3)
-            module.running_var.copy_(torch.rand(n, generator=generator) * 2 + 0.2)
-    save_checkpoint(
-        path,
-        loaded.model,
-        model_config=loaded.model_config,
-        class_map=loaded.class_map,
-        preprocess=loaded.preprocess,
-    )
-    return path
-
-
-@pytest.mark.parametrize(
-    "tiles", [(), ("--tile-size", "48", "--tile-overlap", "8")], ids=["whole", "tiled"]
-)
-def test_the_gate_scores_a_model_as_evaluate_reports_it(
-    tiles, ray_local, mlflow_uri, synthetic_root, tmp_path, capsys
-):
-    from jobs import evaluate
-    from jobs.common.pair_scores import GATE_SETTINGS
-    from jobs.training.champion import score_on_pairs
-    from jobs.training.data_checks import gather_training_data
-    from unet_core.classes import ClassMap
-
-    class_map = ClassMap.from_file(synthetic_root / "classes.json")
-    checkpoint = batchnorm_checkpoint(tmp_path / "bn.pt", class_map)
-    register_checkpoint(checkpoint, tmp_path / "art")
-    # the gate's settings, as the flags evaluate takes (64 x 64 images: tiled with 48)
-    settings = dataclasses.replace(GATE_SETTINGS, tile_size=48, tile_overlap=8) if tiles else None
-    flags = (settings or GATE_SETTINGS).evaluate_flags().split()
-    assert "--amp" in flags and flags[flags.index("--amp") + 1] == "off"
-
-    data, _ = gather_training_data(str(synthetic_root), val_fraction=0.25, seed=0)
-    every = dataclasses.replace(data, val=[*data.train, *data.val])  # all 16 pairs
-    (gate,), scored, errors = score_on_pairs(
-        [checkpoint.read_bytes()], every, **({"scoring": settings} if settings else {})
-    )
-    assert (scored, errors) == (16, {})
-
-    code, report = run_main(
-        evaluate.main,
-        ["--model", "models:/unet@champion", "--data", synthetic_root, *flags],
-        capsys,
-    )
-    assert code == 0 and report["ok"] == 16, report
-    assert report["confusion_matrix"] == gate.matrix.tolist()
-    assert report["mean_iou"] == pytest.approx(gate.mean_iou(), abs=1e-12)
-    assert 0.05 < gate.mean_iou() < 0.95  # a figure that can tell two computations apart
