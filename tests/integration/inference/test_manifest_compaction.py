@@ -50,6 +50,7 @@ def test_compaction_keeps_the_latest_row_of_every_input(tmp_path, ray_local, mon
 
     monkeypatch.setattr(manifest, "dataset_files", files_then_a_late_part)
     monkeypatch.setattr(manifest, "ROWS_PER_DATA_FILE", 20)  # several hash partitions
+    monkeypatch.setattr(manifest, "FILES_PER_READ_TASK", 2)  # an input's rows in several reads
     done = manifest.compact(out, job_id="compact1", expected_rows=len(rels))
     monkeypatch.undo()
 
