@@ -248,7 +248,10 @@ def fetch_checkpoint_bytes(
                 raise ModelSourceError(
                     f"{uri}: cannot download the model from {tracking} ({exc})"
                 ) from exc
-            return find_checkpoint(local).read_bytes()
+            try:
+                return find_checkpoint(local).read_bytes()
+            except ModelSourceError as exc:  # it names the download folder: name the URI
+                raise ModelSourceError(f"{uri}: {exc}") from exc
     if fs.is_remote(uri):
         try:
             return fs.read_bytes(uri, endpoint_url=endpoint_url)

@@ -173,3 +173,16 @@ def test_a_checkpoint_that_does_not_load_names_the_uri(tmp_path):
     with pytest.raises(ModelSourceError, match="not a loadable unet-ray checkpoint") as info:
         fetch_model(str(junk))
     assert str(info.value).startswith(str(junk)) and "jobs/train.py" in str(info.value)
+
+
+def test_a_registered_version_without_a_checkpoint_names_its_uri(tmp_path, mlflow_uri):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.create_registered_model("seg")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty/notes.txt").write_text("no weights here")
+    client.create_model_version("seg", source=str(tmp_path / "empty"))
+    with pytest.raises(ModelSourceError, match="not a logged unet model") as info:
+        fetch_model("models:/seg/1")
+    assert str(info.value).startswith("models:/seg/1: "), info.value
