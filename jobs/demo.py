@@ -23,12 +23,14 @@ from PIL import Image
 if __package__ in (None, ""):  # `python jobs/demo.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common.cli import command_name
+from jobs.common.cli import OldSpelling, add_old_flags, command_name, take_old_flags
 from unet_core.classes import ClassMap
 from unet_core.synthetic import make_synthetic_dataset
 from unet_core.viz import colorize_mask, overlay, stack_panels
 
 JOBS = Path(__file__).resolve().parent
+OLD_SPELLINGS = (OldSpelling("--out", "--output DIR", lambda v, _: {"output": v}, key=None),)
+"""Flags of earlier releases that still work, with a notice."""
 
 
 def run_job(script: str, args: list[str]) -> dict:
@@ -70,17 +72,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=command_name("jobs/demo.py"), description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--out", default="outputs/demo", help="folder for data, masks, picture")
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        default=argparse.SUPPRESS,  # absent stays absent: the old --out may set it
+        help="folder for the unlabelled images, the masks and the picture (default: outputs/demo)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="recipe file (JSON or YAML) handed to the training job (its train: and model: "
+        "sections) and to the segment job (its segment: section), e.g. configs/demo.yaml; "
+        "default: the training job's built-in demo preset",
+    )
     parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: the preset)")
     parser.add_argument(
         "--log-level",
         default="INFO",
         help="logging level of the jobs (DEBUG: also Ray's and MLflow's own messages)",
     )
-    args = parser.parse_args(argv)
-    out = Path(args.out).resolve()
+    add_old_flags(parser, OLD_SPELLINGS)
+    args = take_old_flags(vars(parser.parse_args(argv)), OLD_SPELLINGS)
+    out = Path(args.get("output", "outputs/demo")).resolve()
+    config = ["--config", str(Path(args["config"]).resolve())] if args["config"] else []
     started = time.time()
-    log_level = [] if args.log_level.upper() == "INFO" else ["--log-level", args.log_level]
+    log_level = [] if args["log_level"].upper() == "INFO" else ["--log-level", args["log_level"]]
 
     # Images the model never sees in training (another seed), segmented after training.
     unlabelled = out / "unlabelled"
@@ -90,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     train = run_job(
         "train.py",
         ["--run-name", f"demo-{time.strftime('%Y%m%d-%H%M%S')}", "--force-alias"]
+        + config
         + log_level
-        + (["--epochs", str(args.epochs)] if args.epochs else []),
+        + (["--epochs", str(args["epochs"])] if args["epochs"] else []),
     )
     segment = run_job(
         "segment.py",
         ["--input", str(unlabelled / "images"), "--output", str(out / "segmented"), "--overwrite"]
+        + config
         + log_level,
     )
     picture(unlabelled, out / "segmented" / "masks", class_map, out / "demo.png")

@@ -2,15 +2,15 @@
 and (--rand-error-class) the foreground-restricted adapted Rand error of the ISBI leaderboard.
 
     python jobs/evaluate.py --config configs/isbi2012.yaml --model models:/unet-isbi@champion \\
-        --data HELD_OUT --class-map configs/isbi2012.classes.json --report eval/isbi.parquet
+        --data HELD_OUT --class-map configs/isbi2012.classes.json --scores-file eval/isbi.parquet
 
 Runs the segmentation pipeline over images/ of the root and scores each prediction against
 its mask (paired by relative path and stem): in each CPU actor, or in CPU tasks after GPU ones.
 Figures over the whole set come from the summed confusion matrix (absent classes are left out
-of the means); per-image figures go to the --report Parquet file, one row per image. Pixel
+of the means); per-image figures go to the --scores-file Parquet file, one row per image. Pixel
 error = 1 - pixel accuracy, the U-Net paper's ISBI 2012 metric; the Rand error is the mean of
 per-image values. The last line of stdout is the JSON summary (totals, figures, confusion
-matrix, the first failures, the report's URI).
+matrix, the first failures, the scores file's URI).
 """
 
 from __future__ import annotations

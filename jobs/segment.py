@@ -1,7 +1,7 @@
 """Batch segmentation: one mask per image of a folder or bucket, with a manifest.
 
     python jobs/segment.py --input s3://bucket/images --output s3://bucket/masks \\
-        --model models:/unet@champion --max-actors 4 --num-gpus-per-actor 1
+        --model models:/unet@champion --num-workers 1-4 --device gpu
 
 Ray tasks list --input (or read --input-list); an actor pool that loads the model once per
 actor predicts, all streamed: CPU actors also read, decode, encode and write their own images,

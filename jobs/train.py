@@ -1,7 +1,7 @@
 """Train a UNet with Ray Train on data from a folder or S3; track and register it in MLflow.
 
     python jobs/train.py                                    # demo: generated data, local Ray
-    python jobs/train.py --data s3://bucket/set --num-workers 4 --use-gpu
+    python jobs/train.py --data s3://bucket/set --num-workers 4 --device gpu
     ray job submit --working-dir . -- python jobs/train.py --data s3://bucket/set
 
 Steps: check the data on the driver (exit 2 naming the bad files), start or resume the MLflow

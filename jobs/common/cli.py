@@ -4,6 +4,10 @@ Each field's help text is its attribute docstring (the string literal under it),
 argparse type comes from its annotation (``X``, ``X | None``, or a union of plain types
 such as ``int | str``, which takes the first member that fits). A config file (JSON, or YAML
 when PyYAML is installed) sets the same fields by name, checked against their types.
+
+The spellings of earlier releases that still work live here too (`OldSpelling`: a hidden flag
+and a config-file key, each printing a one-line notice that names the new spelling); the
+parsers of the shared flag vocabulary (docs/flags.md) are in `jobs.common.vocabulary`.
 """
 
 from __future__ import annotations
@@ -18,12 +22,105 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 NONE_WORDS = ("none", "null", "")
 """Flag values that mean None for an optional field."""
+
+
+# --- spellings of earlier releases ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OldSpelling:
+    """A flag (and its config-file key) of an earlier release that still works: parsed by a
+    hidden flag, turned into the new fields, with a notice on stderr naming the new spelling."""
+
+    flag: str
+    """The old flag, e.g. --min-actors."""
+    new: str
+    """The new spelling the notice names, e.g. --num-workers MIN-MAX."""
+    convert: Callable[[Any, dict[str, Any]], dict[str, Any]]
+    """(old value, every old value given beside it by key) -> new field values."""
+    kind: type = str
+    """Type of the flag's value; bool: a flag without a value that stores ``const``."""
+    const: Any = None
+    """The value a flag without a value stands for (kind bool)."""
+    key: str | None = ""
+    """Its config-file key; "" = the flag's name (min_actors), None = none (--no-gpu)."""
+    new_key: str = ""
+    """The new spelling in a config file; "" = ``new`` as keys (num_workers: MIN-MAX)."""
+
+    @property
+    def file_key(self) -> str | None:
+        return self.flag[2:].replace("-", "_") if self.key == "" else self.key
+
+    @property
+    def dest(self) -> str:
+        return "old" + self.flag
+
+
+def _as_keys(new: str) -> str:
+    """A new spelling as config-file keys: "--num-workers MIN-MAX" -> "num_workers: MIN-MAX"."""
+    words, parts = new.split(), []
+    for i, word in enumerate(words):
+        if word.startswith("--"):
+            value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("-") else ""
+            parts.append(f"{word[2:].replace('-', '_')}: {value}".rstrip(": "))
+    return ", ".join(parts)
+
+
+def notice(old: str, new: str) -> None:
+    """The one line on stderr that an old spelling prints."""
+    print(f"notice: {old} is deprecated: use {new}", file=sys.stderr, flush=True)
+
+
+def add_old_flags(parser: argparse.ArgumentParser, old: Sequence[OldSpelling]) -> None:
+    """Hidden flags (not in --help) for the old spellings."""
+    for spelling in old:
+        if spelling.kind is bool:
+            parser.add_argument(
+                spelling.flag,
+                dest=spelling.dest,
+                action="store_const",
+                const=spelling.const,
+                help=argparse.SUPPRESS,
+            )
+        else:
+            parser.add_argument(
+                spelling.flag, dest=spelling.dest, type=spelling.kind, help=argparse.SUPPRESS
+            )
+
+
+def take_old_flags(values: dict[str, Any], old: Sequence[OldSpelling]) -> dict[str, Any]:
+    """``values`` of a parsed command line with its old flags turned into new fields (a new
+    flag given beside its old spelling wins), one notice per old flag given."""
+    given = {s: values.pop(s.dest) for s in old if s.dest in values}
+    by_key = {s.file_key or s.flag: value for s, value in given.items()}
+    converted: dict[str, Any] = {}
+    for spelling, value in given.items():
+        notice(spelling.flag, spelling.new)
+        converted.update(spelling.convert(value, by_key))
+    return {**converted, **values}
+
+
+def take_old_keys(
+    values: dict[str, Any], old: Sequence[OldSpelling], path: Path | str
+) -> dict[str, Any]:
+    """A config file's flat ``values`` with its old keys turned into new fields."""
+    keys = {s.file_key: s for s in old if s.file_key}
+    given = {k: values.pop(k) for k in list(values) if k in keys}
+    converted: dict[str, Any] = {}
+    for key, value in given.items():
+        spelling = keys[key]
+        notice(f"{path}: key {key}", spelling.new_key or _as_keys(spelling.new))
+        given[key] = coerce(key, value, spelling.kind)
+    for key, value in given.items():
+        converted.update(keys[key].convert(value, given))
+    return {**converted, **values}
 
 
 def command_name(script: str) -> str:
@@ -169,6 +266,7 @@ def load_config_file(
     *,
     sections: tuple[str, ...] = (),
     prog: str = "the job",
+    old: Sequence[OldSpelling] = (),
 ) -> dict[str, Any]:
     """Flat field values from a JSON or YAML file: top-level keys, and the keys of the mappings
     under ``sections`` (e.g. `train:`, `model:`); the other jobs' sections (`JOB_SECTIONS`) are
@@ -188,6 +286,10 @@ def load_config_file(
         elif key not in JOB_SECTIONS:
             flat[key] = value
     flat = {k.replace("-", "_"): v for k, v in flat.items()}
+    try:
+        flat = take_old_keys(flat, old, path)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
     unknown = sorted(set(flat) - set(field_types))
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; run {prog} --help for the fields")
@@ -209,18 +311,26 @@ def add_config_flag(parser: argparse.ArgumentParser, section: str, example: str)
 
 
 def parse_fields(
-    cls: type, parser: argparse.ArgumentParser, argv: list[str] | None, *, section: str
+    cls: type,
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    *,
+    section: str,
+    old: Sequence[OldSpelling] = (),
 ) -> Any:
     """Flags (and `--config FILE`'s `section`) into the dataclass `cls`: defaults < config
     file < command line. The parser's defaults are SUPPRESS (absent flags stay absent, so the
-    file can set them). Invalid values exit 2 with the reason (argparse's error line)."""
+    file can set them). ``old``: spellings of earlier releases, as flags and as file keys.
+    Invalid values exit 2 with the reason (argparse's error line)."""
+    add_old_flags(parser, old)
     values = vars(parser.parse_args(argv))
     config_path = values.pop("config", None)
     try:
+        values = take_old_flags(values, old)
         if config_path:
             hints = typing.get_type_hints(cls)
             file_values = load_config_file(
-                config_path, hints, sections=(section,), prog=parser.prog
+                config_path, hints, sections=(section,), prog=parser.prog, old=old
             )
             values = {**file_values, **values}
         return cls(**values)

@@ -220,7 +220,7 @@ def choose_gpu(view: ClusterView, requested: bool | None, *, what: str) -> GpuCh
         log.info("%s on GPU: %s", what, choice.reason)
     else:
         log.info(
-            "%s on CPU: %s (pass --use-gpu / --num-gpus-per-actor to insist)", what, choice.reason
+            "%s on CPU: %s (pass --device gpu to insist)", what, choice.reason
         )
     return choice
 

@@ -31,9 +31,11 @@ def cpus_per_train_worker(view: ClusterView, *, num_workers: int) -> float:
     return max(0.1, math.floor(share * 100) / 100)
 
 
-def worker_resources(*, use_gpu: bool, cpus_per_worker: float) -> dict[str, float]:
+def worker_resources(
+    *, use_gpu: bool, cpus_per_worker: float, gpus_per_worker: float = 1.0
+) -> dict[str, float]:
     """resources_per_worker of Ray Train's ScalingConfig."""
-    return {"CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
+    return {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ in MLflow.
 Images go through the segmentation pipeline (decode tasks -> predictor actors), then the scoring
 stage (`jobs.evaluating.scoring`) returns one row per image with its confusion matrix and
 figures. As each batch of rows arrives the driver adds its matrices into one (`Tally`) and, with
---report, appends the rows to the Parquet report (`jobs.evaluating.scores_file`): its memory does not
+--scores-file, appends the rows to the Parquet report (`jobs.evaluating.scores_file`): its memory does not
 grow with the number of images. Figures over the whole set come from the summed matrix (absent
 classes are left out of the means). Pixel error = 1 - pixel accuracy. The adapted Rand error
 (--rand-error-class) is per image, so the summary's is the mean of the per-image (per-slice)
@@ -166,8 +166,8 @@ def _evaluate(cfg: EvaluateConfig, session: Session, actors: PredictorActors) ->
 
     # The report is opened first, so that a bad destination fails before any work.
     opened = (
-        ParquetReport(cfg.report, report_schema(class_map.names), endpoint_url=endpoint)
-        if cfg.report
+        ParquetReport(cfg.scores_file, report_schema(class_map.names), endpoint_url=endpoint)
+        if cfg.scores_file
         else contextlib.nullcontext()
     )
     with opened as report:
@@ -215,9 +215,9 @@ def _evaluate(cfg: EvaluateConfig, session: Session, actors: PredictorActors) ->
         }
         if report is not None:
             report.publish()
-            summary["report"] = report.uri
+            summary["scores_file"] = report.uri
         summary["seconds"] = round(time.perf_counter() - started, 3)
-        if cfg.log_to_mlflow:
+        if cfg.mlflow_logging:
             summary["mlflow_run_id"] = log_evaluation(
                 summary,
                 tracking_uri=resolve_tracking_uri(cfg.tracking_uri),

@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass
 
 from jobs.common.cli import add_config_flag, add_field_flag, field_docs, parse_fields
+from jobs.common.vocabulary import logs_to_mlflow
 
 FORMATS = ("onnx", "pt2")
 SECTION = "export"
@@ -35,8 +36,8 @@ class ExportConfig:
     """Input sizes HxW of the check, comma-separated (e.g. 256x256,512x384), each a multiple of 2**depth and at least 2 * 2**depth; the first runs with batch 2, the others with batch 1. auto: 3m x 5m and 4m x 2m for m = 2**depth."""
     opset: int | None = None
     """ONNX opset to target (onnx only); default: the exporter's recommended opset."""
-    log_to_mlflow: bool = True
-    """For a model from MLflow: log the file as an artifact of the model's run (<artifact-path>/unet.onnx or unet.pt2) and, for a registered version, tag it (export.<format> = the artifact URI, export.<format>.max_abs_diff, export.<format>.sha256). Nothing is logged for a checkpoint path or when the check fails."""
+    log_to_mlflow: bool | None = None
+    """For a model from MLflow: log the file as an artifact of the model's run (<artifact-path>/unet.onnx or unet.pt2) and, for a registered version, tag it (export.<format> = the artifact URI, export.<format>.max_abs_diff, export.<format>.sha256); default: on when a tracking store is named (--tracking-uri or $MLFLOW_TRACKING_URI) or --model is an MLflow URI (models:/, runs:/), else off. Nothing is logged for a checkpoint path or when the check fails."""
     artifact_path: str = "export"
     """Folder of the model run's artifacts that receives the exported file."""
     tracking_uri: str | None = None
@@ -77,6 +78,11 @@ class ExportConfig:
             problems.append("--artifact-path must name a folder, e.g. export")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def mlflow_logging(self) -> bool:
+        """--log-to-mlflow, or its default (`jobs.common.vocabulary.logs_to_mlflow`)."""
+        return logs_to_mlflow(self.log_to_mlflow, self.tracking_uri, self.model)
 
     def sizes(self, *, multiple: int) -> list[tuple[int, int]]:
         """The (H, W) sizes of the check for a model whose sides must be multiples of

@@ -107,7 +107,7 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
             f"the exported file's logits {what} on inputs {[c['shape'] for c in checks]}; "
             f"{output} is kept for inspection, nothing was logged to MLflow"
         )
-    elif cfg.log_to_mlflow and resolved.run_id:
+    elif cfg.mlflow_logging and resolved.run_id:
         from jobs.exporting.publish import log_export
 
         summary.update(
@@ -121,7 +121,7 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
                 tracking_uri=cfg.tracking_uri,
             )
         )
-    elif cfg.log_to_mlflow and resolved.name:
+    elif cfg.mlflow_logging and resolved.name:
         logger.warning(
             "%s has no run to log the export to; the file is written but not logged",
             resolved.uri_resolved,

@@ -13,8 +13,23 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.common.cli import NONE_WORDS, add_config_flag, add_field_flag, field_docs, parse_fields
+from jobs.common.cli import (
+    NONE_WORDS,
+    OldSpelling,
+    add_config_flag,
+    add_field_flag,
+    field_docs,
+    parse_fields,
+)
 from jobs.common.decode_flags import DecodeFlags
+from jobs.common.vocabulary import (
+    DEVICES,
+    device_problems,
+    device_request,
+    logs_to_mlflow,
+    normal_workers,
+    parse_workers,
+)
 
 DEFAULT_MODEL_URI = "models:/unet@champion"
 MASK_FORMATS = ("indices", "values", "color")
@@ -25,6 +40,39 @@ TTA_MODES = ("none", "flip", "dihedral")
 TILE_SIZE_CPU = 512
 """--tile-size on CPU actors (`unet_core.inference_device.TILE_SIZE_CPU`, which a unit test
 compares: this module stays free of torch and Ray)."""
+
+
+def _actors(_value: int, given: dict[str, Any]) -> dict[str, Any]:
+    low, high = int(given.get("min_actors") or 0), int(given.get("max_actors") or 0)
+    return {"num_workers": f"{low}-{high}" if high else low}
+
+
+def _gpus(value: float, _given: dict[str, Any]) -> dict[str, Any]:
+    return {"device": "cpu"} if value == 0 else {"device": "gpu", "gpus_per_worker": value}
+
+
+SEGMENT_OLD_SPELLINGS = (
+    OldSpelling("--min-actors", "--num-workers MIN-MAX", _actors, kind=int),
+    OldSpelling("--max-actors", "--num-workers MIN-MAX", _actors, kind=int),
+    OldSpelling(
+        "--num-gpus-per-actor",
+        "--device gpu --gpus-per-worker X (0: --device cpu)",
+        _gpus,
+        kind=float,
+        new_key="device: gpu, gpus_per_worker: X (0: device: cpu)",
+    ),
+    OldSpelling(
+        "--num-cpus-per-actor",
+        "--cpus-per-worker X",
+        lambda v, _: {"cpus_per_worker": v},
+        kind=float,
+    ),
+)
+"""Flags (and config keys) of earlier releases that segment and evaluate still take."""
+EVALUATE_OLD_SPELLINGS = (
+    *SEGMENT_OLD_SPELLINGS,
+    OldSpelling("--report", "--scores-file PATH", lambda v, _: {"scores_file": v}),
+)
 
 
 @dataclass
@@ -41,22 +89,22 @@ class InferenceConfig(DecodeFlags):
     """Images (or tiles) per forward pass (equal-size images are stacked; others are predicted apart); 0 = auto by image size: as many as make 2^17 pixels on CPU (64 images of 16x16 ... 1 of 480x360) and 2^22 on GPU (16 of 512x512), at most 64 (CPU) or 256 (GPU); measured in jobs/common/resources.py."""
     rows_per_call: int = 0
     """Images per Ray Data batch handed to a decode task or a predictor actor call (at least --batch-size when given; an automatic forward batch is cut to fit it); 0 = auto: the forward batch of the first input's size, at least 8."""
-    min_actors: int = 0
-    """Smallest size of the predictor actor pool (each actor loads the model once); 0 = auto: 1 on an autoscaling cluster (the pool grows with it), else the whole pool."""
-    max_actors: int = 0
-    """Largest size of the predictor actor pool (Ray Data scales between min and max); 0 = auto: one actor per GPU the cluster has or can launch (by --num-gpus-per-actor), on CPU one single-threaded actor per core of a local Ray (half the logical CPUs of a cluster); 16 when an autoscaler does not publish its maximum."""
-    num_gpus_per_actor: float | None = None
-    """GPUs per predictor actor; default 1 when the cluster has GPUs or its autoscaler can launch GPU nodes (on a local Ray: when this machine has CUDA), else 0 (CPU)."""
-    num_cpus_per_actor: float = 1.0
+    device: str = "auto"
+    """Where the predictor actors run: cpu, gpu, or auto (GPU when this machine has CUDA on a local Ray, or the cluster has GPUs now, or its autoscaler can launch GPU nodes; else CPU)."""
+    gpus_per_worker: float = 1.0
+    """GPUs reserved per predictor actor when they run on GPU (a fraction lets actors share a GPU, e.g. 0.5: two per GPU)."""
+    cpus_per_worker: float = 1.0
     """Logical CPUs reserved per predictor actor."""
+    num_workers: int | str = 0
+    """Predictor actors (each loads the model once): N, or MIN-MAX (Ray Data grows and shrinks the pool between them); 0 = auto, and MIN 0 = an automatic smallest pool. Auto smallest: 1 on an autoscaling cluster (the pool grows with it), else the whole pool. Auto largest: one actor per --gpus-per-worker of the GPUs the cluster has or can launch; on CPU one single-threaded actor per core of a local Ray (half the logical CPUs of a cluster); 16 when an autoscaler does not publish its maximum."""
     torch_threads: int = 0
     """torch intra-op threads per CPU actor; 0 = auto: a local Ray's cores divided by the pool size, 1 on a cluster."""
     fused: bool | None = None
-    """Read, decode, predict, encode and write inside each predictor actor (one single-threaded actor per core, no object-store hop, no separate decode/write tasks); default: on for CPU actors, off for GPU actors (whose decode and write run in CPU tasks beside them). --no-fused / --fused force either; both give the same masks and manifest rows."""
+    """The whole pipeline inside each predictor actor; default: on for CPU actors (each job says its own words)."""
     decode_cpus: float = 0.5
-    """Logical CPUs reserved per decode and per encode/write task."""
+    """Logical CPUs reserved per CPU task (each job says its own words)."""
     cpu_tasks: int = 0
-    """Most decode tasks (and, apart, encode/write tasks) running at once; 0 = auto: on a local Ray a quarter of its logical CPUs, at least 1 (each task process costs a Python + torch start-up that the model's cores pay for); on a cluster unbounded (as many as its nodes hold, more as nodes join)."""
+    """Most CPU tasks of a stage running at once; 0 = auto (each job says its own words)."""
     max_in_flight_mb: int = 0
     """Object-store memory (MiB) that this job's blocks in flight (decoded images, masks) may use; 0 = auto: 12 calls (--rows-per-call images of the first input's size), at least 3 blocks (up to 64 MiB or 1,024 images each), per actor, at least 32. Bounds memory however many images there are."""
     tile_size: int | None = None
@@ -76,11 +124,11 @@ class InferenceConfig(DecodeFlags):
     ray_address: str | None = None
     """Ray cluster to connect to; default $RAY_ADDRESS, else a local Ray is started."""
     startup_timeout: float = 600.0
-    """Seconds to wait for the smallest predictor pool (--min-actors) to start, including the nodes an autoscaler launches for it; then the job fails saying so instead of waiting forever."""
+    """Seconds to wait for the smallest predictor pool (MIN of --num-workers) to start, including the nodes an autoscaler launches for it; then the job fails saying so instead of waiting forever."""
     shared_fs: bool = False
-    """Local paths (--input, --output, --data, a sqlite tracking URI...) are on a filesystem every node mounts at the same path (NFS, EFS, FSx): allow them on a multi-node cluster."""
+    """Local paths are on a filesystem every node mounts (each job says its own words)."""
     dry_run: bool = False
-    """Resolve everything a run would (model version, inputs and skips, device, actor pool bounds, output) and print it as one JSON object; start no actors, write nothing. Exit 2 when it lists problems."""
+    """Resolve everything a run would and print it as one JSON object (each job says its own words)."""
     num_cpus: int | None = None
     """Logical CPUs of a local Ray started by the job; default max(4, 2 x cores), so decode tasks run beside the actors."""
     log_level: str = "INFO"
@@ -94,17 +142,13 @@ class InferenceConfig(DecodeFlags):
             problems.append(f"--batch-size must be >= 0 (0 = auto), got {self.batch_size}")
         if self.rows_per_call < 0:
             problems.append(f"--rows-per-call must be >= 0 (0 = auto), got {self.rows_per_call}")
-        if self.min_actors < 0 or self.max_actors < 0:
-            problems.append("--min-actors and --max-actors must be >= 0 (0 = auto)")
-        elif self.min_actors and self.max_actors < self.min_actors:
-            problems.append(
-                f"need --min-actors <= --max-actors, got {self.min_actors} and {self.max_actors} "
-                "(give --max-actors with --min-actors)"
-            )
-        if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
-            problems.append(f"--num-gpus-per-actor must be >= 0, got {self.num_gpus_per_actor}")
-        if self.num_cpus_per_actor < 0 or self.decode_cpus <= 0:
-            problems.append("--num-cpus-per-actor must be >= 0 and --decode-cpus > 0")
+        try:
+            self.num_workers = normal_workers(self.num_workers, auto=True)
+        except ValueError as exc:
+            problems.append(str(exc))
+        problems += device_problems(self.device, self.gpus_per_worker)
+        if self.cpus_per_worker < 0 or self.decode_cpus <= 0:
+            problems.append("--cpus-per-worker must be >= 0 and --decode-cpus > 0")
         if self.max_in_flight_mb < 0:
             problems.append(
                 f"--max-in-flight-mb must be >= 0 (0 = auto), got {self.max_in_flight_mb}"
@@ -133,6 +177,16 @@ class InferenceConfig(DecodeFlags):
             problems.append(f"--num-cpus must be >= 1, got {self.num_cpus}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(MIN, MAX) predictor actors of --num-workers; 0 = automatic."""
+        return parse_workers(self.num_workers, auto=True)
+
+    @property
+    def use_gpu(self) -> bool | None:
+        """--device as a request: True (gpu), False (cpu), None (auto, decided on the driver)."""
+        return device_request(self.device)
 
     def tile_for(self, *, use_gpu: bool) -> int:
         """--tile-size, or its default for the actors' device."""
@@ -188,6 +242,16 @@ class SegmentConfig(InferenceConfig):
     """Write <output>/report.html at the end (thumbnails and charts under report/): counts by status, failures with their errors, class-fraction and mean-confidence histograms, the --report-worst lowest-confidence images, throughput and model version, over every input of the output (the manifest's rows); a static page that works offline. Default: on for local outputs, off for s3:// (--report uploads it)."""
     report_worst: int = 12
     """Lowest mean-confidence images the report shows as image | mask | overlay thumbnails (0: none)."""
+    fused: bool | None = None
+    """Read, decode, predict, encode and write inside each predictor actor (one single-threaded actor per core, no object-store hop, no separate decode/write tasks); default: on for CPU actors, off for GPU actors (whose decode and write run in CPU tasks beside them). --no-fused / --fused force either; both give the same masks and manifest rows."""
+    decode_cpus: float = 0.5
+    """Logical CPUs reserved per decode and per encode/write task."""
+    cpu_tasks: int = 0
+    """Most decode tasks (and, apart, encode/write tasks) running at once; 0 = auto: on a local Ray a quarter of its logical CPUs, at least 1 (each task process costs a Python + torch start-up that the model's cores pay for); on a cluster unbounded (as many as its nodes hold, more as nodes join)."""
+    shared_fs: bool = False
+    """Local paths (--input, --input-list, --output, a sqlite tracking URI...) are on a filesystem every node mounts at the same path (NFS, EFS, FSx): allow them on a multi-node cluster."""
+    dry_run: bool = False
+    """Resolve everything a run would (model version, inputs and skips, device, actor pool bounds, output) and print it as one JSON object; start no actors, write nothing. Exit 2 when it lists problems."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -226,12 +290,23 @@ class EvaluateConfig(InferenceConfig):
     """Class map JSON (local or s3://) telling which mask values are which class; default <data>/classes.json, else the model's own class map."""
     rand_error_class: str | None = None
     """Class whose 4-connected regions are the segments of the adapted Rand error (the ISBI 2012 leaderboard metric; ISBI: cell): computed per image on the truth and predicted masks (ignored truth pixels left out of both) and averaged over images (mean of per-slice values) in the summary; default: not computed."""
-    log_to_mlflow: bool = False
-    """Record the figures in MLflow: an evaluation run (metrics, the summary as evaluation.json, the --report Parquet file when given) linked to the model version by tags."""
+    log_to_mlflow: bool | None = None
+    """Record the figures in an MLflow evaluation run (metrics, the summary as evaluation.json, the --scores-file when given) linked to the model version by tags; default: on when a tracking store is named (--tracking-uri or $MLFLOW_TRACKING_URI) or --model is an MLflow URI (models:/, runs:/), else off."""
     experiment: str = "unet-evaluation"
-    """MLflow experiment of the evaluation run (with --log-to-mlflow)."""
-    report: str | None = None
+    """MLflow experiment of the evaluation run (when it logs to MLflow)."""
+    scores_file: str | None = None
     """Also write one row per image to this Parquet file (local or s3://, name ending in .parquet; streamed, appears whole at the end; rows in completion order): key, input, mask_input, status (ok | failed), error, height, width, pixels, mean_iou, mean_dice, pixel_accuracy, pixel_error, rand_error / rand_precision / rand_recall (with --rand-error-class; null where the image has no truth pixel of the class), iou / dice / support (structs with one field per class name; pyarrow.parquet.read_table(path).flatten().to_pandas() gives columns such as iou.cell), confusion (K x K counts, row-major, rows = truth), seconds. Figures are null for a failed image; iou and dice of a class absent from an image's truth and prediction are null."""
+
+    fused: bool | None = None
+    """Read, decode, predict and score each image inside each predictor actor (one single-threaded actor per core, no object-store hop, no separate decode/scoring tasks); default: on for CPU actors, off for GPU actors (whose decode and scoring run in CPU tasks beside them). --no-fused / --fused force either; both give the same figures."""
+    decode_cpus: float = 0.5
+    """Logical CPUs reserved per decode and per scoring task."""
+    cpu_tasks: int = 0
+    """Most decode tasks (and, apart, scoring tasks) running at once; 0 = auto: on a local Ray a quarter of its logical CPUs, at least 1 (each task process costs a Python + torch start-up that the model's cores pay for); on a cluster unbounded (as many as its nodes hold, more as nodes join)."""
+    shared_fs: bool = False
+    """Local paths (--data, --class-map, a sqlite tracking URI...) are on a filesystem every node mounts at the same path (NFS, EFS, FSx): allow them on a multi-node cluster."""
+    dry_run: bool = False
+    """Resolve everything a run would (model version, the image/mask pairs, device, actor pool bounds) and print it as one JSON object; start no actors, score and write nothing. Exit 2 when it lists problems."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -239,12 +314,17 @@ class EvaluateConfig(InferenceConfig):
             raise ValueError(
                 "--data is required (a folder or s3://bucket/prefix with images/, masks/)"
             )
-        if self.report and not self.report.lower().endswith(".parquet"):
+        if self.scores_file and not self.scores_file.lower().endswith(".parquet"):
             raise ValueError(
-                f"--report {self.report}: the report is a Parquet file (one row per image); "
-                "give a name ending in .parquet, e.g. report.parquet (the summary is the last "
-                "line of stdout, and evaluation.json of the MLflow run with --log-to-mlflow)"
+                f"--scores-file {self.scores_file}: the scores file is a Parquet file (one row "
+                "per image); give a name ending in .parquet, e.g. scores.parquet (the summary is "
+                "the last line of stdout, and evaluation.json of the MLflow run)"
             )
+
+    @property
+    def mlflow_logging(self) -> bool:
+        """--log-to-mlflow, or its default (`logs_to_mlflow`)."""
+        return logs_to_mlflow(self.log_to_mlflow, self.tracking_uri, self.model)
 
 
 # --- flags from fields ---------------------------------------------------------------------------
@@ -274,13 +354,10 @@ def build_parser(cls: type, *, prog: str, description: str) -> argparse.Argument
             text = doc if "default" in doc.lower() else f"{doc} (default: none)"
         else:
             text = f"{doc} (default: {f.default})"
+        metavar = "URI" if f.name in ("model", "input", "output", "data") else f.name.upper()
+        metavar = {"num_workers": "N|MIN-MAX", "device": "|".join(DEVICES)}.get(f.name, metavar)
         add_field_flag(
-            group,
-            f.name,
-            hints[f.name],
-            text,
-            metavar="URI" if f.name in ("model", "input", "output", "data") else f.name.upper(),
-            none_words=(*NONE_WORDS, "auto"),
+            group, f.name, hints[f.name], text, metavar=metavar, none_words=(*NONE_WORDS, "auto")
         )
     return parser
 
@@ -294,4 +371,5 @@ def parse_config(cls: type, argv: list[str] | None, *, prog: str, description: s
     """Parse flags (and --config) into `cls`: defaults < config file < command line; invalid
     values exit 2 with the reason."""
     parser = build_parser(cls, prog=prog, description=description)
-    return parse_fields(cls, parser, argv, section=section_of(cls))
+    old = EVALUATE_OLD_SPELLINGS if cls is EvaluateConfig else SEGMENT_OLD_SPELLINGS
+    return parse_fields(cls, parser, argv, section=section_of(cls), old=old)

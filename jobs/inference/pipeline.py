@@ -235,7 +235,7 @@ def build_pipeline(
             batch_format="pyarrow",
             batch_size=finish_rows,
             num_gpus=num_gpus,
-            num_cpus=cfg.num_cpus_per_actor,
+            num_cpus=cfg.cpus_per_worker,
         )
     ds = ds.map_batches(
         decode_images,
@@ -251,7 +251,7 @@ def build_pipeline(
         batch_format="pyarrow",
         batch_size=call_rows,
         num_gpus=num_gpus,
-        num_cpus=cfg.num_cpus_per_actor,
+        num_cpus=cfg.cpus_per_worker,
     )
     return ds.map_batches(
         run_sink,

@@ -60,21 +60,18 @@ def guarded_paths(cfg: InferenceConfig) -> dict[str, str | None]:
 
 def choose_predictor_actors(cfg: InferenceConfig, view: ClusterView) -> PredictorActors:
     """Device and pool bounds of the predictor actors (the flags win)."""
-    requested = None if cfg.num_gpus_per_actor is None else cfg.num_gpus_per_actor > 0
-    choice = choose_gpu(view, requested, what="predictor actors")
-    if cfg.num_gpus_per_actor is not None:
-        num_gpus = cfg.num_gpus_per_actor
-    else:
-        num_gpus = 1.0 if choice.use_gpu else 0.0
+    choice = choose_gpu(view, cfg.use_gpu, what="predictor actors")
+    num_gpus = cfg.gpus_per_worker if choice.use_gpu else 0.0
     fused = cfg.fused if cfg.fused is not None else num_gpus == 0
+    min_actors, max_actors = cfg.worker_range  # 0 = auto
     pool = resources.actor_pool(
-        min_actors=cfg.min_actors,
-        max_actors=cfg.max_actors,
+        min_actors=min_actors,
+        max_actors=max_actors,
         torch_threads=cfg.torch_threads,
         num_gpus=num_gpus,
         view=view,
         fused=fused,
-        cpus_per_actor=cfg.num_cpus_per_actor,
+        cpus_per_actor=cfg.cpus_per_worker,
     )
     logger.info(
         "predictor pool: %d-%d %s actors, %s",
@@ -98,7 +95,7 @@ class Session:
     def ask_for_first_nodes(self, actors: PredictorActors) -> None:
         """On an autoscaling cluster, ask for the first actor's node and a CPU for decoding:
         Ray Data submits no task while the cluster has no CPU for it, so nothing would ask."""
-        bundle = {"CPU": self.cfg.num_cpus_per_actor}
+        bundle = {"CPU": self.cfg.cpus_per_worker}
         if actors.num_gpus:
             bundle["GPU"] = actors.num_gpus
         request_capacity(self.view, [bundle, {"CPU": max(1.0, self.cfg.decode_cpus)}])

@@ -1,5 +1,5 @@
 """Image/mask pairs that fail to read or decode in Ray Data tasks during training: recorded,
-counted over the whole run and bounded by --max-bad-pairs.
+counted over the whole run and bounded by --max-failed-fraction.
 
 The decode tasks (`jobs.training.datasets.decode_pairs`) record each failed pair, with its
 error, in one small actor per Ray job (a `BadPairLedger`, created by the driver before the
@@ -108,7 +108,7 @@ def examples(errors: dict[str, str], limit: int = MAX_EXAMPLES) -> list[str]:
 
 
 class BadPairsError(DataValidationError):
-    """More pairs failed to read or decode during training than --max-bad-pairs allows."""
+    """More pairs failed to read or decode during training than --max-failed-fraction allows."""
 
     @classmethod
     def of(cls, errors: dict[str, str], max_bad_pairs: int) -> BadPairsError:
@@ -117,6 +117,7 @@ class BadPairsError(DataValidationError):
         )
         return cls(
             f"{len(errors)} image/mask pair(s) could not be read or decoded during training, "
-            f"more than --max-bad-pairs {max_bad_pairs} allows:\n{listing}\n"
-            "Repair or remove these files, or raise --max-bad-pairs to train without them."
+            f"more than the {max_bad_pairs} that --max-failed-fraction allows:\n{listing}\n"
+            "Repair or remove these files, or raise --max-failed-fraction to train without "
+            "them."
         )

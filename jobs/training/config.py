@@ -16,13 +16,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.common.cli import (
+    OldSpelling,
     add_field_flag,
+    add_old_flags,
     base_type,
     command_name,
     field_docs,
     load_config_file,
+    take_old_flags,
 )
 from jobs.common.decode_flags import DecodeFlags
+from jobs.common.vocabulary import (
+    DEVICES,
+    device_problems,
+    device_request,
+    normal_workers,
+    parse_workers,
+)
 from unet_core.config import ModelConfig, TrainConfig
 
 DEMO_PRESET: dict[str, Any] = {
@@ -41,32 +51,37 @@ DEMO_PRESET: dict[str, Any] = {
 
 MODEL_FIELDS_FROM_DATA = ("in_channels", "num_classes")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_WORKER_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 AMP_MODES = ("auto", "bf16", "off")
+
+
+def _device(value: bool, _given: dict) -> dict[str, Any]:
+    return {"device": "gpu" if value else "cpu"}
+
+
+OLD_SPELLINGS = (
+    OldSpelling(
+        "--use-gpu",
+        "--device gpu",
+        _device,
+        kind=bool,
+        const=True,
+        key="use_gpu",
+        new_key="device: gpu (or cpu)",
+    ),
+    OldSpelling("--no-use-gpu", "--device cpu", _device, kind=bool, const=False, key=None),
+    OldSpelling("--no-gpu", "--device cpu", _device, kind=bool, const=False, key=None),
+    OldSpelling(
+        "--max-bad-pairs", "--max-failed-fraction X", lambda v, _: {"max_bad_pairs": v}, kind=int
+    ),
+)
+"""Flags (and config keys) of earlier releases that still work, with a notice."""
+NOT_FLAGS = ("max_bad_pairs",)
+"""Fields set only through an old spelling (OLD_SPELLINGS)."""
 
 
 def amp_flag(mode: str) -> bool | None:
     """``--amp`` as the ``enabled`` argument of `unet_core.precision.autocast_dtype`."""
     return {"auto": None, "bf16": True, "off": False}[mode]
-
-
-def parse_workers(value: int | str) -> tuple[int, int]:
-    """(MIN, MAX) of ``--num-workers``: N is (N, N), "MIN-MAX" a range; ValueError says why."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ValueError(f"--num-workers must be >= 1, got {value}")
-        return value, value
-    found = _WORKER_RANGE.match(value) if isinstance(value, str) else None
-    if found is None:
-        raise ValueError(
-            f"--num-workers must be a count N or a range MIN-MAX (e.g. 2-8), got {value!r}"
-        )
-    low, high = int(found[1]), int(found[2])
-    if not 1 <= low <= high:
-        raise ValueError(f"--num-workers {value!r}: a range needs 1 <= MIN <= MAX")
-    return low, high
 
 
 @dataclass
@@ -86,17 +101,20 @@ class TrainJobConfig(DecodeFlags):
     """S3-compatible endpoint (MinIO, a local server); default: $AWS_ENDPOINT_URL."""
     in_channels: int | None = None
     """Model input channels (1 grayscale, 3 RGB); default: inferred from the images."""
+    device: str = "auto"
+    """Where the training workers run: cpu, gpu, or auto (GPU when this machine has CUDA on a
+    local Ray, or the cluster has GPUs now, or its autoscaler can launch GPU nodes; else CPU)."""
+    gpus_per_worker: float = 1.0
+    """GPUs reserved per training worker when they run on GPU (a fraction lets workers share a
+    GPU)."""
+    cpus_per_worker: float | None = None
+    """Logical CPUs reserved per worker; default: 1, less on small nodes so that Ray Data tasks
+    always have CPU left."""
     num_workers: int | str = 2
     """Ray Train workers (DDP processes): N, or MIN-MAX for elastic training (starts with as many
     as the cluster has room for, at least MIN; grows or shrinks with the cluster, resuming from
     the last checkpoint). The per-worker batch is fixed: the global batch is batch_size * the
     workers running."""
-    use_gpu: bool | None = None
-    """One GPU per worker; default: yes when the cluster has at least num_workers GPUs (MAX of a
-    range)."""
-    cpus_per_worker: float | None = None
-    """Logical CPUs reserved per worker; default: 1, less on small nodes so that Ray Data tasks
-    always have CPU left."""
     torch_threads: int = 0
     """torch intra-op threads per worker; 0 = Ray's default (the worker's CPU count)."""
     amp: str = "auto"
@@ -124,9 +142,13 @@ class TrainJobConfig(DecodeFlags):
     check_limit: int = 1000
     """Data sets up to this many pairs are validated in full on the driver; larger ones on a seeded
     sample there, then in Ray Data tasks."""
-    max_bad_pairs: int = 0
-    """Pairs whose image or mask fails to read or decode during training (training and validation
-    sets) that may be left out; above it the job fails naming them. Logged as bad_pairs."""
+    max_failed_fraction: float = 0.0
+    """Fraction of the pairs (training and validation sets) whose image or mask may fail to read
+    or decode during training and be left out; above it the job fails naming them (0: any such
+    pair fails the job). Logged as bad_pairs."""
+    max_bad_pairs: int | None = None
+    """A count instead of --max-failed-fraction (the old --max-bad-pairs N); not a flag of its
+    own."""
     full_check: bool = True
     """For sets above --check-limit, also check every mask in parallel Ray Data tasks before
     training."""
@@ -162,11 +184,10 @@ class TrainJobConfig(DecodeFlags):
     def __post_init__(self) -> None:
         problems = self.decode_problems()
         try:
-            low, high = parse_workers(self.num_workers)
-            fixed = not isinstance(self.num_workers, str) or self.num_workers.strip().isdigit()
-            self.num_workers = low if fixed else f"{low}-{high}"  # "4" -> 4, " 2 - 8" -> "2-8"
+            self.num_workers = normal_workers(self.num_workers)  # "4" -> 4, " 2 - 8" -> "2-8"
         except ValueError as exc:
             problems.append(str(exc))
+        problems += device_problems(self.device, self.gpus_per_worker)
         if self.in_channels not in (None, 1, 3):
             problems.append(f"--in-channels must be 1 or 3, got {self.in_channels}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
@@ -183,7 +204,11 @@ class TrainJobConfig(DecodeFlags):
             )
         if self.check_limit < 1:
             problems.append(f"--check-limit must be >= 1, got {self.check_limit}")
-        if self.max_bad_pairs < 0:
+        if not 0.0 <= self.max_failed_fraction <= 1.0:
+            problems.append(
+                f"--max-failed-fraction must be in [0, 1], got {self.max_failed_fraction}"
+            )
+        if self.max_bad_pairs is not None and self.max_bad_pairs < 0:
             problems.append(f"--max-bad-pairs must be >= 0, got {self.max_bad_pairs}")
         if self.demo_images < 4 or self.demo_size < 16:
             problems.append("--demo-images must be >= 4 and --demo-size >= 16")
@@ -199,9 +224,23 @@ class TrainJobConfig(DecodeFlags):
         """(MIN, MAX) Ray Train workers; MIN == MAX for a fixed count."""
         return parse_workers(self.num_workers)
 
+    @property
+    def use_gpu(self) -> bool | None:
+        """--device as a request: True (gpu), False (cpu), None (auto, decided on the driver)."""
+        return device_request(self.device)
+
+    def allowed_bad_pairs(self, pairs: int) -> int:
+        """Pairs that may fail to decode out of ``pairs``: --max-bad-pairs when given, else
+        --max-failed-fraction of them (failed / pairs above the fraction fails the job)."""
+        if self.max_bad_pairs is not None:
+            return self.max_bad_pairs
+        return int(self.max_failed_fraction * pairs + 1e-9)
+
     def to_flat(self) -> dict[str, Any]:
         """All fields in one flat dict, as the flags name them (for logging and files)."""
         out = {f.name: getattr(self, f.name) for f in _job_fields()}
+        if out["max_bad_pairs"] is None:  # set only by the old --max-bad-pairs
+            del out["max_bad_pairs"]
         out.update(self.train.to_dict())
         out.update(
             {k: v for k, v in self.model.to_dict().items() if k not in MODEL_FIELDS_FROM_DATA}
@@ -277,16 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
         "model": parser.add_argument_group("architecture (unet_core ModelConfig)"),
     }
     for name, tp, default, doc, section in _all_fields():
+        if name in NOT_FLAGS:
+            continue
         group = groups[section]
         text = doc if default is None else f"{doc} (default: {default})"
         metavar = {int: "N", float: "X"}.get(base_type(tp)[0], "TEXT")
-        if name == "num_workers":
-            metavar = "N|MIN-MAX"
+        metavar = {"num_workers": "N|MIN-MAX", "device": "|".join(DEVICES)}.get(name, metavar)
         add_field_flag(group, name, tp, text, metavar=metavar)
-        if name == "use_gpu":
-            group.add_argument(
-                "--no-gpu", dest=name, action="store_false", help="same as --no-use-gpu"
-            )
+    add_old_flags(parser, OLD_SPELLINGS)
     return parser
 
 
@@ -307,12 +344,14 @@ def parse_args(argv: list[str] | None = None) -> TrainJobConfig:
     args = vars(parser.parse_args(argv))
     config_path = args.pop("config", None)
     try:
+        args = take_old_flags(args, OLD_SPELLINGS)
         file_values = (
             load_config_file(
                 config_path,
                 {name: tp for name, tp, *_ in _all_fields()},
                 sections=("train", "model"),
                 prog=command_name("jobs/train.py"),
+                old=OLD_SPELLINGS,
             )
             if config_path
             else {}

@@ -9,7 +9,7 @@ What is checked, and how much is read:
   unless --no-exif-transpose; from the first 64 KiB; no pixel decode), and the whole mask
   (decoded and mapped through the class map, so a value outside the map names its file and
   value), plus mask size == image size. An image above the pixel limit (--max-image-pixels)
-  is only warned about here: training leaves it out as a bad pair (bounded by --max-bad-pairs).
+  is only warned about here: training leaves it out as a bad pair (bounded by --max-failed-fraction).
 - Channels: every checked image's channel count; a mix of grayscale and colour images is an
   error (the model takes one channel count) that names the odd files.
 
@@ -18,7 +18,7 @@ for I/O. Larger sets are checked on a seeded random sample of that size here (fa
 for the common mistakes), then every remaining pair is checked by parallel Ray Data tasks
 (``check_with_ray``), still before training starts; ``--no-full-check`` skips that pass. A
 file that passes these checks and still fails to decode in training (an image is checked by
-its header only) is left out there, counted and bounded by --max-bad-pairs
+its header only) is left out there, counted and bounded by --max-failed-fraction
 (``jobs.training.bad_pairs``).
 """
 

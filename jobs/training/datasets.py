@@ -6,7 +6,7 @@ on the workers.
   (nearest-neighbour semantics: masks are never interpolated). A pair whose file fails to
   read or decode does not fail the read task: it is left out, logged and recorded with its
   error in the job's bad-pair ledger (`jobs.training.bad_pairs`: counted per epoch, bounded
-  by --max-bad-pairs), an image above --max-image-pixels too. Both files are decoded by the
+  by --max-failed-fraction), an image above --max-image-pixels too. Both files are decoded by the
   run's `DecodeOptions` (EXIF orientation applied unless --no-exif-transpose), shipped to
   every decode task with its arguments. Decoded data are deterministic, so small sets are
   materialised once and reused every epoch (`cache`).

@@ -39,12 +39,13 @@ def path_problems(view: ClusterView, cfg: TrainJobConfig) -> list[str]:
 
 
 def decide_workers(view: ClusterView, cfg: TrainJobConfig) -> tuple[TrainJobConfig, GpuChoice]:
-    """``cfg`` with use_gpu and cpus_per_worker fixed for this cluster (the flags win)."""
+    """``cfg`` with device and cpus_per_worker fixed for this cluster (the flags win)."""
     choice = choose_gpu(view, cfg.use_gpu, what="training workers")
     cpus = cfg.cpus_per_worker or resources.cpus_per_train_worker(
         view, num_workers=cfg.worker_range[1]
     )
-    return dataclasses.replace(cfg, use_gpu=choice.use_gpu, cpus_per_worker=cpus), choice
+    device = "gpu" if choice.use_gpu else "cpu"
+    return dataclasses.replace(cfg, device=device, cpus_per_worker=cpus), choice
 
 
 def with_system_metrics(cfg: TrainJobConfig, view: ClusterView) -> TrainJobConfig:
@@ -65,7 +66,10 @@ def dry_run_summary(
     low, high = cfg.worker_range
     tracking = guarded_paths(cfg)["--tracking-uri / $MLFLOW_TRACKING_URI"]
     unreachable = tracking_problem(tracking) if tracking else None
-    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": 1.0} if cfg.use_gpu else {})}
+    per_worker = {
+        "CPU": cfg.cpus_per_worker,
+        **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
+    }
     return {
         "dry_run": True,
         "use_gpu": bool(cfg.use_gpu),

@@ -29,13 +29,14 @@ def publish(
     """The end of a training run: figures, then the best checkpoint (by val_miou) logged,
     registered and gated; returns the job's JSON summary. `result` is Ray Train's Result.
     Raises BadPairsError (the run marked FAILED) when more pairs failed to decode in training
-    than --max-bad-pairs allows (the workers stopped at the end of that epoch)."""
+    than --max-failed-fraction allows (the workers stopped at the end of that epoch)."""
     import mlflow
 
     bad = read_bad_pairs()
-    if len(bad) > cfg.max_bad_pairs:
+    allowed = cfg.allowed_bad_pairs(len(data.train) + len(data.val))
+    if len(bad) > allowed:
         finish_run(uri, run_id, "FAILED")
-        raise BadPairsError.of(bad, cfg.max_bad_pairs)
+        raise BadPairsError.of(bad, allowed)
     checkpoint, metrics = best_checkpoint(result)
     with checkpoint.as_directory() as folder:
         shutil.copy(Path(folder) / MODEL_FILE, scratch / MODEL_FILE)

@@ -66,7 +66,7 @@ def make_loop_config(
         "torch_threads": cfg.torch_threads,
         "amp": cfg.amp,
         "log_level": cfg.log_level,
-        "max_bad_pairs": cfg.max_bad_pairs,
+        "max_bad_pairs": cfg.allowed_bad_pairs(len(data.train) + len(data.val)),
         "run_name": cfg.run_name,
         "tracking_uri": tracking_uri,
         "run_id": run_id,
@@ -80,7 +80,11 @@ def make_trainer(
     ``owned``: this job started the local Ray, whose runtime_env already reaches every task."""
     low, high = cfg.worker_range
     use_gpu = bool(cfg.use_gpu)  # decided on the driver: jobs.training.preflight.decide_workers
-    resources = worker_resources(use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker or 1.0)
+    resources = worker_resources(
+        use_gpu=use_gpu,
+        cpus_per_worker=cfg.cpus_per_worker or 1.0,
+        gpus_per_worker=cfg.gpus_per_worker,
+    )
     built = build_train_val(
         data,
         seed=cfg.train.seed,

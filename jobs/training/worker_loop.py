@@ -4,7 +4,7 @@ Each epoch: train on this rank's shard; validate this rank's part of the validat
 all-reduce the confusion matrix and the loss sums, so every rank holds metrics over the whole
 set; count the pairs Ray Data could not decode (`jobs.training.bad_pairs`); rank 0 logs the
 epoch to MLflow and writes the checkpoint (`jobs.training.checkpoints`); every rank reports
-(the same number of times). Above --max-bad-pairs every rank stops after that report, and
+(the same number of times). Above --max-failed-fraction every rank stops after that report, and
 the driver fails the job naming the pairs. A restarted worker group resumes from
 `ray.train.get_checkpoint()`. `train_loop_config` is built on the driver by
 `jobs.training.trainer.make_loop_config`.
@@ -354,8 +354,8 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any]:
             )
             if too_many:
                 log.error(
-                    "stopping after epoch %d: %d pairs failed to read or decode, above "
-                    "--max-bad-pairs %d (the job fails naming them)",
+                    "stopping after epoch %d: %d pairs failed to read or decode, more than the "
+                    "%d that --max-failed-fraction allows (the job fails naming them)",
                     epoch,
                     metrics["bad_pairs"],
                     max_bad_pairs,

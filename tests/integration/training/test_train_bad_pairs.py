@@ -57,7 +57,7 @@ def test_default_fails_after_the_first_epoch_naming_the_file(
     err = capsys.readouterr().err
     assert code == 2
     assert "error: 1 image/mask pair(s) could not be read or decoded during training" in err
-    assert f"{image}: cannot decode image" in err and "--max-bad-pairs 0" in err
+    assert f"{image}: cannot decode image" in err and "the 0 that --max-failed-fraction allows" in err
     assert "Repair or remove these files" in err
     driver = [line for line in err.splitlines() if not line.startswith("\x1b[36m(")]  # not Ray's
     assert not any("Traceback" in line for line in driver)

@@ -31,8 +31,8 @@ def autoscaling(max_resources: dict | None = None, **resources: float) -> Cluste
 
 def pool(cfg: SegmentConfig, **kwargs) -> ActorPool:
     return actor_pool(
-        min_actors=cfg.min_actors,
-        max_actors=cfg.max_actors,
+        min_actors=cfg.worker_range[0],
+        max_actors=cfg.worker_range[1],
         torch_threads=cfg.torch_threads,
         **kwargs,
     )
@@ -52,9 +52,9 @@ def test_actor_pool_sizes():
     assert pool(auto, num_gpus=1, view=fixed(CPU=32, GPU=4)) == ActorPool(4, 4, 0)
     assert pool(auto, num_gpus=0.5, view=fixed(GPU=2)).max_size == 4
     # explicit flags win; threads split the local cores between the actors
-    flags = SegmentConfig(input="a", output="b", min_actors=1, max_actors=3)
+    flags = SegmentConfig(input="a", output="b", num_workers="1-3")
     assert pool(flags, num_gpus=0, view=local(4, 8)) == ActorPool(1, 3, 2)
-    threads = SegmentConfig(input="a", output="b", max_actors=2, torch_threads=4)
+    threads = SegmentConfig(input="a", output="b", num_workers="0-2", torch_threads=4)
     assert pool(threads, num_gpus=0, view=fixed()) == ActorPool(2, 2, 4)
     # never an empty pool
     assert pool(auto, num_gpus=0, view=fixed(CPU=1)).max_size == 1
@@ -64,10 +64,10 @@ def test_cpu_actors_take_the_fused_path_unless_told_otherwise():
     def fused(view: ClusterView, **flags) -> bool:
         return choose_predictor_actors(SegmentConfig(input="a", output="b", **flags), view).fused
 
-    assert fused(local(4, 2), num_gpus_per_actor=0) is True
-    assert fused(fixed(CPU=64), num_gpus_per_actor=0) is True
+    assert fused(local(4, 2), device="cpu") is True
+    assert fused(fixed(CPU=64), device="cpu") is True
     assert fused(fixed(CPU=64, GPU=4)) is False  # GPU actors: CPU tasks feed them
-    assert fused(local(4, 2), num_gpus_per_actor=0, fused=False) is False
+    assert fused(local(4, 2), device="cpu", fused=False) is False
     assert fused(fixed(CPU=64, GPU=4), fused=True) is True
 
 

@@ -53,20 +53,23 @@ def test_config_parsing_and_validation(capsys):
             "s3://b/o",
             "--tta",
             "flip",
-            "--num-gpus-per-actor",
+            "--device",
+            "gpu",
+            "--gpus-per-worker",
             "0.5",
-            "--max-actors",
-            "3",
+            "--num-workers",
+            "0-3",
             "--mask-format",
             "color",
         ],
         prog="x",
         description="d",
     )
-    assert (cfg.tta, cfg.num_gpus_per_actor, cfg.max_actors, cfg.mask_format) == (
+    assert (cfg.tta, cfg.use_gpu, cfg.gpus_per_worker, cfg.worker_range, cfg.mask_format) == (
         "flip",
+        True,
         0.5,
-        3,
+        (0, 3),
         "color",
     )
     assert cfg.model == "models:/unet@champion" and cfg.amp_flag is None
@@ -91,12 +94,12 @@ def test_config_parsing_and_validation(capsys):
     assert flags.call_rows(use_gpu=False, pixels=16 * 16) == 4  # never less than a batch
     calls = SegmentConfig(input="a", output="b", rows_per_call=2)
     assert calls.call_rows(use_gpu=False, pixels=16 * 16) == 2  # the auto batch fits the call
-    with pytest.raises(ValueError, match="--min-actors"):
-        SegmentConfig(input="a", output="b", min_actors=3, max_actors=2)
+    with pytest.raises(ValueError, match="--num-workers '3-2': a range needs 0 <= MIN <= MAX"):
+        SegmentConfig(input="a", output="b", num_workers="3-2")
     with pytest.raises(ValueError, match="--tile-overlap"):
         SegmentConfig(input="a", output="b", tile_size=64, tile_overlap=64)
-    with pytest.raises(ValueError, match="give --max-actors"):
-        SegmentConfig(input="a", output="b", min_actors=2)
+    with pytest.raises(ValueError, match="MAX >= 1"):
+        SegmentConfig(input="a", output="b", num_workers="0-0")
 
 
 # --- decode and predict ----------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Pairs that fail to read or decode in training: each is left out with an error naming its
-file, counted once, and above --max-bad-pairs the error names them and the fix."""
+file, counted once, and above --max-failed-fraction the error names them and the fix."""
 
 from __future__ import annotations
 
@@ -82,7 +82,9 @@ def test_error_names_the_pairs_the_bound_and_the_fix():
     text = str(err)
     assert isinstance(err, DataValidationError)  # jobs/train.py: "error: ..." and exit 2
     assert text.startswith("13 image/mask pair(s) could not be read or decoded")
-    assert "--max-bad-pairs 2" in text and "Repair or remove these files" in text
+    assert (
+        "the 2 that --max-failed-fraction allows" in text and "Repair or remove these files" in text
+    )
     named = [f"/d/images/{i:02d}.png: broken" for i in range(MAX_EXAMPLES)]
     assert all(line in text for line in named) and "/d/images/10.png" not in text
     assert "... and 3 more" in text
