@@ -68,7 +68,8 @@ def picture(data: Path, masks: Path, class_map: ClassMap, path: Path, count: int
     big.save(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> dict:
+    """The demo's flags (old spellings turned into new ones, with a notice)."""
     parser = argparse.ArgumentParser(
         prog=command_name("jobs/demo.py"), description=__doc__.split("\n")[0]
     )
@@ -92,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         help="logging level of the jobs (DEBUG: also Ray's and MLflow's own messages)",
     )
     add_old_flags(parser, OLD_SPELLINGS)
-    args = take_old_flags(vars(parser.parse_args(argv)), OLD_SPELLINGS)
+    return take_old_flags(vars(parser.parse_args(argv)), OLD_SPELLINGS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     out = Path(args.get("output", "outputs/demo")).resolve()
     config = ["--config", str(Path(args["config"]).resolve())] if args["config"] else []
     started = time.time()

@@ -87,11 +87,16 @@ def add_old_flags(parser: argparse.ArgumentParser, old: Sequence[OldSpelling]) -
                 dest=spelling.dest,
                 action="store_const",
                 const=spelling.const,
+                default=argparse.SUPPRESS,  # absent: no notice
                 help=argparse.SUPPRESS,
             )
         else:
             parser.add_argument(
-                spelling.flag, dest=spelling.dest, type=spelling.kind, help=argparse.SUPPRESS
+                spelling.flag,
+                dest=spelling.dest,
+                type=spelling.kind,
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
             )
 
 
