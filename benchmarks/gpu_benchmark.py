@@ -10,7 +10,7 @@
     are left out); MFU = achieved FLOPs / the device's dense fp16/bf16 tensor peak (PEAK_TFLOPS,
     null for a device not in it). Then training steps (forward, backward, AdamW: the project's
     `unet_core.engine.train_one_epoch`, bf16 autocast as the training job uses) for --train-width.
-(b) segment: `python jobs/segment.py --num-gpus-per-actor 1` on its own local Ray over N
+(b) segment: `python jobs/segment.py --device gpu` on its own local Ray over N
     generated images (--segment-images, 512x512 by default), against model-only throughput of
     the same model, size and batch (the job's rate includes decode, encode and writes).
 (c) train: `python jobs/train.py` with one GPU worker on a generated data set against a plain
@@ -342,11 +342,11 @@ def segment_part(
     make_synthetic_dataset(work / "sources", num_images=min(16, n), size=size, seed=1)
     sources = sorted((work / "sources" / "images").glob("*.png"))
     make_inputs(work / "inputs", sources, n)  # N symlinks to the distinct sources
-    gpus = "1" if device.type == "cuda" else "0"
+    where = "gpu" if device.type == "cuda" else "cpu"
     summary = run_job(
         "segment.py",
         ["--input", str(work / "inputs"), "--output", str(work / "output"), "--model", str(ckpt),
-         "--num-gpus-per-actor", gpus, "--batch-size", str(args.segment_batch_size),
+         "--device", where, "--batch-size", str(args.segment_batch_size),
          "--progress-seconds", "30", "--overwrite"],
         cwd=work,
         timeout=args.job_timeout,
@@ -444,7 +444,7 @@ def train_part(
     summary = run_job(
         "train.py",
         ["--data", str(root), "--val-data", str(val_root), "--num-workers", "1",
-         "--use-gpu" if device.type == "cuda" else "--no-gpu",
+         "--device", "gpu" if device.type == "cuda" else "cpu",
          "--epochs", str(args.train_epochs), "--batch-size", str(args.train_batch_size),
          "--crop-size", str(args.train_size), "--no-augment", "--lr", "1e-3",
          "--base-width", str(args.train_width), "--depth", str(args.depth),

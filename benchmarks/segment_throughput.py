@@ -222,7 +222,7 @@ def run_job(
         *([] if fused is None else ["--fused" if fused else "--no-fused"]),
         "--num-cpus",
         str(num_cpus),
-        "--max-actors",
+        "--num-workers",  # a fixed pool of this many actors
         str(actors),
         "--torch-threads",
         str(threads),
