@@ -35,7 +35,7 @@ def test_evaluate_constant_model_on_synthetic(
             "--data",
             synthetic_root,
             "--log-to-mlflow",
-            "--report",
+            "--scores-file",
             tmp_path / "eval" / "report.parquet",
         ],
         capsys,
@@ -59,9 +59,9 @@ def test_evaluate_constant_model_on_synthetic(
     assert (report["ok"], report["failed"], report["failures"]) == (len(truths), 0, [])
     assert "images" not in report  # the summary has no per-image list: that is the report
 
-    # --report: one row per image, whose figures add up to the summary's.
-    assert report["report"] == str(tmp_path / "eval" / "report.parquet")
-    rows = pq.read_table(report["report"]).flatten().to_pandas().set_index("key")
+    # --scores-file: one row per image, whose figures add up to the summary's.
+    assert report["scores_file"] == str(tmp_path / "eval" / "report.parquet")
+    rows = pq.read_table(report["scores_file"]).flatten().to_pandas().set_index("key")
     assert sorted(rows.index) == sorted(truths) and set(rows["status"]) == {"ok"}
     assert [p.name for p in (tmp_path / "eval").iterdir()] == ["report.parquet"]  # no temp file
     for stem, truth in truths.items():
@@ -148,14 +148,14 @@ def test_evaluate_caps_failures_and_writes_the_report_to_s3(
     uri = f"s3://{s3_bucket}/eval/run1/report.parquet"
     code, summary = run_main(
         evaluate.main,
-        ["--model", ckpt, "--data", root, "--report", uri, "--s3-endpoint-url", s3_endpoint],
+        ["--model", ckpt, "--data", root, "--scores-file", uri, "--s3-endpoint-url", s3_endpoint],
         capsys,
     )
     assert code == 1, summary  # failures over --max-failed-fraction 0
     assert (summary["total"], summary["ok"], summary["failed"]) == (15, 3, 12)
     assert [f["image"] for f in summary["failures"]] == bad[:10]
     assert all("bad" in f["error"] for f in summary["failures"])
-    assert summary["pixel_accuracy"] == 1.0 and summary["report"] == uri
+    assert summary["pixel_accuracy"] == 1.0 and summary["scores_file"] == uri
 
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     listed = client.list_objects_v2(Bucket=s3_bucket, Prefix="eval/")
@@ -173,6 +173,6 @@ def test_evaluate_caps_failures_and_writes_the_report_to_s3(
 def test_evaluate_refuses_a_json_report(tmp_path, capsys):
     """The per-image report is Parquet; a .json name is refused before anything starts."""
     with pytest.raises(SystemExit) as exited:
-        evaluate.main(["--data", str(tmp_path), "--report", str(tmp_path / "report.json")])
+        evaluate.main(["--data", str(tmp_path), "--scores-file", str(tmp_path / "report.json")])
     assert exited.value.code == 2
     assert "ending in .parquet" in capsys.readouterr().err
