@@ -259,10 +259,11 @@ def _parse_file(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({exc}); YAML files need .yaml/.yml") from exc
 
 
-JOB_SECTIONS = ("train", "model", "evaluate", "segment", "export")
+JOB_SECTIONS = ("train", "model", "evaluate", "segment", "export", "report")
 """Sections of a recipe file (configs/*.yaml): `train:` and `model:` are read by jobs/train.py,
-`evaluate:` by jobs/evaluate.py, `segment:` by jobs/segment.py, `export:` by jobs/export.py;
-each job skips the others'."""
+`evaluate:` by jobs/evaluate.py, `segment:` by jobs/segment.py, `export:` by jobs/export.py,
+`report:` by jobs/report.py; each job skips the others'. A key of that name whose value is not a
+mapping is a field (segment's flat `report: false`)."""
 
 
 def load_config_file(
@@ -284,11 +285,12 @@ def load_config_file(
         raise ValueError(f"{path}: expected a mapping of field names to values")
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key in JOB_SECTIONS and not isinstance(value, dict):
+        is_section = key in JOB_SECTIONS and (isinstance(value, dict) or key not in field_types)
+        if is_section and not isinstance(value, dict):
             raise ValueError(f"{path}: section {key!r} must be a mapping of field names to values")
-        if key in sections:
+        if is_section and key in sections:
             flat.update(value)
-        elif key not in JOB_SECTIONS:
+        elif not is_section:
             flat[key] = value
     flat = {k.replace("-", "_"): v for k, v in flat.items()}
     try:
@@ -310,7 +312,7 @@ def add_config_flag(parser: argparse.ArgumentParser, section: str, example: str)
         "--config",
         metavar="FILE",
         help=f"JSON or YAML file with any of the fields below (flat names, e.g. {example}, or "
-        f"under a {section}: section, as in configs/*.yaml); flags given on the command line "
+        f"under its {section}: section, as in configs/*.yaml); flags given on the command line "
         "override it",
     )
 

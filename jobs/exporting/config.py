@@ -27,7 +27,7 @@ class ExportConfig:
     model: str = ""
     """Registered MLflow model (models:/NAME@ALIAS, models:/NAME/VERSION; also runs:/RUN/PATH) or a local or s3:// unet_core checkpoint (file, or a folder holding unet.pt)."""
     format: str = ""
-    """onnx: an ONNX file for onnxruntime and other runtimes (needs pip install 'unet-ray[export]'); pt2: a torch.export program (torch.export.load), exported on CPU."""
+    """onnx: an ONNX file for onnxruntime and other runtimes (needs the export extra: pip install -e '.[export]' in a checkout); pt2: a torch.export program (torch.export.load), exported on CPU."""
     output: str = ""
     """Local file to write (replaced atomically if it exists), e.g. unet.onnx or unet.pt2."""
     tolerance: float = 1e-3

@@ -114,11 +114,11 @@ class InferenceConfig(DecodeFlags):
     tta: str = "none"
     """Test-time augmentation, the mean softmax over views of each image: none; flip (identity, left-right and up-down mirrors: 3x the compute); dihedral (the 8 rotations by 90 degrees and mirrors: 8x, for data without a preferred orientation, such as microscopy)."""
     compile: bool = False
-    """torch.compile the model in each actor (inductor; the first batch of each image size pays the compilation, about a minute on a small CPU; falls back to eager with a warning where compiling fails). Measured in the README: worth it only for long runs of one image size."""
+    """torch.compile the model in each actor (inductor; the first batch of each image size pays the compilation, about a minute on a small CPU; falls back to eager with a warning where compiling fails). Measured in docs/benchmarks.md: worth it only for long runs of one image size."""
     amp: str = "auto"
     """Mixed precision: auto (bf16 on CUDA and on CPUs with native bf16), bf16, or off (fp32)."""
     max_failed_fraction: float = 0.0
-    """Exit non-zero when failed / total exceeds this (0: any failure sets the exit code)."""
+    """Fraction (0 to 1) of the images that may fail (unreadable, undecodable, too large); above it the job exits 1 (0: any failure does)."""
     progress_seconds: float = 10.0
     """Seconds between progress lines on stderr."""
     ray_address: str | None = None

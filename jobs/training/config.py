@@ -108,8 +108,9 @@ class TrainJobConfig(DecodeFlags):
     """GPUs reserved per training worker when they run on GPU (a fraction lets workers share a
     GPU)."""
     cpus_per_worker: float | None = None
-    """Logical CPUs reserved per worker; default: 1, less on small nodes so that Ray Data tasks
-    always have CPU left."""
+    """Logical CPUs reserved per training worker; default: 1 on a cluster; on a local Ray at most
+    1, a share of what is left once a quarter of its CPUs (at least 1) is kept for Ray Data
+    tasks."""
     num_workers: int | str = 2
     """Ray Train workers (DDP processes): N, or MIN-MAX for elastic training (starts with as many
     as the cluster has room for, at least MIN; grows or shrinks with the cluster, resuming from
@@ -153,10 +154,9 @@ class TrainJobConfig(DecodeFlags):
     """For sets above --check-limit, also check every mask in parallel Ray Data tasks before
     training."""
     experiment: str = "unet"
-    """MLflow experiment (tracking URI from $MLFLOW_TRACKING_URI, default
-    sqlite:///<cwd>/mlflow.db)."""
+    """MLflow experiment of the run (in the store of --tracking-uri)."""
     tracking_uri: str | None = None
-    """MLflow tracking URI; overrides $MLFLOW_TRACKING_URI."""
+    """MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
     system_metrics: bool | None = None
     """Every worker logs its machine's CPU, memory, disk, network (and GPU) use to the run
     (system/worker_<rank>/... with several workers; every
@@ -307,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="JSON or YAML file with any of the fields below (flat names, e.g. batch_size: 8); "
-        "flags given on the command line override it",
+        help="JSON or YAML file with any of the fields below (flat names, e.g. batch_size: 8, or "
+        "under train: and model: sections, as in configs/*.yaml); flags given on the command "
+        "line override it",
     )
     groups = {
         "job": parser.add_argument_group("data, cluster, run and registry"),

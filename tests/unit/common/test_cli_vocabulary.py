@@ -219,3 +219,21 @@ def test_log_to_mlflow_default_is_one_rule(monkeypatch):
             "default: on when a tracking store is named (--tracking-uri or $MLFLOW_TRACKING_URI) "
             "or --model is an MLflow URI (models:/, runs:/), else off" in text
         )
+
+
+def test_a_recipe_with_a_report_section_serves_every_job(tmp_path):
+    from jobs.reporting.config import parse_report_config
+
+    recipe = write(tmp_path, {"segment": {"report": False}, "report": {"report_worst": 3}})
+    assert segment(["--config", recipe]).report is False
+    assert parse_report_config(["--config", recipe, "--output", "o"], prog="r", description="")
+    assert (
+        parse_report_config(
+            ["--config", recipe, "--output", "o"], prog="r", description=""
+        ).report_worst
+        == 3
+    )
+    assert train(["--config", recipe]).data == "/d"  # the other jobs' sections are skipped
+    (tmp_path / "flat").mkdir()
+    flat = write(tmp_path / "flat", {"report": False})  # segment's own field, flat
+    assert segment(["--config", flat]).report is False
