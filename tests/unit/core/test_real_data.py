@@ -4,7 +4,6 @@ The sets live outside the repository (../shared/data from the project root, or
 $UNET_SHARED_DATA); the tests skip when they are absent, and fail in CI (CI=true).
 """
 
-
 import numpy as np
 import pytest
 
