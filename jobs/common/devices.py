@@ -29,7 +29,7 @@ def require_cuda(what: str) -> None:
     raise NoCudaError(
         f"{what} was scheduled on node {node} with GPU(s) {gpus}, but the node has no usable "
         f"CUDA device (torch {torch.__version__}, torch.cuda.is_available() is False): fix the "
-        "node's GPU driver or image, or run on CPU (--no-gpu / --num-gpus-per-actor 0)"
+        "node's GPU driver or image, or run on CPU (--device cpu)"
     )
 
 
@@ -42,7 +42,7 @@ def check_gpu_node(view, *, what: str, timeout: float) -> None:
     if view.gpus_now == 0 and not view.autoscaler:
         raise NoCudaError(
             f"{what} asked for GPUs, but the Ray cluster has none and no autoscaler to add "
-            "them: run on CPU (--no-gpu / --num-gpus-per-actor 0) or add GPU nodes"
+            "them: run on CPU (--device cpu) or add GPU nodes"
         )
     probe = ray.remote(num_gpus=1, num_cpus=0, max_retries=0)(_probe)
     ref = probe.options(name=f"unet-gpu-check ({what})").remote(what)

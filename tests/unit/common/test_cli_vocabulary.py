@@ -237,3 +237,24 @@ def test_a_recipe_with_a_report_section_serves_every_job(tmp_path):
     (tmp_path / "flat").mkdir()
     flat = write(tmp_path / "flat", {"report": False})  # segment's own field, flat
     assert segment(["--config", flat]).report is False
+
+
+def test_demo_hands_its_config_to_train_and_segment(tmp_path, monkeypatch):
+    calls = []
+
+    def run_job(script: str, args: list[str]) -> dict:
+        calls.append((script, args))
+        if script == "segment.py":
+            raise SystemExit(0)  # stop before the picture: the commands are what is checked
+        return {}
+
+    monkeypatch.setattr(demo, "run_job", run_job)
+    monkeypatch.setattr(demo, "make_synthetic_dataset", lambda *a, **k: None)
+    with pytest.raises(SystemExit):
+        demo.main(["--config", "configs/demo.yaml", "--out", str(tmp_path / "d")])
+    recipe = str(demo.JOBS.parent / "configs" / "demo.yaml")
+    assert [script for script, _ in calls] == ["train.py", "segment.py"]
+    for _, args in calls:
+        assert args[args.index("--config") + 1] == recipe
+    segment_args = calls[1][1]
+    assert segment_args[segment_args.index("--output") + 1] == str(tmp_path / "d" / "segmented")
