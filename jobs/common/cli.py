@@ -115,14 +115,18 @@ def take_old_flags(values: dict[str, Any], old: Sequence[OldSpelling]) -> dict[s
 def take_old_keys(
     values: dict[str, Any], old: Sequence[OldSpelling], path: Path | str
 ) -> dict[str, Any]:
-    """A config file's flat ``values`` with its old keys turned into new fields."""
+    """A config file's flat ``values`` with its old keys turned into new fields; an old key
+    set to null (a file the old `to_flat` wrote: use_gpu: null) leaves the default."""
     keys = {s.file_key: s for s in old if s.file_key}
     given = {k: values.pop(k) for k in list(values) if k in keys}
     converted: dict[str, Any] = {}
-    for key, value in given.items():
+    for key, value in list(given.items()):
         spelling = keys[key]
         notice(f"{path}: key {key}", spelling.new_key or _as_keys(spelling.new))
-        given[key] = coerce(key, value, spelling.kind)
+        if value is None:
+            del given[key]
+        else:
+            given[key] = coerce(key, value, spelling.kind)
     for key, value in given.items():
         converted.update(keys[key].convert(value, given))
     return {**converted, **values}

@@ -153,6 +153,11 @@ def test_old_config_keys_still_work(tmp_path, capsys):
     assert cfg.device == "cpu" and cfg.allowed_bad_pairs(1000) == 2
     assert len(notices(capsys)) == 2
 
+    # a flat config an earlier release wrote (TrainJobConfig.to_flat): null = the default
+    written = write(tmp_path, {"use_gpu": None, "max_bad_pairs": 0, "epochs": 2})
+    cfg = parse_train(["--data", "/d", "--config", written])
+    assert cfg.device == "auto" and cfg.allowed_bad_pairs(1000) == 0 and cfg.train.epochs == 2
+
 
 def test_old_config_key_values_are_checked(tmp_path, capsys):
     path = write(tmp_path, {"segment": {"max_actors": "many"}})
