@@ -41,6 +41,17 @@ class ScoringSettings:
     amp: bool | None = False
     """bf16 autocast: False = fp32, True = on, None = automatic (CUDA, CPUs with native bf16)."""
 
+    def __post_init__(self) -> None:
+        from unet_core.tta import TTA_MODES
+
+        if self.tile_size < 0 or (self.tile_size and not 0 <= self.tile_overlap < self.tile_size):
+            raise ValueError(
+                f"scoring tiles: need tile_size >= 0 and 0 <= tile_overlap < tile_size, got "
+                f"{self.tile_size} and {self.tile_overlap}"
+            )
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"scoring tta must be one of {TTA_MODES}, got {self.tta!r}")
+
     def evaluate_flags(self) -> str:
         """The `jobs/evaluate.py` flags that predict the same way (on CPU actors)."""
         amp = {None: "auto", True: "bf16", False: "off"}[self.amp]

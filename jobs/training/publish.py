@@ -42,6 +42,10 @@ def publish(
         shutil.copy(Path(folder) / MODEL_FILE, scratch / MODEL_FILE)
     loaded = load_checkpoint(scratch / MODEL_FILE)
     epoch, val_miou = int(metrics["epoch"]), float(metrics["val_miou"])
+    # The run's own experiment made active: MLflow refuses to resume a run of another one than
+    # the process's active experiment (set by an earlier job in this process, e.g. evaluate).
+    experiment_id = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
     with mlflow.start_run(run_id=run_id):
         log_curves(uri, run_id)
         samples = read_samples(

@@ -103,7 +103,10 @@ def assert_evaluate_reports_the_gates_figure(root: Path, version: str, capsys) -
     every = dataclasses.replace(data, val=[*data.train, *data.val])  # all 16 pairs
     checkpoint = registered_file(version).read_bytes()
     matrices = []
-    for settings in (GATE_SETTINGS, dataclasses.replace(GATE_SETTINGS, tile_size=48)):
+    for settings in (
+        GATE_SETTINGS,
+        dataclasses.replace(GATE_SETTINGS, tile_size=48, tile_overlap=8),
+    ):
         (gate,), scored, errors = score_on_pairs([checkpoint], every, scoring=settings)
         assert (scored, errors) == (16, {})
         flags = settings.evaluate_flags().split()
