@@ -219,9 +219,7 @@ def choose_gpu(view: ClusterView, requested: bool | None, *, what: str) -> GpuCh
     if choice.use_gpu:
         log.info("%s on GPU: %s", what, choice.reason)
     else:
-        log.info(
-            "%s on CPU: %s (pass --device gpu to insist)", what, choice.reason
-        )
+        log.info("%s on CPU: %s (pass --device gpu to insist)", what, choice.reason)
     return choice
 
 
