@@ -242,7 +242,7 @@ def _write_block(
     table: pa.Table, *, output: str, endpoint_url: str | None, job_id: str, stamp: str
 ) -> pa.Table:
     """Ray Data UDF over one hash partition: its latest rows as one compacted file; a row of
-    (path or null, rows, counts per status as JSON)."""
+    (its path or null, its rows)."""
     merged = latest(table)
     path = None
     if merged.num_rows:
@@ -250,9 +250,7 @@ def _write_block(
         name = layout.data_name(stamp, job_id, uuid.uuid4().hex[:8])
         path = posixpath.join(root, MANIFEST_DIR, name)
         fs.write_bytes_atomic(filesystem, path, parquet_bytes(merged), owner=job_id)
-    counts = merged.group_by("status").aggregate([("status", "count")]).to_pylist()
-    status = {c["status"]: c["status_count"] for c in counts}
-    return pa.table({"path": [path], "rows": [merged.num_rows], "status": [json.dumps(status)]})
+    return pa.table({"path": [path], "rows": [merged.num_rows]})
 
 
 def _delete(paths: list[str], output: str, endpoint_url: str | None) -> int:
@@ -271,13 +269,14 @@ def compact(
     output: str, *, job_id: str, expected_rows: int, endpoint_url: str | None = None
 ) -> dict[str, Any]:
     """Compact the manifest dataset with Ray Data (see the module docstring); returns the new
-    files, the row count and the count per status. Nothing but file paths and counts passes
-    through the driver."""
+    files and their row count. Nothing but file paths and counts passes through the driver. A
+    dataset that one compaction wrote and nothing changed since (a rerun that skipped every
+    input) is left as it is."""
     import ray
 
     files = dataset_files(output, endpoint_url=endpoint_url)
     if not files:
-        return {"files": [], "rows": 0, "status": {}}
+        return {"files": [], "rows": 0}
     # Rows of earlier runs count too (a rerun of a few inputs over a large output): the
     # files' bytes bound them.
     filesystem, _ = fs.resolve(output, endpoint_url=endpoint_url)
@@ -287,6 +286,8 @@ def compact(
         math.ceil(expected_rows / ROWS_PER_DATA_FILE),
         math.ceil(stored / BYTES_PER_DATA_FILE),
     )
+    if _compacted(files, buckets):
+        return {"files": files, "rows": sum(_footer_rows(filesystem, f) for f in files)}
     where = {"output": output, "endpoint_url": endpoint_url}
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     written = (
@@ -302,11 +303,20 @@ def compact(
     old = [f for f in files if f not in new]
     delete = ray.remote(_delete).options(num_cpus=0.25)
     ray.get([delete.remote(chunk, output, endpoint_url) for chunk in chunks(old, 512)])
-    status: dict[str, int] = {}
-    for w in written:
-        for key, n in json.loads(w["status"]).items():
-            status[key] = status.get(key, 0) + n
-    return {"files": sorted(new), "rows": sum(w["rows"] for w in written), "status": status}
+    return {"files": sorted(new), "rows": sum(w["rows"] for w in written)}
+
+
+def _compacted(files: list[str], buckets: int) -> bool:
+    """Only the files of one compaction (one stamp and job: no input in two of them), no more
+    than ``buckets``: compacting again would write the same rows."""
+    names = [posixpath.basename(f) for f in files]
+    runs = {n.rsplit("-", 1)[0] for n in names}
+    return len(files) <= buckets and len(runs) == 1 and names[0].startswith(layout.DATA_PREFIX)
+
+
+def _footer_rows(filesystem: pafs.FileSystem, path: str) -> int:
+    with filesystem.open_input_file(path) as f:
+        return pq.ParquetFile(f).metadata.num_rows
 
 
 def _jsonable(value: Any) -> Any:
