@@ -17,7 +17,7 @@ class DecodeFlags:
     """Decode settings of a job (a base class of its config: the same flags everywhere)."""
 
     exif_transpose: bool = True
-    """Turn each image (and a mask file that carries the tag) by its EXIF orientation (JPEG, TIFF; PIL.ImageOps.exif_transpose), as image viewers show it, so that masks line up with the displayed image; the segment manifest records the orientation applied (exif_orientation, 1 = none). --no-exif-transpose keeps the stored pixel order (raw orientation)."""
+    """Turn each image (and a mask file that carries the tag) by its EXIF orientation (JPEG, TIFF; PIL.ImageOps.exif_transpose), as image viewers show it, so that masks line up with the displayed image (a segment manifest records the orientation applied: exif_orientation, 1 = none). --no-exif-transpose keeps the stored pixel order (raw orientation)."""
     max_image_pixels: int | None = None
     """Largest image (width x height pixels) decoded, for trusted huge microscopy or satellite tiles; default: Pillow's decompression-bomb guard (it refuses images above twice PIL.Image.MAX_IMAGE_PIXELS, 179 M pixels). A larger image fails alone, naming the file: a failed manifest row in segment and evaluate, a bad pair in training."""
 

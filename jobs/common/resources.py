@@ -67,7 +67,7 @@ def actor_pool(
     does not publish how many, at most `UNBOUNDED_POOL`. Fewest: on a local Ray or a fixed
     cluster the whole pool (no ramp-up); on an autoscaling cluster 1, and Ray Data adds actors
     (asking the autoscaler for their nodes) while work queues up. Single-threaded CPU actors do
-    not stall at OpenMP barriers while a decode task holds a core (README, batch segmentation).
+    not stall at OpenMP barriers while a decode task holds a core (docs/benchmarks.md).
     """
     cores = view.local_cores
     if max_actors:

@@ -12,7 +12,7 @@ mask; a second input would write the same mask; an --input-list entry outside --
 
 Keys are plain paths matched with ``pyarrow.compute.is_in`` / ``index_in`` (measured against
 16-byte digests in sorted NumPy arrays on benchmarks/segment_scale.py: the same driver memory
-and rerun time at 100k inputs, see the README's scale figures).
+and rerun time at 100k inputs, see docs/benchmarks.md).
 
 The driver holds object references, a handful of labels and counts: never a row per input. A
 mask without a manifest row (a kill between the two) is not "done": it is redone.

@@ -91,7 +91,7 @@ def test_registered_model_loads_without_the_project(
     assert {torch_pin, "numpy", "pillow"} <= set(requirements), requirements
     assert not [r for r in requirements if r.startswith(("unet-ray", "unet_ray", "-e", "."))]
 
-    # The PyTorch user's way (README, "Using a registered model"): the checkpoint in the model
+    # The PyTorch user's way (docs/registry.md): the checkpoint in the model
     # folder rebuilds the UNet (artifacts/unet.pt for a training run; named as logged here).
     rebuilt = load_checkpoint(folder / "artifacts" / ckpt.name).model
     assert isinstance(rebuilt, UNet)
