@@ -281,6 +281,6 @@ def test_help_lists_every_field(capsys):
 
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    assert "2**depth" in text and "pip install 'unet-ray[export]'" in text
+    assert "2**depth" in text and "pip install -e '.[export]'" in text
     for name in ExportConfig.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in text, name
