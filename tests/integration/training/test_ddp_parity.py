@@ -89,6 +89,8 @@ IGNORED_VALUE = 200  # a mask value listed in classes.json's ignore_values: beco
 UNEQUAL = "train_unequal"  # the same 4 images as TRAIN, with unequal ignored-pixel counts
 SGD_STEPS = 3
 RTOL = 1e-4  # relative L2 distance of two float32 gradients that differ in summation order
+UPDATE_RTOL = 1e-3  # after 3 steps at lr 0.2 each step's summation-order noise compounds
+# (1.8e-4 measured on some x86 CPUs); a summed (2x) gradient is off by far more
 GAP = 5e-4  # the least distance that counts as "not equal" (measured: 1.5e-3 and more)
 
 
@@ -228,10 +230,10 @@ def norm_ratio(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a) / np.linalg.norm(b))
 
 
-def assert_same(a: np.ndarray, b: np.ndarray, what: str) -> None:
+def assert_same(a: np.ndarray, b: np.ndarray, what: str, rtol: float = RTOL) -> None:
     """a == b to float32 summation noise; a summed (2x) gradient fails both checks."""
-    assert norm_ratio(a, b) == pytest.approx(1.0, abs=RTOL), f"{what}: ||a||/||b|| != 1"
-    assert rel(a, b) < RTOL, f"{what}: relative distance {rel(a, b):.2e}"
+    assert norm_ratio(a, b) == pytest.approx(1.0, abs=rtol), f"{what}: ||a||/||b|| != 1"
+    assert rel(a, b) < rtol, f"{what}: relative distance {rel(a, b):.2e}"
 
 
 def image_ids(batches) -> list[str]:
@@ -336,7 +338,9 @@ def test_one_and_two_workers_agree(ray_local, tmp_path):
     # updates of 3 steps (proportional to the gradients) are those of 1 worker
     for run in (one, two):
         assert_same(run["first_step_grad"], run["equal_grad_ce"], "train_epoch's gradient")
-    assert_same(two["update"], one["update"], f"weight update after {SGD_STEPS} SGD steps")
+    assert_same(
+        two["update"], one["update"], f"weight update after {SGD_STEPS} SGD steps", UPDATE_RTOL
+    )
     for a, b in zip(one["steps"], two["steps"], strict=True):
         assert a["train_images"] == b["train_images"] == 4
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
