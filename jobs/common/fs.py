@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
-import re
 import uuid
 from pathlib import Path
 
@@ -121,20 +120,12 @@ def exists(uri: str, *, endpoint_url: str | None = None) -> bool:
 
 
 TEMP_SUFFIX = ".tmp"
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<owner>[0-9a-z]{1,32})-(?P<nonce>[0-9a-f]{8})\.tmp$")
 
 
 def temp_name(name: str, owner: str = "") -> str:
     """The hidden sibling a write goes through: ``.<name>.<owner>-<nonce>.tmp``. ``owner`` (a
-    job id) tells cleanup whose file it is, so a job never deletes another live job's."""
+    job id) says which job left a stray one; cleanup goes by age alone."""
     return f".{name}.{owner or 'anon'}-{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
-
-
-def temp_owner(name: str) -> str | None:
-    """The owner (job id) in a `temp_name`; None for any other hidden ``.tmp`` name (an older
-    format, or a tool's): such files are judged by age alone."""
-    match = _TEMP_NAME.match(name)
-    return match.group("owner") if match else None
 
 
 def is_temp(name: str) -> bool:
