@@ -339,8 +339,11 @@ def test_sigkill_then_rerun_gives_the_complete_set(tmp_path, ray_local, capsys, 
     record_property("recorded_before_rerun", len(done))
     before = tree(out / MASKS_DIR)
 
-    # Temporaries go by age alone: a temporary the kill left is older than 1 s by the time
-    # the rerun lists the output (a live write's lives for microseconds).
+    # Temporaries go by age alone: one the kill left was last written before the kill, so
+    # after this pause it is older than the rerun's --temp-max-age of 1 s (a live write's
+    # lives for milliseconds). Without the pause the rerun can list the output within 1 s of
+    # the kill (Ray is already up here) and rightly leave a temporary that young alone.
+    time.sleep(1.5)
     code, summary = run_main(segment.main, [*args, "--temp-max-age", 1], capsys)
     assert code == 0, summary
     assert (summary["total"], summary["ok"], summary["skipped"], summary["failed"]) == (
