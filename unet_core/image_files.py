@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
@@ -32,7 +33,10 @@ __all__ = [
     "ImageTooLargeError",
     "image_header",
     "open_image",
+    "orient_array",
     "over_limit",
+    "too_large_error",
+    "unreadable_error",
 ]
 
 LIMIT_FLAG = "--max-image-pixels"
@@ -90,7 +94,8 @@ def _pixel_limit(limit: int | None) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _too_large(source: str, kind: str, size: str, limit: int | None) -> ImageTooLargeError:
+def too_large_error(source: str, kind: str, size: str, limit: int | None) -> ImageTooLargeError:
+    """The refusal of an image above the pixel limit (``size`` in words), naming the flag."""
     if limit is None:
         return ImageTooLargeError(
             f"{source}: {kind} is too large to decode safely ({size}; Pillow refuses more than "
@@ -104,18 +109,31 @@ def _too_large(source: str, kind: str, size: str, limit: int | None) -> ImageToo
     )
 
 
+def unreadable_error(source: str, kind: str, exc: BaseException) -> ImageDecodeError:
+    """A corrupt, truncated or unknown file, by name, with the decoder's reason."""
+    reason = (
+        "not a recognised image format"
+        if isinstance(exc, UnidentifiedImageError)
+        else f"{type(exc).__name__}: {exc}"
+    )
+    return ImageDecodeError(
+        f"{source}: cannot decode {kind} ({reason}); the file is "
+        "corrupt, truncated or not an image: re-export or remove it"
+    )
+
+
 def _bomb(
     exc: Image.DecompressionBombError, source: str, kind: str, limit: int | None
 ) -> ImageTooLargeError:
     """Pillow's own refusal (while opening), in our words: the pixels it counted."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
-    return _too_large(source, kind, f"{found[1]} pixels" if found else str(exc), limit)
+    return too_large_error(source, kind, f"{found[1]} pixels" if found else str(exc), limit)
 
 
 def _check_size(img: Image.Image, source: str, kind: str, limit: int | None) -> None:
     pixels = img.width * img.height
     if limit is not None and pixels > limit:
-        raise _too_large(source, kind, f"{img.width}x{img.height} = {pixels} pixels", limit)
+        raise too_large_error(source, kind, f"{img.width}x{img.height} = {pixels} pixels", limit)
 
 
 def over_limit(height: int, width: int, options: DecodeOptions = DEFAULT_OPTIONS) -> bool:
@@ -140,6 +158,22 @@ def orientation(img: Image.Image, *, header_only: bool = False) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+def orient_array(image: np.ndarray, orientation: int) -> np.ndarray:
+    """An (H, W, ...) array turned by an EXIF/TIFF orientation (1-8) as
+    ``PIL.ImageOps.exif_transpose`` turns an image: for arrays Pillow cannot hold (multi-band,
+    16-bit colour, float)."""
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, k=-1),
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+        8: lambda a: np.rot90(a, k=1),
+    }.get(orientation)
+    return image if turned is None else np.ascontiguousarray(turned(image))
+
+
 def open_image(
     data: bytes, *, source: str, kind: str = "image", options: DecodeOptions = DEFAULT_OPTIONS
 ) -> tuple[Image.Image, int]:
@@ -159,15 +193,7 @@ def open_image(
     except Image.DecompressionBombError as exc:
         raise _bomb(exc, source, kind, limit) from exc
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, EOFError, ...)
-        reason = (
-            "not a recognised image format"
-            if isinstance(exc, UnidentifiedImageError)
-            else f"{type(exc).__name__}: {exc}"
-        )
-        raise ImageDecodeError(
-            f"{source}: cannot decode {kind} ({reason}); the file is "
-            "corrupt, truncated or not an image: re-export or remove it"
-        ) from exc
+        raise unreadable_error(source, kind, exc) from exc
     applied = orientation(img) if options.exif_transpose else 1
     if applied != 1:
         fmt = img.format
