@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from jobs.common import fs
 from jobs.common.mlflow_store import metric_name, mlflow_client, resolve_tracking_uri
+from jobs.common.model_lineage import JOB_TAG, model_tags, tag_model_version
 from jobs.common.model_source import fetch_model
 from jobs.common.path_guard import LocalPathError
 from jobs.evaluating.scores_file import ParquetReport
@@ -303,10 +304,8 @@ def log_evaluation(
     with mlflow.start_run(run_name=f"evaluate-{label}") as run:
         mlflow.set_tags(
             {
-                "job": "evaluate",
-                "model_uri": report["model_uri"],
-                "model_name": model_name or "",
-                "model_version": model_version or "",
+                JOB_TAG: "evaluate",
+                **model_tags({**report, "model_name": model_name, "model_version": model_version}),
                 "data": report["data"],
             }
         )
@@ -338,7 +337,6 @@ def log_evaluation(
         }
         if report.get("adapted_rand_error") is not None:  # --rand-error-class
             tags["eval_adapted_rand_error"] = report["adapted_rand_error"]
-        for key, value in tags.items():
-            client.set_model_version_tag(model_name, model_version, key, str(value))
+        tag_model_version(client, model_name, model_version, tags)
     logger.info("evaluation logged to MLflow run %s", run_id)
     return run_id

@@ -242,6 +242,10 @@ class SegmentConfig(InferenceConfig):
     """Write <output>/report.html at the end (thumbnails and charts under report/): counts by status, failures with their errors, class-fraction and mean-confidence histograms, the --report-worst lowest-confidence images, throughput and model version, over every input of the output (the manifest's rows); a static page that works offline. Default: on for local outputs, off for s3:// (--report uploads it)."""
     report_worst: int = 12
     """Lowest mean-confidence images the report shows as image | mask | overlay thumbnails (0: none)."""
+    log_to_mlflow: bool | None = None
+    """Record the run in MLflow: its settings as params, the model version (and checkpoint sha256), the counts and throughput as metrics, the manifest's URI, the --report page as an artifact, and the link to the model version; a run that fails ends as FAILED, and a logging failure only warns (the masks and manifest stand); default: on when a tracking store is named (--tracking-uri or $MLFLOW_TRACKING_URI) or --model is an MLflow URI (models:/, runs:/), else off."""
+    experiment: str = "unet-segmentation"
+    """MLflow experiment of the segment run (when it logs to MLflow)."""
     fused: bool | None = None
     """Read, decode, predict, encode and write inside each predictor actor (one single-threaded actor per core, no object-store hop, no separate decode/write tasks); default: on for CPU actors, off for GPU actors (whose decode and write run in CPU tasks beside them). --no-fused / --fused force either; both give the same masks and manifest rows."""
     decode_cpus: float = 0.5
@@ -278,6 +282,11 @@ class SegmentConfig(InferenceConfig):
             problems.append(f"--report-worst must be >= 0, got {self.report_worst}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def mlflow_logging(self) -> bool:
+        """--log-to-mlflow, or its default (`logs_to_mlflow`)."""
+        return logs_to_mlflow(self.log_to_mlflow, self.tracking_uri, self.model)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from jobs.inference.session import (
     fetched_model_or_problem,
 )
 from jobs.reporting import qc_report
-from jobs.segmenting import leases, manifest, worklist
+from jobs.segmenting import leases, manifest, tracking, worklist
 from jobs.segmenting.layout import MANIFEST_DIR, MASKS_DIR, Provenance, output_settings
 from jobs.segmenting.worklist import Worklist
 from jobs.segmenting.writer import MaskWriter, WriterOptions, write_failed_rows
@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 class OtherVersionsError(ValueError):
     """Masks under --output were made by another model version or other settings."""
+
+    exit_kind = "output"  # a job ends with exit code 2 (jobs.common.exits)
 
 
 def _settings(cfg: SegmentConfig, actors: PredictorActors) -> str:
@@ -152,9 +154,19 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         actors = choose_predictor_actors(cfg, session.view)
         if cfg.dry_run:
             return _dry_run(cfg, session, actors, output=output, endpoint=endpoint)
-        return _run(
-            cfg, session, actors, started=started, job_id=job_id, output=output, endpoint=endpoint
-        )
+        with tracking.recorded(cfg) as record:  # the MLflow run, FAILED if this raises
+            summary = _run(
+                cfg,
+                session,
+                actors,
+                started=started,
+                job_id=job_id,
+                output=output,
+                endpoint=endpoint,
+                record=record,
+            )
+            run_id = record.finish(summary)
+        return summary if run_id is None else {**summary, "mlflow_run_id": run_id}
 
 
 def _segment(
@@ -223,6 +235,7 @@ def _run(
     job_id: str,
     output: str,
     endpoint: str | None,
+    record: tracking.SegmentRun,
 ) -> dict[str, Any]:
     fetched = fetch_model(cfg.model, tracking_uri=cfg.tracking_uri, endpoint_url=endpoint)
     resolved, checkpoint, loaded = fetched.resolved, fetched.checkpoint, fetched.loaded
@@ -263,6 +276,7 @@ def _run(
             work.n(worklist.DONE),
             work.n(worklist.REJECTED),
         )
+        record.start(fetched, actors=actors, job_id=job_id, output=output)
         writer = WriterOptions(
             output=output,
             class_map=loaded.class_map.to_dict(),
