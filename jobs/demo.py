@@ -23,7 +23,9 @@ from PIL import Image
 if __package__ in (None, ""):  # `python jobs/demo.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.common import exits
 from jobs.common.cli import OldSpelling, add_old_flags, command_name, take_old_flags
+from jobs.common.logs import setup_logging
 from unet_core.classes import ClassMap
 from unet_core.synthetic import make_synthetic_dataset
 from unet_core.viz import colorize_mask, overlay, stack_panels
@@ -31,6 +33,14 @@ from unet_core.viz import colorize_mask, overlay, stack_panels
 JOBS = Path(__file__).resolve().parent
 OLD_SPELLINGS = (OldSpelling("--out", "--output DIR", lambda v, _: {"output": v}, key=None),)
 """Flags of earlier releases that still work, with a notice."""
+
+
+class JobFailed(RuntimeError):
+    """A job the demo ran ended with a non-zero exit code: the demo ends with its kind."""
+
+    def __init__(self, script: str, code: int, line: dict) -> None:
+        super().__init__(f"{script} failed with exit code {code}: {line.get('error', '')}")
+        self.exit_kind = line.get("kind") or exits.UNEXPECTED_KIND
 
 
 def run_job(script: str, args: list[str]) -> dict:
@@ -41,10 +51,15 @@ def run_job(script: str, args: list[str]) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if lines[:-1]:
         print("\n".join(lines[:-1]))
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{script} failed with exit code {proc.returncode}")
-    print(lines[-1], flush=True)
-    return json.loads(lines[-1])
+    if lines:
+        print(lines[-1], flush=True)
+    try:
+        last = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        last = {}
+    if proc.returncode != 0 or not last:
+        raise JobFailed(script, proc.returncode, last)
+    return last
 
 
 def picture(data: Path, masks: Path, class_map: ClassMap, path: Path, count: int = 3) -> None:
@@ -96,8 +111,9 @@ def parse_args(argv: list[str] | None = None) -> dict:
     return take_old_flags(vars(parser.parse_args(argv)), OLD_SPELLINGS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def demo(args: dict) -> tuple[dict, int]:
+    """Generate, train, segment and draw; the demo's summary and its exit code."""
+    setup_logging(args["log_level"])
     out = Path(args.get("output", "outputs/demo")).resolve()
     config = ["--config", str(Path(args["config"]).resolve())] if args["config"] else []
     started = time.time()
@@ -124,16 +140,35 @@ def main(argv: list[str] | None = None) -> int:
     picture(unlabelled, out / "segmented" / "masks", class_map, out / "demo.png")
 
     tracking = train.get("tracking_uri") or "sqlite:///mlflow.db"
+    seconds = round(time.time() - started, 1)
     print(f"""
-Demo finished in {time.time() - started:.0f} s.
+Demo finished in {seconds:.0f} s.
   model        {train["model_uri"]}  (alias @champion set: {train["alias_set"]}, \
-val mIoU {train["val_miou"]:.3f})
+val mIoU {train["val_mean_iou"]:.3f})
   masks        {out / "segmented" / "masks"}  ({segment["ok"]} written, manifest {segment["manifest"]})
   picture      {out / "demo.png"}  (image | predicted mask | overlay)
   QC report    {segment.get("report") or "not written"}  (open it in a browser)
   MLflow UI    .venv/bin/mlflow ui --backend-store-uri {tracking}   ->  http://127.0.0.1:5000
 """)
-    return 0
+    summary = {
+        "output": str(out),
+        "model_uri": train["model_uri"],
+        "alias_set": train["alias_set"],
+        "val_mean_iou": train["val_mean_iou"],
+        "ok": segment["ok"],
+        "failed": segment["failed"],
+        "masks": str(out / "segmented" / "masks"),
+        "manifest": segment["manifest"],
+        "picture": str(out / "demo.png"),
+        "report": segment.get("report"),
+        "tracking_uri": tracking,
+        "seconds": seconds,
+    }
+    return summary, 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exits.run_job("demo", lambda: parse_args(argv), demo)
 
 
 if __name__ == "__main__":

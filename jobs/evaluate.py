@@ -15,41 +15,34 @@ matrix, the first failures, the scores file's URI).
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python jobs/evaluate.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common.cli import command_name, finish_dry_run
+from jobs.common.cli import command_name
+from jobs.common.exits import criterion_failed, dry_run_result, run_job
 from jobs.common.logs import setup_logging
-from jobs.common.model_source import ModelSourceError
 from jobs.evaluating.job import run_evaluation
 from jobs.inference.config import EvaluateConfig, parse_config
-from unet_core.data import PairingError
 
 # The module's import name: __name__ is "__main__" when it runs as a script.
 logger = logging.getLogger("jobs.evaluate")
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(
+def parse(argv: list[str] | None) -> EvaluateConfig:
+    return parse_config(
         EvaluateConfig,
         argv,
         prog=command_name("jobs/evaluate.py"),
         description=" ".join(__doc__.split("\n\n")[0:3:2]).replace("\n", " "),
     )
-    setup_logging(cfg.log_level)
-    try:
-        summary = run_evaluation(cfg)
-    except (ModelSourceError, PairingError, ValueError, FileNotFoundError) as exc:
-        logger.error("%s", exc)
-        print(json.dumps({"error": str(exc)}), flush=True)
-        return 2
-    if cfg.dry_run:
-        return finish_dry_run(summary)
+
+
+def log_figures(summary: dict[str, Any]) -> None:
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
     for name, figures in summary["per_class"].items():
         logger.info(
@@ -74,10 +67,28 @@ def main(argv: list[str] | None = None) -> int:
             fmt(summary["adapted_rand_error"]),
             summary["adapted_rand_images"],
         )
-    too_many = summary["failed"] > 0 and summary["failed_fraction"] > cfg.max_failed_fraction
-    sys.stdout.flush()
-    print(json.dumps(summary), flush=True)
-    return 1 if too_many else 0
+
+
+def evaluate(cfg: EvaluateConfig) -> tuple[dict[str, Any], int]:
+    """The summary of a run (or of a --dry-run) and its exit code."""
+    setup_logging(cfg.log_level)
+    summary = run_evaluation(cfg)
+    if cfg.dry_run:
+        return dry_run_result(summary)
+    log_figures(summary)
+    if summary["failed"] > 0 and summary["failed_fraction"] > cfg.max_failed_fraction:
+        first = summary["failed_inputs"][0]
+        return criterion_failed(
+            summary,
+            f"{summary['failed']} of {summary['total']} image/mask pairs failed "
+            f"({100 * summary['failed_fraction']:.1f}% > --max-failed-fraction "
+            f"{100 * cfg.max_failed_fraction:.1f}%); the first: {first['input']}: {first['error']}",
+        )
+    return summary, 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("evaluate", lambda: parse(argv), evaluate)
 
 
 if __name__ == "__main__":

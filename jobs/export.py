@@ -14,59 +14,51 @@ the JSON summary.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python jobs/export.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.common.cli import command_name
+from jobs.common.exits import criterion_failed, run_job
 from jobs.common.logs import setup_logging
-from jobs.exporting.config import parse_export_config
-from jobs.exporting.formats import ExportDependencyError
+from jobs.exporting.config import ExportConfig, parse_export_config
 from jobs.exporting.job import run_export
 
 # The module's import name: __name__ is "__main__" when it runs as a script.
 logger = logging.getLogger("jobs.export")
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_export_config(
-            argv,
-            prog=command_name("jobs/export.py"),
-            description=" ".join(__doc__.split("\n\n")[0:3:2]).replace("\n", " "),
-        )
-    except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, message printed)
-        return int(exc.code or 0)
+def parse(argv: list[str] | None) -> ExportConfig:
+    return parse_export_config(
+        argv,
+        prog=command_name("jobs/export.py"),
+        description=" ".join(__doc__.split("\n\n")[0:3:2]).replace("\n", " "),
+    )
+
+
+def export(cfg: ExportConfig) -> tuple[dict[str, Any], int]:
+    """The summary and its exit code: 1 when the file's logits are over --tolerance."""
     setup_logging(cfg.log_level)
-    try:
-        summary = run_export(cfg)
-    except (ExportDependencyError, ValueError, FileNotFoundError) as exc:
-        logger.error("%s", exc)
-        print(json.dumps({"error": str(exc)}), flush=True)
-        return 2
-    except Exception as exc:  # the exporter's own failure: the reason, the traceback with DEBUG
-        logger.debug("export failed", exc_info=True)
-        logger.error("export failed: %s: %s", type(exc).__name__, exc)
-        print(json.dumps({"error": f"export failed: {type(exc).__name__}: {exc}"}), flush=True)
-        return 1
+    summary = run_export(cfg)
     if not summary["passed"]:
-        logger.error("%s", summary["error"])
-    else:
-        logger.info(
-            "wrote %s (%d bytes): max abs logit difference %.3g on %s; %s",
-            summary["output"],
-            summary["bytes"],
-            summary["max_abs_diff"],
-            [c["shape"] for c in summary["checks"]],
-            f"logged as {summary['artifact_uri']}" if summary["artifact_uri"] else "not logged",
-        )
-    sys.stdout.flush()
-    print(json.dumps(summary), flush=True)
-    return 0 if summary["passed"] else 1
+        return criterion_failed(summary, summary["error"])
+    logger.info(
+        "wrote %s (%d bytes): max abs logit difference %.3g on %s; %s",
+        summary["output"],
+        summary["bytes"],
+        summary["max_abs_diff"],
+        [c["shape"] for c in summary["checks"]],
+        f"logged as {summary['artifact_uri']}" if summary["artifact_uri"] else "not logged",
+    )
+    return summary, 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("export", lambda: parse(argv), export)
 
 
 if __name__ == "__main__":

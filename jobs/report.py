@@ -12,41 +12,35 @@ The last stdout line is a JSON summary; exit code 2 for a missing output or mani
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python jobs/report.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.common.cli import command_name
+from jobs.common.exits import run_job
 from jobs.common.logs import setup_logging
-from jobs.reporting.config import parse_report_config
+from jobs.reporting.config import ReportConfig, parse_report_config
 from jobs.reporting.job import run_report
 
-logger = logging.getLogger("jobs.report")
+
+def parse(argv: list[str] | None) -> ReportConfig:
+    return parse_report_config(
+        argv,
+        prog=command_name("jobs/report.py"),
+        description=" ".join(__doc__.split("\n\n")[0:3:2]).replace("\n", " "),
+    )
+
+
+def report(cfg: ReportConfig) -> tuple[dict[str, Any], int]:
+    setup_logging(cfg.log_level)
+    return run_report(cfg), 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_report_config(
-            argv,
-            prog=command_name("jobs/report.py"),
-            description=" ".join(__doc__.split("\n\n")[0:3:2]).replace("\n", " "),
-        )
-    except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, message printed)
-        return int(exc.code or 0)
-    setup_logging(cfg.log_level)
-    try:
-        summary = run_report(cfg)
-    except (ValueError, OSError) as exc:  # a missing output, manifest or class map
-        logger.error("%s", exc)
-        print(json.dumps({"error": str(exc)}), flush=True)
-        return 2
-    sys.stdout.flush()
-    print(json.dumps(summary, default=str), flush=True)
-    return 0
+    return run_job("report", lambda: parse(argv), report)
 
 
 if __name__ == "__main__":

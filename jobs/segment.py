@@ -10,22 +10,23 @@ A rerun skips the inputs whose mask this model made with these settings (the man
 so), so a rerun after a crash or a kill finishes the job; masks another model version made
 stop it unless --redo-other-versions (or --overwrite) is given. Progress goes to stderr; the
 last line of stdout is a JSON summary. Exit code 1 when failed / total exceeds
---max-failed-fraction, 2 for bad arguments or an output that another model's masks hold.
+--max-failed-fraction, 2 for bad arguments or an output that another model's masks hold, 3 for
+an unexpected failure (docs/flags.md).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python jobs/segment.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common.cli import command_name, finish_dry_run
+from jobs.common.cli import command_name
+from jobs.common.exits import criterion_failed, dry_run_result, run_job
 from jobs.common.logs import setup_logging
-from jobs.common.model_source import ModelSourceError
 from jobs.inference.config import SegmentConfig, parse_config
 from jobs.segmenting.job import run_segmentation
 
@@ -33,22 +34,21 @@ from jobs.segmenting.job import run_segmentation
 logger = logging.getLogger("jobs.segment")
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(
+def parse(argv: list[str] | None) -> SegmentConfig:
+    return parse_config(
         SegmentConfig,
         argv,
         prog=command_name("jobs/segment.py"),
         description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[2].replace("\n", " "),
     )
+
+
+def segment(cfg: SegmentConfig) -> tuple[dict[str, Any], int]:
+    """The summary of a run (or of a --dry-run) and its exit code."""
     setup_logging(cfg.log_level)
-    try:
-        summary = run_segmentation(cfg)
-    except (ModelSourceError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
-        logger.error("%s", exc)
-        print(json.dumps({"error": str(exc)}), flush=True)
-        return 2
+    summary = run_segmentation(cfg)
     if cfg.dry_run:
-        return finish_dry_run(summary)
+        return dry_run_result(summary)
     logger.info(
         "done: %d total, %d ok, %d failed, %d skipped in %.1f s (%.2f images/s); manifest %s",
         summary["total"],
@@ -59,19 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         summary["images_per_second"],
         summary["manifest"],
     )
-    too_many = summary["failed"] > 0 and summary["failed_fraction"] > cfg.max_failed_fraction
-    if too_many:
-        logger.error(
-            "%d of %d inputs failed (%.1f%% > --max-failed-fraction %.1f%%); see %s",
-            summary["failed"],
-            summary["total"],
-            100 * summary["failed_fraction"],
-            100 * cfg.max_failed_fraction,
-            summary["manifest"],
+    if summary["failed"] > 0 and summary["failed_fraction"] > cfg.max_failed_fraction:
+        return criterion_failed(
+            summary,
+            f"{summary['failed']} of {summary['total']} inputs failed "
+            f"({100 * summary['failed_fraction']:.1f}% > --max-failed-fraction "
+            f"{100 * cfg.max_failed_fraction:.1f}%); see {summary['manifest']}",
         )
-    sys.stdout.flush()
-    print(json.dumps(summary), flush=True)
-    return 1 if too_many else 0
+    return summary, 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("segment", lambda: parse(argv), segment)
 
 
 if __name__ == "__main__":

@@ -6,49 +6,34 @@
 
 Steps: check the data on the driver (exit 2 naming the bad files), start or resume the MLflow
 run, train with TorchTrainer (jobs/training/worker_loop.py), then log curves and a validation
-panel, register the best checkpoint and gate the alias. The last stdout line is a JSON summary.
+panel, register the best checkpoint and gate the alias. The last stdout line is a JSON summary
+(exit codes: docs/flags.md).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python jobs/train.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common.cli import finish_dry_run
+from jobs.common.exits import dry_run_result, run_job
 from jobs.common.logs import setup_logging
-from jobs.common.path_guard import LocalPathError
-from jobs.training.config import parse_args
-from jobs.training.data_checks import DataValidationError
+from jobs.training.config import TrainJobConfig, parse_args
 from jobs.training.job import run_training
 
-# The module's import name: __name__ is "__main__" when it runs as a script.
-log = logging.getLogger("jobs.train")
+
+def train(cfg: TrainJobConfig) -> tuple[dict[str, Any], int]:
+    """The summary of a run (or of a --dry-run) and its exit code."""
+    setup_logging(cfg.log_level)
+    summary = run_training(cfg)
+    return dry_run_result(summary) if cfg.dry_run else (summary, 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, message printed)
-        return int(exc.code or 0)
-    setup_logging(cfg.log_level)
-    try:
-        summary = run_training(cfg)
-    except (DataValidationError, LocalPathError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # the reason on stderr; the traceback only with --log-level DEBUG
-        log.debug("training failed", exc_info=True)
-        print(f"error: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    if cfg.dry_run:
-        return finish_dry_run(summary)
-    print(json.dumps(summary), flush=True)
-    return 0
+    return run_job("train", lambda: parse_args(argv), train)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 class PairingError(ValueError):
     """Images and masks under a root do not pair one to one."""
 
+    exit_kind = "data"  # the jobs refuse such data with exit code 2
+
 
 @dataclass(frozen=True)
 class Pair:

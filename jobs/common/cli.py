@@ -348,16 +348,3 @@ def parse_fields(
     except ValueError as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits
-
-
-def finish_dry_run(report: dict) -> int:
-    """Print a `--dry-run` report as the last stdout line; exit code 2 when it lists problems
-    (each also on stderr), else 0."""
-    import json
-    import sys
-
-    for problem in report.get("problems") or []:
-        print(f"error: {problem}", file=sys.stderr)
-    sys.stderr.flush()
-    print(json.dumps(report), flush=True)
-    return 2 if report.get("problems") else 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 class NoCudaError(RuntimeError):
     """Ray gave this process a GPU, but torch sees no CUDA device."""
 
+    exit_kind = "device"  # a job ends with exit code 2 (jobs.common.exits)
+
 
 def require_cuda(what: str) -> None:
     """Raise `NoCudaError` naming the node and the fix unless CUDA is usable here."""

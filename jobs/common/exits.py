@@ -7,8 +7,10 @@
 | 2    | refused before any work: usage, bad input, paths, versions, a missing device or dependency |
 | 3    | unexpected failure: the traceback is logged at `--log-level DEBUG`         |
 
-The last stdout line is the job's summary, or ``{"error": ..., "kind": ..., "exit_code": ...}``.
-JSON is strict: a NaN or infinite figure is written as null, never as a bare ``NaN``.
+The last stdout line is the job's summary, or ``{"error": ..., "kind": ..., "exit_code": ...}``;
+every line carries ``exit_code``, and a summary of a failed criterion or of a `--dry-run` with
+problems also ``error`` and ``kind``. `--help` prints no JSON. JSON is strict: a NaN or
+infinite figure is written as null, never as a bare ``NaN``.
 
 An exception says which refusal it is with a class attribute ``exit_kind`` (e.g. ``"paths"``),
 so this module knows no stage's exceptions; ``exit_kind = "criterion"`` means exit 1. Other
@@ -18,12 +20,14 @@ so this module knows no stage's exceptions; ``exit_kind = "criterion"`` means ex
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ UNEXPECTED = 3
 CRITERION = "criterion"
 UNEXPECTED_KIND = "unexpected"
 USAGE = "usage"
+DRY_RUN = "dry_run"
 _INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
@@ -56,17 +61,22 @@ def print_json(obj: dict[str, Any]) -> None:
 
 
 def kind_of(exc: BaseException) -> str:
-    """The refusal kind of `exc` (its ``exit_kind``), ``"input"`` for a bad value or path,
-    else ``"unexpected"``."""
-    declared = getattr(exc, "exit_kind", None)
-    if declared:
-        return str(declared)
+    """The refusal kind of `exc`: its ``exit_kind``, or that of the exception it was raised
+    from (a Ray task's error wraps the task's), ``"input"`` for a bad value or path, else
+    ``"unexpected"``."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        declared = getattr(cause, "exit_kind", None)
+        if declared:
+            return str(declared)
+        cause = cause.__cause__
     if isinstance(exc, _INPUT_ERRORS):
         return "input"
     return UNEXPECTED_KIND
 
 
 def code_of(kind: str) -> int:
+    """The exit code of a kind: 1 for ``"criterion"``, 3 for ``"unexpected"``, else 2."""
     if kind == CRITERION:
         return CRITERION_FAILED
     if kind == UNEXPECTED_KIND:
@@ -89,30 +99,67 @@ def error_exit(exc: BaseException, *, job: str) -> int:
     return code
 
 
-def usage_exit(code: int | str | None) -> int:
+class _Tee:
+    """A stream that writes through to ``stream`` and keeps what was written (argparse's
+    error line, for the JSON line of a usage error)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.text = io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.text.write(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def usage_exit(code: int | str | None, stderr: str = "") -> int:
     """argparse ended the parse: --help (0, nothing more to say) or a usage error (2, its
-    message already on stderr) that gets the JSON error line too."""
+    message already on ``stderr``) that gets the JSON error line too, naming argparse's reason."""
     code = int(code or 0) if not isinstance(code, str) else REFUSED
     if code:
-        print_json({"error": "bad command line (see stderr)", "kind": USAGE, "exit_code": code})
+        reasons = [line for line in stderr.splitlines() if ": error: " in line]
+        message = reasons[-1] if reasons else "bad command line (see stderr)"
+        print_json({"error": message, "kind": USAGE, "exit_code": code})
     return code
+
+
+def criterion_failed(summary: dict[str, Any], reason: str) -> tuple[dict[str, Any], int]:
+    """A job that ran and failed its own criterion: its summary with the reason, and exit 1."""
+    log.error("%s", reason)
+    return {**summary, "error": reason, "kind": CRITERION}, CRITERION_FAILED
+
+
+def dry_run_result(report: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A `--dry-run` report and its code: 2 when it lists problems (each also logged, and
+    joined into its ``error``), else 0."""
+    problems = list(report.get("problems") or [])
+    for problem in problems:
+        log.error("%s", problem)
+    if not problems:
+        return report, DONE
+    return {**report, "error": "; ".join(problems), "kind": DRY_RUN}, REFUSED
 
 
 def run_job(
     job: str, parse: Callable[[], Any], run: Callable[[Any], tuple[dict[str, Any], int]]
 ) -> int:
     """Parse the config, run the job and end it by the table: ``run`` returns the summary and
-    its exit code (0, or 1 when the job's own criterion failed); every exception becomes an
-    error line and its code."""
+    its exit code (0, or 1 when the job's own criterion failed: `criterion_failed`); every
+    exception becomes an error line and its code. The code is also the line's ``exit_code``."""
+    tee = _Tee(sys.stderr)
     try:
-        cfg = parse()
+        with contextlib.redirect_stderr(tee):
+            cfg = parse()
     except SystemExit as exc:
-        return usage_exit(exc.code)
+        return usage_exit(exc.code, tee.text.getvalue())
     try:
         summary, code = run(cfg)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # every exit ends with one JSON line
         return error_exit(exc, job=job)
-    print_json(summary)
+    print_json({**summary, "exit_code": code})
     return code

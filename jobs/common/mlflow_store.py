@@ -15,6 +15,12 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-.]")
 
 
+class TrackingUriError(ValueError):
+    """A tracking URI that MLflow cannot use: a bare path, or a server that does not answer."""
+
+    exit_kind = "tracking"  # a job ends with exit code 2 (jobs.common.exits)
+
+
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The flag, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; sqlite paths made
     absolute so that workers (another working directory) open the same file."""
@@ -23,11 +29,21 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
         path = uri[len("sqlite:///") :]
         uri = f"sqlite:///{Path(path).expanduser().resolve()}"
     elif "://" not in uri:  # a bare folder is the (refused) file store: say so early
-        raise ValueError(
+        raise TrackingUriError(
             f"tracking URI {uri!r} is a path; MLflow 3 needs a database or server URI, e.g. "
             f"sqlite:///{Path(uri).resolve()}.db or http://host:5000"
         )
     return uri
+
+
+def reachable_tracking_uri(uri: str | None = None) -> str:
+    """`resolve_tracking_uri`, refused at once (`TrackingUriError`) when it names a server
+    that does not answer, rather than after MLflow's minutes of retries."""
+    resolved = resolve_tracking_uri(uri)
+    problem = tracking_problem(resolved)
+    if problem:
+        raise TrackingUriError(f"{problem}: start it or pass another --tracking-uri")
+    return resolved
 
 
 def registry_uri(tracking_uri: str | None, resolved: str) -> str:
@@ -40,7 +56,7 @@ def mlflow_client(tracking_uri: str | None = None):
     """(MlflowClient, resolved tracking URI) with the registry of `registry_uri`."""
     from mlflow import MlflowClient
 
-    tracking = resolve_tracking_uri(tracking_uri)
+    tracking = reachable_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking, registry_uri=registry_uri(tracking_uri, tracking))
     return client, tracking
 

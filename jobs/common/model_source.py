@@ -41,6 +41,8 @@ URI_FORMS = (
 class ModelSourceError(ValueError):
     """A model URI that cannot be resolved or holds no unet_core checkpoint."""
 
+    exit_kind = "model"  # a job ends with exit code 2 (jobs.common.exits)
+
 
 @dataclass(frozen=True)
 class ResolvedModel:

@@ -132,9 +132,9 @@ class Tally:
         if failed.num_rows:
             examples = failed.select(["key", "error"]).sort_by("key").slice(0, FAILURE_EXAMPLES)
             merged = self.failures + [
-                {"image": r["key"], "error": r["error"]} for r in examples.to_pylist()
+                {"input": r["key"], "error": r["error"]} for r in examples.to_pylist()
             ]
-            self.failures = sorted(merged, key=lambda r: r["image"])[:FAILURE_EXAMPLES]
+            self.failures = sorted(merged, key=lambda r: r["input"])[:FAILURE_EXAMPLES]
         self.ok += scored.num_rows
         self.failed += failed.num_rows
         return failed.num_rows
@@ -200,7 +200,7 @@ def _evaluate(cfg: EvaluateConfig, session: Session, actors: PredictorActors) ->
             "ok": tally.ok,
             "failed": tally.failed,
             "failed_fraction": tally.failed / max(1, total),
-            "failures": tally.failures,
+            "failed_inputs": tally.failures,
             **(
                 {"adapted_rand_class": cfg.rand_error_class, **tally.rand_means()}
                 if rand_class is not None

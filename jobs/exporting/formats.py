@@ -40,6 +40,8 @@ Runner = Callable[[np.ndarray], np.ndarray]
 class ExportDependencyError(RuntimeError):
     """A package that the ONNX export or its check needs is not installed."""
 
+    exit_kind = "dependency"  # a job ends with exit code 2 (jobs.common.exits)
+
 
 def require_onnx() -> None:
     """Import the ONNX packages now, before any work, or say how to install them."""

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 class ReportInputError(ValueError):
     """The output, its manifest or the class map cannot be read; the message says what to pass."""
 
+    exit_kind = "input"  # a job ends with exit code 2 (jobs.common.exits)
+
 
 def find_manifest(output: str, *, endpoint_url: str | None) -> str:
     """The URI of the output's final manifest (the newer of manifest.parquet and .jsonl)."""

@@ -48,6 +48,8 @@ LEASE_TTL_S = 120.0
 class OutputBusyError(ValueError):
     """Another live job with another model or settings is writing this output."""
 
+    exit_kind = "output"  # a job ends with exit code 2 (jobs.common.exits)
+
 
 @dataclass(frozen=True)
 class Lease:

@@ -103,12 +103,14 @@ def count_over_ranks(device: torch.device) -> int:
 
 
 def examples(errors: dict[str, str], limit: int = MAX_EXAMPLES) -> list[str]:
-    """Up to `limit` errors, each naming its file, in the order of the pairs' names."""
-    return [errors[pair] for pair in sorted(errors)[:limit]]
+    """Up to `limit` of the failed pairs, in the order of their names."""
+    return sorted(errors)[:limit]
 
 
 class BadPairsError(DataValidationError):
     """More pairs failed to read or decode during training than --max-failed-fraction allows."""
+
+    exit_kind = "criterion"  # a job ends with exit code 1 (jobs.common.exits)
 
     @classmethod
     def of(cls, errors: dict[str, str], max_bad_pairs: int) -> BadPairsError:

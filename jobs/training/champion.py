@@ -59,8 +59,8 @@ class ChampionComparison:
         """The figures for the job's summary (`alias_decision`)."""
         return {
             "champion_version": self.champion_version,
-            "champion_val_miou": self.champion_miou,
-            "val_miou": self.candidate_miou,
+            "champion_val_mean_iou": self.champion_miou,
+            "val_mean_iou": self.candidate_miou,
             "val_pairs": self.pairs,
             "compared": self.compared,
             "not_compared_because": self.refused,

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 class DataValidationError(ValueError):
     """The data cannot be trained on; the message names the files and the fix."""
 
+    exit_kind = "data"  # a job ends with exit code 2 (jobs.common.exits)
+
 
 @dataclass
 class TrainingData:

@@ -25,7 +25,7 @@ from jobs.common.cluster_info import (
 )
 from jobs.common.devices import check_gpu_node
 from jobs.common.logs import quiet_ray_logs
-from jobs.common.mlflow_store import resolve_tracking_uri
+from jobs.common.mlflow_store import reachable_tracking_uri
 from jobs.common.path_guard import LocalPathError
 from jobs.common.ray_cluster import connect_ray
 from jobs.training import tracking
@@ -86,6 +86,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
             return dry_run(cfg, view, problems)
         if problems:
             raise LocalPathError("; ".join(problems))
+        uri = reachable_tracking_uri(cfg.tracking_uri)  # refused before any work
         cfg = with_defaults(cfg)
         data, unchecked = _gather(cfg)
         check_sampled_set(cfg, data)
@@ -102,7 +103,6 @@ def run_training(cfg: TrainJobConfig) -> dict:
         weights = class_weights(
             data, cfg.train.class_balance, seed=cfg.train.seed, endpoint_url=cfg.s3_endpoint_url
         )
-        uri = resolve_tracking_uri(cfg.tracking_uri)
         run_id = tracking.start_or_resume_run(
             tracking_uri=uri,
             experiment=cfg.experiment,
@@ -130,7 +130,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
         with tempfile.TemporaryDirectory() as scratch:
             summary = publish(cfg, data, result, uri, run_id, Path(scratch))
         summary["world_size"] = (result.return_value or {}).get("world_size")  # at the end
-        summary["elapsed_seconds"] = round(time.time() - started, 1)
+        summary["seconds"] = round(time.time() - started, 1)
         return summary
     finally:
         release_capacity(view)

@@ -101,13 +101,14 @@ def publish(
         "alias_set": reg.alias_set,
         "alias_reason": reg.reason,
         "alias_decision": reg.alias_decision(),
-        "val_miou": val_miou,
+        "val_mean_iou": val_miou,  # the MLflow metric val_miou of the best epoch
         "best_epoch": epoch,
         "epochs": int(max(speed["epoch"], default=0)),
         "images_per_second": round(sum(steady) / len(steady), 2) if steady else math.nan,
         "num_workers": cfg.num_workers,
         "data_root": data.root,
-        "bad_pairs": len(bad),
-        "bad_pair_examples": examples(bad),
+        "failed": len(bad),  # pairs that failed to read or decode in training
+        "failed_fraction": len(bad) / max(1, len(data.train) + len(data.val)),
+        "failed_inputs": [{"input": pair, "error": bad[pair]} for pair in examples(bad)],
         "checkpoints": str(result.path),
     }
