@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ __all__ = [
     "decode_mask",
     "load_class_map",
     "local_lister",
+    "pair_group",
     "pair_images_and_masks",
     "read_image",
     "read_mask",
@@ -193,31 +195,49 @@ def _unit_hash(seed: int, key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_pairs(
-    pairs: Sequence[Pair], *, val_fraction: float, seed: int = 0
-) -> tuple[list[Pair], list[Pair]]:
-    """Deterministic (train, val) split by a hash of (seed, key), both sorted by key.
+def pair_group(key: str, group_by: str | re.Pattern[str] | None) -> str:
+    """The group of a case: the first group of ``group_by``'s match in the key (the whole match
+    when the pattern has no group); the key itself without a pattern or a match."""
+    if group_by is None:
+        return key
+    found = re.search(group_by, key)
+    if found is None:
+        return key
+    return found.group(1) if found.re.groups else found.group(0)
 
-    A pair goes to val when sha1(f"{seed}:{key}") as a number in [0, 1) is below
-    ``val_fraction``, so a case never changes side when the folder grows. With >= 2 pairs and
-    ``val_fraction > 0``, neither side is left empty (the lowest-hash pair moves to val, or the
-    highest-hash one to train) — the only case where a pair's side depends on the others.
+
+def split_pairs(
+    pairs: Sequence[Pair],
+    *,
+    val_fraction: float,
+    seed: int = 0,
+    group_by: str | re.Pattern[str] | None = None,
+) -> tuple[list[Pair], list[Pair]]:
+    """Deterministic (train, val) split by a hash of (seed, group), both sorted by key.
+
+    A case's group is its key, or with ``group_by`` (a regular expression) `pair_group`: the
+    frames of one sequence, the slices of one stack. A group goes to val when
+    sha1(f"{seed}:{group}") as a number in [0, 1) is below ``val_fraction``, so a whole group is
+    on one side and never changes side when the folder grows. With >= 2 groups and
+    ``val_fraction > 0``, neither side is left empty (the lowest-hash group moves to val, or the
+    highest-hash one to train) — the only case where a group's side depends on the others.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     ordered = sorted(pairs, key=lambda p: p.key)
     if val_fraction == 0 or not ordered:
         return ordered, []
-    scores = {p.key: _unit_hash(seed, p.key) for p in ordered}
-    val_keys = {k for k, s in scores.items() if s < val_fraction}
-    if len(ordered) >= 2:
-        by_score = sorted(scores, key=scores.__getitem__)
-        if not val_keys:
-            val_keys = {by_score[0]}
-        elif len(val_keys) == len(ordered):
-            val_keys.discard(by_score[-1])
-    train = [p for p in ordered if p.key not in val_keys]
-    val = [p for p in ordered if p.key in val_keys]
+    groups = {p.key: pair_group(p.key, group_by) for p in ordered}
+    scores = {g: _unit_hash(seed, g) for g in set(groups.values())}
+    val_groups = {g for g, s in scores.items() if s < val_fraction}
+    if len(scores) >= 2:
+        by_score = sorted(scores, key=lambda g: (scores[g], g))
+        if not val_groups:
+            val_groups = {by_score[0]}
+        elif len(val_groups) == len(scores):
+            val_groups.discard(by_score[-1])
+    train = [p for p in ordered if groups[p.key] not in val_groups]
+    val = [p for p in ordered if groups[p.key] in val_groups]
     return train, val
 
 
