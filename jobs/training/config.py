@@ -95,6 +95,11 @@ class TrainJobConfig(DecodeFlags):
     val_data: str | None = None
     """Separate validation root (same layout). Omitted: a deterministic stem-hash split of --data
     (--val-fraction)."""
+    group_by: str | None = None
+    """Regular expression over each pair's key (its path without extension): pairs whose match
+    (its first group, or the whole match) is the same form a group that the --val-fraction split
+    keeps on one side, e.g. '^(.*)_\\d+$' for the frames of one sequence; split.json records
+    the groups. Default: every pair on its own."""
     class_map: str | None = None
     """Class map JSON file (local or s3://); default: classes.json at the data root."""
     s3_endpoint_url: str | None = None
@@ -188,6 +193,14 @@ class TrainJobConfig(DecodeFlags):
         except ValueError as exc:
             problems.append(str(exc))
         problems += device_problems(self.device, self.gpus_per_worker)
+        if self.group_by is not None:
+            try:
+                re.compile(self.group_by)
+            except re.error as exc:
+                problems.append(
+                    f"--group-by {self.group_by!r} is not a regular expression ({exc}); "
+                    "e.g. '^(.*)_\\d+$' groups names by what comes before a trailing number"
+                )
         if self.in_channels not in (None, 1, 3):
             problems.append(f"--in-channels must be 1 or 3, got {self.in_channels}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:

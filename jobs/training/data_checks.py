@@ -159,6 +159,7 @@ def gather_training_data(
     class_map_path: str | None = None,
     val_fraction: float,
     seed: int,
+    group_by: str | None = None,
     in_channels: int | None = None,
     num_workers: int = 1,
     check_limit: int = 1000,
@@ -191,7 +192,7 @@ def gather_training_data(
                 "no validation set: pass --val-data ROOT or a --val-fraction above 0 "
                 "(validation metrics pick the best checkpoint and gate the alias)"
             )
-        train, val = split_pairs(pairs, val_fraction=val_fraction, seed=seed)
+        train, val = split_pairs(pairs, val_fraction=val_fraction, seed=seed, group_by=group_by)
     if len(train) < num_workers:
         raise DataValidationError(
             f"{root}: {len(train)} training pairs for {num_workers} workers; every worker needs "

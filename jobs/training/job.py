@@ -50,6 +50,7 @@ def _gather(cfg: TrainJobConfig):
         class_map_path=cfg.class_map,
         val_fraction=cfg.train.val_fraction,
         seed=cfg.train.seed,
+        group_by=cfg.group_by,
         in_channels=cfg.in_channels,
         num_workers=cfg.worker_range[1],  # every worker of the largest group gets a shard
         check_limit=cfg.check_limit,
@@ -119,7 +120,10 @@ def run_training(cfg: TrainJobConfig) -> dict:
             uri,
             run_id,
             params=tracking.run_params(cfg.to_flat(), loop_config),
-            artifacts={"config.json": loop_config, "split.json": tracking.split_record(data)},
+            artifacts={
+                "config.json": loop_config,
+                "split.json": tracking.split_record(data, cfg.group_by),
+            },
             data=data,
         )
         try:

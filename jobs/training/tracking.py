@@ -273,13 +273,20 @@ def _span(values: list[int]) -> int | str:
     return values[0] if len(values) == 1 else f"{min(values)}-{max(values)}"
 
 
-def split_record(data) -> dict[str, Any]:
+def split_record(data, group_by: str | None = None) -> dict[str, Any]:
     """The train/validation keys (`jobs.training.data_checks.TrainingData`), logged as
-    split.json."""
-    return {
+    split.json; with --group-by, its pattern and each group's side ("train" or "val")."""
+    record = {
         "root": data.root,
         "val_root": data.val_root,
         "val_source": "val_data" if data.val_root != data.root else "stem_hash_split",
         "train": [p.key for p in data.train],
         "val": [p.key for p in data.val],
     }
+    if group_by is not None and data.val_root == data.root:  # groups of the --val-fraction split
+        from unet_core.data import pair_group
+
+        sides = [(p.key, "train") for p in data.train] + [(p.key, "val") for p in data.val]
+        record["group_by"] = group_by
+        record["groups"] = dict(sorted((pair_group(k, group_by), side) for k, side in sides))
+    return record
