@@ -58,6 +58,7 @@ __all__ = [
     "cpu_supports_bf16",
     "default_tile_size",
     "enable_cudnn_benchmark",
+    "needs_tiles",
     "predict",
     "predict_batch",
     "predict_tensor",
@@ -76,6 +77,8 @@ class Prediction:
     """(H, W) uint8 class indices."""
     confidence: np.ndarray
     """(H, W) float32 softmax probability of the chosen class, in [0, 1]."""
+    tiled: bool = False
+    """Predicted in overlapping tiles (`needs_tiles`); False: the whole image in one pass."""
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -106,11 +109,9 @@ def _softmax(model: nn.Module, x: torch.Tensor, *, tta: str, amp: bool | None) -
 def predict_tensor(
     model: nn.Module, batch: torch.Tensor, *, tta: bool | str = False, amp: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C, H, W) normalised -> classes (B, H, W) uint8 and confidence (B, H, W) float32.
-
-    Both stay on the model's device: the argmax and max happen there, before any copy back.
-    ``tta`` as in `predict`.
-    """
+    """(B, C, H, W) normalised -> classes (B, H, W) uint8 and confidence (B, H, W) float32, both
+    on the model's device (the argmax and max happen there, before any copy back); ``tta`` as in
+    `predict`."""
     mode = resolve_tta(tta)
     with _eval_mode(model):
         confidence, classes = _softmax(model, batch, tta=mode, amp=amp).max(dim=1)
@@ -168,7 +169,8 @@ def _overlap_pixels(tile_size: int, tile_overlap: float) -> int:
     return overlap
 
 
-def _needs_tiles(h: int, w: int, tile_size: int | None) -> bool:
+def needs_tiles(h: int, w: int, tile_size: int | None) -> bool:
+    """Whether `predict` tiles an H x W image at ``tile_size`` (None / 0: never tile)."""
     if tile_size is not None and tile_size < 0:
         raise ValueError(f"tile_size must be > 0, or None / 0 for no tiling; got {tile_size}")
     return bool(tile_size) and (h > tile_size or w > tile_size)
@@ -244,7 +246,7 @@ def _predict_tiled(
         acc[:, th - done :] = 0
         wsum = wsum.roll(-done, dims=0)
         wsum[th - done :] = 0
-    return Prediction(mask=mask, confidence=confidence)
+    return Prediction(mask=mask, confidence=confidence, tiled=True)
 
 
 def _normalized(model: nn.Module, images: np.ndarray, preprocess: PreprocessConfig) -> torch.Tensor:
@@ -328,7 +330,7 @@ def _predict_array(
     tile_batch: int,
 ) -> Prediction:
     h, w = arr.shape[:2]
-    if _needs_tiles(h, w, tile_size):
+    if needs_tiles(h, w, tile_size):
         assert tile_size is not None
         with _eval_mode(model):
             return _predict_tiled(
@@ -377,7 +379,7 @@ def predict_batch(
         )
     model = _on_device(model, device)
     h, w = sizes[0]
-    if _needs_tiles(h, w, tile_size):
+    if needs_tiles(h, w, tile_size):
         return [
             _predict_array(
                 model,

@@ -25,7 +25,7 @@ from jobs.common.resources import forward_batch
 from jobs.inference.decode import image_from_row
 from unet_core.checkpoint import load_checkpoint
 from unet_core.inference_device import enable_cudnn_benchmark, prepare_for_inference, to_device
-from unet_core.predict import predict, predict_tensor
+from unet_core.predict import needs_tiles, predict, predict_tensor
 from unet_core.transforms import normalize_batch
 
 logger = logging.getLogger(__name__)
@@ -35,10 +35,12 @@ PREDICTED_FIELDS = [
     pa.field("confidence_map", pa.large_binary()),
     pa.field("mean_confidence", pa.float64()),
     pa.field("predicted_on", pa.string()),
+    pa.field("tiled", pa.bool_()),
 ]
 """Columns the model stage appends: ``mask`` and ``confidence_map`` as raw (H, W) uint8 bytes
-(``confidence_map`` empty unless asked for), ``mean_confidence``, and ``predicted_on``, the Ray
-node id of the actor."""
+(``confidence_map`` empty unless asked for), ``mean_confidence``, ``predicted_on``, the Ray
+node id of the actor, and ``tiled``, whether the image was predicted in tiles (null: no
+prediction)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class ImagePrediction:
     """Mean over pixels of the chosen class's softmax probability."""
     confidence_map: np.ndarray | None = None
     """(H, W) uint8, round(255 * confidence), when asked for."""
+    tiled: bool = False
+    """Predicted in overlapping tiles (what the manifest row records of its tiling)."""
 
 
 def _node_id() -> str | None:
@@ -125,8 +129,7 @@ class Predictor:
         return self.options.batch_size or forward_batch(pixels, use_gpu=self.options.use_gpu)
 
     def _needs_tiles(self, shape: tuple[int, ...]) -> bool:
-        tile = self.options.tile_size
-        return bool(tile) and (shape[0] > tile or shape[1] > tile)
+        return needs_tiles(shape[0], shape[1], self.options.tile_size)
 
     def _forward(self, images: list[np.ndarray]) -> list[ImagePrediction]:
         """One forward pass over equal-size HxWxC uint8 images."""
@@ -160,7 +163,7 @@ class Predictor:
         conf_u8 = None
         if s.confidence_map:
             conf_u8 = np.rint(pred.confidence * 255.0).astype(np.uint8)
-        return ImagePrediction(pred.mask, float(pred.confidence.mean()), conf_u8)
+        return ImagePrediction(pred.mask, float(pred.confidence.mean()), conf_u8, pred.tiled)
 
     def passes(self, shapes: list[tuple[int, ...] | None]) -> list[list[int]]:
         """The rows of each forward pass over images of ``shapes`` (None: no image): the rows
@@ -238,19 +241,21 @@ class Predictor:
         ]
         results = self.predict_images(images)
         share = (time.perf_counter() - start) / max(1, batch.num_rows)
-        masks, conf_maps, means = [], [], []
+        masks, conf_maps, means, tiled = [], [], [], []
         for i, result in enumerate(results):
             if isinstance(result, ImagePrediction):
                 masks.append(result.mask.tobytes())
                 cm = result.confidence_map
                 conf_maps.append(cm.tobytes() if cm is not None else b"")
                 means.append(result.mean_confidence)
+                tiled.append(result.tiled)
             else:
                 if isinstance(result, str):
                     errors[i] = f"{batch.column('input')[i].as_py()}: {result}"
                 masks.append(b"")
                 conf_maps.append(b"")
                 means.append(None)
+                tiled.append(None)
         seconds = [s + share for s in batch.column("seconds").to_pylist()]
         out = batch
         if not self.options.keep_pixels:
@@ -262,7 +267,7 @@ class Predictor:
             out.schema.get_field_index("seconds"), "seconds", pa.array(seconds, pa.float64())
         )
         nodes = [self.node_id] * batch.num_rows
-        columns = (masks, conf_maps, means, nodes)
+        columns = (masks, conf_maps, means, nodes, tiled)
         for field, values in zip(PREDICTED_FIELDS, columns, strict=True):
             out = out.append_column(field, pa.array(values, type=field.type))
         return out

@@ -1,5 +1,6 @@
 """The layout of a segment output: where each file lives under ``--output``, the key of each
-input's mask, and what a manifest row must record for a rerun to count its mask as done.
+input's mask, and what a manifest row must record for a rerun to count its mask as done
+(`row_settings`, `same_pixels`).
 
     <output>/masks/<relative path, .png>          one mask per input (written last)
     <output>/overlays/<relative path, .jpg>       --overlays
@@ -25,6 +26,8 @@ import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from jobs.common import fs
 
 MASKS_DIR = "masks"
@@ -38,6 +41,8 @@ DATA_PREFIX = "data-"
 REPORT_NAME = "report.html"
 ASSETS_DIR = "report"
 MANIFEST_FORMATS = ("parquet", "jsonl")
+UNTILED = "tiled=0"
+"""What a row records in place of ``tile_size=... overlap=...`` for an image predicted whole."""
 
 
 def mask_key(rel: str) -> str:
@@ -78,17 +83,69 @@ def is_temporary(name: str) -> bool:
 def output_settings(
     *, mask_format: str, tta: str, tile_size: int, tile_overlap: int, exif_transpose: bool = True
 ) -> str:
-    """The settings that change a mask's pixels, as recorded per row: a mask made with other
-    settings is not "done" for a run with these. Written as before dihedral TTA and EXIF
-    orientation existed where those are at their old behaviour, so older outputs still match."""
+    """The run's settings that can change a mask's pixels (a row records `row_settings` of
+    them). Written as before dihedral TTA and EXIF orientation existed where those are at their
+    old behaviour, so older outputs still match."""
     tta = {"none": "0", "flip": "1"}.get(tta, tta)
     settings = f"mask_format={mask_format} tta={tta} tile_size={tile_size} overlap={tile_overlap}"
     return settings if exif_transpose else f"{settings} exif_transpose=0"
 
 
+def row_settings(settings: str | None, *, tiled: bool | None) -> str | None:
+    """What an input's manifest row records of the run's `output_settings`: all of them for an
+    image predicted in tiles (or not predicted: None), else `UNTILED` in place of the tile size
+    and overlap, which did not touch its pixels."""
+    if settings is None or tiled is None or tiled:
+        return settings
+    items = []
+    for item in settings.split():
+        name = item.split("=", 1)[0]
+        if name == "tile_size":
+            items.append(UNTILED)
+        elif name != "overlap":
+            items.append(item)
+    return " ".join(items)
+
+
 def parse_settings(settings: str | None) -> dict[str, str]:
     """A row's `output_settings` string back to its ``name -> value`` pairs (``{}`` for none)."""
     return dict(item.split("=", 1) for item in (settings or "").split() if "=" in item)
+
+
+def _split_tiling(settings: str | None) -> tuple[dict[str, str], int | None, str | None]:
+    """(the settings that touch every pixel, the tile size: 0 = never tiled (`UNTILED`, or no
+    tile size), None = unreadable, the overlap)."""
+    items = parse_settings(settings)
+    untiled = items.pop("tiled", None) == "0"
+    tile, overlap = items.pop("tile_size", "0"), items.pop("overlap", None)
+    try:
+        return items, 0 if untiled else int(tile), overlap
+    except ValueError:
+        return items, None, overlap
+
+
+def same_pixels(
+    recorded: str | None, ours: str, *, heights: np.ndarray, widths: np.ndarray
+) -> np.ndarray:
+    """Per mask recorded with the settings ``recorded`` (a row's, one string for all) of an
+    image of ``heights`` x ``widths`` (-1: not recorded): whether a run with the settings
+    ``ours`` would make the same pixels, so that the mask is done for it.
+
+    Every setting but the tiling must be equal. The tiling counts only where it touched the
+    image: one that neither tiles (`UNTILED` recorded, or no larger than either tile size, the
+    rule of `unet_core.predict.needs_tiles`) is the same under both; one that either tiles needs
+    the same tile size and overlap under both. Sizes not recorded: the strings must be equal."""
+    heights, widths = np.asarray(heights), np.asarray(widths)
+    exact = np.full(heights.shape, recorded == ours)
+    r_items, r_tile, r_overlap = _split_tiling(recorded)
+    o_items, o_tile, o_overlap = _split_tiling(ours)
+    if r_items != o_items or r_tile is None or o_tile is None:
+        return exact
+    r_tiled = (r_tile > 0) & ((heights > r_tile) | (widths > r_tile))
+    o_tiled = (o_tile > 0) & ((heights > o_tile) | (widths > o_tile))
+    same_tiles = (r_tile, r_overlap) == (o_tile, o_overlap)
+    same = (r_tiled == o_tiled) & (~r_tiled | same_tiles)
+    return np.where((heights >= 0) & (widths >= 0), same, exact)
 
 
 @dataclass(frozen=True)
@@ -104,5 +161,6 @@ class Provenance:
 
     @property
     def key(self) -> str:
-        """Equal for two runs exactly when their masks are interchangeable."""
+        """Equal for two runs whose masks are interchangeable for every image (live jobs
+        compare it; a rerun compares each recorded mask by `same_pixels`)."""
         return f"{self.checkpoint_sha256}|{self.settings}"

@@ -6,7 +6,9 @@ mask; a second input would write the same mask; an --input-list entry outside --
     manifest dataset (latest row per input, ok)    -> tasks, a share of the files each
     complete masks under <output>/masks            -> listing tasks (mask keys only)
       => known outputs: the relative paths of the inputs whose mask is complete AND whose
-         latest manifest row is ok, with a code for the model + settings that made it (0 = ours)
+         latest manifest row is ok, with a code for the model + settings that made it (0 = the
+         pixels this run would make: same weights, same settings where they touched the image,
+         `layout.same_pixels`)
       => duplicates: masks two inputs would both write (a.png, a.jpg), with the winner
       => decide (Ray tasks): one ``decision`` per row; counts come back as numbers
 
@@ -31,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.segmenting import listing, manifest
-from jobs.segmenting.layout import Provenance, mask_key
+from jobs.segmenting.layout import Provenance, mask_key, same_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +47,19 @@ DECIDED_SCHEMA = listing.INPUT_SCHEMA.append(pa.field("decision", pa.string())).
 )
 """Listing rows with what the work list decided for them."""
 KNOWN_SCHEMA = pa.schema([pa.field("relative_path", pa.string()), pa.field("made_by", pa.int32())])
+RERUN_COLUMNS = [*manifest.PROVENANCE_COLUMNS, "width", "height"]
+"""What the work list reads of the manifest: who made each mask, and the image's size, which
+says whether the tile size touched it (`layout.same_pixels`)."""
 
 
-def known_outputs(ours: str, n_manifest: int, *tables: pa.Table) -> tuple[pa.Table, list[str]]:
-    """Ray task: ``tables`` = manifest shares (`manifest.read_latest`), then mask-key blocks
-    (`listing.output_blocks`). Returns (`KNOWN_SCHEMA` rows: the inputs whose mask is complete
-    and recorded ok, with the code of its maker; the label per code)."""
-    rows = manifest.latest(manifest.concat(tables[:n_manifest], manifest.PROVENANCE_COLUMNS))
+def known_outputs(
+    ours: Provenance, n_manifest: int, *tables: pa.Table
+) -> tuple[pa.Table, list[str]]:
+    """Ray task: ``tables`` = manifest shares (`manifest.read_latest` of `RERUN_COLUMNS`), then
+    mask-key blocks (`listing.output_blocks`). Returns (`KNOWN_SCHEMA` rows: the inputs whose
+    mask is complete and recorded ok, with the code of its maker, `OURS` where ``ours`` would
+    make the same pixels; the label per code)."""
+    rows = manifest.latest(manifest.concat(tables[:n_manifest], RERUN_COLUMNS))
     rows = rows.filter(pc.equal(rows.column("status"), manifest.OK))
     blocks = [t for t in tables[n_manifest:] if t.num_rows]
     masks = pa.concat_tables(blocks).column("mask") if blocks else pa.array([], pa.string())
@@ -61,19 +69,29 @@ def known_outputs(ours: str, n_manifest: int, *tables: pa.Table) -> tuple[pa.Tab
         pc.fill_null(rows.column("checkpoint_sha256"), "?"),
         pc.fill_null(rows.column("settings"), "?"),
         "|",
-    ).to_pylist()
-    labels_by_key = {ours: "this model and settings"}
-    uris = rows.column("model_uri").to_pylist()
-    settings = rows.column("settings").to_pylist()
-    for maker, uri, setting in zip(makers, uris, settings, strict=True):
-        if maker not in labels_by_key:
-            labels_by_key[maker] = (
-                f"{uri or 'an unnamed model'} ({setting or 'settings not recorded'})"
+    ).combine_chunks()
+    encoded = pc.dictionary_encode(makers)
+    of_maker = encoded.indices.to_numpy(zero_copy_only=False)
+    heights = pc.fill_null(rows.column("height"), -1).to_numpy()
+    widths = pc.fill_null(rows.column("width"), -1).to_numpy()
+    codes = np.full(rows.num_rows, OURS, dtype=np.int32)
+    labels = ["this model and settings"]
+    for j in range(len(encoded.dictionary)):  # a handful of makers, each over its rows at once
+        at = np.flatnonzero(of_maker == j)
+        first = rows.slice(int(at[0]), 1).to_pylist()[0]
+        same = np.zeros(len(at), dtype=bool)
+        if first["checkpoint_sha256"] == ours.checkpoint_sha256:
+            same = same_pixels(
+                first["settings"], ours.settings, heights=heights[at], widths=widths[at]
             )
-    code_of = {key: i for i, key in enumerate(labels_by_key)}
-    codes = pa.array([code_of[m] for m in makers], pa.int32())
-    known = pa.table([rows.column("relative_path"), codes], schema=KNOWN_SCHEMA)
-    return known, list(labels_by_key.values())
+        if not same.all():
+            uri, setting = first["model_uri"], first["settings"]
+            labels.append(f"{uri or 'an unnamed model'} ({setting or 'settings not recorded'})")
+            codes[at[~same]] = len(labels) - 1
+    known = pa.table(
+        [rows.column("relative_path"), pa.array(codes, pa.int32())], schema=KNOWN_SCHEMA
+    )
+    return known, labels
 
 
 def duplicates(*tables: pa.Table) -> pa.Table:
@@ -249,15 +267,13 @@ def make_worklist(
     files = manifest.dataset_files(output, endpoint_url=endpoint_url, max_temp_age_s=temp_max_age)
     task = ray.remote(manifest.read_latest).options(num_cpus=num_cpus)
     shares = [
-        task.remote(
-            chunk, output=output, endpoint_url=endpoint_url, columns=manifest.PROVENANCE_COLUMNS
-        )
+        task.remote(chunk, output=output, endpoint_url=endpoint_url, columns=RERUN_COLUMNS)
         for chunk in manifest.chunks(files)
     ]
     known, labels = (
         ray.remote(known_outputs)
         .options(num_cpus=num_cpus, num_returns=2)
-        .remote(ours.key, len(shares), *shares, *masks)
+        .remote(ours, len(shares), *shares, *masks)
     )
     taken = ray.remote(duplicates).options(num_cpus=num_cpus).remote(*listed)
     decide_task = ray.remote(decide).options(num_cpus=num_cpus)

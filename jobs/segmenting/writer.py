@@ -4,7 +4,8 @@ Masks (PNG), overlays (JPEG) and confidence maps (8-bit PNG) under the keys and 
 `jobs.segmenting.layout`. Every file is written atomically
 (``jobs.common.fs.write_bytes_atomic``) and the mask last, so a mask under its final name means the
 input's files are complete; its manifest row (in the batch's part, written after all masks
-of the batch) says which model and settings made them, which a rerun checks.
+of the batch) says which model and settings made them, and whether the image was tiled
+(`jobs.segmenting.layout.row_settings`), which a rerun checks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from PIL import Image
 from jobs.common import fs
 from jobs.inference.decode import image_from_row
 from jobs.segmenting import manifest
-from jobs.segmenting.layout import CONFIDENCE_DIR, MASKS_DIR, OVERLAYS_DIR, mask_key, overlay_key
+from jobs.segmenting.layout import (
+    CONFIDENCE_DIR,
+    MASKS_DIR,
+    OVERLAYS_DIR,
+    mask_key,
+    overlay_key,
+    row_settings,
+)
 from unet_core.classes import ClassMap
 from unet_core.viz import overlay
 
@@ -95,7 +103,8 @@ class WriterOptions:
     checkpoint_sha256: str | None = None
     """The weights' digest, recorded per row: what a rerun compares."""
     settings: str | None = None
-    """`jobs.segmenting.layout.output_settings` of the run, recorded per row."""
+    """`jobs.segmenting.layout.output_settings` of the run, recorded per row as its
+    `row_settings` (the tile size only where the image was tiled)."""
     job_id: str = ""
     """Stamped on every row and carried by every temporary file name."""
 
@@ -125,7 +134,7 @@ class MaskWriter:
             model_version=self.s.model_version,
             model_uri=self.s.model_uri,
             checkpoint_sha256=self.s.checkpoint_sha256,
-            settings=self.s.settings,
+            settings=row_settings(self.s.settings, tiled=row.get("tiled")),
             job_id=self.s.job_id,
             predicted_on=row.get("predicted_on"),
             exif_orientation=row.get("exif_orientation"),  # null when the input was unreadable

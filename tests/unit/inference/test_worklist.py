@@ -7,12 +7,14 @@ import datetime as dt
 import os
 import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from jobs.common import fs
 from jobs.segmenting import leases, listing, manifest, worklist
-from jobs.segmenting.layout import Provenance, mask_key
+from jobs.segmenting.layout import Provenance, mask_key, output_settings, row_settings, same_pixels
+from unet_core.predict import needs_tiles
 
 OURS = Provenance("sha-new", "mask_format=indices", "models:/unet/2")
 OLD = Provenance("sha-old", "mask_format=indices", "models:/unet/1")
@@ -99,24 +101,26 @@ def test_output_listing_removes_temporaries_by_age_alone(tmp_path):
     assert young.exists() and not old.exists() and not legacy.exists()
 
 
-def _row(rel, *, maker=OURS, status="ok", at=0):
+def _row(rel, *, maker=OURS, status="ok", at=0, size=(None, None), settings=None):
     return manifest.base_row(
         input=f"/in/{rel}",
         relative_path=rel,
         status=status,
         checkpoint_sha256=maker.checkpoint_sha256,
-        settings=maker.settings,
+        settings=settings or maker.settings,
         model_uri=maker.model_uri,
+        height=size[0],
+        width=size[1],
         finished_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=at),
     )
 
 
-def _decide(listed, rows, masks, **flags):
-    table = manifest.rows_to_table(rows, ["bg", "fg"]).select(manifest.PROVENANCE_COLUMNS)
+def _decide(listed, rows, masks, ours=OURS, **flags):
+    table = manifest.rows_to_table(rows, ["bg", "fg"]).select(worklist.RERUN_COLUMNS)
     mask_table = pa.table(
         [pa.array([mask_key(m) for m in masks], pa.string())], schema=listing.OUTPUT_SCHEMA
     )
-    known, labels = worklist.known_outputs(OURS.key, 1, table, mask_table)
+    known, labels = worklist.known_outputs(ours, 1, table, mask_table)
     taken = worklist.duplicates(listed)
     decided = worklist.decide(listed, known=[known], taken=[taken],
                           overwrite=flags.get("overwrite", False),
@@ -223,3 +227,87 @@ def test_a_lease_of_a_dead_process_is_not_live(tmp_path):
     alive = leases.Lease("j", "p", "m", "s", leases.socket.gethostname(), os.getpid(),
                          time.time(), time.time())  # fmt: skip
     assert alive.alive(time.time()) and not alive.alive(time.time() + leases.LEASE_TTL_S + 1)
+
+
+def _settings(tile, overlap=64, **kw):
+    return output_settings(mask_format="indices", tta=kw.get("tta", "none"), tile_size=tile,
+                           tile_overlap=overlap)  # fmt: skip
+
+
+CPU, GPU = _settings(512), _settings(1024)
+
+
+def test_rows_record_the_tiling_the_image_got():
+    assert (
+        row_settings(CPU, tiled=True) == CPU == "mask_format=indices tta=0 tile_size=512 overlap=64"
+    )
+    assert row_settings(CPU, tiled=False) == "mask_format=indices tta=0 tiled=0"
+    assert row_settings(CPU, tiled=None) == CPU  # not predicted: the run's settings
+    assert row_settings(None, tiled=False) is None
+    with_exif = output_settings(mask_format="color", tta="dihedral", tile_size=512,
+                                tile_overlap=64, exif_transpose=False)  # fmt: skip
+    assert (
+        row_settings(with_exif, tiled=False)
+        == "mask_format=color tta=dihedral tiled=0 exif_transpose=0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("recorded", "size", "ours", "same"),
+    [
+        (row_settings(CPU, tiled=False), (300, 400), GPU, True),  # whole under both
+        (CPU, (300, 400), GPU, True),  # an older row: its size says it was not tiled
+        (CPU, (600, 600), GPU, False),  # tiled at 512, whole at 1024
+        (CPU, (600, 600), CPU, True),
+        (CPU, (512, 512), GPU, True),  # no larger than the tile: whole
+        (CPU, (2000, 600), GPU, False),  # tiled under both, other tiles
+        (GPU, (2000, 600), _settings(1024, 32), False),  # other overlap, tiled
+        (row_settings(CPU, tiled=False), (300, 400), _settings(1024, 32), True),
+        (row_settings(GPU, tiled=False), (600, 600), CPU, False),  # whole before, tiled now
+        (row_settings(CPU, tiled=False), (600, 600), _settings(0, 0), True),  # never tiles
+        (row_settings(CPU, tiled=False), (300, 400), _settings(1024, tta="flip"), False),
+        (CPU, (-1, -1), CPU, True),  # no size recorded: the strings decide
+        (CPU, (-1, -1), GPU, False),
+        ("mask_format=indices tta=0 tile_size=big overlap=64", (30, 40), GPU, False),
+    ],
+)
+def test_only_settings_that_touched_the_pixels_count(recorded, size, ours, same):
+    got = same_pixels(recorded, ours, heights=np.array([size[0]]), widths=np.array([size[1]]))
+    assert got.tolist() == [same]
+
+
+def test_the_rule_is_the_predictors():
+    sizes = [(h, w) for h in (1, 511, 512, 513, 1024, 1025) for w in (1, 512, 513, 1025)]
+    heights, widths = np.array(sizes).T
+    for tile in (0, 512, 1024):
+        whole = same_pixels(_settings(tile), _settings(0), heights=heights, widths=widths)
+        assert whole.tolist() == [not needs_tiles(h, w, tile) for h, w in sizes], tile
+
+
+def test_a_gpu_rerun_skips_what_cpu_tiles_did_not_touch():
+    cpu_run = Provenance("sha-new", CPU, "models:/unet/2")
+    gpu_run = Provenance("sha-new", GPU, "models:/unet/2")
+    rels = ["small.png", "old_small.png", "large.png", "old_large.png", "other.png"]
+    listed = listing.input_rows([f"/in/{r}" for r in rels], rels)
+    rows = [
+        _row("small.png", maker=cpu_run, size=(300, 200), settings=row_settings(CPU, tiled=False)),
+        _row("old_small.png", maker=cpu_run, size=(300, 200)),  # written before rows said
+        _row("large.png", maker=cpu_run, size=(600, 600)),
+        _row("old_large.png", maker=cpu_run, size=(700, 500)),
+        _row("other.png", maker=OLD, size=(300, 200), settings=row_settings(CPU, tiled=False)),
+    ]
+    decided, labels = _decide(listed, rows, rels, ours=gpu_run)
+    got = dict(
+        zip(decided["relative_path"].to_pylist(), decided["decision"].to_pylist(), strict=True)
+    )
+    assert got == {"small.png": worklist.DONE, "old_small.png": worklist.DONE,
+                   "large.png": worklist.OTHER, "old_large.png": worklist.OTHER,
+                   "other.png": worklist.OTHER}  # fmt: skip
+    other = {labels[c]: n for c, n in worklist.count(decided)["other"].items()}
+    assert other == {
+        f"models:/unet/2 ({CPU})": 2,
+        "models:/unet/1 (mask_format=indices tta=0 tiled=0)": 1,
+    }
+    again, _ = _decide(listed, rows, rels, ours=cpu_run)  # the CPU run's own rerun: all done
+    assert set(again["decision"].to_pylist()) == {worklist.DONE, worklist.OTHER}
+    assert again["decision"].to_pylist().count(worklist.OTHER) == 1  # other.png: another model
