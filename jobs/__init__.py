@@ -1,7 +1,7 @@
 """The Ray and MLflow side of unet-ray: entry scripts here, their glue in one room per stage.
 
 train.py, segment.py, evaluate.py,      parse a config, call one function, print its summary
-report.py, export.py, demo.py
+report.py, export.py, demo.py, plan.py
 common/      what every job needs: Ray connection and sizing, filesystems, MLflow URIs, the
              registered model read (model_source), flags from dataclasses, logging set-up
 training/    jobs/train.py: data checks, Ray datasets, the per-worker loop, rank-0
@@ -13,4 +13,6 @@ segmenting/  jobs/segment.py: output layout, listing and work list, leases, mask
 evaluating/  jobs/evaluate.py: scoring against truth masks, the per-image scores file
 reporting/   jobs/report.py: the QC report of a segment output
 exporting/   jobs/export.py: ONNX / pt2 files, checked and logged
+planning/    jobs/plan.py: the fingerprint of a data set (Ray Data tasks' tallies merged on the
+             driver), groups of near-duplicate names
 """
