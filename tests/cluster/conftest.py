@@ -7,6 +7,11 @@ launches worker nodes of two types on demand, each min 0, max 2:
 - `gpu_worker`: {CPU: 2, GPU: 1} (a fake GPU: the node has no CUDA device)
 - `cpu_worker`: {CPU: 2}
 
+CUDA is hidden from every process of the cluster (CUDA_VISIBLE_DEVICES=-1: Ray counts the one
+entry as the fake node's GPU, torch sees no device), so that a fake GPU node has no usable CUDA
+on a GPU machine too, and no CPU node uses the machine's GPU. An empty value would not do: Ray
+refuses to start a node with more GPUs than CUDA_VISIBLE_DEVICES lists.
+
 A launched node is a real raylet on 127.0.0.1 that joins in a few seconds. The head runs in its
 own HOME and temp dir (no token left in the user's ~/.ray), in its own process group, and is
 stopped by SIGTERM to its leader, then by process group and by the marker path (never
@@ -46,6 +51,8 @@ WORKER_TYPES = {
     "gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "min_workers": 0, "max_workers": 2},
     "cpu_worker": {"resources": {"CPU": 2}, "min_workers": 0, "max_workers": 2},
 }
+HIDDEN_CUDA = "-1"
+"""CUDA_VISIBLE_DEVICES of the cluster's processes (the module docstring says why)."""
 
 
 def autoscaling_config(gcs_port: int) -> dict:
@@ -201,7 +208,11 @@ def fake_cluster(s3_endpoint: str) -> Iterator[FakeCluster]:
     # The head's processes (and the fake nodes the autoscaler starts) inherit this environment:
     # the nodes' own "instance credentials" for the local S3 endpoint.
     env = child_env(
-        HOME=str(home), RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **s3_env
+        HOME=str(home),
+        RAY_FAKE_CLUSTER="1",
+        AUTOSCALER_UPDATE_INTERVAL_S="1",
+        CUDA_VISIBLE_DEVICES=HIDDEN_CUDA,
+        **s3_env,
     )
     cmd = [
         str(VENV_BIN / "ray"), "start", "--head", "--block",
