@@ -11,8 +11,6 @@ image | predicted mask | overlay for a few of the segmented images.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,31 +33,9 @@ OLD_SPELLINGS = (OldSpelling("--out", "--output DIR", lambda v, _: {"output": v}
 """Flags of earlier releases that still work, with a notice."""
 
 
-class JobFailed(RuntimeError):
-    """A job the demo ran ended with a non-zero exit code: the demo ends with its kind."""
-
-    def __init__(self, script: str, code: int, line: dict) -> None:
-        super().__init__(f"{script} failed with exit code {code}: {line.get('error', '')}")
-        self.exit_kind = line.get("kind") or exits.UNEXPECTED_KIND
-
-
 def run_job(script: str, args: list[str]) -> dict:
     """Run a job script, stream its output, return the JSON object on its last stdout line."""
-    cmd = [sys.executable, str(JOBS / script), *args]
-    print(f"\n$ {' '.join(cmd)}", flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    if lines[:-1]:
-        print("\n".join(lines[:-1]))
-    if lines:
-        print(lines[-1], flush=True)
-    try:
-        last = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        last = {}
-    if proc.returncode != 0 or not last:
-        raise JobFailed(script, proc.returncode, last)
-    return last
+    return exits.run_script([sys.executable, str(JOBS / script), *args])
 
 
 def picture(data: Path, masks: Path, class_map: ClassMap, path: Path, count: int = 3) -> None:
@@ -68,15 +44,10 @@ def picture(data: Path, masks: Path, class_map: ClassMap, path: Path, count: int
     for image_path in sorted((data / "images").glob("*.png"))[:count]:
         image = np.asarray(Image.open(image_path).convert("RGB"))
         mask = np.asarray(Image.open(masks / image_path.name))
-        tiles = [
-            image,
-            colorize_mask(mask, class_map.colors),
-            overlay(image, mask, class_map.colors, alpha=0.6),
-        ]
         gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
-        rows.append(
-            Image.fromarray(np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1))
-        )
+        colored = colorize_mask(mask, class_map.colors)
+        shown = overlay(image, mask, class_map.colors, alpha=0.6)
+        rows.append(Image.fromarray(np.concatenate([image, gap, colored, gap, shown], axis=1)))
     big = stack_panels(rows)
     big = big.resize((big.width * 2, big.height * 2), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import math
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -41,6 +42,14 @@ UNEXPECTED_KIND = "unexpected"
 USAGE = "usage"
 DRY_RUN = "dry_run"
 _INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+class JobError(RuntimeError):
+    """A job run by another (`run_script`) ended with a non-zero code: its error, of its kind."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.exit_kind = kind
 
 
 def strict(value: Any) -> Any:
@@ -163,3 +172,21 @@ def run_job(
         return error_exit(exc, job=job)
     print_json({**summary, "exit_code": code})
     return code
+
+
+def run_script(cmd: list[str]) -> dict[str, Any]:
+    """Run a job's command (its stderr streamed, its stdout echoed at the end) and return the
+    JSON object of its last stdout line; a job that fails raises `JobError` of the job's kind."""
+    print(f"\n$ {' '.join(cmd)}", flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if lines:
+        print("\n".join(lines), flush=True)
+    last = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    if proc.returncode != 0 or not last:
+        error = last.get("error") or "no JSON line on stdout"
+        raise JobError(
+            f"{cmd[1] if len(cmd) > 1 else cmd[0]} failed with exit code {proc.returncode}: {error}",
+            last.get("kind") or UNEXPECTED_KIND,
+        )
+    return last

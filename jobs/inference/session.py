@@ -119,6 +119,12 @@ def batch_session(cfg: InferenceConfig) -> Iterator[Session]:
             ray.shutdown()
 
 
+def _as_flag(pool: resources.ActorPool) -> int | str:
+    """A pool's bounds as --num-workers takes them: N, or MIN-MAX."""
+    low, high = pool.min_size, pool.max_size
+    return low if low == high else f"{low}-{high}"
+
+
 def dry_run_summary(
     session: Session, actors: PredictorActors | None, **planned: Any
 ) -> dict[str, Any]:
@@ -131,10 +137,10 @@ def dry_run_summary(
         problems.append(unreachable)
     return {
         "dry_run": True,
-        "num_gpus_per_actor": actors.num_gpus if actors else None,
+        "device": ("gpu" if actors.use_gpu else "cpu") if actors else None,
         "device_reason": actors.reason if actors else None,
-        "min_actors": actors.pool.min_size if actors else None,
-        "max_actors": actors.pool.max_size if actors else None,
+        "gpus_per_worker": actors.num_gpus if actors else None,
+        "num_workers": _as_flag(actors.pool) if actors else None,
         "torch_threads": actors.pool.torch_threads if actors else None,
         "fused": actors.fused if actors else None,
         "cluster": session.view.describe(),

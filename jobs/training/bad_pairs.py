@@ -103,8 +103,8 @@ def count_over_ranks(device: torch.device) -> int:
 
 
 def examples(errors: dict[str, str], limit: int = MAX_EXAMPLES) -> list[str]:
-    """Up to `limit` of the failed pairs, in the order of their names."""
-    return sorted(errors)[:limit]
+    """Up to `limit` errors, each naming its file, in the order of the pairs' names."""
+    return [errors[pair] for pair in sorted(errors)[:limit]]
 
 
 class BadPairsError(DataValidationError):

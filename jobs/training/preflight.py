@@ -72,9 +72,9 @@ def dry_run_summary(
     }
     return {
         "dry_run": True,
-        "use_gpu": bool(cfg.use_gpu),
+        "device": "gpu" if cfg.use_gpu else "cpu",
         "device_reason": choice.reason if choice else None,
-        "num_workers": low if low == high else [low, high],
+        "num_workers": low if low == high else f"{low}-{high}",  # as --num-workers takes it
         "resources_per_worker": per_worker,
         "cluster": view.describe(),
         "data": data.root if data else cfg.data,

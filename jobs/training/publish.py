@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jobs.training.bad_pairs import BadPairsError, examples, read_bad_pairs
+from jobs.training.bad_pairs import MAX_EXAMPLES, BadPairsError, read_bad_pairs
 from jobs.training.champion import compare_with_champion
 from jobs.training.checkpoints import MODEL_FILE, best_checkpoint
 from jobs.training.config import TrainJobConfig
@@ -109,6 +109,6 @@ def publish(
         "data_root": data.root,
         "failed": len(bad),  # pairs that failed to read or decode in training
         "failed_fraction": len(bad) / max(1, len(data.train) + len(data.val)),
-        "failed_inputs": [{"input": pair, "error": bad[pair]} for pair in examples(bad)],
+        "failed_inputs": [{"input": k, "error": bad[k]} for k in sorted(bad)[:MAX_EXAMPLES]],
         "checkpoints": str(result.path),
     }

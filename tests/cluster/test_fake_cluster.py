@@ -60,7 +60,7 @@ def test_dry_runs_plan_gpus_the_autoscaler_can_launch(fake_cluster, labelled, ch
     )
     assert train.returncode == 0, train.describe()
     plan = train.final_json
-    assert plan["use_gpu"] is True, plan
+    assert plan["device"] == "gpu", plan
     assert plan["resources_per_worker"] == {"CPU": 1.0, "GPU": 1.0}
     assert plan["num_workers"] == 2
     assert plan["cluster"]["autoscaler"] == "v1" and plan["cluster"]["local"] is False
@@ -78,9 +78,10 @@ def test_dry_runs_plan_gpus_the_autoscaler_can_launch(fake_cluster, labelled, ch
     )  # fmt: skip
     assert segment.returncode == 0, segment.describe()
     plan = segment.final_json
-    assert plan["num_gpus_per_actor"] == 1.0, plan
+    assert plan["device"] == "gpu" and plan["gpus_per_worker"] == 1.0, plan
     assert plan["fused"] is False  # GPU actors: decode and write run in CPU tasks beside them
-    assert plan["min_actors"] == 1 and plan["max_actors"] > 1
+    low, high = map(int, plan["num_workers"].split("-"))  # --num-workers MIN-MAX
+    assert low == 1 and high > 1, plan
     assert (plan["inputs"], plan["to_process"], plan["skipped"]) == (8, 8, 0)
     assert not (labelled.parent / "out-dry").exists()  # a dry run writes nothing
 

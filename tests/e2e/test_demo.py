@@ -89,9 +89,11 @@ def demo(tmp_path_factory) -> Demo:
 def test_demo_trains_registers_and_segments(demo):
     tmp_path, done = demo.home, demo.done
     summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    train, segment = summaries[-2], summaries[-1]
+    train, segment, summary = summaries[-3:]  # the demo's own summary is the last line
     assert train["alias_set"] and train["model_uri"] == "models:/unet/1"
-    assert train["val_miou"] > 0.8, train  # the preset learns the synthetic shapes
+    assert train["val_mean_iou"] > 0.8, train  # the preset learns the synthetic shapes
+    assert done.stdout.splitlines()[-1].startswith("{") and summary["exit_code"] == 0
+    assert (summary["model_uri"], summary["ok"]) == ("models:/unet/1", 12), summary
     assert train["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert (segment["ok"], segment["failed"], segment["model_version"]) == (12, 0, "1")
 

@@ -56,7 +56,7 @@ def test_evaluate_constant_model_on_synthetic(
     assert report["pixel_accuracy"] == pytest.approx(counts[1] / n)
     assert report["pixel_error"] == pytest.approx(1 - counts[1] / n)
     assert report["model_uri"] == f"models:/const/{version}"
-    assert (report["ok"], report["failed"], report["failures"]) == (len(truths), 0, [])
+    assert (report["ok"], report["failed"], report["failed_inputs"]) == (len(truths), 0, [])
     assert "images" not in report  # the summary has no per-image list: that is the report
 
     # --scores-file: one row per image, whose figures add up to the summary's.
@@ -115,8 +115,8 @@ def test_evaluate_external_class_map_and_a_bad_pair(tmp_path, ray_local, capsys)
         evaluate.main, ["--model", ckpt, "--data", root, "--class-map", external], capsys
     )
     assert code == 1  # one pair failed and --max-failed-fraction is 0
-    assert report["failed"] == 1 and "wrong" in report["failures"][0]["image"]
-    assert "9" in report["failures"][0]["error"]  # names the sizes
+    assert report["failed"] == 1 and "wrong" in report["failed_inputs"][0]["input"]
+    assert "9" in report["failed_inputs"][0]["error"]  # names the sizes
     cells = sum(int((t == 255).sum()) for t in truths.values())
     total = sum(t.size for t in truths.values())
     assert report["pixel_accuracy"] == pytest.approx(cells / total)
@@ -153,8 +153,8 @@ def test_evaluate_caps_failures_and_writes_the_report_to_s3(
     )
     assert code == 1, summary  # failures over --max-failed-fraction 0
     assert (summary["total"], summary["ok"], summary["failed"]) == (15, 3, 12)
-    assert [f["image"] for f in summary["failures"]] == bad[:10]
-    assert all("bad" in f["error"] for f in summary["failures"])
+    assert [f["input"] for f in summary["failed_inputs"]] == bad[:10]
+    assert all("bad" in f["error"] for f in summary["failed_inputs"])
     assert summary["pixel_accuracy"] == 1.0 and summary["scores_file"] == uri
 
     client = boto3.client("s3", endpoint_url=s3_endpoint)
@@ -172,7 +172,7 @@ def test_evaluate_caps_failures_and_writes_the_report_to_s3(
 
 def test_evaluate_refuses_a_json_report(tmp_path, capsys):
     """The per-image report is Parquet; a .json name is refused before anything starts."""
-    with pytest.raises(SystemExit) as exited:
-        evaluate.main(["--data", str(tmp_path), "--scores-file", str(tmp_path / "report.json")])
-    assert exited.value.code == 2
-    assert "ending in .parquet" in capsys.readouterr().err
+    code = evaluate.main(["--data", str(tmp_path), "--scores-file", str(tmp_path / "report.json")])
+    out, err = capsys.readouterr()
+    assert code == 2 and json.loads(out.splitlines()[-1])["kind"] == "usage"
+    assert "ending in .parquet" in err

@@ -111,10 +111,9 @@ def test_segment_and_evaluate_with_dihedral_tta(
     )
     assert code == 0 and report["ok"] == plain_report["ok"], report
     assert report["mean_iou"] != plain_report["mean_iou"]
-    with pytest.raises(SystemExit) as refused:
-        segment.main([*map(str, args), "--model", str(ckpt), "--tta", "rot90"])
-    assert refused.value.code == 2
-    assert "--tta must be one of none, flip, dihedral" in capsys.readouterr().err
+    code, refused = run_main(segment.main, [*args, "--model", ckpt, "--tta", "rot90"], capsys)
+    assert code == 2 and refused["kind"] == "usage"
+    assert "--tta must be one of none, flip, dihedral" in refused["error"]
 
 
 def test_segment_mask_formats_and_jsonl(tmp_path, ray_local, registered, synthetic_root, capsys):

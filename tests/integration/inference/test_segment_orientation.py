@@ -143,4 +143,4 @@ def test_evaluate_pairs_turned_images_with_masks_drawn_on_them(tmp_path, ray_loc
     code, report = run_main(
         evaluate.main, ["--model", ckpt, "--data", root, "--no-exif-transpose"], capsys
     )
-    assert report["failed"] == 1 and "a.png: mask is 30x44" in report["failures"][0]["error"]
+    assert report["failed"] == 1 and "a.png: mask is 30x44" in report["failed_inputs"][0]["error"]

@@ -123,7 +123,7 @@ def test_rerun_with_another_version_refuses_then_redoes_exactly_those(
         capsys,
     )  # fmt: skip
     assert code == 0 and (dry["inputs"], dry["skipped"], dry["to_process"]) == (3, 3, 0), dry
-    assert dry["fused"] is True and dry["num_gpus_per_actor"] == 0  # CPU actors: fused path
+    assert dry["fused"] is True and dry["device"] == "cpu"  # CPU actors: fused path
 
 
 def _run_together(configs: list[SegmentConfig]) -> list[dict]:

@@ -129,7 +129,7 @@ def assert_decision(summary: dict, *, champion: str, moved: bool, pairs: int) ->
     decision = summary["alias_decision"]
     assert decision["compared"] is True and decision["not_compared_because"] is None
     assert decision["champion_version"] == champion and decision["val_pairs"] == pairs
-    ours, theirs = decision["val_miou"], decision["champion_val_miou"]
+    ours, theirs = decision["val_mean_iou"], decision["champion_val_mean_iou"]
     assert (ours > theirs) if moved else (ours < theirs)
     assert summary["alias_set"] is decision["alias_set"] is moved
     assert decision["reason"] == summary["alias_reason"]
@@ -167,12 +167,12 @@ def test_a_worse_champion_loses_the_alias_and_a_better_one_keeps_it(
     assert code == 0 and first["model_version"] == "2"
     split1 = val_keys(first["run_id"])
     decision = assert_decision(first, champion="1", moved=True, pairs=len(split1))
-    assert decision["champion_val_miou"] == pytest.approx(
+    assert decision["champion_val_mean_iou"] == pytest.approx(
         constant_miou(root, split1, class_map, 1), abs=1e-12
     )
     new_miou, tolerance = val_miou_of(registered("2"), root, split1)
-    assert decision["val_miou"] == pytest.approx(new_miou, abs=tolerance)
-    assert first["val_miou"] == pytest.approx(new_miou, abs=tolerance)  # the workers' (fp32)
+    assert decision["val_mean_iou"] == pytest.approx(new_miou, abs=tolerance)
+    assert first["val_mean_iou"] == pytest.approx(new_miou, abs=tolerance)  # the workers' (fp32)
     assert_evaluate_reports_the_gates_figure(root, "2", capsys)
 
     # A run that barely leaves its random start is below the trained champion: it stays.
@@ -186,11 +186,11 @@ def test_a_worse_champion_loses_the_alias_and_a_better_one_keeps_it(
     decision = assert_decision(second, champion="2", moved=False, pairs=len(split2))
     # the champion's figure is recomputed on the second run's pairs...
     champion_miou, tolerance = val_miou_of(registered("2"), root, split2)
-    assert decision["champion_val_miou"] == pytest.approx(champion_miou, abs=tolerance)
+    assert decision["champion_val_mean_iou"] == pytest.approx(champion_miou, abs=tolerance)
     # ...which is not its val_miou of its own split: this check tells them apart
-    assert abs(champion_miou - first["val_miou"]) > 2 * tolerance
+    assert abs(champion_miou - first["val_mean_iou"]) > 2 * tolerance
     new_miou, tolerance = val_miou_of(registered("3"), root, split2)
-    assert decision["val_miou"] == pytest.approx(new_miou, abs=tolerance)
+    assert decision["val_mean_iou"] == pytest.approx(new_miou, abs=tolerance)
 
 
 def test_a_champion_with_other_classes_is_not_compared(
@@ -211,7 +211,7 @@ def test_a_champion_with_other_classes_is_not_compared(
     summary = json.loads(out.strip().splitlines()[-1])
     decision = summary["alias_decision"]
     assert summary["alias_set"] is False and decision["compared"] is False
-    assert decision["champion_val_miou"] is None and decision["val_miou"] is None
+    assert decision["champion_val_mean_iou"] is None and decision["val_mean_iou"] is None
     why = decision["not_compared_because"]
     assert f"('blob', {renamed.value})" in why and f"('{ours.classes[1].name}'," in why
     assert summary["alias_reason"].startswith("version 1 @champion cannot be compared")

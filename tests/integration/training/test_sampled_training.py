@@ -31,7 +31,7 @@ def test_sampled_epochs_with_border_weights(
     assert logged(summary, "train_images") == [10, 10]
     params = client.get_run(summary["run_id"]).data.params
     assert params["samples_per_epoch"] == "11" and params["border_weight"] == "10.0"
-    assert 0.0 <= summary["val_miou"] <= 1.0
+    assert 0.0 <= summary["val_mean_iou"] <= 1.0
 
     # The weights reach the workers' loss: the same run without them (the same seed, so the
     # same crops, augmentations and initial model) has another training loss from its first

@@ -54,10 +54,13 @@ def test_default_fails_after_the_first_epoch_naming_the_file(
         ["--data", str(root), "--epochs", "3", "--num-workers", "2", "--run-name", "bad-default",
          "--storage-path", str(in_tmp / "runs"), *TINY]
     )  # fmt: skip
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "error: 1 image/mask pair(s) could not be read or decoded during training" in err
-    assert f"{image}: cannot decode image" in err and "the 0 that --max-failed-fraction allows" in err
+    out, err = capsys.readouterr()
+    assert code == 1  # the run failed its own criterion, --max-failed-fraction
+    assert json.loads(out.splitlines()[-1])["kind"] == "criterion"
+    assert "1 image/mask pair(s) could not be read or decoded during training" in err
+    assert (
+        f"{image}: cannot decode image" in err and "the 0 that --max-failed-fraction allows" in err
+    )
     assert "Repair or remove these files" in err
     driver = [line for line in err.splitlines() if not line.startswith("\x1b[36m(")]  # not Ray's
     assert not any("Traceback" in line for line in driver)
@@ -88,9 +91,10 @@ def test_max_bad_pairs_trains_without_the_pair_and_reports_it(
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["bad_pairs"] == 1
-    (example,) = summary["bad_pair_examples"]
-    assert example.startswith(f"{image}: cannot decode image") and "truncated" in example
+    assert (summary["failed"], summary["failed_fraction"]) == (1, 1 / (train + val))
+    (example,) = summary["failed_inputs"]
+    assert example["error"].startswith(f"{image}: cannot decode image")
+    assert "truncated" in example["error"]
 
     client = MlflowClient()
     run_id = summary["run_id"]

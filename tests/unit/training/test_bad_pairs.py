@@ -80,7 +80,7 @@ def test_error_names_the_pairs_the_bound_and_the_fix():
     errors = {f"/d/images/{i:02d}.png": f"/d/images/{i:02d}.png: broken" for i in range(13)}
     err = BadPairsError.of(errors, max_bad_pairs=2)
     text = str(err)
-    assert isinstance(err, DataValidationError)  # jobs/train.py: "error: ..." and exit 2
+    assert isinstance(err, DataValidationError) and err.exit_kind == "criterion"  # exit 1
     assert text.startswith("13 image/mask pair(s) could not be read or decoded")
     assert (
         "the 2 that --max-failed-fraction allows" in text and "Repair or remove these files" in text
