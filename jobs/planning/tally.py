@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ class Tally:
 
     def fail(self, message: str) -> None:
         self.failures += 1
+        message = re.sub(r" at 0x[0-9a-fA-F]+", "", message)  # Pillow names a BytesIO's address
         self.failure_examples = sorted([*self.failure_examples, message])[:MAX_EXAMPLES]
 
     def add_header(self, mode: str, height: int, width: int) -> None:
