@@ -231,7 +231,7 @@ class SegmentConfig(InferenceConfig):
     overwrite: bool = False
     """Predict and write every input again, whatever made its mask."""
     redo_other_versions: bool = False
-    """Redo exactly the inputs whose mask another model (version) or other output settings (--mask-format, --tta, --tile-size, --tile-overlap) made, as the manifest records; without it a run that finds such masks refuses, naming the versions found."""
+    """Redo exactly the inputs whose mask another model (version) or other output settings made, as the manifest records: --mask-format, --tta, --no-exif-transpose, and --tile-size/--tile-overlap only for an image that either run tiles (one no larger than both tile sizes is done); without it a run that finds such masks refuses, naming the versions found."""
     temp_max_age: float = 3600.0
     """Seconds after which a temporary file or an unfinished S3 multipart upload under --output counts as abandoned, whichever job wrote it; a run removes abandoned ones when it starts (a write's temporary lives as long as the write: keep this above the longest write)."""
     manifest_format: str = "parquet"
