@@ -49,6 +49,8 @@ def bin_area(index: float) -> float:
 def objects_of(binary: np.ndarray) -> tuple[np.ndarray, int]:
     """(areas of the 4-connected components of ``binary``, how many of them touch another)."""
     labels, count = ndimage.label(binary)  # 4-connectivity: the default structure in 2D
+    if count < np.iinfo(np.uint16).max:
+        labels = labels.astype(np.uint16)  # half the memory traffic of the filters below
     if count == 0:
         return np.zeros(0, np.int64), 0
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
@@ -59,21 +61,20 @@ def objects_of(binary: np.ndarray) -> tuple[np.ndarray, int]:
     low = np.where(labels > 0, labels, count + 1)
     nearest_low = ndimage.minimum_filter(low, size=window, mode="constant", cval=count + 1)
     near_other = (labels > 0) & ((nearest_high > labels) | (nearest_low < labels))
-    return areas, int(np.unique(labels[near_other]).size)
+    return areas, int(np.count_nonzero(np.bincount(labels[near_other], minlength=count + 1)))
 
 
 def class_rows(mask: np.ndarray, num_classes: int) -> np.ndarray:
     """(num_classes,) mean row of each class's pixels over the height (0 top, 1 bottom); NaN
     for an absent class."""
-    height = mask.shape[0]
-    rows = np.arange(height, dtype=np.float64)[:, None]
-    out = np.full(num_classes, np.nan)
-    for cls in range(num_classes):
-        per_row = (mask == cls).sum(axis=1)
-        total = per_row.sum()
-        if total:
-            out[cls] = float((per_row * rows[:, 0]).sum() / total / max(height - 1, 1))
-    return out
+    height, width = mask.shape
+    k = max(num_classes, int(mask.max(initial=0)) + 1)
+    row_of = np.repeat(np.arange(height, dtype=np.int64), width)
+    per_row = np.bincount(row_of * k + mask.ravel(), minlength=height * k).reshape(height, k)
+    totals = per_row.sum(axis=0)[:num_classes]  # (K,) pixels per class
+    weighted = (per_row[:, :num_classes] * np.arange(height)[:, None]).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, weighted / totals / max(height - 1, 1), np.nan)
 
 
 def above_matrix(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

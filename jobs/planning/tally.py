@@ -138,12 +138,16 @@ class Tally:
         self.sampled += 1
         self.decoded[f"{channels}x{image.dtype}"] += 1
         self.pixel_samples[key] = pixel_subsample(image, key, seed)
-        flat = image.reshape(-1, channels).astype(np.float64)
-        finite = np.where(np.isfinite(flat), flat, np.nan)
-        if len(flat):
-            self._extreme(self.low, channels, np.nanmin(finite, axis=0), np.fmin)
-            self._extreme(self.high, channels, np.nanmax(finite, axis=0), np.fmax)
+        planes = np.ascontiguousarray(image.reshape(-1, channels).T)  # (C, H*W): fast reduce
+        if planes.size:
+            pick = (np.nanmin, np.nanmax) if planes.dtype.kind == "f" else (np.min, np.max)
+            if planes.dtype.kind == "f":  # infinities are no intensities
+                planes = np.where(np.isfinite(planes), planes, np.nan)
+            low, high = (f(planes, axis=1).astype(np.float64) for f in pick)
+            self._extreme(self.low, channels, low, np.fmin)
+            self._extreme(self.high, channels, high, np.fmax)
         k = self.num_classes
+        rows = objects.class_rows(mask, k)
         counts = objects.class_pixels(mask, k)
         self.class_pixels += counts
         self.ignored += int(mask.size - counts.sum())
@@ -153,7 +157,6 @@ class Tally:
             np.add.at(self.object_bins[cls], objects.size_bin(areas), 1)
             self.object_area[cls] += int(areas.sum())
             self.touching[cls] += touching
-        rows = objects.class_rows(mask, k)
         present = ~np.isnan(rows)
         self.row_sum[present] += rows[present]
         self.row_sq[present] += rows[present] ** 2
