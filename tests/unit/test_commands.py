@@ -147,9 +147,13 @@ def prose(text: str) -> str:
 
 
 def test_relative_links_point_at_files():
-    """Every relative link or image in README.md and docs/*.md names a file of the checkout
-    (and, with #anchor, one of that Markdown file's headings)."""
-    docs = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    """Every relative link or image in README.md, docs/*.md and cluster/*.md names a file of the
+    checkout (and, with #anchor, one of that Markdown file's headings)."""
+    docs = [
+        REPO_ROOT / "README.md",
+        *sorted((REPO_ROOT / "docs").glob("*.md")),
+        *sorted((REPO_ROOT / "cluster").glob("*.md")),
+    ]
     assert len(docs) > 1, "docs/*.md is missing"
     links, broken = 0, []
     for doc in docs:
@@ -168,3 +172,83 @@ def test_relative_links_point_at_files():
                 broken.append(f"{where} (no heading #{anchor} in {file.name})")
     assert links >= 5, links  # the pattern finds the docs' links at all
     assert not broken, "broken relative links:\n" + "\n".join(broken)
+
+
+# --- cluster/README.md: every shell command of its path -------------------------------------
+
+CLUSTER_README = REPO_ROOT / "cluster" / "README.md"
+CANNOT_RUN_HERE = {"aws", "kubectl", "docker", "git", "sed", "export", "curl", "base64"}
+"""Programs of cluster/README.md that need AWS, a Kubernetes cluster, a docker daemon with the
+base image, or change the checkout: not run here; the repository paths, kustomize component
+labels and files they name are checked instead."""
+REPO_PATH = re.compile(r"^(?:cluster|configs|jobs|unet_core)/[\w./*-]*$")
+
+
+def shell_commands(doc: Path) -> list[list[str]]:
+    """Every simple command of the doc's ```bash blocks (also those indented in a list item):
+    continuations joined, comments dropped, split at pipes, `;`, `&&` and `&` (inside `$(...)`
+    too), loop keywords stripped."""
+    import shlex
+
+    commands = []
+    for block in re.findall(r"^ *```bash\n(.*?)^ *```", doc.read_text(), flags=re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            lexer = shlex.shlex(line, posix=True, punctuation_chars="|&;")
+            lexer.whitespace_split, lexer.commenters = True, "#"
+            words, current = list(lexer), []
+            for word in [*words, ";"]:
+                if word.strip("|&;") == "":  # an operator
+                    if current and current[0] not in ("for", "done"):
+                        commands.append(current[1:] if current[0] == "do" else current)
+                    current = []
+                else:
+                    current.append(word)
+    return commands
+
+
+def check_ray_command(words: list[str]) -> None:
+    """`ray <group> <command> --flags ... [-- entrypoint]`: Ray 2.60's own CLI has it."""
+    from ray.scripts.scripts import cli
+
+    command, args = cli, words[1:]
+    while hasattr(command, "commands") and args and args[0] in command.commands:
+        command, args = command.commands[args[0]], args[1:]
+    assert command is not cli and not hasattr(command, "commands"), f"no such command: {words}"
+    own = args[: args.index("--")] if "--" in args else args
+    options = {o for p in command.params for o in [*p.opts, *p.secondary_opts]}
+    unknown = [
+        a.split("=", 1)[0] for a in own if a.startswith("-") and a.split("=")[0] not in options
+    ]
+    assert not unknown, f"{' '.join(words[:3])}: Ray's CLI has no {unknown}"
+
+
+def test_cluster_readme_commands_are_checked():
+    import ray
+    import yaml
+
+    commands = shell_commands(CLUSTER_README)
+    assert len(commands) >= 25, commands  # the parser finds the path's commands at all
+    labels = {
+        doc["metadata"]["labels"]["app.kubernetes.io/component"]
+        for path in (REPO_ROOT / "cluster" / "kuberay").glob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") != "Kustomization"
+    }
+    for words in commands:
+        program = words[0]
+        for word in words:  # every repository path a command names exists
+            for path in [word.split("=", 1)[-1]] if REPO_PATH.match(word.split("=", 1)[-1]) else []:
+                assert list(REPO_ROOT.glob(path)), f"{' '.join(words)}: no {path}"
+        if program == "ray":
+            check_ray_command(words)
+        elif program in ("python", "unet-train", "unet-segment"):
+            pass  # test_doc_commands_use_only_listed_flags checks the job's flags
+        elif program == "pip":
+            assert words[1] == "install" and words[2] == f"ray[default]=={ray.__version__}"
+        elif program == "kubectl" and "-k" in words:
+            assert (REPO_ROOT / words[words.index("-k") + 1] / "kustomization.yaml").is_file()
+            if "-l" in words:
+                key, _, value = words[words.index("-l") + 1].partition("=")
+                assert key == "app.kubernetes.io/component" and value in labels, words
+        else:
+            assert program in CANNOT_RUN_HERE, f"cluster/README.md runs {program}: check it here"
