@@ -25,7 +25,7 @@ class ModelConfig:
     """Architecture of a UNet: everything needed to rebuild it before loading weights."""
 
     in_channels: int = 3
-    """Input channels: 1 for grayscale, 3 for RGB."""
+    """Input channels: 1 for grayscale, 3 for RGB, any N >= 1 for other bands."""
     num_classes: int = 2
     """Output classes; a binary task uses 2 (softmax), never a single logit."""
     base_width: int = 64
@@ -40,9 +40,9 @@ class ModelConfig:
     """Dropout probability in the bottleneck block."""
 
     def __post_init__(self) -> None:
-        if self.in_channels not in (1, 3):
+        if self.in_channels < 1:
             raise ValueError(
-                f"in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels}"
+                f"in_channels must be >= 1 (1 grayscale, 3 RGB, N bands), got {self.in_channels}"
             )
         if not 2 <= self.num_classes <= 255:
             raise ValueError(
@@ -67,48 +67,115 @@ class ModelConfig:
         return cls(**_known(cls, data))
 
 
+SCHEMES = ("legacy_uint8", "scale_zscore", "clip_zscore")
+"""How pixels become the model's input (`Preprocessing.scheme`)."""
+RGB_NAMES = ("red", "green", "blue")
+
+
+def _floats(values: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
 @dataclass
-class PreprocessConfig:
-    """How a uint8 image becomes the model's float input: x = (pixel / 255 - mean) / std."""
+class Preprocessing:
+    """How a decoded image becomes the model's float input: one formula for every scheme,
+    normalised = (clip(x, clip_low, clip_high) - shift) * scale (`shift_scale`), in NumPy
+    (`normalize`) and torch (`unet_core.transforms.normalize_batch`) alike."""
 
     channels: int = 3
-    """Channels the model expects; inputs are converted (RGB <-> grayscale) to this."""
+    """Channels the model takes (any N >= 1; legacy_uint8: 1 or 3)."""
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    """Per-channel mean in [0, 1] units."""
+    """Per-channel mean: in 0..1 units (pixel / 255) for legacy_uint8 and scale_zscore, in the data's own units for clip_zscore."""
     std: tuple[float, ...] = (0.25, 0.25, 0.25)
-    """Per-channel standard deviation in [0, 1] units."""
+    """Per-channel standard deviation, in the units of mean."""
+    scheme: str = "legacy_uint8"
+    """legacy_uint8: every image decoded to 8-bit grayscale or RGB (16-bit / 257), then (x / 255 - mean) / std (models saved before schemes existed); scale_zscore: 8-bit images as they are, (x / 255 - mean) / std with the training set's mean and std; clip_zscore: images in their own values (8 to 16 bits, float), clipped to the set's 0.5/99.5 percentiles (clip_low, clip_high), then (x - mean) / std."""
+    clip_low: tuple[float, ...] = ()
+    """Per-channel lower clip (the data's own units; clip_zscore only)."""
+    clip_high: tuple[float, ...] = ()
+    """Per-channel upper clip (the data's own units; clip_zscore only)."""
+    channel_names: tuple[str, ...] = ()
+    """What each channel is: ("red", "green", "blue") for RGB, ("gray",), or named bands ("red", "green", "blue", "nir"); () = from the count (3: RGB, 1: gray, else band0..)."""
 
     def __post_init__(self) -> None:
-        self.mean = tuple(float(m) for m in self.mean)
-        self.std = tuple(float(s) for s in self.std)
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if len(self.mean) == 1 and self.channels == 3:
-            self.mean = self.mean * 3
-        if len(self.std) == 1 and self.channels == 3:
-            self.std = self.std * 3
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
+        self.mean, self.std = _floats(self.mean), _floats(self.std)
+        self.clip_low, self.clip_high = _floats(self.clip_low), _floats(self.clip_high)
+        self.channel_names = tuple(str(n) for n in self.channel_names)
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.channels < 1 or (self.scheme == "legacy_uint8" and self.channels not in (1, 3)):
             raise ValueError(
-                f"mean and std need {self.channels} values (one per channel), "
-                f"got {len(self.mean)} and {len(self.std)}"
+                f"channels must be >= 1 (legacy_uint8: 1 or 3), got {self.channels} "
+                f"for scheme {self.scheme}"
             )
+        if len(self.mean) == 1 and self.channels > 1:  # one value for every channel
+            self.mean = self.mean * self.channels
+        if len(self.std) == 1 and self.channels > 1:
+            self.std = self.std * self.channels
+        for name in ("mean", "std", "channel_names") + (
+            ("clip_low", "clip_high") if self.scheme == "clip_zscore" else ()
+        ):
+            value = getattr(self, name)
+            if name == "channel_names" and not value:
+                continue
+            if len(value) != self.channels:
+                raise ValueError(
+                    f"{name} needs {self.channels} values (one per channel), got {len(value)}"
+                )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std values must be > 0, got {self.std}")
+        if self.scheme == "clip_zscore" and any(
+            lo > hi for lo, hi in zip(self.clip_low, self.clip_high, strict=True)
+        ):
+            raise ValueError(
+                f"clip_low must be <= clip_high, got {self.clip_low} and {self.clip_high}"
+            )
 
     @classmethod
-    def for_channels(cls, channels: int) -> PreprocessConfig:
+    def for_channels(cls, channels: int) -> Preprocessing:
+        """The legacy_uint8 default (mean 0.5, std 0.25) of a 1- or 3-channel model."""
         return cls(channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """channel_names, or the defaults of the count (RGB, gray, band0..)."""
+        if self.channel_names:
+            return self.channel_names
+        if self.channels == 3:
+            return RGB_NAMES
+        return ("gray",) if self.channels == 1 else tuple(f"band{i}" for i in range(self.channels))
+
+    @property
+    def is_rgb(self) -> bool:
+        """Whether the channels are red, green, blue (colour augmentations apply only then)."""
+        return self.names == RGB_NAMES
+
+    @property
+    def pixel_values(self) -> str:
+        """How images are decoded for this model (`unet_core.image_files.DecodeOptions`):
+        "uint8" (8-bit grayscale or RGB, converted) or "native" (the file's own values)."""
+        eight_bit = self.scheme in ("legacy_uint8", "scale_zscore") and self.channels in (1, 3)
+        return "uint8" if eight_bit else "native"
+
     def shift_scale(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel float32 (mean * 255, 1 / (std * 255)): normalised = (x - shift) * scale.
-        The one formula of every normalisation (NumPy here, torch in
-        `unet_core.transforms.normalize_batch`), so training and prediction agree bit for bit."""
-        shift = np.asarray(self.mean, dtype=np.float32) * 255.0
-        scale = 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
-        return shift, scale
+        """Per-channel float32 (shift, scale): normalised = (clip(x) - shift) * scale; for the
+        0..1 schemes shift = mean * 255, scale = 1 / (std * 255). The one formula of every
+        normalisation (NumPy here, torch in `unet_core.transforms.normalize_batch`), so
+        training and prediction agree bit for bit."""
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        if self.scheme == "clip_zscore":
+            return mean, (1.0 / std).astype(np.float32)
+        return mean * 255.0, 1.0 / (std * 255.0)
+
+    def clip_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-channel float32 (low, high) to clip to before the shift; None: no clip."""
+        if self.scheme != "clip_zscore":
+            return None
+        return np.asarray(self.clip_low, np.float32), np.asarray(self.clip_high, np.float32)
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
-        """HxWxC uint8 -> CxHxW float32, normalised."""
+        """HxWxC image (uint8, uint16 or float32) -> CxHxW float32, normalised."""
         if image.ndim == 2:
             image = image[:, :, None]
         if image.shape[2] != self.channels:
@@ -116,15 +183,34 @@ class PreprocessConfig:
                 f"image has {image.shape[2]} channels, the model expects {self.channels}"
             )
         shift, scale = self.shift_scale()
-        out = (image.astype(np.float32) - shift) * scale  # (H, W, C)
+        x = image.astype(np.float32)
+        bounds = self.clip_bounds()
+        if bounds is not None:  # non-finite float pixels count as 0 before the clip
+            x = np.clip(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), *bounds)
+        out = (x - shift) * scale  # (H, W, C)
         return np.ascontiguousarray(out.transpose(2, 0, 1))  # (C, H, W)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"channels": self.channels, "mean": list(self.mean), "std": list(self.std)}
+        out: dict[str, Any] = {
+            "channels": self.channels,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "scheme": self.scheme,
+        }
+        if self.scheme == "clip_zscore":
+            out.update(clip_low=list(self.clip_low), clip_high=list(self.clip_high))
+        if self.channel_names:
+            out["channel_names"] = list(self.channel_names)
+        return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """A saved preprocessing; one without a scheme (saved before schemes) is legacy_uint8."""
         return cls(**_known(cls, data))
+
+
+PreprocessConfig = Preprocessing
+"""The name checkpoints and callers used before schemes: the same class."""
 
 
 @dataclass

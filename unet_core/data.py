@@ -28,6 +28,7 @@ from unet_core.image_files import (
     open_image,
 )
 from unet_core.messages import shorten
+from unet_core.preprocessing import fit_channels, read_array_oriented
 
 logger = logging.getLogger(__name__)
 
@@ -292,9 +293,14 @@ def decode_image_oriented(
     source: str = "<image>",
     options: DecodeOptions = DEFAULT_OPTIONS,
 ) -> tuple[np.ndarray, int]:
-    """`decode_image`, and the EXIF orientation applied to it (1-8; 1 when none or off)."""
+    """`decode_image`, and the EXIF orientation applied to it (1-8; 1 when none or off).
+    With ``options.pixel_values == "native"``: the file's own dtype (uint8, uint16, float32)
+    and any ``channels`` (`unet_core.preprocessing.read_array`, then `fit_channels`)."""
+    if options.pixel_values == "native":
+        image, applied = read_array_oriented(data, source=source, options=options)
+        return fit_channels(image, channels, source=source), applied
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise ValueError(f"channels must be 1 or 3 (8-bit decode), got {channels}")
     img, applied = open_image(data, source=source, kind="image", options=options)
     target = "L" if channels == 1 else "RGB"
     try:

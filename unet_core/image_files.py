@@ -1,6 +1,6 @@
 """Opening encoded image and mask files: the right way up, within a pixel limit, by name.
 
-Two settings (`DecodeOptions`, plain data that Ray ships to every decode task and actor):
+Three settings (`DecodeOptions`, plain data that Ray ships to every decode task and actor):
 
 - **EXIF orientation.** A camera or scanner often stores pixels as the sensor read them and
   records how to turn them in the EXIF Orientation tag (JPEG, TIFF, also PNG eXIf and WebP).
@@ -13,6 +13,9 @@ Two settings (`DecodeOptions`, plain data that Ray ships to every decode task an
   huge tiles: images above it are refused. Pillow's limit is a module global read at decode
   time, so it is set for the decode call in the process that decodes (under a lock), never on
   a driver only.
+- **Pixel values.** ``"uint8"`` converts every image to 8-bit grayscale or RGB (what models
+  saved before preprocessing schemes take); ``"native"`` keeps the file's own dtype and
+  channels (`unet_core.preprocessing`). The model's preprocessing decides.
 """
 
 from __future__ import annotations
@@ -63,8 +66,14 @@ class DecodeOptions:
     max_image_pixels: int | None = None
     """Refuse images with more pixels (width x height) than this; None = Pillow's limit
     (refused above twice ``PIL.Image.MAX_IMAGE_PIXELS``, a warning above it)."""
+    pixel_values: str = "uint8"
+    """Images as "uint8" (8-bit grayscale or RGB, converted: what legacy models take) or
+    "native" (the file's own dtype and channels: `unet_core.preprocessing.read_array`); set
+    from the model's `unet_core.config.Preprocessing.pixel_values`. Masks ignore it."""
 
     def __post_init__(self) -> None:
+        if self.pixel_values not in ("uint8", "native"):
+            raise ValueError(f"pixel_values must be 'uint8' or 'native', got {self.pixel_values!r}")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise ValueError(
                 f"max_image_pixels must be >= 1 (or None for Pillow's limit), got "

@@ -47,6 +47,7 @@ from unet_core.inference_device import (
     to_device,
 )
 from unet_core.precision import autocast_context, cpu_supports_bf16
+from unet_core.preprocessing import model_input
 from unet_core.transforms import normalize_batch
 from unet_core.tta import mean_softmax, resolve_tta
 
@@ -116,46 +117,6 @@ def predict_tensor(
     with _eval_mode(model):
         confidence, classes = _softmax(model, batch, tta=mode, amp=amp).max(dim=1)
     return classes.to(torch.uint8), confidence
-
-
-_HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-
-
-def _as_array(image: np.ndarray | Image.Image, channels: int) -> np.ndarray:
-    """PIL image or HxW / HxWxC uint8 array -> HxWx``channels`` uint8.
-
-    Grayscale is replicated to RGB, RGB becomes luminance (ITU-R 601, as PIL's "L"), alpha is
-    dropped.
-    """
-    if isinstance(image, Image.Image):
-        if image.mode in _HIGH_BIT_MODES:
-            raise ValueError(
-                f"PIL image mode {image.mode!r} is not 8-bit; scale it to 8 bits first "
-                "(unet_core.data.decode_image does this for encoded files)"
-            )
-        if image.mode in ("LA", "La"):
-            image = image.getchannel("L")
-        arr = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    else:
-        arr = np.asarray(image)
-        if arr.dtype != np.uint8:
-            raise ValueError(
-                f"expected a uint8 image, got dtype {arr.dtype}; scale it to 0..255 and "
-                "cast with .astype(np.uint8)"
-            )
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or 0 in arr.shape:
-        raise ValueError(
-            f"expected an HxW or HxWxC image with C in 1..4 and H, W > 0, got shape {arr.shape}"
-        )
-    if arr.shape[2] in (2, 4):
-        arr = arr[:, :, :-1]  # LA / RGBA: drop alpha
-    if arr.shape[2] == 1 and channels == 3:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] == 3 and channels == 1:
-        arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).convert("L"))[:, :, None]
-    return arr
 
 
 def _overlap_pixels(tile_size: int, tile_overlap: float) -> int:
@@ -304,7 +265,7 @@ def predict(
     masks bit for bit, and an unprepared one only to float tolerance.
     """
     mode = resolve_tta(tta)
-    arr = _as_array(image, preprocess.channels)
+    arr = model_input(image, preprocess)
     model = _on_device(model, device)
     return _predict_array(
         model,
@@ -370,7 +331,7 @@ def predict_batch(
     mode = resolve_tta(tta)
     if not images:
         return []
-    arrays = [_as_array(im, preprocess.channels) for im in images]
+    arrays = [model_input(im, preprocess) for im in images]
     sizes = sorted({a.shape[:2] for a in arrays})
     if len(sizes) > 1:
         raise ValueError(

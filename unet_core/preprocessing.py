@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from unet_core.config import Preprocessing
 from unet_core.image_files import (
     DEFAULT_OPTIONS,
     DecodeOptions,
@@ -42,7 +44,12 @@ __all__ = [
     "ImageDecodeError",
     "as_supported_dtype",
     "channel_statistics",
+    "choose_scheme",
+    "fit_preprocessing",
+    "fit_channels",
+    "model_input",
     "read_array",
+    "read_array_oriented",
 ]
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -76,8 +83,8 @@ def _hwc(arr: np.ndarray) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr  # (H, W, C)
 
 
-def _pillow_array(data: bytes, source: str, options: DecodeOptions) -> np.ndarray:
-    img, _ = open_image(data, source=source, kind="image", options=options)
+def _pillow_array(data: bytes, source: str, options: DecodeOptions) -> tuple[np.ndarray, int]:
+    img, applied = open_image(data, source=source, kind="image", options=options)
     mode = img.mode
     try:
         if mode == "1":
@@ -96,10 +103,10 @@ def _pillow_array(data: bytes, source: str, options: DecodeOptions) -> np.ndarra
         ) from exc
     if img.mode in _ALPHA:  # alpha dropped, not composited (as decode_image does)
         arr = arr[:, :, : _ALPHA[img.mode]]
-    return _hwc(as_supported_dtype(arr))
+    return _hwc(as_supported_dtype(arr)), applied
 
 
-def _tiff_array(data: bytes, source: str, options: DecodeOptions) -> np.ndarray:
+def _tiff_array(data: bytes, source: str, options: DecodeOptions) -> tuple[np.ndarray, int]:
     """The first series of a TIFF as (H, W, C): every axis but Y and X becomes a channel
     (samples, pages, bands, in file order)."""
     import tifffile
@@ -117,7 +124,8 @@ def _tiff_array(data: bytes, source: str, options: DecodeOptions) -> np.ndarray:
         arr = series.asarray()
     order = [axes.index("Y"), axes.index("X")]
     arr = np.moveaxis(arr, order, [0, 1]).reshape(h, w, -1)  # (H, W, C)
-    return orient_array(as_supported_dtype(arr), applied if 1 <= applied <= 8 else 1)
+    applied = applied if 1 <= applied <= 8 else 1
+    return orient_array(as_supported_dtype(arr), applied), applied
 
 
 def _limit(options: DecodeOptions) -> int | None:
@@ -134,6 +142,13 @@ def read_array(data: bytes, *, source: str, options: DecodeOptions = DEFAULT_OPT
     else float32; mode F as float32). Raises ImageDecodeError naming ``source`` for empty,
     corrupt, truncated, oversized (ImageTooLargeError) or non-image data.
     """
+    return read_array_oriented(data, source=source, options=options)[0]
+
+
+def read_array_oriented(
+    data: bytes, *, source: str, options: DecodeOptions = DEFAULT_OPTIONS
+) -> tuple[np.ndarray, int]:
+    """`read_array`, and the orientation applied to it (1-8; 1 when none or off)."""
     if not data:
         raise ImageDecodeError(f"{source}: empty file (0 bytes); re-export or remove it")
     if data[:4] in _TIFF_MAGIC:
@@ -150,6 +165,30 @@ def read_array(data: bytes, *, source: str, options: DecodeOptions = DEFAULT_OPT
             except ImageDecodeError as pil_exc:
                 raise unreadable_error(source, "image", exc) from pil_exc
     return _pillow_array(data, source, options)
+
+
+def fit_channels(image: np.ndarray, channels: int, *, source: str) -> np.ndarray:
+    """An HxWxC image as the model's ``channels``: as it is when C matches, a grayscale image
+    replicated, RGB to luminance for a 1-channel model (8-bit: Pillow's ``convert("L")``
+    arithmetic); any other count is an ImageDecodeError naming the file."""
+    have = image.shape[2]
+    if have == channels:
+        return image
+    if have == 1:
+        return np.repeat(image, channels, axis=2)
+    if have == 3 and channels == 1:
+        if image.dtype == np.uint8:  # ITU-R 601-2 in Pillow's fixed point (L24 >> 16)
+            rgb = image.astype(np.uint32)
+            luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+            return luma.astype(np.uint8)[:, :, None]
+        luma = image.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
+        if image.dtype == np.uint16:
+            luma = np.clip(np.rint(luma), 0, 65535)
+        return luma.astype(image.dtype)[:, :, None]
+    raise ImageDecodeError(
+        f"{source}: image has {have} channels, the model takes {channels}; give the model "
+        f"{channels}-channel images (or train one on {have}-channel images)"
+    )
 
 
 @dataclass(frozen=True)
@@ -253,3 +292,90 @@ def channel_statistics(
         images=len(samples),
         pixels=len(pixels),
     )
+
+
+def choose_scheme(stats: ChannelStats) -> str:
+    """The normalisation the data call for: "scale_zscore" for 8-bit images (natural images:
+    0..1, then the set's mean and std), "clip_zscore" for wider or float data (clip to the
+    set's 0.5/99.5 percentiles, then z-score)."""
+    return "scale_zscore" if stats.dtype == "uint8" else "clip_zscore"
+
+
+def fit_preprocessing(
+    stats: ChannelStats, *, scheme: str | None = None, channel_names: Iterable[str] = ()
+) -> Preprocessing:
+    """The `Preprocessing` of a scheme (None: `choose_scheme`) fitted to a set's statistics.
+    legacy_uint8 keeps its fixed mean 0.5 / std 0.25; a channel of zero spread gets std 1
+    (its pixels all normalise to 0 and stay finite)."""
+    scheme = scheme or choose_scheme(stats)
+    names = tuple(channel_names)
+    if scheme == "legacy_uint8":
+        return Preprocessing.for_channels(stats.channels)
+    if scheme == "scale_zscore":
+        mean = tuple(m / 255.0 for m in stats.mean)
+        std = tuple(s / 255.0 if s > 0 else 1.0 for s in stats.std)
+        return Preprocessing(
+            channels=stats.channels, mean=mean, std=std, scheme=scheme, channel_names=names
+        )
+    return Preprocessing(
+        channels=stats.channels,
+        mean=stats.mean,
+        std=tuple(s if s > 0 else 1.0 for s in stats.std),
+        scheme=scheme,
+        clip_low=stats.p_low,
+        clip_high=stats.p_high,
+        channel_names=names,
+    )
+
+
+_HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def model_input(image: np.ndarray | Image.Image, preprocess: Preprocessing) -> np.ndarray:
+    """The pixels the model takes: 8-bit (`_as_array`) for a model that decodes to uint8;
+    else the image's own values (uint8, uint16, float32) fitted to its channels
+    (`unet_core.preprocessing.fit_channels`)."""
+    if preprocess.pixel_values == "uint8":
+        return _as_array(image, preprocess.channels)
+    arr = as_supported_dtype(np.asarray(image))
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise ValueError(f"expected an HxW or HxWxC image with H, W > 0, got shape {arr.shape}")
+    return fit_channels(arr, preprocess.channels, source="<image>")
+
+
+def _as_array(image: np.ndarray | Image.Image, channels: int) -> np.ndarray:
+    """PIL image or HxW / HxWxC uint8 array -> HxWx``channels`` uint8.
+
+    Grayscale is replicated to RGB, RGB becomes luminance (ITU-R 601, as PIL's "L"), alpha is
+    dropped.
+    """
+    if isinstance(image, Image.Image):
+        if image.mode in _HIGH_BIT_MODES:
+            raise ValueError(
+                f"PIL image mode {image.mode!r} is not 8-bit; scale it to 8 bits first "
+                "(unet_core.data.decode_image does this for encoded files)"
+            )
+        if image.mode in ("LA", "La"):
+            image = image.getchannel("L")
+        arr = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    else:
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8:
+            raise ValueError(
+                f"expected a uint8 image, got dtype {arr.dtype}; scale it to 0..255 and "
+                "cast with .astype(np.uint8)"
+            )
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or 0 in arr.shape:
+        raise ValueError(
+            f"expected an HxW or HxWxC image with C in 1..4 and H, W > 0, got shape {arr.shape}"
+        )
+    if arr.shape[2] in (2, 4):
+        arr = arr[:, :, :-1]  # LA / RGBA: drop alpha
+    if arr.shape[2] == 1 and channels == 3:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 3 and channels == 1:
+        arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).convert("L"))[:, :, None]
+    return arr

@@ -334,15 +334,23 @@ def to_tensors(
 
 
 def normalize_batch(images: torch.Tensor, preprocess: PreprocessConfig) -> torch.Tensor:
-    """(B, H, W, C) uint8 on any device -> (B, C, H, W) float32 normalised, on that device.
+    """(B, H, W, C) uint8, uint16 or float32 on any device -> (B, C, H, W) float32 normalised,
+    on that device.
 
-    The arithmetic of `PreprocessConfig.normalize`; the result is an NCHW view with
-    channels-last strides, the layout the model runs in.
+    The arithmetic of `PreprocessConfig.normalize` (clip, then shift and scale); the result is
+    an NCHW view with channels-last strides, the layout the model runs in.
     """
-    shift, scale = (
-        torch.from_numpy(v).to(images.device).view(1, -1, 1, 1) for v in preprocess.shift_scale()
-    )
-    return (images.permute(0, 3, 1, 2).float() - shift) * scale  # (B, C, H, W)
+
+    def per_channel(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(values).to(images.device).view(1, -1, 1, 1)
+
+    shift, scale = (per_channel(v) for v in preprocess.shift_scale())
+    x = images.permute(0, 3, 1, 2).float()  # (B, C, H, W)
+    bounds = preprocess.clip_bounds()
+    if bounds is not None:  # non-finite float pixels count as 0 before the clip (as NumPy's)
+        low, high = (per_channel(v) for v in bounds)
+        x = torch.clamp(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), low, high)
+    return (x - shift) * scale
 
 
 def collate_pairs(
@@ -354,7 +362,7 @@ def collate_pairs(
     h = max(mask.shape[0] for _, mask in pairs)
     w = max(mask.shape[1] for _, mask in pairs)
     c = pairs[0][0].shape[2]
-    x = np.zeros((len(pairs), h, w, c), dtype=np.uint8)
+    x = np.zeros((len(pairs), h, w, c), dtype=pairs[0][0].dtype)  # uint8, uint16 or float32
     y = np.full((len(pairs), h, w), IGNORE_INDEX, dtype=np.uint8)
     for i, (image, mask) in enumerate(pairs):
         x[i, : image.shape[0], : image.shape[1]] = image

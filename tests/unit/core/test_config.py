@@ -12,7 +12,7 @@ def test_model_config_round_trip_ignores_unknown_keys():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"in_channels": 2}, "in_channels must be 1"),
+        ({"in_channels": 0}, "in_channels must be >= 1"),
         ({"num_classes": 1}, "binary task uses 2 classes"),
         ({"norm": "layer"}, "norm must be one of"),
         ({"upsampling": "nearest"}, "upsampling must be one of"),
