@@ -101,3 +101,24 @@ def test_install_script_refuses_an_unknown_torch_source(tmp_path: Path):
     )
     assert proc.returncode == 2
     assert "unknown torch source 'cuda'" in proc.stderr and "pypi, cpu" in proc.stderr
+
+
+@pytest.mark.integration
+def test_laptop_client_install_brings_no_torch(tmp_path: Path):
+    """cluster/README.md step 1, `pip install "ray[default]==2.60.0"`, resolved by pip (a dry
+    run, nothing installed): the Ray CLI and dashboard client, no torch, no CUDA wheels."""
+    readme = (REPO_ROOT / "cluster" / "README.md").read_text()
+    (line,) = re.findall(r'^\s*pip install "(ray\[default\]==[\d.]+)"$', readme, flags=re.M)
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
+        + ["--report", str(report), line],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert "ray" in names and "click" in names, names
+    heavy = sorted(n for n in names if n in ("torch", "numpy", "mlflow") or n.startswith("nvidia"))
+    assert not heavy, f"the laptop client would install {heavy}"
