@@ -5,8 +5,8 @@
 #   scripts/gpu_check.sh --cpu-smoke [--out DIR]        # the same steps on CPU, small (CI)
 #
 # Steps, in order (--steps picks some, comma-separated):
-#   cpu_suite  the whole test suite with CUDA hidden (CUDA_VISIBLE_DEVICES=""); --cpu-smoke: a
-#              few named test files
+#   cpu_suite  the whole test suite with CUDA hidden (CUDA_VISIBLE_DEVICES=""), but for the test
+#              that runs this script; --cpu-smoke: a few named test files
 #   gpu_tests  the tests marked `gpu` (they skip without CUDA)
 #   train      jobs/train.py, demo preset (configs/demo.yaml), one worker on the GPU
 #   segment    jobs/segment.py with the trained model (models:/unet@champion) on generated images
@@ -16,9 +16,9 @@
 #
 # Under DIR (default: a new folder under $TMPDIR): one folder per step with its log (stdout and
 # stderr) and summary.json (the job's JSON summary; for pytest steps the counts of its JUnit
-# report), the MLflow store (mlflow.db, mlruns/), and summary.json listing every step's exit
-# code, seconds and folder. A step that fails does not stop the others (the ones that need the
-# trained model fail with it); the script exits 1 when any step failed.
+# report), the MLflow store (mlflow.db, artifacts in work/mlruns/), and summary.json listing
+# every step's exit code, seconds and folder. A step that fails does not stop the others (those
+# that need the trained model fail with it); the script exits 1 when any step failed.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -132,7 +132,12 @@ PY
 pytest_cmd=("$PY" -m pytest -p no:cacheprovider -q)
 
 if want cpu_suite; then
-  if [ "$smoke" = 1 ]; then suite=("${SMOKE_SUITE[@]/#/$REPO/}"); else suite=("$REPO/tests"); fi
+  if [ "$smoke" = 1 ]; then
+    suite=("${SMOKE_SUITE[@]/#/$REPO/}")
+  else
+    # The suite without this script's own test: the steps below are that test, for real.
+    suite=("$REPO/tests" --ignore "$REPO/tests/integration/test_gpu_check_script.py")
+  fi
   run_step cpu_suite junit "$REPO" env CUDA_VISIBLE_DEVICES= \
     "${pytest_cmd[@]}" --junitxml "$out/cpu_suite/junit.xml" "${suite[@]}"
 fi

@@ -2,11 +2,13 @@
 a head with no CPUs for work, `cpu_worker` {CPU: 2} and `gpu_worker` {CPU: 2, GPU: 1}, both
 from zero).
 
-CPU work (listing the input, deciding the work list, decoding) starts CPU nodes only: Ray's
-autoscaler does not launch a GPU node type for demand that asks for no GPU
-(AUTOSCALER_CONSERVE_GPU_NODES, on by default in ray/autoscaler/_private/
-resource_demand_scheduler.py). A GPU node starts for model work only: with --device gpu, one per
-predictor actor, and the actor lands there (and fails fast: the fake GPU has no CUDA).
+CPU work (listing the input, deciding the work list, decoding, writing) starts CPU nodes only:
+Ray's autoscaler prefers a node type without GPUs for demand that asks for none
+(AUTOSCALER_CONSERVE_GPU_NODES, on by default: ray/autoscaler/_private/
+resource_demand_scheduler.py), while such a type has room (max_workers). A GPU node starts for
+model work only: with --device gpu, one per predictor actor, and the actor lands there (and
+fails fast: the fake GPU has no CUDA). Nothing keeps CPU tasks off a GPU node that is already up
+(Ray Data spreads its tasks over every node with free CPUs); the test does not claim it.
 """
 
 from __future__ import annotations
@@ -87,14 +89,17 @@ def inputs(s3_endpoint: str, tmp_path_factory) -> Inputs:
 
 def test_cpu_work_starts_cpu_nodes_and_model_work_a_gpu_node(fake_cluster, inputs):
     fake_cluster.wait_idle()
-    output = inputs.images.rsplit("/", 1)[0] + "/masks"
-    common = ["--model", str(inputs.checkpoint), "--input", inputs.images, "--output", output]
+    prefix = inputs.images.rsplit("/", 1)[0]
+    model_and_input = ["--model", str(inputs.checkpoint), "--input", inputs.images]
 
     # Listing and deciding only (a dry run that plans GPU actors): CPU nodes come up, no GPU.
     # --device gpu: without it the device rule may ask the autoscaler for a GPU to find out
     # whether it can launch one (cluster_info.probe_autoscaler_gpu), which starts a GPU node.
     before = nodes(fake_cluster)
-    dry = fake_cluster.run_job("segment.py", "--dry-run", "--device", "gpu", *common)
+    dry = fake_cluster.run_job(
+        "segment.py", "--dry-run", "--device", "gpu", *model_and_input,
+        "--output", f"{prefix}/masks-dry",
+    )  # fmt: skip
     assert dry.returncode == 0, dry.describe()
     assert dry.final_json["gpus_per_worker"] == 1.0, dry.final_json  # GPUs planned
     assert dry.final_json["inputs"] == 12, dry.final_json
@@ -102,12 +107,31 @@ def test_cpu_work_starts_cpu_nodes_and_model_work_a_gpu_node(fake_cluster, input
     assert started, "the listing tasks brought up no node (the head has no CPUs)"
     assert not [n for n in started if n.gpu], (started, dry.describe(100))
 
-    # A run with GPU actors: a GPU node starts for the one predictor actor, and the actor is
-    # created there; the listing tasks ran on CPU nodes.
+    # The staged pipeline on CPU (decode tasks, an actor, encode/write tasks): every mask
+    # written, CPU nodes only, the decode tasks ran on them.
+    before, jobs = nodes(fake_cluster), job_ids(fake_cluster)
+    cpu = fake_cluster.run_job(
+        "segment.py", "--device", "cpu", "--no-fused", "--num-workers", "1", *model_and_input,
+        "--output", f"{prefix}/masks-cpu",
+        timeout=420,
+    )  # fmt: skip
+    assert cpu.returncode == 0, cpu.describe()
+    assert (cpu.final_json["total"], cpu.final_json["ok"]) == (12, 12), cpu.final_json
+    every = nodes(fake_cluster)
+    assert not [n for i, n in every.items() if n.gpu and i not in before], every
+    tasks = tasks_of(fake_cluster, job_ids(fake_cluster) - jobs)
+    decode = [t for t in tasks if "decode_images" in t.name]
+    assert decode, sorted({t.name for t in tasks})
+    assert not [t for t in decode if t.node_id not in every or every[t.node_id].gpu], decode
+
+    # GPU actors: one GPU node starts for the one predictor actor, which is created there (and
+    # fails: the fake GPU has no CUDA); the listing tasks ran on CPU nodes.
     before, jobs = nodes(fake_cluster), job_ids(fake_cluster)
     run = fake_cluster.run_job(
-        "segment.py", *common, "--device", "gpu", "--num-workers", "1", timeout=300
-    )
+        "segment.py", "--device", "gpu", "--num-workers", "1", *model_and_input,
+        "--output", f"{prefix}/masks-gpu",
+        timeout=300,
+    )  # fmt: skip
     assert run.returncode not in (0, -1), run.describe()  # -1: timed out (a hang)
     assert "no usable CUDA device" in run.output, run.describe()
     every = nodes(fake_cluster)
@@ -121,4 +145,3 @@ def test_cpu_work_starts_cpu_nodes_and_model_work_a_gpu_node(fake_cluster, input
     assert listing, sorted({t.func_or_class_name for t in tasks})
     on = {t.node_id for t in listing}
     assert None not in on and not any(every[i].gpu for i in on), (on, every)
-    print(sorted({(t.type, t.name, every[t.node_id].gpu) for t in tasks if t.node_id in every}))

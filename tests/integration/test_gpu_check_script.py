@@ -60,7 +60,7 @@ def test_cpu_smoke_runs_every_step_and_writes_their_summaries(tmp_path):
     assert segment["model_version"] == train["model_uri"].rsplit("/", 1)[-1]
     assert len(list((out / "segment" / "masks" / "masks").glob("*.png"))) == 6
     evaluate = read(steps["evaluate"]["summary"])
-    assert 0 <= evaluate["mean_iou"] <= 1, evaluate
+    assert (evaluate["total"], evaluate["ok"]) == (6, 6) and 0 <= evaluate["mean_iou"] <= 1
     assert (out / "evaluate" / "scores.parquet").is_file()
     export = read(steps["export"]["summary"])
     assert Path(export["output"]) == out / "export" / "unet.onnx" and export["passed"], export
