@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.common import fs
-from jobs.common.mlflow_store import mlflow_client, registry_uri, resolve_tracking_uri
+from jobs.common.mlflow_store import (
+    TrackingUriError,
+    mlflow_client,
+    registry_uri,
+    resolve_tracking_uri,
+)
 from jobs.common.private_apis import parse_model_uri
 from unet_core.checkpoint import LoadedModel, load_checkpoint
 
@@ -308,9 +313,9 @@ def fetch_model(
         data = fetch_checkpoint_bytes(
             resolved, tracking_uri=tracking_uri, endpoint_url=endpoint_url
         )
-    except ModelSourceError:
+    except (ModelSourceError, TrackingUriError):  # named as they are
         raise
-    except (ValueError, OSError) as exc:  # a tracking URI that is a path, an unreadable file
+    except (ValueError, OSError) as exc:  # an unreadable file
         raise ModelSourceError(f"{uri}: cannot read the model ({exc})") from exc
     try:
         loaded = load_checkpoint(data)

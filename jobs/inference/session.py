@@ -17,6 +17,7 @@ from jobs.common.cluster_info import (
     release_capacity,
     request_capacity,
 )
+from jobs.common.devices import check_gpu_node
 from jobs.common.logs import quiet_ray_logs
 from jobs.common.mlflow_store import resolve_tracking_uri, tracking_problem
 from jobs.common.path_guard import local_path_problems
@@ -94,11 +95,15 @@ class Session:
 
     def ask_for_first_nodes(self, actors: PredictorActors) -> None:
         """On an autoscaling cluster, ask for the first actor's node and a CPU for decoding:
-        Ray Data submits no task while the cluster has no CPU for it, so nothing would ask."""
+        Ray Data submits no task while the cluster has no CPU for it, so nothing would ask.
+        GPU actors: a cluster that has no GPU node and cannot start one, or whose GPU node has
+        no usable CUDA, is refused here (`NoCudaError`), not after --startup-timeout."""
         bundle = {"CPU": self.cfg.cpus_per_worker}
         if actors.num_gpus:
             bundle["GPU"] = actors.num_gpus
         request_capacity(self.view, [bundle, {"CPU": max(1.0, self.cfg.decode_cpus)}])
+        if actors.num_gpus:
+            check_gpu_node(self.view, what="predictor actors", timeout=self.cfg.startup_timeout)
 
 
 @contextlib.contextmanager
