@@ -143,7 +143,7 @@ if want cpu_suite; then
 fi
 if want gpu_tests; then
   run_step gpu_tests junit "$REPO" "${pytest_cmd[@]}" -m gpu --junitxml "$out/gpu_tests/junit.xml" \
-    "$REPO/tests/unit"
+    "$REPO/tests"
 fi
 
 # Data for segment and evaluate: generated, in the shapes of the demo set (64 px, 3 classes).
