@@ -1,0 +1,190 @@
+"""The plan's rules on hand-made fingerprints: deterministic; the expected direction when the
+budget, the device or the image size changes; the augmentation family from the layout and the
+channels; class balance and border weights; the recipe's comments and its round trip through
+the training job's --config loader."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import yaml
+
+from jobs.planning.budget import plan_for_budget
+from jobs.planning.fingerprint import (
+    ClassSummary,
+    Fingerprint,
+    LayoutPair,
+    NameGroups,
+    SizeSummary,
+)
+from jobs.planning.plan import make_plan
+from jobs.planning.recipe import to_yaml
+from jobs.planning.rules import Resources, bucket
+from jobs.training.config import parse_args
+from unet_core.preprocessing import ChannelStats
+
+CPU = Resources(device="cpu", num_workers=2, cpus_per_worker=0.75)
+GPU = Resources(device="gpu", num_workers=2, cpus_per_worker=4, gpu_memory_gb=80.0)
+
+
+def klass(name, fraction, *, area=400.0, touching=0.0, objects=3.0) -> ClassSummary:
+    return ClassSummary(
+        name=name,
+        pixel_fraction=fraction,
+        image_fraction=1.0,
+        objects_per_image=objects,
+        area_median=area,
+        area_p5=area / 4,
+        area_p95=area * 4,
+        area_mean=area,
+        touching_fraction=touching,
+        mean_row=0.5,
+        row_std=0.1,
+    )
+
+
+def fingerprint(
+    *, side=512, pairs=100, channels=1, classes=None, layout=False, dtype="uint8"
+) -> Fingerprint:
+    classes = classes or [klass("background", 0.7, area=20000), klass("cell", 0.3)]
+    stats = ChannelStats(
+        channels=channels,
+        dtype=dtype,
+        bit_depth=8,
+        p_low=(0.0,) * channels,
+        p_high=(255.0,) * channels,
+        mean=(120.0,) * channels,
+        std=(40.0,) * channels,
+        min=(0.0,) * channels,
+        max=(255.0,) * channels,
+        images=pairs,
+        pixels=pairs * 1024,
+    )
+    pairs_above = [LayoutPair("sky", "road", 0.98, pairs)] if layout else []
+    return Fingerprint(
+        root="/data/set",
+        pairs=pairs,
+        sampled=pairs,
+        seed=0,
+        sizes=SizeSummary(pairs, side, side, side, side, side, side, 1.0, 1.0, 1.0),
+        modes={"L": pairs},
+        channels={str(channels): pairs},
+        dtypes={dtype: pairs},
+        decoded={f"{channels}x{dtype}": pairs},
+        intensity=stats,
+        classes=classes,
+        ignored_fraction=0.0,
+        vertical_layout=layout,
+        layout=pairs_above,
+        name_groups=NameGroups(0.0, 0, 1, pairs, 0, 1, []),
+        failures=0,
+        failure_examples=[],
+    )
+
+
+def plan(fp=None, *, budget=20.0, res=CPU, step=0.1):
+    return plan_for_budget(
+        fp or fingerprint(), budget_minutes=budget, resources=res, step_seconds=step
+    )
+
+
+def test_the_same_inputs_give_the_same_plan_and_noise_stays_in_its_bucket():
+    fp = fingerprint()
+    first = to_yaml(plan(fp))
+    assert to_yaml(plan(fingerprint())) == first
+    assert bucket(0.100) == bucket(0.104) == bucket(0.097)  # timing noise: the same bucket
+    assert to_yaml(plan(fp, step=0.104)) == first
+    assert bucket(0.2) != bucket(0.1)
+
+
+def test_a_larger_budget_buys_more_crops_or_a_wider_model():
+    small, large = plan(budget=5), plan(budget=60)
+    s, l_ = small.train_values(), large.train_values()
+    crops = lambda v: v["epochs"] * v["samples_per_epoch"]  # noqa: E731
+    assert crops(l_) > crops(s) or l_["base_width"] > s["base_width"]
+    assert l_["base_width"] >= s["base_width"]
+    assert crops(l_) > crops(s)
+    assert plan(budget=600).train_values()["base_width"] > s["base_width"]  # time for width
+
+
+def test_a_gpu_gets_larger_crops_or_batches_and_wider_candidates():
+    fp = fingerprint(side=1024, pairs=2000)
+    cpu, gpu = plan(fp, res=CPU).train_values(), plan(fp, res=GPU, step=0.05).train_values()
+    assert gpu["crop_size"] > cpu["crop_size"] and gpu["batch_size"] > cpu["batch_size"]
+    assert gpu["base_width"] >= 32
+    tight = dataclasses.replace(GPU, gpu_memory_gb=8.0)
+    assert plan(fp, res=tight, step=0.05).train_values()["crop_size"] < gpu["crop_size"]
+
+
+def test_image_size_sets_crop_depth_and_tile():
+    small, large = plan(fingerprint(side=64)), plan(fingerprint(side=2048))
+    s, l_ = small.train_values(), large.train_values()
+    assert s["crop_size"] == 64 and l_["crop_size"] == 256  # the median side, capped on CPU
+    assert 64 // 2 ** s["depth"] >= 8 and s["depth"] < l_["depth"] or s["depth"] == 3
+    big_objects = fingerprint(
+        side=2048, classes=[klass("background", 0.7, area=200**2), klass("field", 0.3, area=180**2)]
+    )
+    assert plan(big_objects).train_values()["depth"] > l_["depth"]  # receptive field
+    assert small.values("segment")["tile_size"] == 64  # whole images
+    assert large.values("segment")["tile_size"] == 1024  # above the CPU's whole-image side
+    assert plan(fingerprint(side=512)).values("evaluate")["tile_size"] == 512
+
+
+def test_a_vertical_layout_means_no_vertical_flips_and_flip_tta():
+    scene = plan(fingerprint(layout=True, channels=3)).values("train")
+    assert scene["vflip"] == 0 and scene["rotate90"] == 0 and scene["hflip"] > 0
+    assert plan(fingerprint(layout=True, channels=3)).values("segment")["tta"] == "flip"
+    free = plan(fingerprint(layout=False))
+    assert free.values("train")["vflip"] > 0 and free.values("train")["rotate90"] > 0
+    assert free.values("evaluate")["tta"] == "dihedral"
+
+
+def test_colour_jitter_only_for_rgb():
+    assert plan(fingerprint(channels=3)).values("train")["saturation"] > 0
+    assert plan(fingerprint(channels=3)).values("train")["channel_gain"] > 0
+    for channels in (1, 4):
+        train = plan(fingerprint(channels=channels)).values("train")
+        assert train["saturation"] == 0 and train["channel_gain"] == 0
+
+
+def test_touching_objects_turn_on_border_weights():
+    apart = plan().values("train")
+    assert apart["border_weight"] == 0
+    cells = [klass("membrane", 0.7, area=50000), klass("cell", 0.3, touching=0.8, objects=40)]
+    touching = plan(fingerprint(classes=cells)).values("train")
+    assert touching["border_weight"] > 0 and touching["border_class"] == 1
+
+
+def test_rare_classes_turn_on_class_balance():
+    assert plan().values("train")["class_balance"] == 0
+    rare = [klass("road", 0.6), klass("car", 0.35), klass("sign", 0.004)]
+    assert plan(fingerprint(classes=rare)).values("train")["class_balance"] > 0
+
+
+def test_every_value_has_a_reason_and_the_recipe_loads_through_train_config(tmp_path):
+    text = to_yaml(plan(fingerprint(layout=True, channels=3)))
+    for line in text.splitlines():
+        if line.startswith("  "):
+            assert re.match(r"^  \w+: \S.*  # \S", line), line
+    data = yaml.safe_load(text)
+    assert set(data) == {"train", "model", "evaluate", "segment"}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    cfg = parse_args(["--config", str(recipe), "--data", "/data/set", "--epochs", "3"])
+    assert cfg.train.epochs == 3  # a flag overrides the recipe
+    assert cfg.train.crop_size == data["train"]["crop_size"]
+    assert cfg.train.lr == pytest.approx(data["train"]["lr"])
+    assert cfg.model.base_width == data["model"]["base_width"]
+
+
+def test_measured_times_reach_the_plan():
+    fp = fingerprint()
+    fast = make_plan(fp, budget_minutes=20, resources=CPU, step_seconds=[0.05, 0.1, 0.2])
+    slow = make_plan(fp, budget_minutes=20, resources=CPU, step_seconds=[0.5, 1.0, 2.0])
+    assert fast.step_seconds[16] == bucket(0.05)
+    assert (
+        fast.train_values()["samples_per_epoch"] * fast.train_values()["epochs"]
+        > slow.train_values()["samples_per_epoch"] * slow.train_values()["epochs"]
+    )
