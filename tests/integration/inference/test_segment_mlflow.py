@@ -17,6 +17,7 @@ from jobs.common.model_lineage import runs_using
 from jobs.inference.config import SegmentConfig
 from jobs.segmenting import job as segment_job
 from jobs.segmenting.manifest import read_manifest
+from tests.conftest import upload_tree
 from tests.integration.inference.helpers import run_main
 
 pytestmark = pytest.mark.integration
@@ -187,3 +188,30 @@ def test_the_default_is_the_vocabulary_rule(monkeypatch):
     assert not logs(log_to_mlflow=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
     assert logs(model="ckpt/unet.pt")
+
+
+def test_an_s3_output_records_its_manifest_and_report(
+    tmp_path, ray_local, registered, synthetic_root, client, s3_endpoint, s3_bucket, capsys
+):
+    import boto3
+
+    _, version = registered
+    source = upload_tree(_images(tmp_path, synthetic_root, 3), s3_bucket, "in", s3_endpoint)
+    out = f"s3://{s3_bucket}/out"
+    argv = ["--input", source, "--output", out, "--model", f"models:/unet/{version}"]
+    argv += ["--experiment", EXPERIMENT, "--report", "--device", "cpu"]
+    code, summary = run_main(segment.main, argv, capsys)
+    assert code == 0 and summary["ok"] == 3, summary
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.tags["manifest"] == summary["manifest"] == f"{out}/manifest.parquet"
+    assert run.data.tags["report"] == f"{out}/report.html" and run.data.params["output"] == out
+    # The page and its images, read from the bucket into the run's artifacts.
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    page = s3.get_object(Bucket=s3_bucket, Key="out/report.html")["Body"].read()
+    client.download_artifacts(run.info.run_id, "qc_report", str(tmp_path / "dl"))
+    assert (tmp_path / "dl" / "qc_report" / "report.html").read_bytes() == page
+    shown = set(re.findall(r'src="(report/[^"]+)"', page.decode()))
+    assert shown
+    for asset in shown:
+        body = s3.get_object(Bucket=s3_bucket, Key=f"out/{asset}")["Body"].read()
+        assert (tmp_path / "dl" / "qc_report" / asset).read_bytes() == body
