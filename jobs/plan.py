@@ -2,13 +2,17 @@
 
     python jobs/plan.py --data s3://bucket/camvid --output camvid.fingerprint.json
     unet-plan --data data/isbi2012 --sample 500
+    unet-plan --data data/isbi2012 --budget-minutes 20 --num-workers 2 --output isbi.yaml
 
 Lists every image/mask pair (a folder or an S3 prefix), reads every image header (sizes,
 channels, pixel types) and a seeded sample of pairs in full, in Ray Data tasks: per-channel
 intensity statistics, class pixel frequencies, object sizes and how often objects of a class
 touch, whether the classes have a vertical layout, and groups of near-duplicate names (frames,
 slices) that a split must keep together. The last stdout line is a JSON summary holding the
-fingerprint (also written to --output); exit code 2 for a missing or unpaired data set.
+fingerprint (also written to --output); exit code 2 for a missing or unpaired data set. With
+--budget-minutes it also plans a training run of that length for the workers and device named
+(a few training steps timed on a training worker) and writes the recipe, every setting with its
+reason, to --output (the fingerprint beside it).
 """
 
 from __future__ import annotations

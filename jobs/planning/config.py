@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from jobs.common.cli import add_config_flag, add_field_flag, field_docs, parse_fields
 from jobs.common.decode_flags import DecodeFlags
+from jobs.common.vocabulary import device_problems, normal_workers, parse_workers
 
 SECTION = "plan"
 """The section of a recipe file (configs/*.yaml) that this job reads."""
@@ -24,7 +25,25 @@ class PlanConfig(DecodeFlags):
     data: str = ""
     """Data root (local folder or s3://bucket/prefix) holding images/, masks/ and classes.json."""
     output: str | None = None
-    """Write the fingerprint JSON to this file (local or s3://); default: only in the summary line on stdout."""
+    """Write the fingerprint JSON to this file (local or s3://); with --budget-minutes, the planned recipe (YAML, the configs/*.yaml format) instead, and the fingerprint to --fingerprint-out; default: only in the summary line on stdout."""
+    budget_minutes: float | None = None
+    """Plan a training run of this many minutes: every training setting (crop, depth, width, batch, epochs, crops per epoch, learning rate, augmentation, class balance, border weights; TTA and tiles for segment and evaluate), each with the reason, from the fingerprint, the resources below and a measured step time. Default: the fingerprint only."""
+    fingerprint_out: str | None = None
+    """With --budget-minutes: where the fingerprint JSON goes; default beside --output as <name>.fingerprint.json."""
+    num_workers: int | str = 2
+    """Training workers the plan is for (N, or MIN-MAX: planned for MAX), as train's --num-workers."""
+    device: str = "auto"
+    """Device of the training workers the plan is for: cpu, gpu, or auto (decided as train decides it)."""
+    cpus_per_worker: float | None = None
+    """Logical CPUs per training worker, as train's; default: as train decides them."""
+    gpus_per_worker: float = 1.0
+    """GPUs per training worker on gpu, as train's."""
+    gpu_memory_gb: float | None = None
+    """Memory of one GPU in GB (sets the crop and batch on gpu); default: measured on a GPU worker."""
+    step_seconds: float | None = None
+    """Seconds per training step of the narrowest candidate (the others scaled by width), instead of timing a few steps on a training worker: for a reproducible plan."""
+    amp: str = "auto"
+    """Mixed precision the step time is measured with, as train's --amp (auto, bf16, off)."""
     sample: int = 2000
     """Pairs read in full (a seeded sample) for the intensity, class, object and layout statistics; sizes, modes and name groups come from every pair."""
     seed: int = 0
@@ -44,8 +63,31 @@ class PlanConfig(DecodeFlags):
             problems.append("--data is required (a folder or s3:// prefix with images/, masks/)")
         if self.sample < 1:
             problems.append(f"--sample must be >= 1, got {self.sample}")
+        problems += self.budget_problems()
         if problems:
             raise ValueError("; ".join(problems))
+
+    def budget_problems(self) -> list[str]:
+        """What is wrong with the planning flags (each with the fix)."""
+        problems = device_problems(self.device, self.gpus_per_worker)
+        try:
+            self.num_workers = normal_workers(self.num_workers)
+        except ValueError as exc:
+            problems.append(str(exc))
+        if self.budget_minutes is not None and not self.budget_minutes > 0:
+            problems.append(f"--budget-minutes must be > 0, got {self.budget_minutes}")
+        for name in ("cpus_per_worker", "gpu_memory_gb", "step_seconds"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                problems.append(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.amp not in ("auto", "bf16", "off"):
+            problems.append(f"--amp must be one of auto, bf16, off, got {self.amp!r}")
+        return problems
+
+    @property
+    def workers(self) -> int:
+        """Training workers planned for: N, or MAX of MIN-MAX."""
+        return parse_workers(self.num_workers)[1]
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -64,7 +106,20 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
             text = doc if "default" in doc.lower() else f"{doc} (default: none)"
         else:
             text = f"{doc} (default: {f.default})"
-        metavar = {"data": "URI", "output": "FILE", "class_map": "FILE"}.get(f.name, f.name.upper())
+        metavar = {
+            "data": "URI",
+            "output": "FILE",
+            "class_map": "FILE",
+            "fingerprint_out": "FILE",
+            "num_workers": "N|MIN-MAX",
+            "device": "auto|cpu|gpu",
+            "budget_minutes": "MINUTES",
+            "cpus_per_worker": "X",
+            "gpus_per_worker": "X",
+            "gpu_memory_gb": "GB",
+            "step_seconds": "X",
+            "amp": "auto|bf16|off",
+        }.get(f.name, f.name.upper())
         add_field_flag(parser, f.name, hints[f.name], text, metavar=metavar)
     return parser
 
