@@ -24,7 +24,14 @@ from unet_core.config import IGNORE_INDEX
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
-__all__ = ["ColorBalance", "GaussianNoise", "RandomGamma", "RandomWarp"]
+__all__ = [
+    "ColorBalance",
+    "GaussianNoise",
+    "RandomGamma",
+    "RandomWarp",
+    "as_dtype_of",
+    "value_range",
+]
 
 ELASTIC_REACH = 3.0
 """Displacements are treated as reaching at most this many sigmas (for the context margin)."""
@@ -38,6 +45,39 @@ def _check_probability(p: float, name: str) -> float:
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:
     return image[:, :, None] if image.ndim == 2 else image
+
+
+_INTEGER_TOP = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def as_dtype_of(x: np.ndarray | torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """Float pixels back to the image's own type: integers rounded and clipped to their range
+    (uint8 0..255, uint16 0..65535), float32 as they are."""
+    top = _INTEGER_TOP.get(np.dtype(dtype))
+    if isinstance(x, torch.Tensor):
+        x = x.numpy()
+    if top is None:
+        return x.astype(np.float32, copy=False)
+    return np.clip(np.rint(x), 0, top).astype(dtype)
+
+
+def value_floor(image: np.ndarray) -> np.float32:
+    """What gains scale from: 0 for 8-bit images, the image's own minimum for 16-bit and float
+    data (whose offset, a camera's dark level or a negative signal, is not brightness)."""
+    if image.dtype == np.uint8:
+        return np.float32(0.0)
+    finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image
+    return np.float32(finite.min()) if finite.size else np.float32(0.0)
+
+
+def value_range(image: np.ndarray) -> float:
+    """The span that intensity changes are measured against: 255 for 8-bit images (0..255),
+    else the image's own max - min (16-bit and float data: their own range; 1 when flat)."""
+    if image.dtype == np.uint8:
+        return 255.0
+    finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image
+    span = float(finite.max() - finite.min()) if finite.size else 0.0
+    return span if span > 0 else 1.0
 
 
 class RandomWarp:
@@ -164,7 +204,10 @@ def _sample(image: np.ndarray, mask: np.ndarray, grid: torch.Tensor) -> Arrays:
     """Image bilinear with 0 outside; mask nearest with IGNORE_INDEX outside."""
     img = torch.from_numpy(np.ascontiguousarray(_as_hwc(image))).permute(2, 0, 1)[None].float()
     out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out_img = out[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()  # (oh, ow, C)
+    if image.dtype == np.uint8:
+        out_img = out[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    else:  # 16-bit and float images keep their type and values
+        out_img = as_dtype_of(out[0].permute(1, 2, 0), image.dtype)  # (oh, ow, C)
     # Shift classes by one so that the zero padding marks "outside" unambiguously.
     m = torch.from_numpy(mask.astype(np.float32) + 1.0)[None, None]  # (1, 1, h, w)
     sampled = F.grid_sample(m, grid, mode="nearest", padding_mode="zeros", align_corners=False)
@@ -175,7 +218,8 @@ def _sample(image: np.ndarray, mask: np.ndarray, grid: torch.Tensor) -> Arrays:
 
 class RandomGamma:
     """Gamma correction (image only): ``255 * (x / 255) ** g`` with g log-uniform in
-    [1 / (1 + gamma), 1 + gamma], with probability ``p``."""
+    [1 / (1 + gamma), 1 + gamma], with probability ``p``. A 16-bit or float image is mapped
+    the same way over its own min..max instead of 0..255."""
 
     def __init__(self, gamma: float = 0.2, p: float = 1.0) -> None:
         if gamma < 0:
@@ -187,8 +231,13 @@ class RandomGamma:
         if rng.random() >= self.p:
             return image, mask
         g = (1.0 + self.gamma) ** rng.uniform(-1.0, 1.0)
-        lut = np.rint(255.0 * (np.arange(256) / 255.0) ** g).astype(np.uint8)
-        return lut[image], mask
+        if image.dtype == np.uint8:
+            lut = np.rint(255.0 * (np.arange(256) / 255.0) ** g).astype(np.uint8)
+            return lut[image], mask
+        x = image.astype(np.float32)
+        low, span = np.float32(np.nanmin(x)), np.float32(value_range(image))
+        x = low + span * np.clip((x - low) / span, 0.0, None) ** np.float32(g)
+        return as_dtype_of(x, image.dtype), mask
 
     def __repr__(self) -> str:
         return f"RandomGamma(gamma={self.gamma}, p={self.p})"
@@ -196,9 +245,10 @@ class RandomGamma:
 
 class ColorBalance:
     """Colour changes of the light and the camera (image only; RGB or any multi-channel image):
-    each channel scaled by its own factor in [1 - gain, 1 + gain] (white balance, the tint of dusk
+    each channel scaled (from `value_floor`) by its own factor in [1 - gain, 1 + gain] (white balance, the tint of dusk
     or artificial light), then the distance of each pixel to its grey (channel mean) scaled by a
-    factor in [1 - saturation, 1 + saturation]. A 1-channel image passes unchanged."""
+    factor in [1 - saturation, 1 + saturation]. A 1-channel image passes unchanged; the training
+    pipeline uses it for RGB images only (`unet_core.transforms.transforms_for_training`)."""
 
     def __init__(self, gain: float = 0.1, saturation: float = 0.3) -> None:
         if not (0.0 <= gain < 1.0 and 0.0 <= saturation < 1.0):
@@ -213,10 +263,11 @@ class ColorBalance:
             return image, mask
         gains = 1.0 + rng.uniform(-self.gain, self.gain, size=image.shape[2])
         s = 1.0 + rng.uniform(-self.saturation, self.saturation)
-        x = image.astype(np.float32) * gains.astype(np.float32)
+        floor = value_floor(image)
+        x = (image.astype(np.float32) - floor) * gains.astype(np.float32) + floor
         grey = x.mean(axis=2, keepdims=True)
         x = (x - grey) * np.float32(s) + grey
-        return np.clip(np.rint(x), 0, 255).astype(np.uint8), mask
+        return as_dtype_of(x, image.dtype), mask
 
     def __repr__(self) -> str:
         return f"ColorBalance(gain={self.gain}, saturation={self.saturation})"
@@ -224,7 +275,8 @@ class ColorBalance:
 
 class GaussianNoise:
     """Additive N(0, std) noise in pixel values (0..255), clipped to uint8 (image only), with
-    probability ``p``."""
+    probability ``p``. A 16-bit or float image gets the same share of its own range
+    (std / 255 x its max - min), kept in its type."""
 
     def __init__(self, std: float = 5.0, p: float = 1.0) -> None:
         if std < 0:
@@ -235,9 +287,9 @@ class GaussianNoise:
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Arrays:
         if rng.random() >= self.p:
             return image, mask
-        noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(self.std)
-        out = np.clip(np.rint(image.astype(np.float32) + noise), 0, 255).astype(np.uint8)
-        return out, mask
+        std = np.float32(self.std * value_range(image) / 255.0)
+        noise = rng.standard_normal(image.shape, dtype=np.float32) * std
+        return as_dtype_of(image.astype(np.float32) + noise, image.dtype), mask
 
     def __repr__(self) -> str:
         return f"GaussianNoise(std={self.std}, p={self.p})"

@@ -230,7 +230,7 @@ def fit(
     torch.manual_seed(cfg.seed)
     pairs = pairs if pairs is not None else pair_images_and_masks(root)
     train_pairs, val_pairs = split_pairs(pairs, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    transform = transforms_for_training(cfg)
+    transform = transforms_for_training(cfg, rgb=preprocess.is_rgb)
     train_set = PairDataset(
         root,
         train_pairs,

@@ -43,7 +43,7 @@ def _objects(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 def _smooth(rng: np.random.Generator, h: int, w: int, amplitude: float) -> np.ndarray:
     """(H, W) float32 low-frequency field in [-amplitude, amplitude]."""
     coarse = rng.uniform(-amplitude, amplitude, size=(max(2, h // 16), max(2, w // 16)))
-    img = Image.fromarray(coarse.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)
+    img = Image.fromarray(coarse.astype(np.float32)).resize((w, h), Image.BILINEAR)
     return np.asarray(img, np.float32)
 
 

@@ -1,4 +1,5 @@
-"""Paired transforms: identical geometry for image (HxWxC uint8) and mask (HxW uint8).
+"""Paired transforms: identical geometry for image (HxWxC uint8, uint16 or float32) and mask
+(HxW uint8).
 
 Every transform is ``t(image, mask, rng) -> (image, mask)`` with an explicit
 ``np.random.Generator``, so a seed fixes the augmentation. Masks are only ever resized with
@@ -13,7 +14,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unet_core.augmentations import ColorBalance, GaussianNoise, RandomGamma, RandomWarp
+from unet_core.augmentations import (
+    ColorBalance,
+    GaussianNoise,
+    RandomGamma,
+    RandomWarp,
+    as_dtype_of,
+    value_floor,
+)
 from unet_core.config import IGNORE_INDEX, PreprocessConfig, TrainConfig
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -104,7 +112,18 @@ class Resize:
         if image.shape[:2] == (h, w):
             return image, mask
         resample = self._RESAMPLE[self.image_interp]
-        if image.shape[2] == 3:
+        if image.dtype != np.uint8:  # 16-bit and float: one PIL "F" image per channel
+            out = np.stack(
+                [
+                    np.asarray(
+                        Image.fromarray(image[:, :, c].astype(np.float32)).resize((w, h), resample)
+                    )
+                    for c in range(image.shape[2])
+                ],
+                axis=2,
+            )
+            out = as_dtype_of(out, image.dtype)
+        elif image.shape[2] == 3:
             out = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), resample))
         else:  # one PIL "L" image per channel
             out = np.stack(
@@ -256,7 +275,9 @@ class RandomRotate90:
 class ColorJitter:
     """Random brightness and contrast factors in [1 - x, 1 + x] (image only).
 
-    brightness scales the pixels; contrast then scales their distance to the image mean.
+    brightness scales the pixels (16-bit and float images: their distance to the image's own
+    minimum, `value_floor`); contrast then scales their distance to the image mean. A 16-bit
+    or float image changes in its own values and keeps its type.
     """
 
     def __init__(self, brightness: float = 0.2, contrast: float = 0.2) -> None:
@@ -270,22 +291,26 @@ class ColorJitter:
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Arrays:
         b = 1.0 + rng.uniform(-self.brightness, self.brightness)
         c = 1.0 + rng.uniform(-self.contrast, self.contrast)
-        x = image.astype(np.float32) * b
+        floor = value_floor(image)  # 0 for 8-bit images
+        x = image.astype(np.float32) * b if not floor else (image - floor) * np.float32(b) + floor
         mean = x.mean()
         x = (x - mean) * c + mean
-        return np.clip(np.rint(x), 0, 255).astype(np.uint8), mask
+        return as_dtype_of(x, image.dtype), mask
 
     def __repr__(self) -> str:
         return f"ColorJitter(brightness={self.brightness}, contrast={self.contrast})"
 
 
-def transforms_for_training(cfg: TrainConfig) -> Compose:
+def transforms_for_training(cfg: TrainConfig, *, rgb: bool = True) -> Compose:
     """The training pipeline of a TrainConfig; the single-process `fit` and the Ray Train workers
     both use it. In order: a random crop of ``crop_size`` (0: whole images), the warp (scale,
     rotation, elastic), flips, 90-degree rotations, brightness/contrast, colour balance and
     saturation, gamma, noise; each step only when its field turns it on, and none without
     ``augment``. The defaults give crop, flips (0.5 each way), RandomRotate90(0.5) and
-    ColorJitter(0.2, 0.2)."""
+    ColorJitter(0.2, 0.2). Colour balance and saturation assume red, green and blue: with
+    ``rgb`` False (grayscale, named bands: `unet_core.config.Preprocessing.is_rgb`) they are
+    left out. Intensity steps act on the pixels before normalisation, in the data's own range
+    (8-bit: 0..255; 16-bit and float: each image's min..max)."""
     crop = cfg.crop_size
     if not cfg.augment:
         return Compose([RandomCrop(crop)] if crop else [])
@@ -310,7 +335,7 @@ def transforms_for_training(cfg: TrainConfig) -> Compose:
         steps.append(RandomRotate90(p=cfg.rotate90))
     if cfg.brightness or cfg.contrast:
         steps.append(ColorJitter(cfg.brightness, cfg.contrast))
-    if cfg.channel_gain or cfg.saturation:
+    if rgb and (cfg.channel_gain or cfg.saturation):
         steps.append(ColorBalance(cfg.channel_gain, cfg.saturation))
     if cfg.gamma:
         steps.append(RandomGamma(cfg.gamma))

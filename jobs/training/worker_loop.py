@@ -150,7 +150,7 @@ def train_epoch(
     """One epoch on this rank's shard (with samples_per_epoch: this rank's share of the epoch's
     crops drawn from the whole training set, `images`); loss and throughput over all ranks."""
     cfg = setup.cfg
-    transform = transforms_for_training(cfg)
+    transform = transforms_for_training(cfg, rgb=setup.preprocess.is_rgb)
     weights = border_weights(cfg, setup.model_config.num_classes)
     if cfg.samples_per_epoch:
         batches = sampled_batches(
