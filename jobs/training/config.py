@@ -104,6 +104,10 @@ class TrainJobConfig(DecodeFlags):
     """Class map JSON file (local or s3://); default: classes.json at the data root."""
     s3_endpoint_url: str | None = None
     """S3-compatible endpoint (MinIO, a local server); default: $AWS_ENDPOINT_URL."""
+    plan: str | None = None
+    """auto: plan the run for --budget-minutes from the data's fingerprint and a measured step time, as unet-plan does (docs/planning.md); the plan's values are defaults that flags and --config override. The fingerprint and the recipe are logged with the run."""
+    budget_minutes: float | None = None
+    """Minutes of training --plan auto sizes the run to (epochs, crops, width)."""
     in_channels: int | None = None
     """Model input channels (1 grayscale, 3 RGB); default: inferred from the images."""
     device: str = "auto"
@@ -185,6 +189,8 @@ class TrainJobConfig(DecodeFlags):
     """Logging level of the driver and the workers."""
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    given: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """Fields set by a flag or --config (not a flag): what --plan auto leaves alone."""
 
     def __post_init__(self) -> None:
         problems = self.decode_problems()
@@ -201,6 +207,11 @@ class TrainJobConfig(DecodeFlags):
                     f"--group-by {self.group_by!r} is not a regular expression ({exc}); "
                     "e.g. '^(.*)_\\d+$' groups names by what comes before a trailing number"
                 )
+        if self.plan not in (None, "auto") or (self.plan and not (self.budget_minutes or 0) > 0):
+            problems.append(
+                f"--plan must be auto, with --budget-minutes M > 0; got --plan {self.plan} "
+                f"--budget-minutes {self.budget_minutes}"
+            )
         if self.in_channels not in (None, 1, 3):
             problems.append(f"--in-channels must be 1 or 3, got {self.in_channels}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
@@ -280,16 +291,18 @@ class TrainJobConfig(DecodeFlags):
 
 # --- fields, docstrings and types ------------------------------------------------------------
 
+_NOT_JOB_FIELDS = ("train", "model", "given")
+
 
 def _job_fields() -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(TrainJobConfig) if f.name not in ("train", "model")]
+    return [f for f in dataclasses.fields(TrainJobConfig) if f.name not in _NOT_JOB_FIELDS]
 
 
 def _all_fields() -> list[tuple[str, Any, Any, str, str]]:
     """(name, type, default, help, section) for every settable field, job fields first."""
     rows = []
     for cls, section, skip in (
-        (TrainJobConfig, "job", ("train", "model")),
+        (TrainJobConfig, "job", _NOT_JOB_FIELDS),
         (TrainConfig, "training", ()),
         (ModelConfig, "model", MODEL_FIELDS_FROM_DATA),
     ):
@@ -335,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
         group = groups[section]
         text = doc if default is None else f"{doc} (default: {default})"
         metavar = {int: "N", float: "X"}.get(base_type(tp)[0], "TEXT")
-        metavar = {"num_workers": "N|MIN-MAX", "device": "|".join(DEVICES)}.get(name, metavar)
+        metavar = {"num_workers": "N|MIN-MAX", "device": "|".join(DEVICES), "plan": "auto"}.get(
+            name, metavar
+        )
         add_field_flag(group, name, tp, text, metavar=metavar)
     add_old_flags(parser, OLD_SPELLINGS)
     return parser
@@ -347,9 +362,12 @@ def resolve_config(
     """Defaults < demo preset (no --data) < config file < command line."""
     values = dict(file_values or {})
     values.update(cli)
+    given = tuple(sorted(values))
     if values.get("data") is None:
         values = {**DEMO_PRESET, **values}
-    return TrainJobConfig.from_flat(values)
+    cfg = TrainJobConfig.from_flat(values)
+    cfg.given = given
+    return cfg
 
 
 def parse_args(argv: list[str] | None = None) -> TrainJobConfig:

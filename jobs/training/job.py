@@ -10,6 +10,7 @@ best checkpoint registered and its alias gated (`jobs.training.publish`).
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -89,6 +90,13 @@ def run_training(cfg: TrainJobConfig) -> dict:
             raise LocalPathError("; ".join(problems))
         uri = reachable_tracking_uri(cfg.tracking_uri)  # refused before any work
         cfg = with_defaults(cfg)
+        planned = None
+        if cfg.plan:  # the plan fills what flags and --config leave open (docs/planning.md)
+            from jobs.planning.training import plan_training
+
+            planned = plan_training(cfg)
+            planned_flat = {**cfg.to_flat(), **planned.applied}
+            cfg = dataclasses.replace(TrainJobConfig.from_flat(planned_flat), given=cfg.given)
         data, unchecked = _gather(cfg)
         check_sampled_set(cfg, data)
         cfg, _ = decide_workers(view, cfg)
@@ -123,6 +131,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
             artifacts={
                 "config.json": loop_config,
                 "split.json": tracking.split_record(data, cfg.group_by),
+                **(planned.artifacts() if planned else {}),
             },
             data=data,
         )
@@ -135,6 +144,8 @@ def run_training(cfg: TrainJobConfig) -> dict:
             summary = publish(cfg, data, result, uri, run_id, Path(scratch))
         summary["world_size"] = (result.return_value or {}).get("world_size")  # at the end
         summary["seconds"] = round(time.time() - started, 1)
+        if planned:
+            summary["plan"] = planned.applied
         return summary
     finally:
         release_capacity(view)

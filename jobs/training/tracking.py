@@ -91,7 +91,7 @@ def log_run_inputs(
     data=None,
 ) -> None:
     """Params (only those not in the run yet: params are immutable, a resumed run keeps its
-    first values and changed ones are reported), JSON artifacts (rewritten) and, given the training
+    first values and changed ones are reported), JSON (or text) artifacts (rewritten) and, given the training
     data (`TrainingData`), its training and validation sets as dataset inputs (those the run lacks: a resumed
     run on the same data logs none; on a changed listing it adds the new one)."""
     from mlflow.entities import Param
@@ -124,8 +124,9 @@ def log_run_inputs(
         client.log_batch(run_id, params=fresh[i : i + 100])
     if changed:
         log.warning("resumed run keeps its first parameter values; changed now: %s", changed)
-    for name, value in artifacts.items():
-        client.log_text(run_id, json.dumps(value, indent=2, default=str), name)
+    for name, value in artifacts.items():  # text as it is (a YAML recipe), the rest as JSON
+        text = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
+        client.log_text(run_id, text, name)
 
 
 def metric_histories(tracking_uri: str, run_id: str, keys: list[str]) -> dict[str, list[float]]:

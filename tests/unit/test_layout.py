@@ -95,6 +95,7 @@ ALLOWED_CROSSINGS = {
     ("evaluating", "inference"): "the shared prediction pipeline (config, decode, session)",
     ("reporting", "segmenting"): "the QC report reads a segment output's manifest",
     ("segmenting", "reporting"): "`segment --report` makes the QC report at the end of a run",
+    ("training", "planning"): "`train --plan auto` plans its run with unet-plan's rules",
 }
 """(importing room, imported room) -> why; every other import across rooms fails the test."""
 
