@@ -13,6 +13,7 @@ The last stdout line is a JSON summary; exit code 2 for a missing output or mani
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ def parse(argv: list[str] | None) -> ReportConfig:
 
 def report(cfg: ReportConfig) -> tuple[dict[str, Any], int]:
     setup_logging(cfg.log_level)
-    return run_report(cfg), 0
+    started = time.perf_counter()
+    summary = run_report(cfg)
+    return {**summary, "seconds": round(time.perf_counter() - started, 3)}, 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,7 +158,7 @@ def test_segment_every_class(ray_local, mlflow_uri, files, tmp_path, capsys, mon
     assert (summary["ok"], summary["failed"], summary["failed_fraction"]) == (10, 0, 0.0)
     assert summary["seconds"] > 0 and summary["failed_inputs"] == []
     code, done, err = run(report, ["--output", tmp_path / "out"], capsys)
-    assert code == 0 and done["rows"] == 10, err[-3000:]
+    assert code == 0 and done["rows"] == 10 and done["seconds"] > 0, err[-3000:]
 
     bad = [*argv[:3], tmp_path / "bad", "--input", files["corrupt"]]
     code, line, err = run(segment, bad, capsys)
