@@ -138,7 +138,7 @@ def test_cpu_work_starts_cpu_nodes_and_model_work_a_gpu_node(fake_cluster, input
     gpu_nodes = {i for i, n in every.items() if n.gpu and i not in before}
     assert len(gpu_nodes) == 1, (every, run.describe(100))  # one actor, one GPU node
     # The actor's error names the node it was created on (jobs/common/devices.py).
-    actor_nodes = set(re.findall(r"predictor actor was scheduled on node ([0-9a-f]+)", run.output))
+    actor_nodes = set(re.findall(r"scheduled on node ([0-9a-f]+) with GPU", run.output))
     assert actor_nodes and actor_nodes <= gpu_nodes, (actor_nodes, gpu_nodes, run.describe(60))
     tasks = tasks_of(fake_cluster, job_ids(fake_cluster) - jobs)
     listing = [t for t in tasks if t.func_or_class_name.split(".")[-1] in LISTING_TASKS]
