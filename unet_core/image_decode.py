@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from unet_core.config import Preprocessing
 from unet_core.image_files import (
     DEFAULT_OPTIONS,
     DecodeOptions,
     ImageDecodeError,
     open_image,
 )
-from unet_core.preprocessing import fit_channels, read_array_oriented
+from unet_core.preprocessing import as_supported_dtype, fit_channels, read_array_oriented
 
-__all__ = ["decode_image", "decode_image_oriented", "read_image"]
+__all__ = ["decode_image", "decode_image_oriented", "model_input", "read_image"]
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -111,3 +112,56 @@ def read_image(
     return decode_image(
         Path(path).read_bytes(), channels=channels, source=str(path), options=options
     )
+
+
+_HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def model_input(image: np.ndarray | Image.Image, preprocess: Preprocessing) -> np.ndarray:
+    """The pixels the model takes: 8-bit (`_as_array`) for a model that decodes to uint8;
+    else the image's own values (uint8, uint16, float32) fitted to its channels
+    (`unet_core.preprocessing.fit_channels`)."""
+    if preprocess.pixel_values == "uint8":
+        return _as_array(image, preprocess.channels)
+    arr = as_supported_dtype(np.asarray(image))
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise ValueError(f"expected an HxW or HxWxC image with H, W > 0, got shape {arr.shape}")
+    return fit_channels(arr, preprocess.channels, source="<image>")
+
+
+def _as_array(image: np.ndarray | Image.Image, channels: int) -> np.ndarray:
+    """PIL image or HxW / HxWxC uint8 array -> HxWx``channels`` uint8.
+
+    Grayscale is replicated to RGB, RGB becomes luminance (ITU-R 601, as PIL's "L"), alpha is
+    dropped.
+    """
+    if isinstance(image, Image.Image):
+        if image.mode in _HIGH_BIT_MODES:
+            raise ValueError(
+                f"PIL image mode {image.mode!r} is not 8-bit; scale it to 8 bits first "
+                "(unet_core.data.decode_image does this for encoded files)"
+            )
+        if image.mode in ("LA", "La"):
+            image = image.getchannel("L")
+        arr = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    else:
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8:
+            raise ValueError(
+                f"expected a uint8 image, got dtype {arr.dtype}; scale it to 0..255 and "
+                "cast with .astype(np.uint8)"
+            )
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or 0 in arr.shape:
+        raise ValueError(
+            f"expected an HxW or HxWxC image with C in 1..4 and H, W > 0, got shape {arr.shape}"
+        )
+    if arr.shape[2] in (2, 4):
+        arr = arr[:, :, :-1]  # LA / RGBA: drop alpha
+    if arr.shape[2] == 1 and channels == 3:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 3 and channels == 1:
+        arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).convert("L"))[:, :, None]
+    return arr

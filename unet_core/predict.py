@@ -39,6 +39,7 @@ from PIL import Image
 from torch import nn
 
 from unet_core.config import PreprocessConfig
+from unet_core.image_decode import model_input
 from unet_core.inference_device import (
     default_tile_size,
     enable_cudnn_benchmark,
@@ -47,7 +48,6 @@ from unet_core.inference_device import (
     to_device,
 )
 from unet_core.precision import autocast_context, cpu_supports_bf16
-from unet_core.preprocessing import model_input
 from unet_core.transforms import normalize_batch
 from unet_core.tta import mean_softmax, resolve_tta
 

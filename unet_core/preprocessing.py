@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from unet_core.config import Preprocessing
 from unet_core.image_files import (
@@ -29,6 +28,7 @@ from unet_core.image_files import (
     DecodeOptions,
     ImageDecodeError,
     ImageTooLargeError,
+    image_header,
     open_image,
     orient_array,
     over_limit,
@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ChannelStats",
+    "array_header",
     "DecodeOptions",
     "ImageDecodeError",
     "as_supported_dtype",
@@ -47,7 +48,6 @@ __all__ = [
     "choose_scheme",
     "fit_preprocessing",
     "fit_channels",
-    "model_input",
     "read_array",
     "read_array_oriented",
 ]
@@ -165,6 +165,36 @@ def read_array_oriented(
             except ImageDecodeError as pil_exc:
                 raise unreadable_error(source, "image", exc) from pil_exc
     return _pillow_array(data, source, options)
+
+
+_ONE_CHANNEL_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def array_header(
+    data: bytes, *, source: str, options: DecodeOptions = DEFAULT_OPTIONS
+) -> tuple[int, int, int]:
+    """(channels, height, width) of an image as `read_array` decodes it, from its header (TIFF:
+    its directories; no pixels decoded). Raises ImageTooLargeError above the limit and what the
+    readers raise for a header they cannot read (ValueError, OSError, SyntaxError)."""
+    if data[:4] in _TIFF_MAGIC:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                series = tif.series[0]
+                axes, shape = series.axes, series.shape
+                h, w = shape[axes.index("Y")], shape[axes.index("X")]
+                tag = tif.pages[0].tags.get(_TIFF_ORIENTATION)
+        except Exception:  # not readable by tifffile: Pillow's header below decides
+            pass
+        else:
+            channels = math.prod(shape) // (h * w)
+            if over_limit(h, w, options):
+                raise too_large_error(source, "image", f"{w}x{h} = {w * h} pixels", _limit(options))
+            turned = options.exif_transpose and tag is not None and int(tag.value) in (5, 6, 7, 8)
+            return channels, (w if turned else h), (h if turned else w)
+    mode, height, width = image_header(data, source=source, options=options)
+    return (1 if mode in _ONE_CHANNEL_MODES else 3), height, width
 
 
 def fit_channels(image: np.ndarray, channels: int, *, source: str) -> np.ndarray:
@@ -326,56 +356,3 @@ def fit_preprocessing(
         clip_high=stats.p_high,
         channel_names=names,
     )
-
-
-_HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-
-
-def model_input(image: np.ndarray | Image.Image, preprocess: Preprocessing) -> np.ndarray:
-    """The pixels the model takes: 8-bit (`_as_array`) for a model that decodes to uint8;
-    else the image's own values (uint8, uint16, float32) fitted to its channels
-    (`unet_core.preprocessing.fit_channels`)."""
-    if preprocess.pixel_values == "uint8":
-        return _as_array(image, preprocess.channels)
-    arr = as_supported_dtype(np.asarray(image))
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    if arr.ndim != 3 or 0 in arr.shape:
-        raise ValueError(f"expected an HxW or HxWxC image with H, W > 0, got shape {arr.shape}")
-    return fit_channels(arr, preprocess.channels, source="<image>")
-
-
-def _as_array(image: np.ndarray | Image.Image, channels: int) -> np.ndarray:
-    """PIL image or HxW / HxWxC uint8 array -> HxWx``channels`` uint8.
-
-    Grayscale is replicated to RGB, RGB becomes luminance (ITU-R 601, as PIL's "L"), alpha is
-    dropped.
-    """
-    if isinstance(image, Image.Image):
-        if image.mode in _HIGH_BIT_MODES:
-            raise ValueError(
-                f"PIL image mode {image.mode!r} is not 8-bit; scale it to 8 bits first "
-                "(unet_core.data.decode_image does this for encoded files)"
-            )
-        if image.mode in ("LA", "La"):
-            image = image.getchannel("L")
-        arr = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    else:
-        arr = np.asarray(image)
-        if arr.dtype != np.uint8:
-            raise ValueError(
-                f"expected a uint8 image, got dtype {arr.dtype}; scale it to 0..255 and "
-                "cast with .astype(np.uint8)"
-            )
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or 0 in arr.shape:
-        raise ValueError(
-            f"expected an HxW or HxWxC image with C in 1..4 and H, W > 0, got shape {arr.shape}"
-        )
-    if arr.shape[2] in (2, 4):
-        arr = arr[:, :, :-1]  # LA / RGBA: drop alpha
-    if arr.shape[2] == 1 and channels == 3:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] == 3 and channels == 1:
-        arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).convert("L"))[:, :, None]
-    return arr

@@ -181,6 +181,7 @@ def _evaluate(cfg: EvaluateConfig, session: Session, actors: PredictorActors) ->
             rows,
             checkpoint=checkpoint,
             channels=loaded.preprocess.channels,
+            pixel_values=loaded.preprocess.pixel_values,
             class_map=class_map,
             rand_class=rand_class,
         )
@@ -240,6 +241,7 @@ def _scored_dataset(
     channels: int,
     class_map: ClassMap,
     rand_class: int | None = None,
+    pixel_values: str = "uint8",
 ):
     """The lazy Dataset of ``rows`` (image/mask pairs) after decode, predict and score: one
     `scoring.report_schema` row per pair (with the Rand figures of class ``rand_class``)."""
@@ -253,6 +255,7 @@ def _scored_dataset(
         view=session.view,
         checkpoint_ref=ray.put(checkpoint),
         channels=channels,
+        pixel_values=pixel_values,
         endpoint_url=endpoint,
         sink=Sink(
             Scorer,

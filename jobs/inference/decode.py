@@ -5,8 +5,9 @@ decoding are done here rather than by ``ray.data.read_images`` because one undec
 fails a whole read task there; here a corrupt, truncated, empty or non-image file becomes a row
 with its ``error`` and the rest of the batch goes on.
 
-Decoded pixels travel as raw bytes (``pixels``, HxWxC uint8, C-order) with ``height``,
-``width`` and ``channels`` columns: images of any size share one Arrow schema. Decoding
+Decoded pixels travel as raw bytes (``pixels``, HxWxC, C-order) with ``height``, ``width``,
+``channels`` and ``dtype`` columns (uint8; uint16 or float32 for a model that takes images in
+their own values: ``decode.pixel_values``): images of any size share one Arrow schema. Decoding
 follows the job's `DecodeOptions` (``decode=``, shipped with every call): the EXIF orientation
 applied (``exif_orientation``, 1 = none; the pixels and sizes are those displayed), and the
 pixel limit (an image above it is a row error naming the file and --max-image-pixels).
@@ -32,6 +33,7 @@ DECODED_FIELDS = [
     pa.field("height", pa.int32()),
     pa.field("width", pa.int32()),
     pa.field("channels", pa.int8()),
+    pa.field("dtype", pa.string()),  # uint8, or a native model's uint16 / float32
     pa.field("exif_orientation", pa.int8()),  # applied (1 = none); null when unreadable
     pa.field("error", pa.string()),
     pa.field("seconds", pa.float64()),
@@ -46,8 +48,8 @@ def read_and_decode(
     endpoint_url: str | None = None,
     decode: DecodeOptions = DEFAULT_OPTIONS,
 ) -> tuple[np.ndarray | None, int | None, str | None]:
-    """(HxWxC uint8 image, EXIF orientation applied, None), or (None, None, error message
-    naming the file)."""
+    """(HxWxC image, EXIF orientation applied, None), or (None, None, error message naming the
+    file); uint8, or the file's own values with ``decode.pixel_values == "native"``."""
     try:
         data = fs.read_bytes(uri, endpoint_url=endpoint_url)
     except Exception as exc:  # missing file, permissions, network: a row error, not a crash
@@ -81,10 +83,26 @@ def estimate_image_bytes(
     return None
 
 
-def image_from_row(pixels: pa.Scalar | bytes, height: int, width: int, channels: int) -> np.ndarray:
-    """Rebuild the HxWxC uint8 array from a row's raw pixel bytes (zero-copy from Arrow)."""
+def image_from_row(
+    pixels: pa.Scalar | bytes, height: int, width: int, channels: int, dtype: str | None = None
+) -> np.ndarray:
+    """Rebuild the HxWxC array (``dtype``: the row's, uint8 when None) from a row's raw pixel
+    bytes (zero-copy from Arrow)."""
     buffer = pixels.as_buffer() if isinstance(pixels, pa.Scalar) else pixels
-    return np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, channels)
+    return np.frombuffer(buffer, dtype=np.dtype(dtype or "uint8")).reshape(height, width, channels)
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """An image to look at (overlays): uint8 as it is; 16-bit and float images with more or
+    fewer than 3 channels become 8-bit grayscale (their first channel) or RGB (the first
+    three), each stretched from its min to its max."""
+    if image.dtype == np.uint8:
+        return image
+    shown = image[:, :, :3] if image.shape[2] >= 3 else image[:, :, :1]
+    x = np.nan_to_num(shown.astype(np.float32))
+    low, high = x.min(axis=(0, 1)), x.max(axis=(0, 1))
+    x = (x - low) * (255.0 / np.where(high > low, high - low, 1.0))
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def decode_images(
@@ -95,7 +113,8 @@ def decode_images(
     decode: DecodeOptions = DEFAULT_OPTIONS,
 ) -> pa.Table:
     """Ray Data UDF: rows with an ``input`` URI -> the same rows plus DECODED_FIELDS."""
-    pixels, heights, widths, chans, orientations, errors, seconds = [], [], [], [], [], [], []
+    pixels, heights, widths, chans, dtypes = [], [], [], [], []
+    orientations, errors, seconds = [], [], []
     for uri in batch.column("input").to_pylist():
         start = time.perf_counter()
         image, orientation, error = read_and_decode(
@@ -107,10 +126,11 @@ def decode_images(
         heights.append(image.shape[0] if image is not None else 0)
         widths.append(image.shape[1] if image is not None else 0)
         chans.append(image.shape[2] if image is not None else 0)
+        dtypes.append(str(image.dtype) if image is not None else None)
         orientations.append(orientation)
         errors.append(error)
         seconds.append(time.perf_counter() - start)
-    columns = [pixels, heights, widths, chans, orientations, errors, seconds]
+    columns = [pixels, heights, widths, chans, dtypes, orientations, errors, seconds]
     out = batch
     for field, values in zip(DECODED_FIELDS, columns, strict=True):
         out = out.append_column(field, pa.array(values, type=field.type))

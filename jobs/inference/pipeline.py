@@ -21,6 +21,7 @@ policies.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -145,6 +146,7 @@ def build_pipeline(
     channels: int,
     endpoint_url: str | None,
     sink: Sink,
+    pixel_values: str = "uint8",
     rows: int | None = None,
     confidence_map: bool = False,
     keep_pixels: bool = False,
@@ -157,7 +159,8 @@ def build_pipeline(
     ``source``: a list of rows (each with an ``input`` URI), or, for ``rows`` rows that stay in
     the object store, a function of the rows per block that gives a Dataset of such blocks.
     ``image_bytes`` (decoded size of a typical input) sizes blocks, calls and the in-flight
-    limit."""
+    limit. ``pixel_values``: the model's (`unet_core.config.Preprocessing.pixel_values`), how
+    every image is decoded."""
     import ray
 
     num_gpus, pool = actors.num_gpus, actors.pool
@@ -213,7 +216,7 @@ def build_pipeline(
     decode_kwargs = {
         "channels": channels,
         "endpoint_url": endpoint_url,
-        "decode": cfg.decode_options,
+        "decode": dataclasses.replace(cfg.decode_options, pixel_values=pixel_values),
     }
     if actors.fused:
         return ds.map_batches(

@@ -132,8 +132,8 @@ class Predictor:
         return needs_tiles(shape[0], shape[1], self.options.tile_size)
 
     def _forward(self, images: list[np.ndarray]) -> list[ImagePrediction]:
-        """One forward pass over equal-size HxWxC uint8 images."""
-        x = to_device(torch.from_numpy(np.stack(images)), self.device)  # (B, H, W, C) uint8
+        """One forward pass over equal-size HxWxC images (uint8; a native model's own type)."""
+        x = to_device(torch.from_numpy(np.stack(images)), self.device)  # (B, H, W, C)
         x = normalize_batch(x, self.preprocess)  # (B, C, H, W), on the device
         classes, confidence = predict_tensor(
             self.model, x, tta=self.options.tta, amp=self.options.amp
@@ -232,11 +232,12 @@ class Predictor:
         heights = batch.column("height").to_pylist()
         widths = batch.column("width").to_pylist()
         channels = batch.column("channels").to_pylist()
+        dtypes = batch.column("dtype").to_pylist()
         errors = batch.column("error").to_pylist()
         images = [
             None
             if errors[i] is not None
-            else image_from_row(pixels[i], heights[i], widths[i], channels[i])
+            else image_from_row(pixels[i], heights[i], widths[i], channels[i], dtypes[i])
             for i in range(batch.num_rows)
         ]
         results = self.predict_images(images)

@@ -201,6 +201,7 @@ def _segment(
         view=session.view,
         checkpoint_ref=ray.put(checkpoint),
         channels=loaded.preprocess.channels,
+        pixel_values=loaded.preprocess.pixel_values,
         endpoint_url=endpoint,
         sink=Sink(MaskWriter, {"options": writer}, cfg.write_batch_size),
         confidence_map=cfg.confidence,

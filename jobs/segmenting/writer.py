@@ -21,7 +21,7 @@ import pyarrow as pa
 from PIL import Image
 
 from jobs.common import fs
-from jobs.inference.decode import image_from_row
+from jobs.inference.decode import display_image, image_from_row
 from jobs.segmenting import manifest
 from jobs.segmenting.layout import (
     CONFIDENCE_DIR,
@@ -145,7 +145,9 @@ class MaskWriter:
                 h, w = row["height"], row["width"]
                 mask = np.frombuffer(row["mask"], dtype=np.uint8).reshape(h, w)
                 if self.s.overlays and pixels is not None:
-                    image = image_from_row(pixels, h, w, row["channels"])
+                    image = display_image(
+                        image_from_row(pixels, h, w, row["channels"], row.get("dtype"))
+                    )
                     blended = overlay(image, mask, self.class_map.colors, alpha=0.5)
                     buffer = io.BytesIO()
                     Image.fromarray(blended).save(buffer, format="JPEG", quality=90)

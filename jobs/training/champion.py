@@ -195,6 +195,12 @@ def compare_with_champion(
         return refused(f"its checkpoint cannot be read ({exc})")
     data, champion = fetched.checkpoint, fetched.loaded
     problems = comparability_problems(champion, training_data.class_map, training_data.in_channels)
+    ours = training_data.decode.pixel_values
+    if champion.preprocess.pixel_values != ours:  # the gate decodes the pairs once, for both
+        problems.append(
+            f"it takes {champion.preprocess.pixel_values} pixels "
+            f"({champion.preprocess.scheme}), this run {ours} ones"
+        )
     if problems:
         return refused("; ".join(problems))
     if not training_data.val:

@@ -33,7 +33,7 @@ from jobs.common.vocabulary import (
     normal_workers,
     parse_workers,
 )
-from unet_core.config import ModelConfig, TrainConfig
+from unet_core.config import SCHEMES, ModelConfig, TrainConfig
 
 DEMO_PRESET: dict[str, Any] = {
     "epochs": 8,
@@ -109,7 +109,11 @@ class TrainJobConfig(DecodeFlags):
     budget_minutes: float | None = None
     """Minutes of training --plan auto sizes the run to (epochs, crops, width)."""
     in_channels: int | None = None
-    """Model input channels (1 grayscale, 3 RGB); default: inferred from the images."""
+    """Model input channels (1 grayscale, 3 RGB, N bands); default: inferred from the images."""
+    preprocessing: str = "auto"
+    """How pixels become the model's input, saved with the model: auto (from the training images: 8-bit images scale_zscore, wider or float ones clip_zscore), scale_zscore (pixel / 255, then the set's mean and std), clip_zscore (images in their own values, clipped to the set's 0.5/99.5 percentiles, then z-scored), or legacy_uint8 (8-bit decode, mean 0.5 / std 0.25: models before this setting). The statistics come from a seeded sample of up to 200 training images."""
+    channel_names: str | None = None
+    """Comma-separated names of the image channels, e.g. red,green,blue,nir (saved with the model; red,green,blue turns colour augmentations on); default: the "channels" list of classes.json, else from the count (3 RGB, 1 gray, else band0..)."""
     device: str = "auto"
     """Where the training workers run: cpu, gpu, or auto (GPU when this machine has CUDA on a
     local Ray, or the cluster has GPUs now, or its autoscaler can launch GPU nodes; else CPU)."""
@@ -212,8 +216,10 @@ class TrainJobConfig(DecodeFlags):
                 f"--plan must be auto, with --budget-minutes M > 0; got --plan {self.plan} "
                 f"--budget-minutes {self.budget_minutes}"
             )
-        if self.in_channels not in (None, 1, 3):
-            problems.append(f"--in-channels must be 1 or 3, got {self.in_channels}")
+        if self.in_channels is not None and self.in_channels < 1:
+            problems.append(f"--in-channels must be >= 1, got {self.in_channels}")
+        if self.preprocessing not in ("auto", *SCHEMES):
+            problems.append(f"--preprocessing must be auto or {'/'.join(SCHEMES)}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             problems.append(f"--cpus-per-worker must be > 0, got {self.cpus_per_worker}")
         if self.max_failures < -1:

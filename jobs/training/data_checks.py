@@ -35,6 +35,7 @@ import numpy as np
 from jobs.common import fs
 from jobs.training.pair_checks import PairCheck, check_pair, check_pairs
 from unet_core.classes import CLASS_MAP_FILENAME, ClassMap
+from unet_core.config import Preprocessing
 from unet_core.data import (
     Pair,
     PairingError,
@@ -69,6 +70,8 @@ class TrainingData:
     """Mean height * width over the checked images (for memory estimates)."""
     decode: DecodeOptions = DEFAULT_OPTIONS
     """How the images and masks are decoded (--exif-transpose, --max-image-pixels)."""
+    preprocess: Preprocessing | None = None
+    """The run's preprocessing (`jobs.training.preprocess_fit`); None: not fitted yet."""
 
 
 # --- verdicts ------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from jobs.training.preflight import (
     path_problems,
     with_system_metrics,
 )
+from jobs.training.preprocess_fit import fit_training_preprocessing
 from jobs.training.publish import publish
 from jobs.training.trainer import check_sampled_set, make_loop_config, make_trainer
 
@@ -98,6 +99,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
             planned_flat = {**cfg.to_flat(), **planned.applied}
             cfg = dataclasses.replace(TrainJobConfig.from_flat(planned_flat), given=cfg.given)
         data, unchecked = _gather(cfg)
+        data = fit_training_preprocessing(cfg, data)  # the scheme and statistics of the run
         check_sampled_set(cfg, data)
         cfg, _ = decide_workers(view, cfg)
         if cfg.use_gpu:  # fail here, naming the node, rather than in Ray Train's NCCL setup

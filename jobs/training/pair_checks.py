@@ -16,7 +16,7 @@ from jobs.common.pairs import read_mask, size_mismatch
 from unet_core.classes import ClassMap
 from unet_core.data import ImageDecodeError, MaskValueError, Pair
 from unet_core.image_files import DEFAULT_OPTIONS, DecodeOptions, over_limit
-from unet_core.image_files import image_header as read_header
+from unet_core.preprocessing import array_header
 
 HEADER_BYTES = 64 * 1024
 
@@ -37,10 +37,6 @@ class PairCheck:
     """Problem category: image, mask_values, mask, size."""
 
 
-def _channels_of_mode(mode: str) -> int:
-    return 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F") else 3
-
-
 def image_header(
     read_prefix, read_all, source: str, decode: DecodeOptions = DEFAULT_OPTIONS
 ) -> tuple[int, int, int]:
@@ -53,9 +49,8 @@ def image_header(
         data = reader()
         if not data:
             raise ImageDecodeError(f"{source}: empty file (0 bytes); re-export or remove it")
-        try:
-            mode, height, width = read_header(data, source=source, options=options)
-            return _channels_of_mode(mode), height, width
+        try:  # channels as the images decode for any model (`read_array`: TIFF bands too)
+            return array_header(data, source=source, options=options)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             error = exc
     raise ImageDecodeError(

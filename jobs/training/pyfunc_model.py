@@ -9,7 +9,7 @@ project. Loading rebuilds the UNet from the checkpoint's architecture and weight
 (``torch.load(weights_only=True)``): nothing is unpickled.
 
     model = mlflow.pyfunc.load_model("models:/unet@champion")
-    mask = model.predict(image)          # image: HxW or HxWxC uint8 -> HxW uint8 class indices
+    mask = model.predict(image)          # image: HxW or HxWxC -> HxW uint8 class indices
     frame = model.predict(pd.DataFrame({"image": [png_bytes, ...]}))   # -> column "mask"
 """
 
@@ -27,7 +27,8 @@ that the two agree)."""
 
 
 class UNetPyfunc(mlflow.pyfunc.PythonModel):
-    """Predict class-index masks from uint8 images (arrays, or encoded bytes in a DataFrame)."""
+    """Predict class-index masks from images (arrays: uint8, or for a model trained on 16-bit or
+    float data their own values; or encoded bytes in a DataFrame)."""
 
     def load_context(self, context: Any) -> None:
         from unet_core.checkpoint import load_checkpoint
@@ -38,10 +39,14 @@ class UNetPyfunc(mlflow.pyfunc.PythonModel):
 
     def _predict_one(self, image: Any) -> np.ndarray:
         from unet_core.data import decode_image
+        from unet_core.image_files import DecodeOptions
         from unet_core.predict import predict
 
-        if isinstance(image, (bytes, bytearray)):
-            image = decode_image(bytes(image), channels=self.loaded.preprocess.channels)
+        if isinstance(image, (bytes, bytearray)):  # 8-bit or own values, as the model takes
+            options = DecodeOptions(pixel_values=self.loaded.preprocess.pixel_values)
+            image = decode_image(
+                bytes(image), channels=self.loaded.preprocess.channels, options=options
+            )
         return predict(self.model, np.asarray(image), preprocess=self.loaded.preprocess).mask
 
     # An ndarray hint: MLflow neither infers nor enforces a schema for it (a list[...] hint

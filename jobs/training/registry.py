@@ -146,7 +146,12 @@ def log_and_register(
                 # mlflow.pyfunc.load_model works where this project is not installed.
                 code_paths=[str(Path(unet_core.__file__).resolve().parent)],
                 # What unet_core imports (torch pinned as in pyproject), not this project.
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow"],
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    "numpy",
+                    "pillow",
+                    "tifffile",
+                ],
             )
         finally:
             pyfunc_log.setLevel(level)

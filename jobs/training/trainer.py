@@ -55,7 +55,9 @@ def make_loop_config(
     return {
         "train": cfg.train.to_dict(),
         "model": model_config.to_dict(),
-        "preprocess": PreprocessConfig.for_channels(data.in_channels).to_dict(),
+        "preprocess": (
+            data.preprocess or PreprocessConfig.for_channels(data.in_channels)
+        ).to_dict(),
         "class_map": data.class_map.to_dict(),
         # split in equal shards over the workers running, or the crops of a sampled epoch
         "train_rows": cfg.train.samples_per_epoch or len(data.train),

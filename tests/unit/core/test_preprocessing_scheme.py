@@ -9,13 +9,13 @@ import torch
 
 from unet_core.config import PreprocessConfig, Preprocessing
 from unet_core.data import decode_image
+from unet_core.image_decode import model_input
 from unet_core.image_files import DecodeOptions, ImageDecodeError
 from unet_core.preprocessing import (
     channel_statistics,
     choose_scheme,
     fit_channels,
     fit_preprocessing,
-    model_input,
     read_array,
 )
 from unet_core.synthetic_kinds import make_image_kind, make_image_kind_dataset

@@ -81,7 +81,7 @@ def test_config_file_errors_exit_2_with_the_key(tmp_path, capsys):
     ("argv", "message"),
     [
         (["--num-workers", "0"], "--num-workers must be >= 1"),
-        (["--in-channels", "2"], "--in-channels must be 1 or 3"),
+        (["--in-channels", "0"], "--in-channels must be >= 1"),
         (["--min-miou", "1.5"], "--min-miou must be in [0, 1]"),
         (["--run-name", "a b"], "--run-name 'a b' must be"),
         (["--epochs", "0"], "epochs must be >= 1"),
