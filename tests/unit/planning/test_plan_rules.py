@@ -188,3 +188,18 @@ def test_measured_times_reach_the_plan():
         fast.train_values()["samples_per_epoch"] * fast.train_values()["epochs"]
         > slow.train_values()["samples_per_epoch"] * slow.train_values()["epochs"]
     )
+
+
+def test_timing_candidates_runs_training_steps_and_scales_cpu_crops(monkeypatch):
+    from jobs.planning import steptime
+
+    small = steptime.Candidate(8, 2, 32, 2, 1, 2, "group")
+    monkeypatch.setattr(steptime, "SECONDS_PER_CANDIDATE", {"cpu": 0.0, "gpu": 0.0})
+    monkeypatch.setattr(steptime, "CPU_MEASURE_CROP", 32)
+    timed = steptime.time_candidates([dataclasses.asdict(small)], "cpu", "off")
+    assert timed["gpu_memory_gb"] is None and timed["seconds"][0] > 0
+    # a crop above CPU_MEASURE_CROP is timed at it and scaled by pixels: 4x for twice the side
+    clock = iter(range(1000))  # every step takes 1 s
+    monkeypatch.setattr(steptime.time, "perf_counter", lambda: float(next(clock)))
+    both = [dataclasses.asdict(small), dataclasses.asdict(dataclasses.replace(small, crop_size=64))]
+    assert steptime.time_candidates(both, "cpu", "off")["seconds"] == [1.0, 4.0]
