@@ -124,6 +124,13 @@ def make_plan(
     res = resources
     crop, depth, found = candidates(fp, res)
     times = {c.base_width: rules.bucket(s) for c, s in zip(found, step_seconds, strict=True)}
+    found = [c for c in found if math.isfinite(times[c.base_width])]
+    if not found:
+        raise ValueError(
+            f"no candidate size fits a {res.device} worker ({crop.value} px crops, depth "
+            f"{depth.value}, widths {list(times)} ran out of memory); give --gpu-memory-gb "
+            "the memory really free on one GPU, or --gpus-per-worker 1"
+        )
     val = val_fraction(fp)
     plans = {
         c.base_width: rules.schedule(

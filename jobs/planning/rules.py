@@ -97,7 +97,10 @@ class Choice:
 
 
 def bucket(seconds: float) -> float:
-    """``seconds`` rounded to the nearest 2 ** (k / STEP_BUCKETS_PER_DOUBLING)."""
+    """``seconds`` rounded to the nearest 2 ** (k / STEP_BUCKETS_PER_DOUBLING); inf (a size
+    that did not fit) stays inf."""
+    if not math.isfinite(seconds):
+        return math.inf
     k = round(STEP_BUCKETS_PER_DOUBLING * math.log2(max(seconds, 1e-6)))
     return float(f"{2 ** (k / STEP_BUCKETS_PER_DOUBLING):.4g}")
 

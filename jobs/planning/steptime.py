@@ -54,7 +54,7 @@ def time_candidates(
 
     from unet_core.losses import SegmentationLoss
     from unet_core.model import UNet
-    from unet_core.precision import autocast, autocast_dtype
+    from unet_core.precision import autocast_dtype
 
     dev = torch.device("cuda" if device == "gpu" else "cpu")
     dtype = autocast_dtype(dev, {"auto": None, "bf16": True, "off": False}[amp], training=True)
@@ -73,26 +73,40 @@ def time_candidates(
         x = torch.randn(c.batch_size, c.in_channels, crop, crop, device=dev)  # (B, C, H, W)
         x = x.to(memory_format=torch.channels_last)
         y = torch.randint(0, c.num_classes, (c.batch_size, crop, crop), device=dev)  # (B, H, W)
-        times: list[float] = []
-        spent, step = 0.0, 0
-        while step <= MIN_STEPS or (spent < SECONDS_PER_CANDIDATE[device] and step <= MAX_STEPS):
-            start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(dev, dtype):
-                loss = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            elapsed = time.perf_counter() - start
-            if step:  # the first step is the warm-up (allocation, cuDNN autotuning)
-                times.append(elapsed)
-                spent += elapsed
-            step += 1
-        scale = (c.crop_size / crop) ** 2  # CPU: time per pixel is flat in the crop
-        out.append(statistics.median(times) * scale)
+        try:
+            seconds = _median_step(model, optimizer, loss_fn, x, y, dev, dtype, device)
+        except torch.cuda.OutOfMemoryError:  # this size does not fit: no candidate
+            seconds = float("inf")
+        out.append(seconds * (c.crop_size / crop) ** 2)  # CPU: time per pixel is flat in the crop
         del model, optimizer, x, y
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     return {"seconds": out, "gpu_memory_gb": memory}
+
+
+def _median_step(model, optimizer, loss_fn, x, y, dev, dtype, device: str) -> float:
+    """Median seconds of the training steps after one warm-up step."""
+    import torch
+
+    from unet_core.precision import autocast
+
+    times: list[float] = []
+    spent, step = 0.0, 0
+    while step <= MIN_STEPS or (spent < SECONDS_PER_CANDIDATE[device] and step <= MAX_STEPS):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(dev, dtype):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        elapsed = time.perf_counter() - start
+        if step:  # the first step is the warm-up (allocation, cuDNN autotuning)
+            times.append(elapsed)
+            spent += elapsed
+        step += 1
+    return statistics.median(times)
 
 
 def measure(

@@ -203,3 +203,14 @@ def test_timing_candidates_runs_training_steps_and_scales_cpu_crops(monkeypatch)
     monkeypatch.setattr(steptime.time, "perf_counter", lambda: float(next(clock)))
     both = [dataclasses.asdict(small), dataclasses.asdict(dataclasses.replace(small, crop_size=64))]
     assert steptime.time_candidates(both, "cpu", "off")["seconds"] == [1.0, 4.0]
+
+
+def test_a_size_that_ran_out_of_memory_is_no_candidate():
+    fp = fingerprint(side=1024, pairs=2000)
+    out_of_memory = float("inf")
+    planned = make_plan(
+        fp, budget_minutes=600, resources=GPU, step_seconds=[0.1, 0.2, out_of_memory]
+    )
+    assert planned.train_values()["base_width"] == 48  # the widest that fits
+    with pytest.raises(ValueError, match="no candidate size fits a gpu worker"):
+        make_plan(fp, budget_minutes=60, resources=GPU, step_seconds=[out_of_memory] * 3)
