@@ -68,17 +68,6 @@ class Plan:
         """The train and model sections as flat fields of the training job's config."""
         return {**self.values("train"), **self.values("model")}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "budget_minutes": self.budget_minutes,
-            "resources": self.resources.__dict__,
-            "step_seconds": {str(k): v for k, v in self.step_seconds.items()},
-            "sections": {
-                s: {k: {"value": c.value, "why": c.why} for k, c in fields.items()}
-                for s, fields in self.sections.items()
-            },
-        }
-
 
 def in_channels(fp: Fingerprint) -> int:
     if fp.intensity:
