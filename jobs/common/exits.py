@@ -63,6 +63,12 @@ def strict(value: Any) -> Any:
     return value
 
 
+def say(error: str) -> None:
+    """The reason a job ends with a non-zero code, on stderr as ``error: ...`` (as argparse says
+    a usage error), whatever the logging set-up."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+
+
 def print_json(obj: dict[str, Any]) -> None:
     """The job's last stdout line (stderr flushed first, so the line stays last)."""
     sys.stderr.flush()
@@ -98,12 +104,12 @@ def error_exit(exc: BaseException, *, job: str) -> int:
     kind = kind_of(exc)
     code = code_of(kind)
     message = str(exc) or type(exc).__name__
+    log.debug("%s: %s", job, kind, exc_info=exc)
     if code == UNEXPECTED:
         message = f"{job} failed: {type(exc).__name__}: {message}"
-        log.error("%s (the traceback with --log-level DEBUG)", message)
+        say(f"{message} (the traceback with --log-level DEBUG)")
     else:
-        log.error("%s", message)
-    log.debug("%s: %s", job, kind, exc_info=exc)
+        say(message)
     print_json({"error": message, "kind": kind, "exit_code": code})
     return code
 
@@ -137,7 +143,7 @@ def usage_exit(code: int | str | None, stderr: str = "") -> int:
 
 def criterion_failed(summary: dict[str, Any], reason: str) -> tuple[dict[str, Any], int]:
     """A job that ran and failed its own criterion: its summary with the reason, and exit 1."""
-    log.error("%s", reason)
+    say(reason)
     return {**summary, "error": reason, "kind": CRITERION}, CRITERION_FAILED
 
 
@@ -146,7 +152,7 @@ def dry_run_result(report: dict[str, Any]) -> tuple[dict[str, Any], int]:
     joined into its ``error``), else 0."""
     problems = list(report.get("problems") or [])
     for problem in problems:
-        log.error("%s", problem)
+        say(problem)
     if not problems:
         return report, DONE
     return {**report, "error": "; ".join(problems), "kind": DRY_RUN}, REFUSED

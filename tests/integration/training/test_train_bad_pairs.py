@@ -104,4 +104,4 @@ def test_max_bad_pairs_trains_without_the_pair_and_reports_it(
     assert metric(client, run_id, "train_images") == [(train - 1) // 2 * 2]
     assert metric(client, run_id, "val_images") == [val]
     listed = mlflow.artifacts.load_dict(f"runs:/{run_id}/bad_pairs.json")
-    assert listed == {image: example}
+    assert listed == {example["input"]: example["error"]} and example["input"] == image

@@ -46,9 +46,11 @@ def test_each_exception_gets_its_kind_and_code(capsys, exc, kind, code):
         raise exc
 
     assert exits.run_job("segment", lambda: None, run) == code
-    line = _last_line(capsys)
+    out, err = capsys.readouterr()
+    line = json.loads(out.strip().splitlines()[-1])
     assert line["kind"] == kind and line["exit_code"] == code
     assert str(exc).strip("'") in line["error"]
+    assert f"error: {line['error']}" in err  # the reason on stderr too, logging set up or not
 
 
 def test_a_declared_kind_is_found_through_the_exceptions_it_caused(capsys):
