@@ -29,13 +29,18 @@ root of the global batch (Adam's rule), at most LR_MAX."""
 WARMUP_SHARE, WARMUP_MIN_STEPS = 0.05, 100
 """Warm-up: 5% of the run, at least 100 steps (AdamW's second moments settle), at most a
 quarter of the run."""
-RARE_IMBALANCE = 10.0
-"""Class balance when the rarest class is this many times rarer than the median class."""
+RARE_SHARE = 0.1
+"""Class balance when the rarest class has less than this fraction of a fair share of the
+pixels (1 / classes)."""
 CLASS_BALANCE = 0.5
 """The balancing exponent then: softened median-frequency weights (full weights, 1, overshoot
 on the rarest classes)."""
 TOUCHING_MIN = 0.2
-"""Border weights when at least this share of a class's objects touch another one."""
+"""Border weights when at least this share of a class's objects touch another one..."""
+INSTANCES_PER_IMAGE, INSTANCE_MIN_AREA = 20, 16
+"""...and the class is a population of instances (cells, nuclei, grains): at least 20 objects
+per image, their median at least 16 px; fragments of a region (sky between branches) are
+specks, not instances."""
 BORDER_W0 = 10.0
 """w0 of the U-Net paper's border weight map."""
 WIDTH_EXPONENT = 1.6
@@ -253,41 +258,43 @@ def augmentation(fp: Fingerprint) -> dict[str, Choice]:
 
 
 def balance(fp: Fingerprint) -> dict[str, Choice]:
-    """Class balance from the frequencies; border weights from touching objects."""
+    """Class balance from the frequencies; border weights from touching instances."""
     present = [(c.name, c.pixel_fraction) for c in fp.classes if c.pixel_fraction]
     out: dict[str, Choice] = {}
     if present:
-        mid = sorted(f for _, f in present)[len(present) // 2]
         name, rarest = min(present, key=lambda p: (p[1], p[0]))
-        ratio = mid / rarest
-        rare = ratio >= RARE_IMBALANCE
+        share = rarest * len(present)  # of a fair share, 1 / classes
+        rare = share < RARE_SHARE
         out["class_balance"] = Choice(
             CLASS_BALANCE if rare else 0.0,
-            f"rarest class {name} {rarest:.2%} of pixels, {ratio:.1f}x below the median class "
-            f"({'>=' if rare else '<'} {RARE_IMBALANCE:g}x)",
+            f"rarest class {name} {rarest:.2%} of pixels, {share:.2f} of a fair share "
+            f"1/{len(present)} ({'<' if rare else '>='} {RARE_SHARE:g})",
         )
     else:
         out["class_balance"] = Choice(0.0, "no class frequencies in the fingerprint")
-    background = max(range(len(fp.classes)), key=lambda k: fp.classes[k].pixel_fraction or 0)
-    touching = [
+    instances = [
         (c.touching_fraction or 0.0, k)
         for k, c in enumerate(fp.classes)
-        if k != background and (c.objects_per_image or 0) >= 2
+        if (c.objects_per_image or 0) >= INSTANCES_PER_IMAGE
+        and (c.area_median or 0) >= INSTANCE_MIN_AREA
     ]
-    fraction, k = max(touching, default=(0.0, 0))
+    fraction, k = max(instances, default=(0.0, -1))
     if fraction >= TOUCHING_MIN:
         c = fp.classes[k]
         sigma = max(1.0, min(5.0, round(math.sqrt(c.area_median or 25) / 8 * 2) / 2))
         out["border_weight"] = Choice(
             BORDER_W0,
-            f"{fraction:.0%} of the {c.name} objects touch another (>= {TOUCHING_MIN:.0%}): "
-            "the U-Net paper's w0 keeps them apart",
+            f"{c.name}: {c.objects_per_image:g} objects per image, {fraction:.0%} touch another "
+            f"(>= {TOUCHING_MIN:.0%}): the U-Net paper's w0 keeps them apart",
         )
         out["border_sigma"] = Choice(sigma, f"an eighth of the {c.name} objects' side, 1..5 px")
         out["border_class"] = Choice(k, f"class {k} = {c.name}")
     else:
         out["border_weight"] = Choice(
-            0.0, f"at most {fraction:.0%} of a class's objects touch (< {TOUCHING_MIN:.0%})"
+            0.0,
+            f"no class of >= {INSTANCES_PER_IMAGE} objects per image (of >= {INSTANCE_MIN_AREA} "
+            f"px) with >= {TOUCHING_MIN:.0%} touching"
+            + (f" (most: {fraction:.0%})" if instances else ""),
         )
     return out
 

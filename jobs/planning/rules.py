@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from statistics import median
 from typing import Any
 
 from jobs.planning.fingerprint import Fingerprint
@@ -19,6 +18,9 @@ BOTTLENECK_MIN_PX = 8
 axis while it is at least 8 px)."""
 MIN_DEPTH = 3
 """Fewest poolings: below this a UNet sees too little context to tell classes apart."""
+CONTEXT = 2.0
+"""The receptive field spans the typical object and as much again around it (its
+neighbourhood tells it from similar-looking things): CONTEXT x its side."""
 CROP_CAP_CPU = 256
 """Largest crop on CPU: there time, not memory, is the limit; pixels per second barely depend
 on the crop, so a larger crop buys context with fewer, more correlated crops, and 256 px already
@@ -115,9 +117,20 @@ def data_pixels(fp: Fingerprint) -> float:
 
 
 def object_extent(fp: Fingerprint) -> float | None:
-    """Typical object side (px): the median over classes of sqrt(median object area)."""
-    sides = [math.sqrt(c.area_median) for c in fp.classes if c.area_median]
-    return median(sides) if sides else None
+    """Typical object side (px): per class the side of its large objects (sqrt of the 95th
+    percentile area: they hold most of its pixels, where specks and fragments dominate the
+    median), and of those the median weighted by the classes' pixel fractions."""
+    sides = sorted(
+        (math.sqrt(c.area_p95), c.pixel_fraction)
+        for c in fp.classes
+        if c.area_p95 and c.pixel_fraction
+    )
+    total, seen = sum(f for _, f in sides), 0.0
+    for side, fraction in sides:
+        seen += fraction
+        if seen >= total / 2:
+            return side
+    return None
 
 
 def geometry(fp: Fingerprint, res: Resources) -> tuple[Choice, Choice]:
@@ -135,7 +148,7 @@ def geometry(fp: Fingerprint, res: Resources) -> tuple[Choice, Choice]:
     deepest = max(1, int(math.log2(max(raw, 2) / BOTTLENECK_MIN_PX)))
     extent = object_extent(fp)
     need = MIN_DEPTH
-    while extent and receptive_field(need) < min(extent, raw) and need < deepest:
+    while extent and receptive_field(need) < min(CONTEXT * extent, raw) and need < deepest:
         need += 1
     depth = max(1, min(need, deepest))
     crop = max(2**depth, raw // 2**depth * 2**depth)
@@ -144,8 +157,8 @@ def geometry(fp: Fingerprint, res: Resources) -> tuple[Choice, Choice]:
         Choice(crop, f"median image side {side}, {cap_why}, a multiple of 2^{depth}"),
         Choice(
             depth,
-            f"receptive field {receptive_field(depth)} px vs typical object side "
-            f"{extent_text}; bottleneck {crop // 2**depth} px >= {BOTTLENECK_MIN_PX}",
+            f"receptive field {receptive_field(depth)} px vs {CONTEXT:g} x the typical object "
+            f"side {extent_text}; bottleneck {crop // 2**depth} px >= {BOTTLENECK_MIN_PX}",
         ),
     )
 

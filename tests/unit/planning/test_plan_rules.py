@@ -48,7 +48,7 @@ def klass(name, fraction, *, area=400.0, touching=0.0, objects=3.0) -> ClassSumm
 def fingerprint(
     *, side=512, pairs=100, channels=1, classes=None, layout=False, dtype="uint8"
 ) -> Fingerprint:
-    classes = classes or [klass("background", 0.7, area=20000), klass("cell", 0.3)]
+    classes = classes or [klass("background", 0.7), klass("cell", 0.3)]
     stats = ChannelStats(
         channels=channels,
         dtype=dtype,
@@ -122,11 +122,13 @@ def test_image_size_sets_crop_depth_and_tile():
     small, large = plan(fingerprint(side=64)), plan(fingerprint(side=2048))
     s, l_ = small.train_values(), large.train_values()
     assert s["crop_size"] == 64 and l_["crop_size"] == 256  # the median side, capped on CPU
-    assert 64 // 2 ** s["depth"] >= 8 and s["depth"] < l_["depth"] or s["depth"] == 3
+    assert 64 // 2 ** s["depth"] >= 8 and 64 // 2 ** (s["depth"] + 1) < 8  # the bottleneck
     big_objects = fingerprint(
         side=2048, classes=[klass("background", 0.7, area=200**2), klass("field", 0.3, area=180**2)]
     )
-    assert plan(big_objects).train_values()["depth"] > l_["depth"]  # receptive field
+    deep = plan(big_objects).train_values()["depth"]
+    assert deep > l_["depth"] == 3  # the receptive field covers twice the objects' side
+    assert 256 // 2**deep >= 8  # ... while the bottleneck keeps 8 px
     assert small.values("segment")["tile_size"] == 64  # whole images
     assert large.values("segment")["tile_size"] == 1024  # above the CPU's whole-image side
     assert plan(fingerprint(side=512)).values("evaluate")["tile_size"] == 512
@@ -155,6 +157,8 @@ def test_touching_objects_turn_on_border_weights():
     cells = [klass("membrane", 0.7, area=50000), klass("cell", 0.3, touching=0.8, objects=40)]
     touching = plan(fingerprint(classes=cells)).values("train")
     assert touching["border_weight"] > 0 and touching["border_class"] == 1
+    specks = [klass("sky", 0.5, area=1, touching=0.98, objects=25), klass("road", 0.5)]
+    assert plan(fingerprint(classes=specks)).values("train")["border_weight"] == 0  # fragments
 
 
 def test_rare_classes_turn_on_class_balance():
