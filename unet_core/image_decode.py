@@ -19,7 +19,7 @@ from unet_core.image_files import (
 )
 from unet_core.preprocessing import as_supported_dtype, fit_channels, read_array_oriented
 
-__all__ = ["decode_image", "decode_image_oriented", "model_input", "read_image"]
+__all__ = ["decode_image", "decode_image_oriented", "display_image", "model_input", "read_image"]
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -165,3 +165,16 @@ def _as_array(image: np.ndarray | Image.Image, channels: int) -> np.ndarray:
     elif arr.shape[2] == 3 and channels == 1:
         arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).convert("L"))[:, :, None]
     return arr
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """An image to look at (overlays): uint8 as it is; 16-bit and float images with more or
+    fewer than 3 channels become 8-bit grayscale (their first channel) or RGB (the first
+    three), each stretched from its min to its max."""
+    if image.dtype == np.uint8:
+        return image
+    shown = image[:, :, :3] if image.shape[2] >= 3 else image[:, :, :1]
+    x = np.nan_to_num(shown.astype(np.float32))
+    low, high = x.min(axis=(0, 1)), x.max(axis=(0, 1))
+    x = (x - low) * (255.0 / np.where(high > low, high - low, 1.0))
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)

@@ -26,9 +26,17 @@ SEED = 0
 def normalised_images(
     rng: np.random.Generator, batch: int, size: tuple[int, int], preprocess: PreprocessConfig
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """(B, H, W, C) uint8 random images and their (B, C, H, W) float32 normalised form."""
+    """(B, H, W, C) random images and their (B, C, H, W) float32 normalised form: uint8, or
+    for a clip_zscore model values spread over its clip range (float32)."""
     h, w = size
-    images = rng.integers(0, 256, (batch, h, w, preprocess.channels), dtype=np.uint8)
+    shape = (batch, h, w, preprocess.channels)
+    bounds = preprocess.clip_bounds()
+    if bounds is None:
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+    else:  # a little past both ends, so the clip is exercised too
+        low, high = bounds
+        span = np.maximum(high - low, 1e-3)
+        images = rng.uniform(low - 0.1 * span, high + 0.1 * span, shape).astype(np.float32)
     x = normalize_batch(torch.from_numpy(images), preprocess).contiguous()  # (B, C, H, W)
     return images, x
 

@@ -5,7 +5,7 @@ Both take ``input`` (N, C, H, W) float32, normalised as in training, and give ``
 (N, K, H, W). H and W must be multiples of 2**depth and at least 2 * 2**depth: the exported
 graph has no padding branch (`unet_core.model.UNet` pads other sizes in eager mode only), and
 torch.export specialises a bottleneck of one pixel away. Both carry the same metadata (class
-names and values, mean/std, in_channels, the size rule): ONNX in ``metadata_props``, pt2 in
+names and values, mean/std and the whole preprocessing, in_channels, the size rule): ONNX in ``metadata_props``, pt2 in
 the extra file ``unet.json``. onnx, onnxscript and onnxruntime are imported only here, inside
 the ONNX functions (the optional `export` extra).
 """
@@ -76,6 +76,16 @@ def spatial_multiple(loaded: LoadedModel) -> int:
     return 2**loaded.model_config.depth
 
 
+def _input_layout(pre) -> str:
+    """The input's normalisation in words, by the preprocessing scheme."""
+    if pre.scheme == "clip_zscore":
+        return (
+            "NCHW float32, normalised per channel in the image's own values (uint8, uint16, "
+            "float): (clip(pixel, clip_low, clip_high) - mean) / std (see preprocess)"
+        )
+    return "NCHW float32, normalised per channel: (pixel / 255 - mean) / std"
+
+
 def metadata(loaded: LoadedModel, source: dict[str, Any]) -> dict[str, str]:
     """String key/values describing the file's contract; ``source`` (model URI, version,
     checkpoint digest...) is added where its values are not None."""
@@ -84,7 +94,7 @@ def metadata(loaded: LoadedModel, source: dict[str, Any]) -> dict[str, str]:
         "producer": "unet-ray",
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
-        "input_layout": "NCHW float32, normalised per channel: (pixel / 255 - mean) / std",
+        "input_layout": _input_layout(pre),
         "output_layout": "NCHW float32 logits, one channel per class (softmax over dim 1)",
         "in_channels": str(cfg.in_channels),
         "num_classes": str(cfg.num_classes),
@@ -96,6 +106,8 @@ def metadata(loaded: LoadedModel, source: dict[str, Any]) -> dict[str, str]:
         "class_map": json.dumps(loaded.class_map.to_dict()),
         "preprocess_mean": json.dumps(list(pre.mean)),
         "preprocess_std": json.dumps(list(pre.std)),
+        "preprocess_scheme": pre.scheme,
+        "preprocess": json.dumps(pre.to_dict()),  # the whole of it: PreprocessConfig.from_dict
         "model_config": json.dumps(cfg.to_dict()),
     }
     data.update({k: str(v) for k, v in source.items() if v is not None})

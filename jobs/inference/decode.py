@@ -92,19 +92,6 @@ def image_from_row(
     return np.frombuffer(buffer, dtype=np.dtype(dtype or "uint8")).reshape(height, width, channels)
 
 
-def display_image(image: np.ndarray) -> np.ndarray:
-    """An image to look at (overlays): uint8 as it is; 16-bit and float images with more or
-    fewer than 3 channels become 8-bit grayscale (their first channel) or RGB (the first
-    three), each stretched from its min to its max."""
-    if image.dtype == np.uint8:
-        return image
-    shown = image[:, :, :3] if image.shape[2] >= 3 else image[:, :, :1]
-    x = np.nan_to_num(shown.astype(np.float32))
-    low, high = x.min(axis=(0, 1)), x.max(axis=(0, 1))
-    x = (x - low) * (255.0 / np.where(high > low, high - low, 1.0))
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
 def decode_images(
     batch: pa.Table,
     *,

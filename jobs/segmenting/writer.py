@@ -21,7 +21,7 @@ import pyarrow as pa
 from PIL import Image
 
 from jobs.common import fs
-from jobs.inference.decode import display_image, image_from_row
+from jobs.inference.decode import image_from_row
 from jobs.segmenting import manifest
 from jobs.segmenting.layout import (
     CONFIDENCE_DIR,
@@ -32,6 +32,7 @@ from jobs.segmenting.layout import (
     row_settings,
 )
 from unet_core.classes import ClassMap
+from unet_core.image_decode import display_image
 from unet_core.viz import overlay
 
 logger = logging.getLogger(__name__)

@@ -68,6 +68,7 @@ def log_panel(tracking_uri: str, run_id: str, loaded, samples: list, folder: Pat
     """validation_panel.png: image | prediction | truth for a few validation pairs."""
     from mlflow.tracking import MlflowClient
 
+    from unet_core.image_decode import display_image
     from unet_core.predict import predict, prepare_for_inference
     from unet_core.viz import panel, stack_panels
 
@@ -76,7 +77,12 @@ def log_panel(tracking_uri: str, run_id: str, loaded, samples: list, folder: Pat
     model = prepare_for_inference(loaded.model, "cpu")
     colors = loaded.class_map.colors
     panels = [
-        panel(image, predict(model, image, preprocess=loaded.preprocess).mask, mask, colors)
+        panel(
+            display_image(image),  # 16-bit and float images stretched to 8 bits
+            predict(model, image, preprocess=loaded.preprocess).mask,
+            mask,
+            colors,
+        )
         for _, image, mask in samples
     ]
     path = folder / "validation_panel.png"
