@@ -211,10 +211,11 @@ class TrainJobConfig(DecodeFlags):
                     f"--group-by {self.group_by!r} is not a regular expression ({exc}); "
                     "e.g. '^(.*)_\\d+$' groups names by what comes before a trailing number"
                 )
-        if self.plan not in (None, "auto") or (self.plan and not (self.budget_minutes or 0) > 0):
+        plan, budget = self.plan, self.budget_minutes  # both or neither, budget > 0
+        wrong = budget is not None and budget <= 0
+        if wrong or (plan, budget is None) not in ((None, True), ("auto", False)):
             problems.append(
-                f"--plan must be auto, with --budget-minutes M > 0; got --plan {self.plan} "
-                f"--budget-minutes {self.budget_minutes}"
+                f"--plan auto and --budget-minutes M (> 0) go together; got {plan}, {budget}"
             )
         if self.in_channels is not None and self.in_channels < 1:
             problems.append(f"--in-channels must be >= 1, got {self.in_channels}")
@@ -354,9 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         group = groups[section]
         text = doc if default is None else f"{doc} (default: {default})"
         metavar = {int: "N", float: "X"}.get(base_type(tp)[0], "TEXT")
-        metavar = {"num_workers": "N|MIN-MAX", "device": "|".join(DEVICES), "plan": "auto"}.get(
-            name, metavar
-        )
+        metavar = {"num_workers": "N|MIN-MAX", "device": "|".join(DEVICES)}.get(name, metavar)
         add_field_flag(group, name, tp, text, metavar=metavar)
     add_old_flags(parser, OLD_SPELLINGS)
     return parser
@@ -371,9 +370,7 @@ def resolve_config(
     given = tuple(sorted(values))
     if values.get("data") is None:
         values = {**DEMO_PRESET, **values}
-    cfg = TrainJobConfig.from_flat(values)
-    cfg.given = given
-    return cfg
+    return dataclasses.replace(TrainJobConfig.from_flat(values), given=given)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainJobConfig:

@@ -218,3 +218,23 @@ def test_a_size_that_ran_out_of_memory_is_no_candidate():
     assert planned.train_values()["base_width"] == 48  # the widest that fits
     with pytest.raises(ValueError, match="no candidate size fits a gpu worker"):
         make_plan(fp, budget_minutes=60, resources=GPU, step_seconds=[out_of_memory] * 3)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--plan", "auto"], ["--budget-minutes", "5"], ["--plan", "best", "--budget-minutes", "5"],
+     ["--plan", "auto", "--budget-minutes", "0"]],
+)  # fmt: skip
+def test_train_refuses_a_plan_without_a_budget_and_the_reverse(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "/data/set", *argv])
+    assert "--plan auto and --budget-minutes M (> 0) go together" in capsys.readouterr().err
+
+
+def test_train_plan_auto_knows_which_fields_were_given(tmp_path):
+    recipe = tmp_path / "given.yaml"
+    recipe.write_text("train:\n  lr: 0.01\nmodel:\n  depth: 3\n")
+    cfg = parse_args(["--config", str(recipe), "--data", "/d", "--plan", "auto",
+                      "--budget-minutes", "5", "--epochs", "4"])  # fmt: skip
+    assert {"lr", "depth", "epochs", "data", "plan"} <= set(cfg.given)
+    assert "crop_size" not in cfg.given and "base_width" not in cfg.given
