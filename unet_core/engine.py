@@ -20,6 +20,7 @@ from torch import nn
 from unet_core.classes import ClassMap
 from unet_core.config import ModelConfig, PreprocessConfig, TrainConfig
 from unet_core.data import Pair, pair_images_and_masks, read_image, read_mask, split_pairs
+from unet_core.image_files import DecodeOptions
 from unet_core.losses import SegmentationLoss, class_pixel_counts, median_frequency_weights
 from unet_core.metrics import ConfusionMatrix
 from unet_core.model import UNet
@@ -187,7 +188,10 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Batch:
         pair = self.pairs[index]
-        image = read_image(self.root / pair.image, channels=self.preprocess.channels)
+        options = DecodeOptions(pixel_values=self.preprocess.pixel_values)  # 8-bit or own values
+        image = read_image(
+            self.root / pair.image, channels=self.preprocess.channels, options=options
+        )
         mask = read_mask(self.root / pair.mask, self.class_map)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image, mask = self.transform(image, mask, rng)
