@@ -1,7 +1,9 @@
 """Test-time augmentation: the mean softmax over flipped and rotated views of a batch.
 
-Modes (``TTA_MODES``): "none" (the plain prediction), "flip" (identity, left-right and up-down
-mirrors: 3 passes; ``tta=True``), "dihedral" (the 8 symmetries of the square: rotations by 0,
+Modes (``TTA_MODES``): "none" (the plain prediction), "hflip" (identity and the left-right
+mirror: 2 passes; for scenes with an up and a down, such as street views, where an upside-down
+view is one the model never learnt), "flip" (identity, left-right and up-down mirrors: 3 passes;
+``tta=True``), "dihedral" (the 8 symmetries of the square: rotations by 0,
 90, 180 and 270 degrees, each with and without a mirror: 8 passes). Each view's probabilities
 are mapped back to the input's orientation before the mean. A view that turns by 90 degrees
 swaps height and width; the model pads any size to its multiple of 2**depth itself.
@@ -16,7 +18,7 @@ import torch
 
 __all__ = ["TTA_MODES", "View", "mean_softmax", "resolve_tta", "views"]
 
-TTA_MODES = ("none", "flip", "dihedral")
+TTA_MODES = ("none", "hflip", "flip", "dihedral")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class View:
 
 _VIEWS = {
     "none": (View(),),
+    "hflip": (View(), View(hflip=True)),
     "flip": (View(), View(hflip=True), View(vflip=True)),
     "dihedral": tuple(
         View(t, h, v) for t in (False, True) for h in (False, True) for v in (False, True)

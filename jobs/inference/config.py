@@ -35,7 +35,7 @@ DEFAULT_MODEL_URI = "models:/unet@champion"
 MASK_FORMATS = ("indices", "values", "color")
 MANIFEST_FORMATS = ("parquet", "jsonl")
 AMP_MODES = ("auto", "bf16", "off")
-TTA_MODES = ("none", "flip", "dihedral")
+TTA_MODES = ("none", "hflip", "flip", "dihedral")
 """--tta (`unet_core.tta.TTA_MODES`, which a unit test compares)."""
 TILE_SIZE_CPU = 512
 """--tile-size on CPU actors (`unet_core.inference_device.TILE_SIZE_CPU`, which a unit test
@@ -112,7 +112,7 @@ class InferenceConfig(DecodeFlags):
     tile_overlap: int = 64
     """Overlap in pixels between neighbouring tiles (blended with linear ramps)."""
     tta: str = "none"
-    """Test-time augmentation, the mean softmax over views of each image: none; flip (identity, left-right and up-down mirrors: 3x the compute); dihedral (the 8 rotations by 90 degrees and mirrors: 8x, for data without a preferred orientation, such as microscopy)."""
+    """Test-time augmentation, the mean softmax over views of each image: none; hflip (identity and the left-right mirror: 2x, for scenes with an up and a down, such as street views); flip (identity, left-right and up-down mirrors: 3x the compute); dihedral (the 8 rotations by 90 degrees and mirrors: 8x, for data without a preferred orientation, such as microscopy)."""
     compile: bool = False
     """torch.compile the model in each actor (inductor; the first batch of each image size pays the compilation, about a minute on a small CPU; falls back to eager with a warning where compiling fails). Measured in docs/benchmarks.md: worth it only for long runs of one image size."""
     amp: str = "auto"

@@ -309,8 +309,8 @@ def inference_settings(fp: Fingerprint, res: Resources, depth: int) -> dict[str,
     overlap = min(tile // 4, max(32, rules.receptive_field(depth) // 2 // 32 * 32))
     return {
         "tta": Choice(
-            "flip" if fp.vertical_layout else "dihedral",
-            "vertical layout: the identity and mirrors"
+            "hflip" if fp.vertical_layout else "dihedral",
+            "vertical layout: the identity and the left-right mirror (never upside down)"
             if fp.vertical_layout
             else "no vertical layout: the 8 rotations and mirrors",
         ),

@@ -136,7 +136,7 @@ def test_views_are_the_eight_symmetries_and_invert_exactly():
 @pytest.mark.parametrize("bad", ["rot", "", 2, None])
 def test_invalid_mode_names_the_modes(bad):
     model, x = _unet(), _batch()
-    msg = "tta must be one of \\('none', 'flip', 'dihedral'\\)"
+    msg = "tta must be one of \\('none', 'hflip', 'flip', 'dihedral'\\)"
     with pytest.raises(ValueError, match=msg):
         resolve_tta(bad)
     with pytest.raises(ValueError, match=msg):
@@ -145,7 +145,18 @@ def test_invalid_mode_names_the_modes(bad):
         predict(model, _image(16, 16), preprocess=PRE, tta=bad)
     with pytest.raises(ValueError, match=msg):
         predict_batch(model, [], preprocess=PRE, tta=bad)
-    assert TTA_MODES == ("none", "flip", "dihedral")
+    assert TTA_MODES == ("none", "hflip", "flip", "dihedral")
+
+
+def test_hflip_never_turns_a_scene_upside_down():
+    # A model that only sees the top half's mean: any up-down view would change its answer.
+    x = torch.zeros(1, 1, 8, 8)
+    x[..., :4, :] = 1.0
+    selected = views("hflip")
+    assert len(selected) == 2 and not any(v.vflip or v.transpose for v in selected)
+    for view in selected:
+        assert torch.equal(view.apply(x)[..., :4, :], x[..., :4, :])
+        assert torch.equal(view.invert(view.apply(x)), x)
 
 
 def test_tiled_prediction_with_dihedral():

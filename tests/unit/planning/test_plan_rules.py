@@ -134,10 +134,10 @@ def test_image_size_sets_crop_depth_and_tile():
     assert plan(fingerprint(side=512)).values("evaluate")["tile_size"] == 512
 
 
-def test_a_vertical_layout_means_no_vertical_flips_and_flip_tta():
+def test_a_vertical_layout_means_no_vertical_flips_and_hflip_tta():
     scene = plan(fingerprint(layout=True, channels=3)).values("train")
     assert scene["vflip"] == 0 and scene["rotate90"] == 0 and scene["hflip"] > 0
-    assert plan(fingerprint(layout=True, channels=3)).values("segment")["tta"] == "flip"
+    assert plan(fingerprint(layout=True, channels=3)).values("segment")["tta"] == "hflip"
     free = plan(fingerprint(layout=False))
     assert free.values("train")["vflip"] > 0 and free.values("train")["rotate90"] > 0
     assert free.values("evaluate")["tta"] == "dihedral"
