@@ -122,6 +122,6 @@ def run_plan(cfg: PlanConfig) -> dict[str, Any]:
         summary["plan"] = plan.train_values()
     return {
         **summary,
-        "elapsed_seconds": round(time.monotonic() - started, 2),
+        "seconds": round(time.monotonic() - started, 2),
         "fingerprint": fingerprint.to_dict(),
     }
