@@ -218,8 +218,9 @@ def _normalized(model: nn.Module, images: np.ndarray, preprocess: PreprocessConf
 
 def _host_tensor(array: np.ndarray) -> torch.Tensor:
     """A CPU tensor of ``array``'s pixels; a contiguous view where it can, else a copy (also of a
-    read-only array, as ``np.asarray(pil_image)`` gives, which torch will not wrap)."""
-    array = np.ascontiguousarray(array)
+    read-only array, as ``np.asarray(pil_image)`` gives, which torch will not wrap). 16-bit
+    pixels travel as int32 (exact; torch has few uint16 kernels on CUDA)."""
+    array = np.ascontiguousarray(array.astype(np.int32) if array.dtype == np.uint16 else array)
     return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 

@@ -133,7 +133,9 @@ class Predictor:
 
     def _forward(self, images: list[np.ndarray]) -> list[ImagePrediction]:
         """One forward pass over equal-size HxWxC images (uint8; a native model's own type)."""
-        x = to_device(torch.from_numpy(np.stack(images)), self.device)  # (B, H, W, C)
+        stacked = np.stack(images)  # 16-bit as int32: exact, and every device has its kernels
+        stacked = stacked.astype(np.int32) if stacked.dtype == np.uint16 else stacked
+        x = to_device(torch.from_numpy(stacked), self.device)  # (B, H, W, C)
         x = normalize_batch(x, self.preprocess)  # (B, C, H, W), on the device
         classes, confidence = predict_tensor(
             self.model, x, tta=self.options.tta, amp=self.options.amp

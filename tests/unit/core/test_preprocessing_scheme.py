@@ -161,3 +161,18 @@ def test_model_input_keeps_own_values_for_native_models_only():
     np.testing.assert_array_equal(model_input(image[:, :, 0], pre), image)
     with pytest.raises(ValueError, match="uint8"):
         model_input(image, Preprocessing.for_channels(1))
+
+
+def test_predict_on_sixteen_bit_arrays_is_the_normalised_forward_pass():
+    from unet_core.config import ModelConfig
+    from unet_core.model import UNet
+    from unet_core.predict import predict
+
+    torch.manual_seed(0)
+    model = UNet.from_config(ModelConfig(in_channels=4, num_classes=2, base_width=4, depth=2))
+    image = RNG.integers(0, 65536, size=(16, 24, 4), dtype=np.uint16)
+    pre = fit_preprocessing(channel_statistics([image]))
+    with torch.inference_mode():
+        logits = model.eval()(torch.from_numpy(pre.normalize(image))[None])[0]
+    got = predict(model, image, preprocess=pre, tile_size=None, amp=False).mask
+    np.testing.assert_array_equal(got, logits.argmax(dim=0).numpy())
