@@ -44,7 +44,7 @@ def test_tally_sums_matrices_and_keeps_the_first_failures_by_key():
     assert tally.add(scored(["ok0", *late], failed=set(late))) == 8
     assert tally.add(scored([*early, "ok1"], failed=set(early))) == 8
     assert (tally.ok, tally.failed) == (2, 16)
-    assert [f["image"] for f in tally.failures] == (early + late)[:FAILURE_EXAMPLES]
+    assert [f["input"] for f in tally.failures] == (early + late)[:FAILURE_EXAMPLES]
     # ok0 is row 0 of its batch, ok1 row 8 of its own: [[0 + 8, 2], [0, 4]]
     assert tally.matrix.matrix.tolist() == [[8, 2], [0, 4]]
 

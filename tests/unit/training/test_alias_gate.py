@@ -72,7 +72,7 @@ def test_tags_and_summary_hold_both_figures_or_the_reason():
         "val_miou_on_this_split": "0.610000",
         "val_pairs_compared": "5",
     }
-    assert done.to_dict()["champion_val_miou"] == 0.72 and done.to_dict()["compared"] is True
+    assert done.to_dict()["champion_val_mean_iou"] == 0.72 and done.to_dict()["compared"] is True
     refused = ChampionComparison("champion", "3", refused="x" * 900)
     assert refused.tags() == {"champion_version": "3", "champion_not_compared": "x" * 500}
     assert refused.to_dict()["compared"] is False
