@@ -56,7 +56,7 @@ def _stats_pre(arrays, scheme=None):
 @pytest.mark.parametrize("scheme", ["legacy_uint8", "scale_zscore", "clip_zscore"])
 def test_numpy_and_torch_normalise_bit_for_bit(image, scheme):
     if scheme == "legacy_uint8" and image.shape[3] not in (1, 3):
-        pytest.skip("legacy_uint8 takes 1 or 3 channels")
+        image = image[..., :3]  # a legacy model takes 1 or 3 channels: its first three
     pre = _stats_pre(list(image), scheme)
     batch = normalize_batch(torch.from_numpy(image), pre).numpy()
     for i in range(len(image)):
