@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # `python jobs/evaluate.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.common.cli import command_name
-from jobs.common.exits import criterion_failed, dry_run_result, run_job
+from jobs.common.exits import criterion_failed, dry_run_result, run_job, too_many_failed
 from jobs.common.logs import setup_logging
 from jobs.evaluating.job import run_evaluation
 from jobs.inference.config import EvaluateConfig, parse_config
@@ -76,7 +76,7 @@ def evaluate(cfg: EvaluateConfig) -> tuple[dict[str, Any], int]:
     if cfg.dry_run:
         return dry_run_result(summary)
     log_figures(summary)
-    if summary["failed"] > 0 and summary["failed_fraction"] > cfg.max_failed_fraction:
+    if too_many_failed(summary, cfg.max_failed_fraction):
         first = summary["failed_inputs"][0]
         return criterion_failed(
             summary,

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # `python jobs/segment.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.common.cli import command_name
-from jobs.common.exits import criterion_failed, dry_run_result, run_job
+from jobs.common.exits import criterion_failed, dry_run_result, run_job, too_many_failed
 from jobs.common.logs import setup_logging
 from jobs.inference.config import SegmentConfig, parse_config
 from jobs.segmenting.job import run_segmentation
@@ -59,7 +59,7 @@ def segment(cfg: SegmentConfig) -> tuple[dict[str, Any], int]:
         summary["images_per_second"],
         summary["manifest"],
     )
-    if summary["failed"] > 0 and summary["failed_fraction"] > cfg.max_failed_fraction:
+    if too_many_failed(summary, cfg.max_failed_fraction):
         return criterion_failed(
             summary,
             f"{summary['failed']} of {summary['total']} inputs failed "

@@ -141,6 +141,12 @@ def usage_exit(code: int | str | None, stderr: str = "") -> int:
     return code
 
 
+def too_many_failed(summary: dict[str, Any], max_failed_fraction: float) -> bool:
+    """The failure criterion of segment and evaluate (exit 1): some inputs failed, and more
+    than ``--max-failed-fraction`` of them."""
+    return summary["failed"] > 0 and summary["failed_fraction"] > max_failed_fraction
+
+
 def criterion_failed(summary: dict[str, Any], reason: str) -> tuple[dict[str, Any], int]:
     """A job that ran and failed its own criterion: its summary with the reason, and exit 1."""
     say(reason)

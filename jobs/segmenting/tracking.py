@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.common import fs
+from jobs.common.exits import too_many_failed
 from jobs.common.mlflow_store import mlflow_client
 from jobs.common.model_lineage import JOB_TAG, model_tags, tag_model_version
 from jobs.common.model_source import FetchedModel
@@ -66,11 +67,6 @@ METRICS = (
 NOT_PARAMS = frozenset({"log_level", "progress_seconds", "dry_run", "log_to_mlflow", "experiment"})
 """Config fields that change no output and are no setting of the run."""
 _ASSET = re.compile(r"""src="(report/[A-Za-z0-9_.\-]+)\"""")
-
-
-def failed_its_criterion(summary: Mapping[str, Any], max_failed_fraction: float) -> bool:
-    """The segment job's exit-1 rule: some inputs failed, more than --max-failed-fraction."""
-    return summary["failed"] > 0 and summary["failed_fraction"] > max_failed_fraction
 
 
 class SegmentRun:
@@ -160,7 +156,7 @@ class SegmentRun:
             with self._guard(f"tag model version {name}/{version} with this run"):
                 tags = {"segment_run_id": self.run_id, "segment_output": summary.get("output")}
                 tag_model_version(self.client, name, version, tags)
-        failed = failed_its_criterion(summary, self.cfg.max_failed_fraction)
+        failed = too_many_failed(dict(summary), self.cfg.max_failed_fraction)
         self.end("FAILED" if failed else "FINISHED")
         return self.run_id
 

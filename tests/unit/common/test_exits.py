@@ -120,3 +120,10 @@ def test_usage_errors_print_a_json_line_naming_argparses_reason_and_help_does_no
     assert exits.run_job("train", lambda: parser.parse_args(["--help"]), None) == 0
     out = capsys.readouterr().out
     assert "usage:" in out and not out.strip().splitlines()[-1].startswith("{")  # no JSON
+
+
+def test_too_many_failed_is_over_the_fraction_and_never_at_zero_failures():
+    assert not exits.too_many_failed({"failed": 0, "failed_fraction": 0.0}, 0.0)
+    assert exits.too_many_failed({"failed": 1, "failed_fraction": 0.1}, 0.0)
+    assert not exits.too_many_failed({"failed": 1, "failed_fraction": 0.1}, 0.1)  # at it: ok
+    assert exits.too_many_failed({"failed": 2, "failed_fraction": 0.2}, 0.1)
