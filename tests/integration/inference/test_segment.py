@@ -113,7 +113,7 @@ def test_segment_and_evaluate_with_dihedral_tta(
     assert report["mean_iou"] != plain_report["mean_iou"]
     code, refused = run_main(segment.main, [*args, "--model", ckpt, "--tta", "rot90"], capsys)
     assert code == 2 and refused["kind"] == "usage"
-    assert "--tta must be one of none, flip, dihedral" in refused["error"]
+    assert "--tta must be one of none, hflip, flip, dihedral" in refused["error"]
 
 
 def test_segment_mask_formats_and_jsonl(tmp_path, ray_local, registered, synthetic_root, capsys):
