@@ -41,7 +41,13 @@ from PIL import Image
 from jobs.common import fs
 from jobs.reporting import qc_page
 from jobs.segmenting import manifest
-from jobs.segmenting.layout import ASSETS_DIR, REPORT_NAME, is_temporary, parse_settings
+from jobs.segmenting.layout import (
+    ASSETS_DIR,
+    REPORT_NAME,
+    is_temporary,
+    parse_settings,
+    run_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +115,7 @@ class ManifestStats:
         spans = [("finished_at", "min"), ("finished_at", "max"), ("status", "count")]
         for g in table.group_by(JOB_KEYS).aggregate(spans).to_pylist():
             new = {**{k: g[k] for k in JOB_KEYS}, "rows": 0, "first": None, "last": None}
+            new["settings"] = run_settings(new["settings"])  # a row's own tiling aside
             job = self.jobs.setdefault(g["job_id"] or "", new)
             job["rows"] += g["status_count"]
             first, last = g["finished_at_min"], g["finished_at_max"]

@@ -92,19 +92,19 @@ def output_settings(
 
 
 def row_settings(settings: str | None, *, tiled: bool | None) -> str | None:
-    """What an input's manifest row records of the run's `output_settings`: all of them for an
-    image predicted in tiles (or not predicted: None), else `UNTILED` in place of the tile size
-    and overlap, which did not touch its pixels."""
+    """What an input's manifest row records of the run's `output_settings`: the run's string,
+    with `UNTILED` appended for an image predicted whole, which the tile size and overlap did
+    not touch (`run_settings` gives the run's string back)."""
     if settings is None or tiled is None or tiled:
         return settings
-    items = []
-    for item in settings.split():
-        name = item.split("=", 1)[0]
-        if name == "tile_size":
-            items.append(UNTILED)
-        elif name != "overlap":
-            items.append(item)
-    return " ".join(items)
+    return f"{settings} {UNTILED}"
+
+
+def run_settings(settings: str | None) -> str | None:
+    """A row's settings -> the run's `output_settings` (without `UNTILED`)."""
+    if settings is None:
+        return None
+    return " ".join(item for item in settings.split() if item != UNTILED)
 
 
 def parse_settings(settings: str | None) -> dict[str, str]:

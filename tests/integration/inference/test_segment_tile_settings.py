@@ -79,7 +79,7 @@ def test_cpu_then_gpu_tile_default_share_an_output(tmp_path, ray_local, syntheti
     assert code == 0 and first["ok"] == 4, first
     recorded = {r["relative_path"]: r["settings"] for r in latest_rows(str(out)).to_pylist()}
     assert recorded == {
-        **{n: "mask_format=indices tta=0 tiled=0" for n in half[:3]},
+        **{n: f"{CPU_TILES} tiled=0" for n in half[:3]},
         "large0.png": CPU_TILES,
     }
     older = tmp_path / "older"  # the same output, as an earlier release recorded it
@@ -112,7 +112,9 @@ def test_cpu_then_gpu_tile_default_share_an_output(tmp_path, ray_local, syntheti
         np.testing.assert_array_equal(got[n], want[n], err_msg=n)
         np.testing.assert_array_equal(got[n], whole[n], err_msg=n)
     rows = {r["relative_path"]: r["settings"] for r in latest_rows(str(out)).to_pylist()}
-    assert set(rows.values()) == {"mask_format=indices tta=0 tiled=0"}  # nothing tiled at 1024
+    assert set(rows.values()) == {  # nothing tiled at 1024
+        "mask_format=indices tta=0 tile_size=1024 overlap=64 tiled=0"
+    }
     code, again = run("--tile-size", 1024)
     assert code == 0 and (again["ok"], again["skipped"]) == (0, 8), again
 

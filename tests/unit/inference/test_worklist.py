@@ -13,7 +13,14 @@ import pytest
 
 from jobs.common import fs
 from jobs.segmenting import leases, listing, manifest, worklist
-from jobs.segmenting.layout import Provenance, mask_key, output_settings, row_settings, same_pixels
+from jobs.segmenting.layout import (
+    Provenance,
+    mask_key,
+    output_settings,
+    row_settings,
+    run_settings,
+    same_pixels,
+)
 from unet_core.predict import needs_tiles
 
 OURS = Provenance("sha-new", "mask_format=indices", "models:/unet/2")
@@ -241,14 +248,15 @@ def test_rows_record_the_tiling_the_image_got():
     assert (
         row_settings(CPU, tiled=True) == CPU == "mask_format=indices tta=0 tile_size=512 overlap=64"
     )
-    assert row_settings(CPU, tiled=False) == "mask_format=indices tta=0 tiled=0"
+    assert row_settings(CPU, tiled=False) == f"{CPU} tiled=0"
+    assert run_settings(row_settings(CPU, tiled=False)) == CPU == run_settings(CPU)
     assert row_settings(CPU, tiled=None) == CPU  # not predicted: the run's settings
     assert row_settings(None, tiled=False) is None
     with_exif = output_settings(mask_format="color", tta="dihedral", tile_size=512,
                                 tile_overlap=64, exif_transpose=False)  # fmt: skip
     assert (
         row_settings(with_exif, tiled=False)
-        == "mask_format=color tta=dihedral tiled=0 exif_transpose=0"
+        == "mask_format=color tta=dihedral tile_size=512 overlap=64 exif_transpose=0 tiled=0"
     )
 
 
@@ -306,7 +314,7 @@ def test_a_gpu_rerun_skips_what_cpu_tiles_did_not_touch():
     other = {labels[c]: n for c, n in worklist.count(decided)["other"].items()}
     assert other == {
         f"models:/unet/2 ({CPU})": 2,
-        "models:/unet/1 (mask_format=indices tta=0 tiled=0)": 1,
+        f"models:/unet/1 ({CPU} tiled=0)": 1,
     }
     again, _ = _decide(listed, rows, rels, ours=cpu_run)  # the CPU run's own rerun: all done
     assert set(again["decision"].to_pylist()) == {worklist.DONE, worklist.OTHER}
