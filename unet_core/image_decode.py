@@ -19,7 +19,14 @@ from unet_core.image_files import (
 )
 from unet_core.preprocessing import as_supported_dtype, fit_channels, read_array_oriented
 
-__all__ = ["decode_image", "decode_image_oriented", "display_image", "model_input", "read_image"]
+__all__ = [
+    "decode_for_display",
+    "decode_image",
+    "decode_image_oriented",
+    "display_image",
+    "model_input",
+    "read_image",
+]
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -178,3 +185,19 @@ def display_image(image: np.ndarray) -> np.ndarray:
     low, high = x.min(axis=(0, 1)), x.max(axis=(0, 1))
     x = (x - low) * (255.0 / np.where(high > low, high - low, 1.0))
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def decode_for_display(
+    data: bytes, *, source: str = "<image>", options: DecodeOptions = DEFAULT_OPTIONS
+) -> np.ndarray:
+    """Encoded bytes -> HxWx3 uint8 to look at (the QC report's thumbnails): an 8-bit decode
+    with ``options``, as the mask was made; for a model that reads pixels as they come, or a
+    file only such a read takes (a 4-band or float TIFF), `display_image` of its own values,
+    grey replicated to RGB."""
+    if options.pixel_values != "native":
+        try:
+            return decode_image(data, channels=3, source=source, options=options)
+        except ImageDecodeError:
+            pass
+    shown = display_image(read_array_oriented(data, source=source, options=options)[0])
+    return shown[:, :, :3] if shown.shape[2] >= 3 else np.repeat(shown[:, :, :1], 3, axis=2)

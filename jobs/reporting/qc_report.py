@@ -232,13 +232,12 @@ def _thumbnails(
 ) -> dict:
     """PNG bytes of the image, the coloured mask and the overlay of one manifest row, at most
     `THUMB_SIDE` pixels on a side (both shrunk before blending: a huge image costs little)."""
-    from unet_core.data import decode_image
+    from unet_core.image_decode import decode_for_display
     from unet_core.image_files import DEFAULT_OPTIONS
     from unet_core.viz import colorize_mask, overlay
 
-    image = decode_image(  # with the job's decode options, as its masks were made
+    image = decode_for_display(  # with the job's decode options, as its mask was made
         fs.read_bytes(row["input"], endpoint_url=endpoint_url),
-        channels=3,
         source=row["input"],
         options=decode or DEFAULT_OPTIONS,
     )
