@@ -21,7 +21,7 @@ from torch import nn
 
 from unet_core.classes import ClassMap
 from unet_core.config import ModelConfig, PreprocessConfig
-from unet_core.model import UNet
+from unet_core.model import UNet, build_model
 
 FORMAT = "unet-ray/1"
 _KEYS = ("state_dict", "model_config", "class_map", "preprocess")
@@ -205,7 +205,7 @@ def load_checkpoint(
         raise ValueError(f"{name}: checkpoint lacks {missing}; the file is incomplete")
     try:
         model_config = ModelConfig.from_dict(payload["model_config"])
-        model = UNet.from_config(model_config)
+        model = build_model(model_config)
         model.load_state_dict({_strip_prefixes(k): v for k, v in payload["state_dict"].items()})
         preprocess = PreprocessConfig.from_dict(payload["preprocess"])
     except (TypeError, ValueError, RuntimeError) as exc:

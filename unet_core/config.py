@@ -12,6 +12,16 @@ IGNORE_INDEX = 255
 
 NORMS = ("batch", "group", "none")
 UPSAMPLINGS = ("transpose", "bilinear")
+ENCODERS = (
+    "unet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "efficientnet-lite0",
+    "efficientnet-lite1",
+    "efficientnet-lite2",
+)
+"""`ModelConfig.encoder` choices: the plain UNet encoder, or a pretrainable backbone (docs/encoders.md)."""
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -38,8 +48,15 @@ class ModelConfig:
     """Decoder upsampling: transpose (2x2 transposed conv, as the paper) or bilinear."""
     dropout: float = 0.0
     """Dropout probability in the bottleneck block."""
+    encoder: str = "unet"
+    """Encoder of the UNet: unet (the plain UNet down path, widths from base_width, `depth` poolings), resnet18, resnet34, resnet50 (torchvision's layer names, so its state dicts load), efficientnet-lite0, efficientnet-lite1, efficientnet-lite2. The pretrained encoders have 5 fixed stride-2 stages: `depth` is ignored (always 5, inputs padded to a multiple of 32) and base_width sets the decoder widths only (docs/encoders.md)."""
 
     def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(
+                f"encoder must be one of {ENCODERS}, got {self.encoder!r} (files without the key "
+                "are unet models)"
+            )
         if self.in_channels < 1:
             raise ValueError(
                 f"in_channels must be >= 1 (1 grayscale, 3 RGB, N bands), got {self.in_channels}"
@@ -50,7 +67,8 @@ class ModelConfig:
             )
         if self.base_width < 1 or self.depth < 1:
             raise ValueError(
-                f"base_width and depth must be >= 1, got {self.base_width} and {self.depth}"
+                f"base_width and depth must be >= 1, got {self.base_width} and {self.depth} "
+                "(depth counts for encoder unet only: the pretrained encoders have 5 stages)"
             )
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")

@@ -6,6 +6,7 @@ Pure PyTorch: no device placement, DDP, AMP or compile here (see unet_core.predi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,16 @@ class UNet(nn.Module):
         """A copy of the architecture settings (enough to rebuild the model)."""
         return ModelConfig(**self._config.to_dict())
 
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """The stem and the down path (the bottleneck included)."""
+        yield from self.stem.parameters()
+        yield from self.down.parameters()
+
+    def decoder_parameters(self) -> Iterator[nn.Parameter]:
+        """The up path and the 1x1 head."""
+        yield from self.up.parameters()
+        yield from self.head.parameters()
+
     def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -147,3 +158,20 @@ class UNet(nn.Module):
             x = block(x, skips.pop())  # (B, w_i, H_pad / 2^i, W_pad / 2^i)
         logits = self.head(x)  # (B, K, H_pad, W_pad)
         return logits[..., :h, :w]  # (B, K, H, W)
+
+
+def required_multiple(config: ModelConfig) -> int:
+    """What the model pads H and W up to internally: 2**depth for unet, 32 for the others."""
+    return 2**config.depth if config.encoder == "unet" else 32
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model of `config.encoder`: UNet for unet (bit for bit `UNet.from_config`), else a
+    UNet decoder over a pretrainable encoder (unet_core.encoders.EncoderUNet). Every model has
+    `.config`, `encoder_parameters()`, `decoder_parameters()` and gives logits of the input's
+    H x W for any input size."""
+    if config.encoder == "unet":
+        return UNet.from_config(config)
+    from unet_core.encoders.unet import EncoderUNet
+
+    return EncoderUNet(config)

@@ -135,5 +135,5 @@ def test_model_module_imports_only_torch():
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
             assert not (node.module or "").startswith("torch.distributed")
-    assert imported <= {"__future__", "math", "torch", "unet_core"}
+    assert imported <= {"__future__", "collections", "math", "torch", "unet_core"}
     assert ".cuda(" not in Path(unet_core.model.__file__).read_text()
