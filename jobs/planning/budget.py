@@ -7,9 +7,17 @@ from __future__ import annotations
 import logging
 
 from jobs.planning.fingerprint import Fingerprint
-from jobs.planning.plan import Plan, candidates, make_plan, scaled_step_seconds
+from jobs.planning.plan import (
+    Plan,
+    augmentation,
+    balance,
+    candidates,
+    in_channels,
+    make_plan,
+    scaled_step_seconds,
+)
 from jobs.planning.rules import Resources, bucket
-from jobs.planning.steptime import measure
+from jobs.planning.steptime import DataSample, measure
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +80,8 @@ def plan_for_budget(
             cpus_per_worker=resources.cpus_per_worker,
             gpus_per_worker=resources.gpus_per_worker,
             amp=amp,
+            data=data_sample(fp),
+            num_workers=resources.num_workers,
         )["seconds"]
     plan = make_plan(fp, budget_minutes=budget_minutes, resources=resources, step_seconds=times)
     logger.info(
@@ -82,6 +92,21 @@ def plan_for_budget(
         ", ".join(f"{k}={v}" for k, v in plan.train_values().items() if k in _SUMMARY),
     )
     return plan
+
+
+def data_sample(fp: Fingerprint) -> DataSample:
+    """An image like the data set's (median size, channels, pixel type) and the plan's
+    augmentation and border weights: what the step-time measurement makes batches from."""
+    sizes = fp.sizes
+    dtype = fp.intensity.dtype if fp.intensity is not None else "uint8"
+    return DataSample(
+        height=int(sizes.median_height or 256),
+        width=int(sizes.median_width or 256),
+        channels=in_channels(fp),
+        dtype=dtype,
+        num_classes=max(2, len(fp.classes)),
+        train={k: c.value for k, c in {**augmentation(fp), **balance(fp)}.items()},
+    )
 
 
 _SUMMARY = ("crop_size", "base_width", "depth", "batch_size", "epochs", "samples_per_epoch", "lr")

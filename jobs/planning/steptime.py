@@ -5,6 +5,14 @@ training worker gets, so that on a cluster it runs on the node type training wil
 On CPU the steps run at a crop of at most `CPU_MEASURE_CROP` and are scaled by pixels (CPU time
 per pixel barely depends on the crop), so the whole measurement takes a few seconds; on GPU they
 run at the planned crop. Each candidate's time is the median of its steps after one warm-up.
+
+A training step also waits for its batch: the planned augmentation (warps, elastic deformation),
+the border weight maps and the collation of `batch_size` crops, made from an image of the data's
+median size, channels and pixel type. On CPU the batch is made on the worker's own CPUs while
+the model trains on them (they add up); on GPU it overlaps the step (the slower one sets the
+pace). Workers that share a node share its cores and memory bandwidth, so on CPU as many timing
+tasks run at once as training workers fit on one node, and the slowest sets the step time (a
+DDP step waits for its slowest worker).
 """
 
 from __future__ import annotations
@@ -45,11 +53,33 @@ class Candidate:
     """Normalisation of the blocks."""
 
 
+@dataclass(frozen=True)
+class DataSample:
+    """What the training crops are made from, for timing the data pipeline."""
+
+    height: int
+    """Image height (the data set's median)."""
+    width: int
+    """Image width (the data set's median)."""
+    channels: int
+    """Image channels."""
+    dtype: str
+    """NumPy pixel type of the decoded images (uint8, uint16, float32)."""
+    num_classes: int
+    """Classes of the masks."""
+    train: dict[str, Any]
+    """TrainConfig fields of the planned augmentation and border weights."""
+
+
 def time_candidates(
-    candidates: list[dict[str, Any]], device: str, amp: str = "auto"
+    candidates: list[dict[str, Any]],
+    device: str,
+    amp: str = "auto",
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Seconds per training step of each candidate on this process's device (cuda for gpu),
-    and the device's memory in GB (None on CPU). Runs inside the Ray task."""
+    with the time to make its batch from ``data`` (a `DataSample`; None: the model alone), and
+    the device's memory in GB (None on CPU). Runs inside the Ray task."""
     import torch
 
     from unet_core.losses import SegmentationLoss
@@ -61,8 +91,12 @@ def time_candidates(
     memory = (
         torch.cuda.get_device_properties(dev).total_memory / 1e9 if dev.type == "cuda" else None
     )
-    out = []
+    out, batch_seconds = [], {}
     for c in (Candidate(**c) for c in candidates):
+        if data is not None and (c.crop_size, c.batch_size) not in batch_seconds:
+            batch_seconds[c.crop_size, c.batch_size] = time_batches(
+                DataSample(**data), crop=c.crop_size, batch=c.batch_size
+            )
         crop = c.crop_size if dev.type == "cuda" else min(c.crop_size, CPU_MEASURE_CROP)
         torch.manual_seed(0)
         model = UNet(
@@ -77,11 +111,62 @@ def time_candidates(
             seconds = _median_step(model, optimizer, loss_fn, x, y, dev, dtype, device)
         except torch.cuda.OutOfMemoryError:  # this size does not fit: no candidate
             seconds = float("inf")
-        out.append(seconds * (c.crop_size / crop) ** 2)  # CPU: time per pixel is flat in the crop
+        seconds *= (c.crop_size / crop) ** 2  # CPU: time per pixel is flat in the crop
+        making = batch_seconds.get((c.crop_size, c.batch_size), 0.0)
+        out.append(seconds + making if dev.type == "cpu" else max(seconds, making))
         del model, optimizer, x, y
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    return {"seconds": out, "gpu_memory_gb": memory}
+    return {"seconds": out, "gpu_memory_gb": memory, "batch_seconds": list(batch_seconds.values())}
+
+
+def time_batches(sample: DataSample, *, crop: int, batch: int) -> float:
+    """Median seconds to make one training batch of `batch` crops of `crop` px from an image
+    like the data's: the planned augmentation, border weight maps and collation (what
+    `jobs.training.batches.TrainCollate` does), after one warm-up batch."""
+    import numpy as np
+
+    from jobs.training.batches import TrainCollate, border_weights
+    from unet_core.config import PreprocessConfig, TrainConfig
+    from unet_core.transforms import transforms_for_training
+
+    cfg = TrainConfig.from_dict({**sample.train, "crop_size": crop, "batch_size": batch})
+    rgb = sample.channels == 3
+    collate = TrainCollate(
+        transforms_for_training(cfg, rgb=rgb),
+        PreprocessConfig(
+            channels=sample.channels,
+            mean=(0.5,) * sample.channels,
+            std=(0.25,) * sample.channels,
+            scheme="scale_zscore" if sample.dtype == "uint8" else "clip_zscore",
+            clip_low=(0.0,) * sample.channels,
+            clip_high=(1.0,) * sample.channels,
+        ),
+        seed=0,
+        epoch=0,
+        weights=border_weights(cfg, sample.num_classes),
+    )
+    rng = np.random.default_rng(0)
+    shape = (sample.height, sample.width, sample.channels)
+    if np.dtype(sample.dtype).kind == "f":
+        image = rng.random(shape, dtype=np.float32)
+    else:
+        image = rng.integers(0, np.iinfo(sample.dtype).max, shape, dtype=sample.dtype)
+    # objects of about 24 px: blocks of a coarse random label grid, as many touching as not
+    cells = rng.integers(0, sample.num_classes, (sample.height // 24 + 1, sample.width // 24 + 1))
+    mask = np.kron(cells, np.ones((24, 24), dtype=np.int64))[: sample.height, : sample.width]
+    mask = mask.astype(np.uint8)
+    times: list[float] = []
+    spent, step = 0.0, 0
+    while step <= MIN_STEPS or (spent < SECONDS_PER_CANDIDATE["cpu"] and step <= MAX_STEPS):
+        start = time.perf_counter()
+        collate.collate([collate.augment(f"timing-{step}-{i}", image, mask) for i in range(batch)])
+        elapsed = time.perf_counter() - start
+        if step:
+            times.append(elapsed)
+            spent += elapsed
+        step += 1
+    return statistics.median(times)
 
 
 def _median_step(model, optimizer, loss_fn, x, y, dev, dtype, device: str) -> float:
@@ -109,6 +194,16 @@ def _median_step(model, optimizer, loss_fn, x, y, dev, dtype, device: str) -> fl
     return statistics.median(times)
 
 
+def sharing_workers(num_workers: int, cpus_per_worker: float) -> int:
+    """Training workers that share one node's CPUs: at most `num_workers`, at most what the
+    largest alive node holds (Ray connected)."""
+    import ray
+
+    node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    fits = int(max(node_cpus, default=0.0) // max(cpus_per_worker, 1e-9))
+    return max(1, min(num_workers, fits))
+
+
 def measure(
     candidates: list[Candidate],
     *,
@@ -116,21 +211,33 @@ def measure(
     cpus_per_worker: float,
     gpus_per_worker: float = 1.0,
     amp: str = "auto",
+    data: DataSample | None = None,
+    num_workers: int = 1,
 ) -> dict[str, Any]:
-    """`time_candidates` in one Ray task with a training worker's resources (Ray connected)."""
+    """`time_candidates` in Ray tasks with a training worker's resources (Ray connected): on CPU
+    as many at once as training workers share a node (`sharing_workers`), the slowest kept."""
     import ray
 
     resources: dict[str, Any] = {"num_cpus": cpus_per_worker}
     if device == "gpu":
         resources["num_gpus"] = gpus_per_worker
+    tasks = sharing_workers(num_workers, cpus_per_worker) if device == "cpu" else 1
     task = ray.remote(**resources)(time_candidates)
     started = time.monotonic()
-    result = ray.get(task.remote([asdict(c) for c in candidates], device, amp))
+    payload = [asdict(c) for c in candidates]
+    sample = asdict(data) if data is not None else None
+    results = ray.get([task.remote(payload, device, amp, sample) for _ in range(tasks)])
+    result = dict(results[0])
+    result["seconds"] = [max(r["seconds"][i] for r in results) for i in range(len(candidates))]
+    result["tasks"] = tasks
     logger.info(
-        "timed %d candidate(s) on %s in %.1f s: %s s per step",
+        "timed %d candidate(s) on %s in %.1f s (%d task(s) at once): %s s per step, of which "
+        "making the batch %s s",
         len(candidates),
         device,
         time.monotonic() - started,
+        tasks,
         ", ".join(f"{s:.3g}" for s in result["seconds"]),
+        ", ".join(f"{s:.3g}" for s in result["batch_seconds"]) or "0",
     )
     return result

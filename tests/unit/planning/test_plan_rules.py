@@ -238,3 +238,47 @@ def test_train_plan_auto_knows_which_fields_were_given(tmp_path):
                       "--budget-minutes", "5", "--epochs", "4"])  # fmt: skip
     assert {"lr", "depth", "epochs", "data", "plan"} <= set(cfg.given)
     assert "crop_size" not in cfg.given and "base_width" not in cfg.given
+
+
+def test_a_step_waits_for_its_batch_on_cpu(monkeypatch):
+    from jobs.planning import steptime
+    from jobs.planning.budget import data_sample
+
+    sample = data_sample(fingerprint())
+    # the planned augmentation and border weights are what the batches are timed with
+    assert sample.train["hflip"] == make_plan(
+        fingerprint(), budget_minutes=20, resources=CPU, step_seconds=[0.1, 0.2, 0.4]
+    ).train_values()["hflip"]
+    small = steptime.Candidate(8, 2, 32, 2, sample.channels, sample.num_classes, "group")
+    monkeypatch.setattr(steptime, "SECONDS_PER_CANDIDATE", {"cpu": 0.0, "gpu": 0.0})
+    monkeypatch.setattr(steptime, "CPU_MEASURE_CROP", 32)
+    made = []
+    monkeypatch.setattr(
+        steptime, "time_batches", lambda s, crop, batch: made.append((crop, batch)) or 0.5
+    )
+    clock = iter(range(1000))  # every model step takes 1 s
+    monkeypatch.setattr(steptime.time, "perf_counter", lambda: float(next(clock)))
+    timed = steptime.time_candidates(
+        [dataclasses.asdict(small)], "cpu", "off", dataclasses.asdict(sample)
+    )
+    assert made == [(32, 2)] and timed["seconds"] == [1.5]  # model + batch on the same CPUs
+
+
+def test_making_a_batch_runs_the_planned_augmentation():
+    from jobs.planning import steptime
+    from jobs.planning.budget import data_sample
+
+    sample = dataclasses.replace(data_sample(fingerprint()), height=40, width=48)
+    assert steptime.time_batches(sample, crop=32, batch=2) > 0
+
+
+def test_timing_tasks_share_a_node_as_the_workers_will(monkeypatch):
+    import ray
+
+    from jobs.planning import steptime
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"CPU": 64}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    assert steptime.sharing_workers(2, 1.0) == 2
+    assert steptime.sharing_workers(4, 1.0) == 2  # two fit on the largest alive node
+    assert steptime.sharing_workers(2, 4.0) == 1
