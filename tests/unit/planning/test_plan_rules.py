@@ -246,9 +246,12 @@ def test_a_step_waits_for_its_batch_on_cpu(monkeypatch):
 
     sample = data_sample(fingerprint())
     # the planned augmentation and border weights are what the batches are timed with
-    assert sample.train["hflip"] == make_plan(
-        fingerprint(), budget_minutes=20, resources=CPU, step_seconds=[0.1, 0.2, 0.4]
-    ).train_values()["hflip"]
+    assert (
+        sample.train["hflip"]
+        == make_plan(
+            fingerprint(), budget_minutes=20, resources=CPU, step_seconds=[0.1, 0.2, 0.4]
+        ).train_values()["hflip"]
+    )
     small = steptime.Candidate(8, 2, 32, 2, sample.channels, sample.num_classes, "group")
     monkeypatch.setattr(steptime, "SECONDS_PER_CANDIDATE", {"cpu": 0.0, "gpu": 0.0})
     monkeypatch.setattr(steptime, "CPU_MEASURE_CROP", 32)
