@@ -39,16 +39,29 @@ Batch = tuple[torch.Tensor, ...]
 """(images, targets) or (images, targets, per-pixel loss weights)."""
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW without weight decay on norms and biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, *, encoder_lr_scale: float = 1.0
+) -> torch.optim.AdamW:
+    """AdamW without weight decay on norms and biases. With ``encoder_lr_scale`` != 1 the
+    encoder's parameters (``model.encoder_parameters()``) form two more groups at ``cfg.lr *
+    encoder_lr_scale``; the schedule scales every group's own peak alike. Group 0 is always at
+    ``cfg.lr`` (the logged lr)."""
+    module = getattr(model, "module", model)  # DDP: the same parameters
+    encoder = set()
+    if encoder_lr_scale != 1.0:
+        encoder = {id(p) for p in module.encoder_parameters()}
+    groups = []
+    for in_encoder, lr in ((False, cfg.lr), (True, cfg.lr * encoder_lr_scale)):
+        if in_encoder and not encoder:
+            break  # one learning rate: two groups, as checkpoints before the scale hold
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad and (id(p) in encoder) == in_encoder:
+                (decay if p.ndim > 1 else no_decay).append(p)
+        groups += [
+            {"params": decay, "weight_decay": cfg.weight_decay, "lr": lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+        ]
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 

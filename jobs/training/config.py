@@ -33,6 +33,8 @@ from jobs.common.vocabulary import (
     normal_workers,
     parse_workers,
 )
+from jobs.training.encoder_init import StartingWeights
+from jobs.training.folds import FoldFlags
 from unet_core.config import SCHEMES, ModelConfig, TrainConfig
 
 DEMO_PRESET: dict[str, Any] = {
@@ -85,7 +87,7 @@ def amp_flag(mode: str) -> bool | None:
 
 
 @dataclass
-class TrainJobConfig(DecodeFlags):
+class TrainJobConfig(FoldFlags, StartingWeights, DecodeFlags):
     """Everything `jobs/train.py` needs; `train` and `model` are the library's own configs."""
 
     data: str | None = None
@@ -197,7 +199,8 @@ class TrainJobConfig(DecodeFlags):
     """Fields set by a flag or --config (not a flag): what --plan auto leaves alone."""
 
     def __post_init__(self) -> None:
-        problems = self.decode_problems()
+        problems = self.decode_problems() + self.fold_problems()
+        problems += self.start_problems(self.model.encoder)
         try:
             self.num_workers = normal_workers(self.num_workers)  # "4" -> 4, " 2 - 8" -> "2-8"
         except ValueError as exc:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import ray
+from ray.train.torch import TorchTrainer
 
 from jobs.common.cluster_info import (
     NODE_START_TIMEOUT_S,
@@ -32,15 +33,20 @@ from jobs.common.ray_cluster import connect_ray
 from jobs.training import tracking
 from jobs.training.class_balance import class_weights
 from jobs.training.config import TrainJobConfig
-from jobs.training.data_checks import DataValidationError, check_with_ray, gather_training_data
+from jobs.training.data_checks import (
+    DataValidationError,
+    TrainingData,
+    check_with_ray,
+    gather_training_data,
+)
 from jobs.training.defaults import with_defaults
+from jobs.training.init_from import Start, prepare_start
 from jobs.training.preflight import (
     decide_workers,
     dry_run_summary,
     path_problems,
     with_system_metrics,
 )
-from jobs.training.preprocess_fit import fit_training_preprocessing
 from jobs.training.publish import publish
 from jobs.training.trainer import check_sampled_set, make_loop_config, make_trainer
 
@@ -75,6 +81,46 @@ def dry_run(cfg: TrainJobConfig, view: ClusterView, problems: list[str]) -> dict
     return dry_run_summary(cfg, view, choice, data, problems)
 
 
+def start_run(
+    cfg: TrainJobConfig,
+    data: TrainingData,
+    weights: list[float] | None,
+    uri: str,
+    owned: bool,
+    *,
+    artifacts: dict,
+    tags: dict[str, str] | None = None,
+    start: Start | None = None,
+) -> tuple[str, TorchTrainer]:
+    """Start (or resume) the MLflow run of ``cfg.run_name`` with its params, ``artifacts``
+    (split.json...) and data inputs, and build its TorchTrainer; returns (run id, trainer)."""
+    run_id = tracking.start_or_resume_run(
+        tracking_uri=uri,
+        experiment=cfg.experiment,
+        run_name=cfg.run_name,
+        tags={"data_root": data.root, "storage_path": cfg.storage_path, **(tags or {})},
+    )
+    loop_config = make_loop_config(
+        cfg, data, tracking_uri=uri, run_id=run_id, class_weights=weights
+    )
+    loop_config["system_metrics"] = tracking.system_metrics_settings(cfg.system_metrics)
+    if start is not None:  # the starting weights through the object store; lineage tags
+        loop_config["start"] = start.loop_entry()
+        start.tag_run(uri, run_id)
+    trainer = make_trainer(cfg, data, loop_config, owned)
+    tracking.log_run_inputs(
+        uri,
+        run_id,
+        params={
+            **tracking.run_params(cfg.to_flat(), loop_config),
+            **(start.params() if start else {}),
+        },
+        artifacts={"config.json": loop_config, **artifacts},
+        data=data,
+    )
+    return run_id, trainer
+
+
 def run_training(cfg: TrainJobConfig) -> dict:
     """Train and register (or, with --dry-run, only resolve what a run would use); returns the
     job's JSON summary. Machine defaults are filled here (`jobs.training.defaults.with_defaults`), after the
@@ -98,8 +144,14 @@ def run_training(cfg: TrainJobConfig) -> dict:
             planned = plan_training(cfg)
             planned_flat = {**cfg.to_flat(), **planned.applied}
             cfg = dataclasses.replace(TrainJobConfig.from_flat(planned_flat), given=cfg.given)
-        data, unchecked = _gather(cfg)
-        data = fit_training_preprocessing(cfg, data)  # the scheme and statistics of the run
+        cfg, start = prepare_start(cfg, uri)  # --init-from, --encoder-weights: read once here
+        if cfg.folds:  # every fold of one whole set, checked and preprocessed once
+            from jobs.training.fold_runs import gather_whole
+
+            data, unchecked = gather_whole(cfg)
+        else:
+            data, unchecked = _gather(cfg)
+        data = start.preprocessing(cfg, data)  # the parent's, or fitted (ImageNet's: pretrained)
         check_sampled_set(cfg, data)
         cfg, _ = decide_workers(view, cfg)
         if cfg.use_gpu:  # fail here, naming the node, rather than in Ray Train's NCCL setup
@@ -114,28 +166,18 @@ def run_training(cfg: TrainJobConfig) -> dict:
         weights = class_weights(
             data, cfg.train.class_balance, seed=cfg.train.seed, endpoint_url=cfg.s3_endpoint_url
         )
-        run_id = tracking.start_or_resume_run(
-            tracking_uri=uri,
-            experiment=cfg.experiment,
-            run_name=cfg.run_name,
-            tags={"data_root": data.root, "storage_path": cfg.storage_path},
-        )
         cfg = with_system_metrics(cfg, view)  # on by default on a cluster, off on a local Ray
-        loop_config = make_loop_config(
-            cfg, data, tracking_uri=uri, run_id=run_id, class_weights=weights
-        )
-        loop_config["system_metrics"] = tracking.system_metrics_settings(cfg.system_metrics)
-        trainer = make_trainer(cfg, data, loop_config, owned)
-        tracking.log_run_inputs(
-            uri,
-            run_id,
-            params=tracking.run_params(cfg.to_flat(), loop_config),
-            artifacts={
-                "config.json": loop_config,
-                "split.json": tracking.split_record(data, cfg.group_by),
-                **(planned.artifacts() if planned else {}),
-            },
-            data=data,
+        extra = planned.artifacts() if planned else {}
+        if cfg.folds:  # K-fold cross-validation (docs/ensembles.md)
+            from jobs.training import fold_runs
+
+            if cfg.fold is None:  # the K runs, their out-of-fold score and their ensemble
+                return fold_runs.run_folds(cfg, data, weights, uri, owned, extra, started)
+            data, split = fold_runs.one_fold(cfg, data, cfg.fold)
+        else:
+            split = tracking.split_record(data, cfg.group_by)
+        run_id, trainer = start_run(
+            cfg, data, weights, uri, owned, artifacts={"split.json": split, **extra}, start=start
         )
         try:
             result = trainer.fit()
@@ -143,7 +185,10 @@ def run_training(cfg: TrainJobConfig) -> dict:
             tracking.finish_run(uri, run_id, "FAILED")
             raise
         with tempfile.TemporaryDirectory() as scratch:
-            summary = publish(cfg, data, result, uri, run_id, Path(scratch))
+            if cfg.fold is not None and "register_as" not in cfg.given:
+                summary = fold_runs.publish_member(cfg, data, result, uri, run_id, Path(scratch))
+            else:
+                summary = publish(cfg, data, result, uri, run_id, Path(scratch))
         summary["world_size"] = (result.return_value or {}).get("world_size")  # at the end
         summary["seconds"] = round(time.time() - started, 1)
         if planned:

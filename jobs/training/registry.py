@@ -25,6 +25,7 @@ from pathlib import Path
 from jobs.common.mlflow_store import mlflow_client
 from jobs.common.model_source import CHECKPOINT_ARTIFACT
 from jobs.training.champion import ChampionComparison, alias_holder
+from jobs.training.init_from import parent_tags
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +166,13 @@ def log_and_register(
             log.debug("mlflow: %s", line)
         version = str(registered.version)
         log.info("registered %s as version %s of %s", info.model_uri, version, name)
+        run_tags = client.get_run(run_id).data.tags
         all_tags = {
             "run_id": run_id,
             "val_miou": f"{val_miou:.6f}",
             "epoch": str(epoch),
-            "code_version": code_version(client.get_run(run_id).data.tags),
+            "code_version": code_version(run_tags),
+            **parent_tags(run_tags),  # a run started --init-from: its parent (lineage)
             **(tags or {}),
         }
         for key, value in all_tags.items():

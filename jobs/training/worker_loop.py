@@ -42,13 +42,15 @@ from jobs.training.checkpoints import restore, save_train_checkpoint
 from jobs.training.collectives import all_reduce, reduce_eval, sync_buffers
 from jobs.training.config import amp_flag
 from jobs.training.datasets import TRAIN, VAL
+from jobs.training.encoder_init import EncoderFreeze
+from jobs.training.init_from import encoder_settings, load_start
 from jobs.training.tracking import EpochLogger, start_system_metrics
 from unet_core.classes import ClassMap
 from unet_core.config import ModelConfig, PreprocessConfig, TrainConfig
 from unet_core.engine import evaluate, make_optimizer, make_scheduler, train_one_epoch
 from unet_core.losses import SegmentationLoss
 from unet_core.metrics import finite_or_none
-from unet_core.model import UNet
+from unet_core.model import build_model as make_model
 from unet_core.precision import autocast_dtype
 from unet_core.schedule import steps_per_epoch
 from unet_core.transforms import transforms_for_training
@@ -129,12 +131,18 @@ class DataWait:
             yield batch
 
 
-def build_model(setup: WorkerSetup) -> nn.Module:
-    """The same initial weights on every rank (seeded), then a per-rank seed for dropout."""
+def build_model(
+    setup: WorkerSetup, start: dict | None = None, *, resuming: bool = False
+) -> nn.Module:
+    """The same initial weights on every rank (seeded; then the run's starting weights, if
+    any: `jobs.training.init_from`), then a per-rank seed for dropout."""
     torch.manual_seed(setup.cfg.seed)
-    model = UNet.from_config(setup.model_config).to(memory_format=torch.channels_last)
+    model = make_model(setup.model_config)
+    lines = load_start(model, start, resuming=resuming)
+    for line in lines if setup.rank == 0 else ():
+        log.info(line)
     torch.manual_seed(setup.cfg.seed + setup.rank)
-    return model
+    return model.to(memory_format=torch.channels_last)
 
 
 def train_epoch(
@@ -271,14 +279,17 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(config["torch_threads"]))
     setup = WorkerSetup.from_config(config)
     cfg = setup.cfg
-    model = build_model(setup)
-
-    state = None
-    checkpoint = ray.train.get_checkpoint()
+    state, checkpoint = None, ray.train.get_checkpoint()
+    model = build_model(setup, config.get("start"), resuming=checkpoint is not None)
     if checkpoint is not None:
         state = restore(checkpoint, model)
-    model = ray.train.torch.prepare_model(model)  # to the device; DDP when world_size > 1
-    optimizer = make_optimizer(model, cfg)
+    lr_scale, frozen_epochs = encoder_settings(config.get("start"))
+    # to the device; DDP when world_size > 1 (every parameter in it, frozen ones too)
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs=EncoderFreeze.ddp_kwargs(frozen_epochs)
+    )
+    optimizer = make_optimizer(model, cfg, encoder_lr_scale=lr_scale)
+    freeze = EncoderFreeze(model, frozen_epochs)
     # The schedule follows the epochs done, not a step count: a checkpoint of another world
     # size (an elastic resize, a rerun with another --num-workers) continues the same curve.
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=setup.steps_per_epoch)
@@ -325,6 +336,8 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any]:
     max_bad_pairs = int(config.get("max_bad_pairs", 0))
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         scheduler.start_epoch(epoch - 1)
+        if freeze.start_epoch(epoch) and setup.rank == 0:
+            log.info("epoch %d: encoder %s", epoch, "frozen" if freeze.frozen else "learning")
         metrics = train_epoch(
             model, optimizer, scheduler, loss_fn, setup, epoch=epoch, images=images
         )
