@@ -14,7 +14,9 @@ a failure that a retry cannot fix.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import ray
 import torch
@@ -58,10 +60,30 @@ _OPEN: dict[str, ActorHandle] = {}
 found by name do not, and the datasets drop theirs once materialised."""
 
 
+_SHARED: set[str] = set()
+"""Ledger names that runs started now share (`shared_ledger`)."""
+
+
+@contextlib.contextmanager
+def shared_ledger() -> Iterator[None]:
+    """Runs started inside share one new ledger (the fold runs of one set, which may run at
+    once: `jobs.training.fold_runs`): a pair that fails counts once for the set."""
+    name = ledger_name()
+    open_ledger()
+    _SHARED.add(name)
+    try:
+        yield
+    finally:
+        _SHARED.discard(name)
+
+
 def open_ledger() -> ActorHandle:
     """A new, empty ledger for this job (driver side, before the datasets are built); it lives
-    until the next one opens or the driver exits. One run at a time per Ray job."""
+    until the next one opens or the driver exits. One run at a time per Ray job, unless the
+    runs share one (`shared_ledger`)."""
     name = ledger_name()
+    if name in _SHARED:
+        return _OPEN[name]
     if name in _OPEN:  # an earlier run's, in this process
         ray.kill(_OPEN.pop(name))
     ledger = ray.remote(num_cpus=0)(BadPairLedger).options(name=name)
