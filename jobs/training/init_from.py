@@ -114,7 +114,10 @@ def load_parent_weights(model: nn.Module, checkpoint: bytes, *, keep_head: bool)
     state = load_checkpoint(checkpoint).model.state_dict()
     if not keep_head:
         state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape differs
+        raise ValueError(f"--init-from: the parent's weights do not fit the model: {exc}") from exc
     wrong = [k for k in missing if keep_head or not k.startswith(HEAD_PREFIX)] + unexpected
     if wrong:
         raise ValueError(f"--init-from: the parent's weights do not fit the model: {wrong}")
