@@ -4,12 +4,12 @@
     python jobs/export.py --model runs/unet.pt --format pt2 --output unet.pt2
 
 The file takes (N, C, H, W) float32 normalised as in training ((pixel / 255 - mean) / std) and
-gives (N, K, H, W) logits, with dynamic N, H and W; H and W must be multiples of 2**depth (at
-least 2 * 2**depth). Class names and values, mean/std and that rule travel in the file's
-metadata. The file is run (onnxruntime, or torch.export.load) on inputs of two sizes and its
-logits compared with the model's in PyTorch; above --tolerance the job exits 1. A registered
-version gets the file as an artifact of its run and export.* tags. The last stdout line is
-the JSON summary.
+gives (N, K, H, W) logits, with dynamic N, H and W: any H x W (the padding is in the graph);
+--graph uint8-mask takes (N, H, W, C) uint8 images and gives (N, H, W) class values instead.
+Class names and values, mean/std and the graph kind travel in the file's metadata. The file is
+run (onnxruntime, or torch.export.load) on inputs of a few sizes and compared with the model in
+PyTorch; above --tolerance the job exits 1. A registered version gets the file as an artifact
+of its run and export.* tags. The last stdout line is the JSON summary.
 """
 
 from __future__ import annotations

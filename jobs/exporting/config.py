@@ -15,6 +15,8 @@ from jobs.common.cli import add_config_flag, add_field_flag, field_docs, parse_f
 from jobs.common.vocabulary import logs_to_mlflow
 
 FORMATS = ("onnx", "pt2")
+GRAPHS = ("logits", "uint8-mask")
+"""`jobs.exporting.graph.GRAPHS` (repeated here: this module imports no torch)."""
 SECTION = "export"
 """The section of a recipe file (configs/*.yaml) that this job reads."""
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -28,12 +30,14 @@ class ExportConfig:
     """Registered MLflow model (models:/NAME@ALIAS, models:/NAME/VERSION; also runs:/RUN/PATH) or a local or s3:// unet_core checkpoint (file, or a folder holding unet.pt)."""
     format: str = ""
     """onnx: an ONNX file for onnxruntime and other runtimes (needs the export extra: pip install -e '.[export]' in a checkout); pt2: a torch.export program (torch.export.load), exported on CPU."""
+    graph: str = "logits"
+    """What the file takes and gives: logits: (N, C, H, W) float32 normalised as in training -> (N, K, H, W) float32 logits; uint8-mask: (N, H, W, C) uint8 images as decoded -> (N, H, W) class values (uint8; uint16 for class values above 255), the normalisation and argmax inside (models of 8-bit images: legacy_uint8 and scale_zscore preprocessing; a clip_zscore model is refused). Both take any H x W."""
     output: str = ""
     """Local file to write (replaced atomically if it exists), e.g. unet.onnx or unet.pt2."""
     tolerance: float = 1e-3
     """Largest max-abs difference of logits between the exported file and the PyTorch model (fp32, same normalised input) before the job fails (exit 1)."""
     check_sizes: str = "auto"
-    """Input sizes HxW of the check, comma-separated (e.g. 256x256,512x384), each a multiple of 2**depth and at least 2 * 2**depth; the first runs with batch 2, the others with batch 1. auto: 3m x 5m and 4m x 2m for m = 2**depth."""
+    """Input sizes HxW of the check, comma-separated (e.g. 256x256,511x383), any sides >= 1; the first runs with batch 2, the others with batch 1. auto: (3m + 1) x (2m + 3), 1 x 1 and (m - 1) x (4m) for m the multiple the model pads to (2**depth)."""
     opset: int | None = None
     """ONNX opset to target (onnx only); default: the exporter's recommended opset."""
     log_to_mlflow: bool | None = None
@@ -56,6 +60,8 @@ class ExportConfig:
         if self.format not in FORMATS:
             got = f", got {self.format!r}" if self.format else ""
             problems.append(f"--format must be one of {', '.join(FORMATS)}{got}")
+        if self.graph not in GRAPHS:
+            problems.append(f"--graph must be one of {', '.join(GRAPHS)}, got {self.graph!r}")
         if not self.output:
             problems.append("--output is required (the file to write, e.g. unet.onnx)")
         elif "://" in self.output:
@@ -85,25 +91,23 @@ class ExportConfig:
         return logs_to_mlflow(self.log_to_mlflow, self.tracking_uri, self.model)
 
     def sizes(self, *, multiple: int) -> list[tuple[int, int]]:
-        """The (H, W) sizes of the check for a model whose sides must be multiples of
-        ``multiple`` (2**depth), at least 2 * multiple."""
+        """The (H, W) sizes of the check for a model that pads to a multiple of ``multiple``
+        (2**depth): sizes that need padding, reflect and replicate, and a 1 x 1."""
         if self.check_sizes.strip().lower() == "auto":
-            return [(3 * multiple, 5 * multiple), (4 * multiple, 2 * multiple)]
+            return [
+                (3 * multiple + 1, 2 * multiple + 3),
+                (1, 1),
+                (max(multiple - 1, 1), 4 * multiple),
+            ]
         sizes = []
         for part in self.check_sizes.split(","):
             match = _SIZE.match(part)
-            if not match:
+            if not match or min(int(match[1]), int(match[2])) < 1:
                 raise ValueError(
-                    f"--check-sizes {self.check_sizes!r}: {part.strip()!r} is not HxW "
-                    "(e.g. 256x256,512x384), or give auto"
+                    f"--check-sizes {self.check_sizes!r}: {part.strip()!r} is not HxW with "
+                    "sides >= 1 (e.g. 256x256,511x383), or give auto"
                 )
-            h, w = int(match[1]), int(match[2])
-            if h % multiple or w % multiple or min(h, w) < 2 * multiple:
-                raise ValueError(
-                    f"--check-sizes: {h}x{w} does not fit this model; its sides must be "
-                    f"multiples of {multiple} (2**depth) and at least {2 * multiple}"
-                )
-            sizes.append((h, w))
+            sizes.append((int(match[1]), int(match[2])))
         return sizes
 
 
@@ -123,7 +127,12 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
             text = doc if "default" in doc.lower() else f"{doc} (default: none)"
         else:
             text = f"{doc} (default: {f.default})"
-        metavar = {"model": "URI", "output": "FILE", "format": "|".join(FORMATS)}
+        metavar = {
+            "model": "URI",
+            "output": "FILE",
+            "format": "|".join(FORMATS),
+            "graph": "|".join(GRAPHS),
+        }
         add_field_flag(
             parser, f.name, hints[f.name], text, metavar=metavar.get(f.name, f.name.upper())
         )

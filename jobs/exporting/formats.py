@@ -1,13 +1,14 @@
 """The exported files: a `torch.export` program with dynamic batch, height and width, written as
 ONNX (torch.onnx's dynamo exporter) or as pt2 (`torch.export.save`), and read back to run.
 
-Both take ``input`` (N, C, H, W) float32, normalised as in training, and give ``logits``
-(N, K, H, W). H and W must be multiples of 2**depth and at least 2 * 2**depth: the exported
-graph has no padding branch (`unet_core.model.UNet` pads other sizes in eager mode only), and
-torch.export specialises a bottleneck of one pixel away. Both carry the same metadata (class
-names and values, mean/std and the whole preprocessing, in_channels, the size rule): ONNX in ``metadata_props``, pt2 in
-the extra file ``unet.json``. onnx, onnxscript and onnxruntime are imported only here, inside
-the ONNX functions (the optional `export` extra).
+What the program is comes from `jobs.exporting.graph`: the ``logits`` graph takes ``input``
+(N, C, H, W) float32, normalised as in training, and gives ``logits`` (N, K, H, W); the
+``uint8-mask`` graph takes ``image`` (N, H, W, C) uint8 and gives ``mask`` (N, H, W), the class
+values. Both take every H x W (the eager model's padding and cropping are in the graph). Both
+formats carry the same metadata (class names and values, mean/std and the whole preprocessing,
+in_channels, the graph kind): ONNX in ``metadata_props``, pt2 in the extra file ``unet.json``.
+onnx, onnxscript and onnxruntime are imported only here, inside the ONNX functions (the optional
+`export` extra).
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from jobs.exporting.graph import SPECS, GraphSpec, model_multiple
 from unet_core.checkpoint import LoadedModel
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 PT2_METADATA = "unet.json"
 """Extra file of a pt2 archive holding the metadata (`torch.export.load(f, extra_files=...)`)."""
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 INSTALL_HINT = "pip install 'unet-ray[export]'"
 
 Runner = Callable[[np.ndarray], np.ndarray]
-"""(N, C, H, W) float32 -> (N, K, H, W) float32 logits."""
+"""The graph's input -> its output: (N, C, H, W) float32 -> (N, K, H, W) float32 logits, or
+(N, H, W, C) uint8 -> (N, H, W) class values."""
 
 
 class ExportDependencyError(RuntimeError):
@@ -71,13 +72,13 @@ def quiet_exporter_logs(level: str) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def spatial_multiple(loaded: LoadedModel) -> int:
-    """What H and W of an exported model must be multiples of: 2**depth."""
-    return 2**loaded.model_config.depth
-
-
-def _input_layout(pre) -> str:
-    """The input's normalisation in words, by the preprocessing scheme."""
+def _input_layout(pre, graph: str) -> str:
+    """The input in words, by the graph and the preprocessing scheme."""
+    if graph == "uint8-mask":
+        return (
+            "NHWC uint8 pixels as the image files hold them (RGB or grayscale); the graph "
+            "normalises them: (pixel / 255 - mean) / std"
+        )
     if pre.scheme == "clip_zscore":
         return (
             "NCHW float32, normalised per channel in the image's own values (uint8, uint16, "
@@ -86,21 +87,33 @@ def _input_layout(pre) -> str:
     return "NCHW float32, normalised per channel: (pixel / 255 - mean) / std"
 
 
-def metadata(loaded: LoadedModel, source: dict[str, Any]) -> dict[str, str]:
+def _output_layout(loaded: LoadedModel, graph: str) -> str:
+    if graph == "uint8-mask":
+        dtype = "uint8" if max(loaded.class_map.values) <= 255 else "uint16"
+        return f"NHW {dtype}: each pixel's class value (class_values), the argmax of the logits"
+    return "NCHW float32 logits, one channel per class (softmax over dim 1)"
+
+
+def metadata(loaded: LoadedModel, source: dict[str, Any], graph: str = "logits") -> dict[str, str]:
     """String key/values describing the file's contract; ``source`` (model URI, version,
     checkpoint digest...) is added where its values are not None."""
-    cfg, pre, m = loaded.model_config, loaded.preprocess, spatial_multiple(loaded)
+    cfg, pre, m = loaded.model_config, loaded.preprocess, model_multiple(loaded.model_config)
+    spec = SPECS[graph]
     data = {
         "producer": "unet-ray",
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "input_layout": _input_layout(pre),
-        "output_layout": "NCHW float32 logits, one channel per class (softmax over dim 1)",
+        "graph": graph,
+        "input_name": spec.input_name,
+        "output_name": spec.output_name,
+        "input_layout": _input_layout(pre, graph),
+        "output_layout": _output_layout(loaded, graph),
         "in_channels": str(cfg.in_channels),
         "num_classes": str(cfg.num_classes),
+        "any_size": "true",
         "spatial_multiple": str(m),
-        "min_spatial_size": str(2 * m),
-        "size_rule": f"H and W must be multiples of {m} (2**depth) and at least {2 * m}",
+        "padding": (
+            f"inside the graph: H and W padded to a multiple of {m} (reflect; replicate when a "
+            "pad is not smaller than its side), the output cropped back: any H x W >= 1"
+        ),
         "class_names": json.dumps(loaded.class_map.names),
         "class_values": json.dumps(loaded.class_map.values),
         "class_map": json.dumps(loaded.class_map.to_dict()),
@@ -114,16 +127,22 @@ def metadata(loaded: LoadedModel, source: dict[str, Any]) -> dict[str, str]:
     return data
 
 
-def export_program(model: torch.nn.Module, sample: torch.Tensor, multiple: int):
-    """`torch.export` of ``model`` (eval, fp32, CPU) with dynamic batch and sides ``multiple``
-    * k, k >= 2 (the shapes print as ``16*height_blocks``)."""
+def export_program(module: torch.nn.Module, sample: torch.Tensor, spec: GraphSpec):
+    """`torch.export` of ``module`` (eval, fp32, CPU; a `jobs.exporting.graph` module) with
+    dynamic batch, height and width, each >= 1.
+
+    Size-oblivious tracing (``backed_size_oblivious``) keeps torch.export from specialising on
+    a side of 1 (a bottleneck of one pixel, a 1-row input): the graph is the same for every
+    size, which the check runs at 1 x 1 among others."""
+    import torch.fx.experimental._config as shape_config
     from torch.export import Dim
 
-    height = multiple * Dim("height_blocks", min=2)
-    width = multiple * Dim("width_blocks", min=2)
-    dynamic = ({0: Dim("batch", min=1), 2: height, 3: width},)
-    with torch.no_grad():
-        return torch.export.export(model, (sample,), dynamic_shapes=dynamic)
+    axes = {"NCHW": (2, 3), "NHWC": (1, 2)}[spec.input_layout]
+    dynamic = (
+        {0: Dim("batch", min=1), axes[0]: Dim("height", min=1), axes[1]: Dim("width", min=1)},
+    )
+    with torch.no_grad(), shape_config.patch(backed_size_oblivious=True):
+        return torch.export.export(module, (sample,), dynamic_shapes=dynamic)
 
 
 def _replace(tmp: Path, path: Path) -> None:
@@ -152,13 +171,16 @@ def write_onnx(
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         onnx_program = torch.onnx.export(
             program,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            input_names=[meta["input_name"]],
+            output_names=[meta["output_name"]],
             opset_version=opset,
             verbose=False,  # no progress lines on stdout: its last line is the job's JSON
         )
     onnx_program.model.metadata_props.update(meta)
-    onnx_program.model.doc_string = "UNet segmentation logits (unet-ray). " + meta["size_rule"]
+    onnx_program.model.doc_string = (
+        f"UNet segmentation (unet-ray), graph {meta['graph']}: {meta['output_layout']}. "
+        f"Any H x W ({meta['padding']})."
+    )
     tmp = _temp_path(path)
     onnx_program.save(tmp, external_data=False)
     _replace(tmp, path)
@@ -180,9 +202,10 @@ def onnx_runner(path: Path) -> Runner:
 
     onnx.checker.check_model(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
 
     def run(x: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        return session.run(None, {name: x})[0]
 
     return run
 
