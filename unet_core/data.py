@@ -12,7 +12,7 @@ import logging
 import os
 import posixpath
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,11 +198,14 @@ def _unit_hash(seed: int, key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def pair_group(key: str, group_by: str | re.Pattern[str] | None) -> str:
+def pair_group(key: str, group_by: str | re.Pattern[str] | Mapping[str, str] | None) -> str:
     """The group of a case: the first group of ``group_by``'s match in the key (the whole match
-    when the pattern has no group); the key itself without a pattern or a match."""
+    when the pattern has no group); with a mapping (key -> group, e.g. the name groups of
+    `jobs.planning.names`), the key's entry; the key itself without a pattern or a match."""
     if group_by is None:
         return key
+    if isinstance(group_by, Mapping):
+        return group_by.get(key, key)
     found = re.search(group_by, key)
     if found is None:
         return key
@@ -214,7 +217,7 @@ def split_pairs(
     *,
     val_fraction: float,
     seed: int = 0,
-    group_by: str | re.Pattern[str] | None = None,
+    group_by: str | re.Pattern[str] | Mapping[str, str] | None = None,
 ) -> tuple[list[Pair], list[Pair]]:
     """Deterministic (train, val) split by a hash of (seed, group), both sorted by key.
 

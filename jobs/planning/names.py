@@ -23,6 +23,9 @@ for a validation fraction of 0.1-0.2 to take whole groups."""
 GAP_FACTOR = 3.0
 """A step above this many times a sequence's median step starts a new run (a gap in the
 recording, or another stack under the same prefix)."""
+NAMES = "names"
+"""`--group-by names`: group by these rules (blocks of neighbouring numbered names) instead of a
+regular expression."""
 _TRAILING_NUMBER = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)$")
 
 
@@ -80,6 +83,13 @@ def group_names(keys: Iterable[str], *, block: int | None = None) -> dict[str, s
                 label = f"{prefix}{first[len(prefix) :]}-{last[len(prefix) :]}"
                 groups.update((k, label) for k in members)
     return groups
+
+
+def grouping(keys: Iterable[str], group_by: str | None) -> str | dict[str, str] | None:
+    """What a split groups by: with `NAMES`, the key -> group mapping of `group_names` over
+    ``keys`` (the whole listing, so a block never depends on the split); else ``group_by`` (a
+    regular expression, or None: every case its own group)."""
+    return group_names(keys) if group_by == NAMES else group_by
 
 
 def summarise_groups(keys: Sequence[str], *, examples: int = 3) -> dict:

@@ -18,6 +18,7 @@ from typing import Any
 
 from jobs.planning import rules
 from jobs.planning.fingerprint import Fingerprint
+from jobs.planning.names import NAMES
 from jobs.planning.rules import Choice, Resources
 from jobs.planning.steptime import Candidate
 
@@ -84,6 +85,21 @@ def in_channels(fp: Fingerprint) -> int:
 def val_fraction(fp: Fingerprint) -> Choice:
     value = round(min(0.2, max(0.1, 2 / max(1, fp.pairs))), 3)
     return Choice(value, f"{fp.pairs} pairs: ~10%, at least 2 to pick the best epoch, at most 20%")
+
+
+def split_groups(fp: Fingerprint) -> dict[str, Choice]:
+    """`group_by: names` when neighbouring names (frames of a sequence, slices of a stack) share
+    groups: near duplicates on both sides of the split would flatter validation."""
+    groups = fp.name_groups
+    if not groups.grouped_names:
+        return {}
+    return {
+        "group_by": Choice(
+            NAMES,
+            f"{groups.grouped_names} of {fp.pairs} names in blocks of {groups.block} neighbours "
+            f"({groups.sequences} sequence(s)): a block stays on one side of the split",
+        )
+    }
 
 
 def candidates(fp: Fingerprint, res: Resources) -> tuple[Choice, Choice, list[Candidate]]:
@@ -167,6 +183,7 @@ def make_plan(
         "batch_size": Choice(chosen.batch_size, f"per worker; {batch_why}"),
         "crop_size": crop,
         "val_fraction": val,
+        **split_groups(fp),
         **optimiser(global_batch, sched, per_epoch_steps),
         **augmentation(fp),
         **balance(fp),

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jobs.common import fs
+from jobs.planning.names import grouping
 from jobs.training.pair_checks import PairCheck, check_pair, check_pairs
 from unet_core.classes import CLASS_MAP_FILENAME, ClassMap
 from unet_core.config import Preprocessing
@@ -195,7 +196,8 @@ def gather_training_data(
                 "no validation set: pass --val-data ROOT or a --val-fraction above 0 "
                 "(validation metrics pick the best checkpoint and gate the alias)"
             )
-        train, val = split_pairs(pairs, val_fraction=val_fraction, seed=seed, group_by=group_by)
+        groups = grouping([p.key for p in pairs], group_by)  # --group-by names: name blocks
+        train, val = split_pairs(pairs, val_fraction=val_fraction, seed=seed, group_by=groups)
     if len(train) < num_workers:
         raise DataValidationError(
             f"{root}: {len(train)} training pairs for {num_workers} workers; every worker needs "

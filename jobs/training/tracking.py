@@ -285,9 +285,11 @@ def split_record(data, group_by: str | None = None) -> dict[str, Any]:
         "val": [p.key for p in data.val],
     }
     if group_by is not None and data.val_root == data.root:  # groups of the --val-fraction split
+        from jobs.planning.names import grouping
         from unet_core.data import pair_group
 
         sides = [(p.key, "train") for p in data.train] + [(p.key, "val") for p in data.val]
+        groups = grouping([k for k, _ in sides], group_by)
         record["group_by"] = group_by
-        record["groups"] = dict(sorted((pair_group(k, group_by), side) for k, side in sides))
+        record["groups"] = dict(sorted((pair_group(k, groups), side) for k, side in sides))
     return record

@@ -79,3 +79,21 @@ def test_train_splits_its_data_by_the_group_by_flag(tmp_path):
         **dict.fromkeys(train, "train"),
         **dict.fromkeys(val, "val"),
     }
+
+
+def test_group_by_names_keeps_blocks_of_neighbouring_frames_on_one_side():
+    from jobs.planning.names import NAMES, group_names, grouping
+
+    pairs = [Pair(image="i", mask="m", key=f"0016E5_{n:05d}") for n in range(7959, 8160, 2)]
+    groups = grouping([p.key for p in pairs], NAMES)
+    assert groups == group_names([p.key for p in pairs]) and len(set(groups.values())) < 30
+    train, val = split_pairs(pairs, val_fraction=0.2, seed=0, group_by=groups)
+    sides = {}
+    for side, part in (("train", train), ("val", val)):
+        for p in part:
+            sides.setdefault(groups[p.key], set()).add(side)
+    assert val and all(len(s) == 1 for s in sides.values())  # no block on both sides
+    data = SimpleNamespace(root="/d", val_root="/d", train=train, val=val)
+    record = split_record(data, NAMES)
+    assert record["group_by"] == NAMES and set(record["groups"]) == set(groups.values())
+    assert grouping(["a_1"], SEQUENCE) == SEQUENCE and grouping(["a_1"], None) is None

@@ -285,3 +285,17 @@ def test_timing_tasks_share_a_node_as_the_workers_will(monkeypatch):
     assert steptime.sharing_workers(2, 1.0) == 2
     assert steptime.sharing_workers(4, 1.0) == 2  # two fit on the largest alive node
     assert steptime.sharing_workers(2, 4.0) == 1
+
+
+def test_the_plan_groups_neighbouring_names_only_when_they_share_groups():
+    from jobs.planning.fingerprint import NameGroups
+
+    frames = NameGroups(1.0, 1, 4, 19, 76, 4, ["0016E5_07959-07965"])
+    grouped = dataclasses.replace(fingerprint(), name_groups=frames)
+    values = make_plan(grouped, budget_minutes=20, resources=CPU, step_seconds=[0.1, 0.2, 0.4])
+    assert values.train_values()["group_by"] == "names"
+    assert "group_by: names" in to_yaml(values)
+    slices = NameGroups(1.0, 1, 1, 20, 0, 1, [])  # every slice its own group
+    alone = dataclasses.replace(fingerprint(), name_groups=slices)
+    plan = make_plan(alone, budget_minutes=20, resources=CPU, step_seconds=[0.1, 0.2, 0.4])
+    assert "group_by" not in plan.train_values()
