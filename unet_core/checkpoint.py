@@ -3,6 +3,8 @@
 A file is ``torch.save`` of ``{"format": "unet-ray/1", "state_dict", "model_config",
 "class_map", "preprocess", "extra"}`` holding only dicts, lists, strings, numbers and tensors,
 so it loads with ``torch.load(..., weights_only=True)`` and never runs code from the file.
+`load_checkpoint` also reads the ensemble format of `unet_core.ensemble` (several members'
+weights and configs, one class map and preprocessing), which writes it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from unet_core.classes import ClassMap
 from unet_core.config import ModelConfig, PreprocessConfig
-from unet_core.model import UNet, build_model
+from unet_core.model import build_model
 
 FORMAT = "unet-ray/1"
 _KEYS = ("state_dict", "model_config", "class_map", "preprocess")
@@ -84,7 +86,16 @@ def checkpoint_payload(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The plain-data dict that `save_checkpoint` writes (weights on CPU, prefixes stripped)."""
+    from unet_core.ensemble import Ensemble  # it imports this module
+
     bare = _unwrap(model)
+    if isinstance(bare, Ensemble):
+        if len(bare.members) > 1:
+            raise TypeError(
+                f"model is an ensemble of {len(bare.members)} members; write it with "
+                "unet_core.ensemble.save_ensemble (this format holds one model)"
+            )
+        bare = _unwrap(bare.members[0])
     own = getattr(bare, "config", None)
     if isinstance(own, ModelConfig) and own != model_config:
         raise ValueError(
@@ -143,6 +154,11 @@ def save_checkpoint(
     payload = checkpoint_payload(
         model, model_config=model_config, class_map=class_map, preprocess=preprocess, extra=extra
     )
+    write_atomic(path, payload)
+
+
+def write_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """``torch.save`` of ``payload`` to ``path`` through a temporary sibling, fsync and rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -160,22 +176,25 @@ def save_checkpoint(
 
 @dataclass
 class LoadedModel:
-    model: UNet
-    """Rebuilt from model_config with the saved weights, in eval mode."""
+    model: nn.Module
+    """Rebuilt from model_config with the saved weights, in eval mode; for an ensemble file a
+    `unet_core.ensemble.Ensemble` of its members (logits: the log of their mean softmax)."""
     model_config: ModelConfig
+    """The model's architecture; of an ensemble, its first member's."""
     class_map: ClassMap
+    """Class names and mask values the model predicts."""
     preprocess: PreprocessConfig
+    """Channels and normalisation the model was trained with."""
     extra: dict[str, Any] = field(default_factory=dict)
+    """Plain data saved with the checkpoint (epoch, metrics...)."""
+    members: int = 1
+    """Models averaged by ``model``: 1 for a single model, K for an ensemble of K."""
 
 
-def load_checkpoint(
+def read_payload(
     source: Source, *, map_location: str | torch.device | None = "cpu"
-) -> LoadedModel:
-    """Rebuild the UNet from a checkpoint file, its bytes, or a binary stream.
-
-    Loads with ``weights_only=True``: files holding pickled objects are refused. The model is
-    placed on ``map_location`` (when it names a device) and put in eval mode. Errors name the file.
-    """
+) -> tuple[str, Any]:
+    """(the source's name for errors, what ``torch.load(weights_only=True)`` reads from it)."""
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
         if not Path(name).is_file():
@@ -194,21 +213,35 @@ def load_checkpoint(
             f"{name}: not a loadable unet-ray checkpoint ({type(exc).__name__}: {exc}); only "
             "files written by unet_core.checkpoint.save_checkpoint are accepted"
         ) from exc
+    return name, payload
+
+
+def load_checkpoint(
+    source: Source, *, map_location: str | torch.device | None = "cpu"
+) -> LoadedModel:
+    """Rebuild the model from a checkpoint file, its bytes, or a binary stream: a single model
+    (this module's format) or an ensemble (`unet_core.ensemble`, ``members`` > 1).
+
+    Loads with ``weights_only=True``: files holding pickled objects are refused. The model is
+    placed on ``map_location`` (when it names a device) and put in eval mode. Errors name the file.
+    """
+    name, payload = read_payload(source, map_location=map_location)
+    if isinstance(payload, dict) and payload.get("format") != FORMAT:
+        from unet_core import ensemble  # it imports this module
+
+        if payload.get("format") == ensemble.ENSEMBLE_FORMAT:
+            return ensemble.loaded_ensemble(payload, name=name, map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(
             f"{name}: expected checkpoint format {FORMAT!r}, found {found!r}; write it with "
             "unet_core.checkpoint.save_checkpoint"
         )
-    missing = [k for k in _KEYS if k not in payload]
-    if missing:
-        raise ValueError(f"{name}: checkpoint lacks {missing}; the file is incomplete")
+    require_keys(payload, _KEYS, name)
+    model_config, model = rebuild_model(payload, name)
     try:
-        model_config = ModelConfig.from_dict(payload["model_config"])
-        model = build_model(model_config)
-        model.load_state_dict({_strip_prefixes(k): v for k, v in payload["state_dict"].items()})
         preprocess = PreprocessConfig.from_dict(payload["preprocess"])
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"{name}: weights or configs do not fit together: {exc}") from exc
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
@@ -219,3 +252,22 @@ def load_checkpoint(
         preprocess=preprocess,
         extra=dict(payload.get("extra") or {}),
     )
+
+
+def require_keys(payload: dict[str, Any], keys: tuple[str, ...], name: str) -> None:
+    """ValueError naming the file and the keys that ``payload`` lacks."""
+    missing = [k for k in keys if k not in payload]
+    if missing:
+        raise ValueError(f"{name}: checkpoint lacks {missing}; the file is incomplete")
+
+
+def rebuild_model(entry: dict[str, Any], name: str) -> tuple[ModelConfig, nn.Module]:
+    """The model of ``entry["model_config"]`` holding ``entry["state_dict"]`` (train mode, CPU
+    or where the tensors are); ValueError naming ``name`` when they do not fit together."""
+    try:
+        model_config = ModelConfig.from_dict(entry["model_config"])
+        model = build_model(model_config)
+        model.load_state_dict({_strip_prefixes(k): v for k, v in entry["state_dict"].items()})
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{name}: weights or configs do not fit together: {exc}") from exc
+    return model_config, model

@@ -5,7 +5,9 @@ mirror: 2 passes; for scenes with an up and a down, such as street views, where 
 view is one the model never learnt), "flip" (identity, left-right and up-down mirrors: 3 passes;
 ``tta=True``), "dihedral" (the 8 symmetries of the square: rotations by 0,
 90, 180 and 270 degrees, each with and without a mirror: 8 passes). Each view's probabilities
-are mapped back to the input's orientation before the mean. A view that turns by 90 degrees
+are mapped back to the input's orientation before the mean: probabilities are averaged, not
+logits, so TTA over an ensemble (`unet_core.ensemble`, whose output is the log of its members'
+mean softmax) equals each member's TTA averaged. A view that turns by 90 degrees
 swaps height and width; the model pads any size to its multiple of 2**depth itself.
 """
 
