@@ -172,7 +172,9 @@ def publish_member(
     }
 
 
-def _train_member(run: FoldRun, weights, uri: str, owned: bool, parent: str, scratch: Path):
+def _train_member(
+    run: FoldRun, weights, uri: str, owned: bool, parent: str, scratch: Path, start: Any = None
+):
     """Train one fold (in a thread of `run_folds`): (its summary, its best checkpoint's bytes)."""
     run_id, trainer = start_run(
         run.cfg,
@@ -182,6 +184,7 @@ def _train_member(run: FoldRun, weights, uri: str, owned: bool, parent: str, scr
         owned,
         artifacts={"split.json": run.split},
         tags={PARENT_TAG: parent, "fold": str(run.fold)},
+        start=start,
     )
     log.info("fold %d: run %s, %d pairs held out", run.fold, run_id, len(run.data.val))
     try:
@@ -222,6 +225,7 @@ def run_folds(
     owned: bool,
     artifacts: dict,
     started: float,
+    start: Any = None,
 ) -> dict:
     """Train the K fold runs under one parent MLflow run, score them out of fold, register their
     ensemble with --register-as; returns the job's JSON summary."""
@@ -250,7 +254,7 @@ def run_folds(
             outcomes = list(
                 pool.map(
                     lambda run: _train_member(
-                        run, weights, uri, owned, parent, Path(scratch, f"fold_{run.fold}")
+                        run, weights, uri, owned, parent, Path(scratch, f"fold_{run.fold}"), start
                     ),
                     runs,
                 )

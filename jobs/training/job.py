@@ -172,7 +172,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
             from jobs.training import fold_runs
 
             if cfg.fold is None:  # the K runs, their out-of-fold score and their ensemble
-                return fold_runs.run_folds(cfg, data, weights, uri, owned, extra, started)
+                return fold_runs.run_folds(cfg, data, weights, uri, owned, extra, started, start)
             data, split = fold_runs.one_fold(cfg, data, cfg.fold)
         else:
             split = tracking.split_record(data, cfg.group_by)
