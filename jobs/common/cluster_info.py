@@ -151,6 +151,8 @@ def cluster_view(address: str | None = None) -> ClusterView:
 class GpuChoice:
     use_gpu: bool
     reason: str
+    decided: bool = True
+    """False when only asking the autoscaler would tell (a dry run does not ask)."""
 
 
 def _launching(view_version: str | None) -> int:
@@ -184,9 +186,13 @@ def probe_autoscaler_gpu(view: ClusterView, *, timeout: float = GPU_PROBE_SECOND
         request_resources(bundles=[])
 
 
-def choose_gpu(view: ClusterView, requested: bool | None, *, what: str) -> GpuChoice:
+def choose_gpu(
+    view: ClusterView, requested: bool | None, *, what: str, probe: bool = True
+) -> GpuChoice:
     """GPU or CPU for ``what`` ("training workers", "predictor actors"): the flag when given,
-    else the rule of this module's docstring. Logs the choice and its reason in one line."""
+    else the rule of this module's docstring. Logs the choice and its reason in one line.
+    ``probe`` False (a dry run): where only a GPU node started by the autoscaler would tell,
+    nothing is asked and the choice is left undecided (no node is started for a dry run)."""
     if requested is not None:
         choice = GpuChoice(requested, "as requested")
     elif view.local:
@@ -205,6 +211,13 @@ def choose_gpu(view: ClusterView, requested: bool | None, *, what: str) -> GpuCh
             f"the cluster config allows up to {most:g} GPUs"
             if most > 0
             else "no node type of the cluster config has GPUs",
+        )
+    elif view.autoscaler and not probe:
+        return GpuChoice(
+            False,
+            "decided when the job runs: the autoscaler is then asked for a GPU node (a dry run "
+            "starts none; pass --device gpu or cpu to decide now)",
+            decided=False,
         )
     elif view.autoscaler:
         found = probe_autoscaler_gpu(view)

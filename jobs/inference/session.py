@@ -40,6 +40,8 @@ class PredictorActors:
     """Why this device (the flag, the cluster's GPUs, the autoscaler, CUDA here)."""
     fused: bool = False
     """Decode, predict and write inside each actor (`jobs.inference.pipeline`)."""
+    decided: bool = True
+    """False in a dry run where only the autoscaler could tell the device (not asked)."""
 
     @property
     def use_gpu(self) -> bool:
@@ -61,7 +63,7 @@ def guarded_paths(cfg: InferenceConfig) -> dict[str, str | None]:
 
 def choose_predictor_actors(cfg: InferenceConfig, view: ClusterView) -> PredictorActors:
     """Device and pool bounds of the predictor actors (the flags win)."""
-    choice = choose_gpu(view, cfg.use_gpu, what="predictor actors")
+    choice = choose_gpu(view, cfg.use_gpu, what="predictor actors", probe=not cfg.dry_run)
     num_gpus = cfg.gpus_per_worker if choice.use_gpu else 0.0
     fused = cfg.fused if cfg.fused is not None else num_gpus == 0
     min_actors, max_actors = cfg.worker_range  # 0 = auto
@@ -81,7 +83,7 @@ def choose_predictor_actors(cfg: InferenceConfig, view: ClusterView) -> Predicto
         "fused" if fused else "staged",
         f"{num_gpus:g} GPU each" if num_gpus else f"{pool.torch_threads} torch thread(s) each",
     )
-    return PredictorActors(num_gpus, pool, choice.reason, fused)
+    return PredictorActors(num_gpus, pool, choice.reason, fused, choice.decided)
 
 
 @dataclass
@@ -130,6 +132,12 @@ def _as_flag(pool: resources.ActorPool) -> int | str:
     return low if low == high else f"{low}-{high}"
 
 
+def _device(actors: PredictorActors | None) -> str | None:
+    if actors is None:
+        return None
+    return ("gpu" if actors.use_gpu else "cpu") if actors.decided else "auto"
+
+
 def dry_run_summary(
     session: Session, actors: PredictorActors | None, **planned: Any
 ) -> dict[str, Any]:
@@ -142,7 +150,7 @@ def dry_run_summary(
         problems.append(unreachable)
     return {
         "dry_run": True,
-        "device": ("gpu" if actors.use_gpu else "cpu") if actors else None,
+        "device": _device(actors),
         "device_reason": actors.reason if actors else None,
         "gpus_per_worker": actors.num_gpus if actors else None,
         "num_workers": _as_flag(actors.pool) if actors else None,

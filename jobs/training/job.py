@@ -71,7 +71,7 @@ def dry_run(cfg: TrainJobConfig, view: ClusterView, problems: list[str]) -> dict
     """Resolve what the run would use; nothing is trained or written."""
     demo = cfg.data is None
     cfg = with_defaults(cfg)
-    cfg, choice = decide_workers(view, cfg)
+    cfg, choice = decide_workers(view, cfg, probe=False)  # a dry run starts no GPU node
     data = None
     if not (demo and not Path(cfg.data, "classes.json").is_file()):  # else: made by a real run
         try:

@@ -38,13 +38,16 @@ def path_problems(view: ClusterView, cfg: TrainJobConfig) -> list[str]:
     return local_path_problems(view, guarded_paths(cfg), shared_fs=cfg.shared_fs)
 
 
-def decide_workers(view: ClusterView, cfg: TrainJobConfig) -> tuple[TrainJobConfig, GpuChoice]:
-    """``cfg`` with device and cpus_per_worker fixed for this cluster (the flags win)."""
-    choice = choose_gpu(view, cfg.use_gpu, what="training workers")
+def decide_workers(
+    view: ClusterView, cfg: TrainJobConfig, *, probe: bool = True
+) -> tuple[TrainJobConfig, GpuChoice]:
+    """``cfg`` with device and cpus_per_worker fixed for this cluster (the flags win); with
+    ``probe`` False (dry runs) the device stays auto where only the autoscaler could tell."""
+    choice = choose_gpu(view, cfg.use_gpu, what="training workers", probe=probe)
     cpus = cfg.cpus_per_worker or resources.cpus_per_train_worker(
         view, num_workers=cfg.worker_range[1]
     )
-    device = "gpu" if choice.use_gpu else "cpu"
+    device = ("gpu" if choice.use_gpu else "cpu") if choice.decided else "auto"
     return dataclasses.replace(cfg, device=device, cpus_per_worker=cpus), choice
 
 
@@ -72,7 +75,7 @@ def dry_run_summary(
     }
     return {
         "dry_run": True,
-        "device": "gpu" if cfg.use_gpu else "cpu",
+        "device": {True: "gpu", False: "cpu", None: "auto"}[cfg.use_gpu],
         "device_reason": choice.reason if choice else None,
         "num_workers": low if low == high else f"{low}-{high}",  # as --num-workers takes it
         "resources_per_worker": per_worker,

@@ -93,8 +93,7 @@ def test_cpu_work_starts_cpu_nodes_and_model_work_a_gpu_node(fake_cluster, input
     model_and_input = ["--model", str(inputs.checkpoint), "--input", inputs.images]
 
     # Listing and deciding only (a dry run that plans GPU actors): CPU nodes come up, no GPU.
-    # --device gpu: without it the device rule may ask the autoscaler for a GPU to find out
-    # whether it can launch one (cluster_info.probe_autoscaler_gpu), which starts a GPU node.
+    # --device gpu: the plan shows GPU actors (without it a dry run leaves the device "auto").
     before = nodes(fake_cluster)
     dry = fake_cluster.run_job(
         "segment.py", "--dry-run", "--device", "gpu", *model_and_input,

@@ -53,15 +53,16 @@ def s3_images(s3_endpoint: str, tmp_path_factory) -> str:
     return upload_tree(root / "images", bucket, "images", s3_endpoint)
 
 
-def test_dry_runs_plan_gpus_the_autoscaler_can_launch(fake_cluster, labelled, checkpoint):
+def test_dry_runs_plan_gpus_and_start_no_gpu_node(fake_cluster, labelled, checkpoint):
     fake_cluster.wait_idle()
     train = fake_cluster.run_job(
         "train.py", "--dry-run", "--shared-fs", "--data", str(labelled), "--num-workers", "2"
     )
     assert train.returncode == 0, train.describe()
     plan = train.final_json
-    assert plan["device"] == "gpu", plan
-    assert plan["resources_per_worker"] == {"CPU": 1.0, "GPU": 1.0}
+    # without --device only a GPU node the autoscaler starts would tell: a dry run asks for none
+    assert plan["device"] == "auto" and "decided when the job runs" in plan["device_reason"], plan
+    assert plan["resources_per_worker"] == {"CPU": 1.0}
     assert plan["num_workers"] == 2
     assert plan["cluster"]["autoscaler"] == "v1" and plan["cluster"]["local"] is False
     assert plan["pairs"]["train"] + plan["pairs"]["val"] == 8
@@ -72,6 +73,7 @@ def test_dry_runs_plan_gpus_the_autoscaler_can_launch(fake_cluster, labelled, ch
         "segment.py",
         "--dry-run",
         "--shared-fs",
+        "--device", "gpu",
         "--model", str(checkpoint),
         "--input", str(labelled / "images"),
         "--output", str(labelled.parent / "out-dry"),
@@ -160,6 +162,7 @@ def test_no_secret_reaches_a_job(fake_cluster, labelled, checkpoint):
         "segment.py",
         "--dry-run",
         "--shared-fs",
+        "--device", "gpu",
         "--model", str(checkpoint),
         "--input", str(labelled / "images"),
         "--output", str(labelled.parent / "out-secret"),

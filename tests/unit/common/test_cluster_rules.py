@@ -59,6 +59,21 @@ def test_gpu_choice_from_the_view(monkeypatch):
     assert choose_gpu(LOCAL, None, what="x").use_gpu is True  # local: this machine's CUDA
 
 
+def test_a_dry_run_never_asks_the_autoscaler_for_a_gpu_node(monkeypatch):
+    from jobs.common import cluster_info
+
+    asked = []
+    monkeypatch.setattr(cluster_info, "probe_autoscaler_gpu", lambda view: asked.append(view))
+    choice = choose_gpu(AUTOSCALING, None, what="x", probe=False)
+    assert (
+        not choice.decided and not choice.use_gpu and "decided when the job runs" in choice.reason
+    )
+    assert not asked
+    assert choose_gpu(AUTOSCALING, True, what="x", probe=False).decided  # the flag decides
+    choose_gpu(AUTOSCALING, None, what="x")
+    assert asked == [AUTOSCALING]  # a real run asks
+
+
 def test_only_settings_are_forwarded_never_credentials(monkeypatch):
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     for key, value in {
