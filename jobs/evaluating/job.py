@@ -268,7 +268,10 @@ def _scored_dataset(
             cfg.rows_per_call,
         ),
         image_bytes=estimate_image_bytes(
-            [r["input"] for r in rows[:3]], channels=channels, endpoint_url=endpoint
+            [r["input"] for r in rows[:3]],
+            channels=channels,
+            endpoint_url=endpoint,
+            pixel_values=pixel_values,
         ),
     )
 

@@ -69,15 +69,31 @@ _ANY_SIZE = DecodeOptions(max_image_pixels=sys.maxsize)
 """A header is read whatever the pixel limit: no pixels are decoded (huge tiles size blocks)."""
 
 
+def value_bytes(mode: str, pixel_values: str) -> int:
+    """Bytes of one decoded pixel value: 1 for images converted to 8 bits; as they come
+    ("native"), 2 for 16-bit modes and 4 for 32-bit integer and float ones."""
+    if pixel_values == "uint8":
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4 if mode in ("I", "F") or mode.startswith(("I;32", "F;")) else 1
+
+
 def estimate_image_bytes(
-    uris: list[str], *, channels: int, endpoint_url: str | None = None, tries: int = 3
+    uris: list[str],
+    *,
+    channels: int,
+    endpoint_url: str | None = None,
+    tries: int = 3,
+    pixel_values: str = "uint8",
 ) -> int | None:
-    """Decoded size (H * W * channels) of the first readable of ``uris``, from its header."""
+    """Decoded size (H * W * channels * bytes per value, `value_bytes`) of the first readable
+    of ``uris``, from its header; ``pixel_values`` as the model decodes them."""
     for uri in uris[:tries]:
         try:
             data = fs.read_bytes(uri, endpoint_url=endpoint_url)
-            _, height, width = image_header(data, source=uri, options=_ANY_SIZE)
-            return height * width * channels
+            mode, height, width = image_header(data, source=uri, options=_ANY_SIZE)
+            return height * width * channels * value_bytes(mode, pixel_values)
         except Exception:  # a bad first file: try the next one
             continue
     return None

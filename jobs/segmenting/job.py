@@ -210,6 +210,7 @@ def _segment(
             work.examples.get(worklist.TODO, [])[:3],
             channels=loaded.preprocess.channels,
             endpoint_url=endpoint,
+            pixel_values=loaded.preprocess.pixel_values,
         ),
     )
     progress = Progress(total=todo, every=cfg.progress_seconds)

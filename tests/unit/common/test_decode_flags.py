@@ -142,3 +142,15 @@ def test_an_image_above_the_limit_is_a_bad_pair_not_a_failed_check(tmp_path, cap
     data, _ = gather_training_data(str(tmp_path), val_fraction=0.3, seed=0)
     rows, errors = read_pairs(_batch(tmp_path, "c0"), ClassMap.binary(), channels=3)
     assert not errors and rows["image"][0].shape == (40, 40, 3)
+
+
+def test_the_block_size_estimate_counts_the_bytes_of_wide_pixels(tmp_path):
+    import tifffile
+
+    sixteen = tmp_path / "wide.png"
+    Image.fromarray(np.full((30, 20), 4000, dtype=np.uint16)).save(sixteen)
+    floats = tmp_path / "float.tif"
+    tifffile.imwrite(floats, np.zeros((30, 20), dtype=np.float32))
+    assert estimate_image_bytes([str(sixteen)], channels=1) == 600  # decoded to 8 bits
+    assert estimate_image_bytes([str(sixteen)], channels=1, pixel_values="native") == 1200
+    assert estimate_image_bytes([str(floats)], channels=1, pixel_values="native") == 2400
