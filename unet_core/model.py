@@ -26,6 +26,17 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B, C, H, W) at the bottom and right to multiples of `multiple`: reflect, or replicate
+    where the input is too small to reflect (pad >= size). Callers crop the output back."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if not (pad_h or pad_w):
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
 class DoubleConv(nn.Sequential):
     """(3x3 conv, norm, ReLU) twice; padding 1 keeps the size. Convs carry a bias only without norm."""
 
@@ -142,12 +153,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        multiple = 2**self._config.depth
-        pad_h, pad_w = (-h) % multiple, (-w) % multiple
-        if pad_h or pad_w:
-            # reflect needs pad < size; inputs smaller than that fall back to replicate
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)  # (B, C, H_pad, W_pad)
+        x = pad_to_multiple(x, 2**self._config.depth)  # (B, C, H_pad, W_pad)
         x = self.stem(x)  # (B, w0, H_pad, W_pad)
         skips = [x]
         for block in self.down:
