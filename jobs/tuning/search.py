@@ -108,9 +108,9 @@ def class_balance_values(space: SearchSpace, base: TrainJobConfig) -> list[float
 def dry_run(cfg: TuneJobConfig, view: ClusterView, space: SearchSpace | None) -> dict[str, Any]:
     """The resolved space and trial count; nothing is trained or written."""
     train = dataclasses.replace(with_defaults(cfg.train), given=cfg.train.given)
-    space = space or default_space(use_gpu=bool(train.use_gpu), given=_given(train))
-    trials = space.trial_count(cfg.trials)
+    trials = space.trial_count(cfg.trials) if space else cfg.trials  # no grid by default
     train, running = decide_trial_workers(cfg, train, view, trials)
+    space = space or default_space(use_gpu=bool(train.use_gpu), given=_given(train))
     problems = path_problems(view, train)
     return {
         "dry_run": True,
@@ -152,8 +152,7 @@ def run_search(cfg: TuneJobConfig) -> dict[str, Any]:
             raise LocalPathError("; ".join(problems))
         uri = reachable_tracking_uri(train.tracking_uri)  # refused before any work
         train = with_defaults(train)
-        space = space or default_space(use_gpu=bool(train.use_gpu), given=_given(train))
-        trials = space.trial_count(cfg.trials)
+        trials = space.trial_count(cfg.trials) if space else cfg.trials  # no grid by default
         data, unchecked = gather(train)
         from jobs.training.preprocess_fit import fit_training_preprocessing
         from jobs.training.trainer import check_sampled_set
@@ -161,6 +160,7 @@ def run_search(cfg: TuneJobConfig) -> dict[str, Any]:
         data = fit_training_preprocessing(train, data)
         check_sampled_set(train, data)
         train, running = decide_trial_workers(cfg, train, view, trials)
+        space = space or default_space(use_gpu=bool(train.use_gpu), given=_given(train))
         if unchecked and train.full_check:
             wait_for_cpus(view, 1.0, timeout=NODE_START_TIMEOUT_S)
             check_with_ray(data, unchecked, endpoint_url=train.s3_endpoint_url)
@@ -177,6 +177,7 @@ def _search(cfg, train, space, data, uri, view, owned, trials, running, started)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from jobs.common import fs
+    from jobs.training.bad_pairs import BadPairsError, open_ledger, read_bad_pairs
     from jobs.training.class_balance import class_weights
     from jobs.tuning import results
     from jobs.tuning.trial import SEARCH_TAG, TrialContext, run_trial
@@ -224,6 +225,7 @@ def _search(cfg, train, space, data, uri, view, owned, trials, running, started)
         owned=owned,
         system_metrics=tracking.system_metrics_settings(bool(system)),
     )
+    open_ledger()  # the search's bad-pair ledger, which every trial records into
     states = results.TrialStates()
     filesystem, storage = fs.resolve(train.storage_path, endpoint_url=train.s3_endpoint_url)
     epochs = train.train.epochs
@@ -262,6 +264,11 @@ def _search(cfg, train, space, data, uri, view, owned, trials, running, started)
     except Exception:
         tracking.finish_run(uri, parent, "FAILED")
         raise
+    bad = read_bad_pairs()
+    allowed = train.allowed_bad_pairs(len(data.train) + len(data.val))
+    if len(bad) > allowed:  # the trials stopped at the end of that epoch
+        tracking.finish_run(uri, parent, "FAILED")
+        raise BadPairsError.of(bad, allowed)
     rows = results.trial_rows(grid, states.states, key=cfg.report_key, mode=cfg.mode, epochs=epochs)
     children = results.attach_runs(rows, uri, parent)
     results.close_child_runs(rows, children, uri)
@@ -316,6 +323,8 @@ def _search(cfg, train, space, data, uri, view, owned, trials, running, started)
                 "epochs": r.epochs,
                 "stopped_early": r.stopped_early,
                 cfg.metric: _finite(r.best),
+                "val_mean_iou": _finite(r.val_mean_iou),
+                "best_epoch": r.best_epoch,
                 "status": r.status,
             }
             for r in rows

@@ -74,6 +74,20 @@ def start_child_run(context: TrialContext, trial_id: str, run_name: str) -> str:
     return run.info.run_id
 
 
+def join_search_ledger() -> None:
+    """Make this trial's datasets record into the search's bad-pair ledger, opened once by the
+    driver (`jobs.training.bad_pairs`: one per Ray job, shared by runs that may run at once, as
+    the fold runs share theirs): a pair that fails counts once for the search, and a trial never
+    replaces the ledger a trial running beside it counts with."""
+    import ray
+
+    from jobs.training import bad_pairs
+
+    name = bad_pairs.ledger_name()
+    bad_pairs._OPEN[name] = ray.get_actor(name)  # the driver's handle keeps it alive
+    bad_pairs._SHARED.add(name)  # open_ledger() hands this one out instead of a new one
+
+
 def run_trial(values: dict[str, Any], context: TrialContext) -> None:
     """Tune's trainable: train one sample of the space (``values``) with Ray Train."""
     import ray.tune
@@ -92,6 +106,7 @@ def run_trial(values: dict[str, Any], context: TrialContext) -> None:
         weights = class_weights(
             context.data, balance, seed=cfg.train.seed, endpoint_url=cfg.s3_endpoint_url
         )
+    join_search_ledger()
     uri = context.tracking_uri
     run_id = start_child_run(context, trial_id, name)
     loop_config = make_loop_config(
