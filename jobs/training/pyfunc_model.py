@@ -6,7 +6,8 @@ The ``unet_core`` package travels with it as a code path (``code/unet_core`` in 
 folder, which MLflow puts first on ``sys.path`` before it executes this file), so the model
 loads wherever its pip requirements (torch, numpy, pillow, mlflow) are installed, without this
 project. Loading rebuilds the UNet from the checkpoint's architecture and weights
-(``torch.load(weights_only=True)``): nothing is unpickled.
+(``torch.load(weights_only=True)``): nothing is unpickled. An ensemble's checkpoint
+(`unet_core.ensemble`) loads the same way; its masks are those of the members' mean softmax.
 
     model = mlflow.pyfunc.load_model("models:/unet@champion")
     mask = model.predict(image)          # image: HxW or HxWxC -> HxW uint8 class indices
