@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.exporting.graph import SPECS, GraphSpec, model_multiple
+from jobs.exporting.graph import SPECS, GraphSpec, padding_multiple
 from unet_core.checkpoint import LoadedModel
 
 PT2_METADATA = "unet.json"
@@ -97,7 +97,7 @@ def _output_layout(loaded: LoadedModel, graph: str) -> str:
 def metadata(loaded: LoadedModel, source: dict[str, Any], graph: str = "logits") -> dict[str, str]:
     """String key/values describing the file's contract; ``source`` (model URI, version,
     checkpoint digest...) is added where its values are not None."""
-    cfg, pre, m = loaded.model_config, loaded.preprocess, model_multiple(loaded.model_config)
+    cfg, pre, m = loaded.model_config, loaded.preprocess, padding_multiple(loaded.model)
     spec = SPECS[graph]
     data = {
         "producer": "unet-ray",

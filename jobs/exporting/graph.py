@@ -2,9 +2,10 @@
 have.
 
 `AnySize` puts the eager model's padding inside the graph: the input is padded to a multiple of
-the model's ``required_multiple`` (2**depth for the plain UNet) with reflect, or replicate when a
-pad is not smaller than its side (the rule of `unet_core.model.UNet.forward`), the model runs on
-that, and its logits are cropped back. The padding is index arithmetic (`pad_indices`:
+the model's ``required_multiple`` (2**depth for the plain UNet, 32 for the pretrained encoders)
+with reflect, or replicate when a pad is not smaller than its side (the rule of
+`unet_core.model.pad_to_multiple`), the model runs on that, and its logits are cropped back
+(an ensemble: each member so, `any_size`). The padding is index arithmetic (`pad_indices`:
 ``arange``, ``where``, ``index_select``), the choice between reflect and replicate a tensor
 ``where`` rather than a Python ``if``, so `torch.export` traces one graph that holds for every
 H x W (1 x 1, odd, non-square, below the multiple) and the ONNX exporter writes ops that every
@@ -24,6 +25,9 @@ from torch import nn
 
 from unet_core.checkpoint import LoadedModel
 from unet_core.config import ModelConfig, PreprocessConfig
+from unet_core.ensemble import Ensemble
+from unet_core.ensemble import model_multiple as ensemble_multiple
+from unet_core.model import required_multiple
 
 GRAPHS = ("logits", "uint8-mask")
 """What an exported graph takes and gives (`jobs.exporting.config.ExportConfig.graph`)."""
@@ -52,13 +56,23 @@ SPECS = {
 
 
 def model_multiple(config: ModelConfig) -> int:
-    """What the model pads H and W up to in eager mode: `unet_core.model.required_multiple`
-    where the library has it (every encoder), else 2**depth (the plain UNet)."""
-    try:
-        from unet_core.model import required_multiple
-    except ImportError:
-        return 2**config.depth
+    """What a model of ``config`` pads H and W up to in eager mode (2**depth for the plain
+    UNet, 32 for the pretrained encoders)."""
     return int(required_multiple(config))
+
+
+def padding_multiple(model: nn.Module) -> int:
+    """What ``model`` pads to; of an ensemble, the largest of its members' (each pads for
+    itself)."""
+    return int(ensemble_multiple(model))
+
+
+def any_size(model: nn.Module) -> nn.Module:
+    """``model`` with its padding in the graph: `AnySize` around it, or around each member of
+    an ensemble (members of different multiples each pad as they do in eager mode)."""
+    if isinstance(model, Ensemble):
+        return Ensemble([any_size(member) for member in model.members])
+    return AnySize(model, model_multiple(model.config))
 
 
 def pad_indices(size, multiple: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,14 +114,12 @@ class AnySize(nn.Module):
 
 class UInt8Mask(nn.Module):
     """(N, H, W, C) uint8 -> (N, H, W) class values: the normalisation of ``preprocess``
-    ((x - shift) * scale, as `unet_core.transforms.normalize_batch`), `AnySize`, argmax over the
+    ((x - shift) * scale, as `unet_core.transforms.normalize_batch`), `any_size`, argmax over the
     classes, each index replaced by its class's pixel value."""
 
-    def __init__(
-        self, model: nn.Module, multiple: int, preprocess: PreprocessConfig, values: list[int]
-    ) -> None:
+    def __init__(self, model: nn.Module, preprocess: PreprocessConfig, values: list[int]) -> None:
         super().__init__()
-        self.logits = AnySize(model, multiple)
+        self.logits = any_size(model)
         shift, scale = (torch.from_numpy(v).view(1, -1, 1, 1) for v in preprocess.shift_scale())
         self.register_buffer("shift", shift)
         self.register_buffer("scale", scale)
@@ -144,13 +156,13 @@ def uint8_refusal(preprocess: PreprocessConfig) -> str | None:
 
 
 def build_graph(loaded: LoadedModel, model: nn.Module, graph: str) -> nn.Module:
-    """The module to export for ``graph`` (one of GRAPHS), around ``model`` (eval, fp32)."""
-    multiple = model_multiple(loaded.model_config)
+    """The module to export for ``graph`` (one of GRAPHS), around ``model`` (eval, fp32; a
+    single model or an ensemble)."""
     if graph == "logits":
-        return AnySize(model, multiple).eval()
+        return any_size(model).eval()
     if graph == "uint8-mask":
         reason = uint8_refusal(loaded.preprocess)
         if reason:
             raise GraphRefused(reason)
-        return UInt8Mask(model, multiple, loaded.preprocess, loaded.class_map.values).eval()
+        return UInt8Mask(model, loaded.preprocess, loaded.class_map.values).eval()
     raise ValueError(f"--graph must be one of {', '.join(GRAPHS)}, got {graph!r}")

@@ -19,7 +19,7 @@ from jobs.common import fs
 from jobs.common.model_source import fetch_model
 from jobs.exporting import formats
 from jobs.exporting.config import ExportConfig
-from jobs.exporting.graph import SPECS, build_graph, mask_dtype, model_multiple
+from jobs.exporting.graph import SPECS, build_graph, mask_dtype, padding_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
         cfg.model, tracking_uri=cfg.tracking_uri, endpoint_url=fs.s3_endpoint(cfg.s3_endpoint_url)
     )
     resolved, loaded = fetched.resolved, fetched.loaded
-    multiple = model_multiple(loaded.model_config)
+    multiple = padding_multiple(loaded.model)
     spec = SPECS[cfg.graph]
     sizes = cfg.sizes(multiple=multiple)
     output = Path(cfg.output).expanduser().resolve()

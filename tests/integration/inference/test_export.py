@@ -1,5 +1,5 @@
 """jobs/export.py: a registered version and a checkpoint path exported as ONNX and pt2, run in
-onnxruntime / torch.export.load on sizes and batches of their own, compared with the PyTorch
+onnxruntime / torch.export.load on sizes and batches of their own (odd sides among them), compared with the PyTorch
 model and unet_core.predict; the file logged to the version's run and tagged on the version; a
 check that fails, and bad input."""
 
@@ -109,7 +109,8 @@ def test_registered_version_to_onnx_and_pt2(tmp_path, mlflow_uri, synthetic_root
     assert code == 0, summary
     assert summary["passed"] and summary["model_version"] == version
     assert 0 <= summary["max_abs_diff"] <= 1e-3 and summary["tolerance"] == 1e-3
-    assert [c["shape"] for c in summary["checks"]] == [[2, 3, 12, 20], [1, 3, 16, 8]]
+    # auto: odd sides, a 1 x 1 and one below the multiple (the padding is in the graph)
+    assert [c["shape"] for c in summary["checks"]] == [[2, 3, 13, 11], [1, 3, 1, 1], [1, 3, 3, 16]]
     assert summary["class_names"] == class_map.names and out.is_file()
 
     # The file in onnxruntime, on sizes and batches the job did not check: real images
@@ -120,7 +121,7 @@ def test_registered_version_to_onnx_and_pt2(tmp_path, mlflow_uri, synthetic_root
     assert all(isinstance(d, str) for d in inp.shape[2:])  # dynamic height and width
     files = sorted((synthetic_root / "images").rglob("*.png"))
     full = np.stack([read_image(p, channels=3) for p in files[:3]])  # (3, 64, 64, 3)
-    for images in (full, full[:1, :32, :48]):  # batch 3 at 64x64, batch 1 at 32x48
+    for images in (full, full[:1, :31, :45]):  # batch 3 at 64x64, batch 1 at 31x45
         x, expected = torch_logits(ckpt, images)
         got = session.run(["logits"], {"input": x})[0]
         assert got.shape == expected.shape
@@ -137,11 +138,13 @@ def test_registered_version_to_onnx_and_pt2(tmp_path, mlflow_uri, synthetic_root
     assert json.loads(meta["class_values"]) == class_map.values
     assert json.loads(meta["preprocess_mean"]) == pytest.approx(list(PREPROCESS.mean))
     assert json.loads(meta["preprocess_std"]) == pytest.approx(list(PREPROCESS.std))
-    assert (meta["in_channels"], meta["spatial_multiple"], meta["min_spatial_size"]) == (
+    assert (meta["in_channels"], meta["spatial_multiple"], meta["any_size"], meta["graph"]) == (
         "3",
         "4",
-        "8",
+        "true",
+        "logits",
     )
+    assert "size_rule" not in meta and "min_spatial_size" not in meta
     assert meta["model_uri"] == f"models:/unet/{version}"
     assert read_metadata(out, "onnx") == meta
 
@@ -163,7 +166,7 @@ def test_registered_version_to_onnx_and_pt2(tmp_path, mlflow_uri, synthetic_root
     assert code == 0 and summary["passed"], summary
     assert summary["max_abs_diff"] <= 1e-5  # the same ATen operations as eager
     module = torch.export.load(pt2).module()
-    for images in (full, full[:1, :16, :40]):
+    for images in (full, full[:1, :17, :39]):
         x, expected = torch_logits(ckpt, images)
         with torch.no_grad():
             got = module(torch.from_numpy(x)).numpy()
@@ -194,9 +197,9 @@ def test_checkpoint_path_exports_and_logs_nothing(tmp_path, monkeypatch, synthet
     )
     out = tmp_path / "gray.onnx"
     argv = ["--model", ckpt, "--format", "onnx", "--output", out, "--opset", "18"]
-    code, summary = run_main(main, [*argv, "--check-sizes", "32x48,64x16"], capsys)
+    code, summary = run_main(main, [*argv, "--check-sizes", "33x47,1x16"], capsys)
     assert code == 0 and summary["passed"], summary
-    assert [c["shape"] for c in summary["checks"]] == [[2, 1, 32, 48], [1, 1, 64, 16]]
+    assert [c["shape"] for c in summary["checks"]] == [[2, 1, 33, 47], [1, 1, 1, 16]]
     assert summary["opset"] == 18 and summary["input"]["spatial_multiple"] == 8
     assert summary["artifact_uri"] is None and summary["model_version"] is None
 
@@ -204,8 +207,8 @@ def test_checkpoint_path_exports_and_logs_nothing(tmp_path, monkeypatch, synthet
 
     assert {o.domain: o.version for o in onnx.load(str(out)).opset_import}[""] == 18
     session = onnxruntime_session(out)
-    images = np.random.default_rng(5).integers(0, 256, (3, 16, 24, 1), dtype=np.uint8)
-    x, expected = torch_logits(ckpt, images)  # the smallest size: 2 blocks of 8 a side
+    images = np.random.default_rng(5).integers(0, 256, (3, 5, 11, 1), dtype=np.uint8)
+    x, expected = torch_logits(ckpt, images)  # below the multiple of 8: replicate in the graph
     assert np.abs(session.run(None, {"input": x})[0] - expected).max() < 1e-3
 
     pt2 = tmp_path / "gray.pt2"
@@ -259,10 +262,10 @@ def test_bad_input_exits_2_naming_the_fix(tmp_path, mlflow_uri, synthetic_root, 
     assert code == 2 and "'unet'" in summary["error"] and "alias 'nope'" in summary["error"]
     code, summary = run_main(
         main,
-        ["--model", ckpt, "--format", "pt2", "--output", out, "--check-sizes", "30x32"],
+        ["--model", ckpt, "--format", "pt2", "--output", out, "--check-sizes", "0x32"],
         capsys,
     )
-    assert code == 2 and "multiples of 4" in summary["error"]
+    assert code == 2 and "sides >= 1" in summary["error"]
     assert not out.exists()
 
 
@@ -281,6 +284,6 @@ def test_help_lists_every_field(capsys):
 
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    assert "2**depth" in text and "pip install -e '.[export]'" in text
+    assert "uint8-mask" in text and "pip install -e '.[export]'" in text
     for name in ExportConfig.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in text, name

@@ -14,6 +14,7 @@ from jobs.exporting.graph import (
     AnySize,
     GraphRefused,
     UInt8Mask,
+    any_size,
     build_graph,
     mask_dtype,
     pad_indices,
@@ -21,6 +22,7 @@ from jobs.exporting.graph import (
 from unet_core.checkpoint import LoadedModel
 from unet_core.classes import ClassMap
 from unet_core.config import ModelConfig, PreprocessConfig
+from unet_core.ensemble import Ensemble
 from unet_core.model import UNet
 from unet_core.predict import predict
 
@@ -68,6 +70,16 @@ def test_any_size_equals_the_eager_model_at_every_size(depth, norm):
             expected, got = model(x), graph(x)
         assert got.shape == (2, 3, h, w)
         assert torch.equal(got, expected), (h, w, (got - expected).abs().max())
+
+
+def test_an_ensemble_pads_each_member_as_the_member_does():
+    """Members of multiples 2 and 8: one padding for both would not be the eager ensemble's."""
+    ensemble = Ensemble([tiny_unet(1), tiny_unet(3, "group")]).eval()
+    graph = any_size(ensemble).eval()
+    assert [m.multiple for m in graph.members] == [2, 8]
+    x = torch.randn(1, 3, 7, 13, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(graph(x), ensemble(x), atol=1e-6, rtol=0)
 
 
 def loaded(model: UNet, preprocess: PreprocessConfig, class_map: ClassMap) -> LoadedModel:
