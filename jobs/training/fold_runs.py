@@ -35,6 +35,7 @@ from jobs.training.checkpoints import MODEL_FILE, best_checkpoint
 from jobs.training.config import TrainJobConfig
 from jobs.training.data_checks import TrainingData
 from jobs.training.figures import log_curves
+from jobs.training.fold_registry import register_ensemble
 from jobs.training.folds import FoldError, GroupBy, fold_pairs, fold_split_record
 from jobs.training.job import _gather, start_run
 from unet_core.metrics import ConfusionMatrix, finite_or_none
@@ -73,14 +74,11 @@ def gather_whole(cfg: TrainJobConfig) -> tuple[TrainingData, list]:
 
 
 def fold_groups(cfg: TrainJobConfig, whole: TrainingData) -> GroupBy:
-    """--group-by, else with --plan auto the plan's name groups, else None (cases alone)."""
-    if cfg.group_by is not None:
-        return cfg.group_by
-    if cfg.plan:
-        from jobs.planning.names import group_names
+    """What the folds group by: --group-by (a regular expression, or ``names``: the name blocks
+    of `jobs.planning.names`, which --plan auto sets when names share groups), else None."""
+    from jobs.planning.names import grouping
 
-        return group_names([p.key for p in whole.train])
-    return None
+    return grouping([p.key for p in whole.train], cfg.group_by)
 
 
 def fold_runs(cfg: TrainJobConfig, whole: TrainingData) -> list[FoldRun]:
@@ -285,7 +283,7 @@ def run_folds(
     MlflowClient(uri).log_batch(
         parent, metrics=[Metric(k, float(v), now, 0) for k, v in figures.items()]
     )
-    registration = register_members(cfg, whole, runs, checkpoints, figures, uri, parent)
+    registration = register_ensemble(cfg, runs, checkpoints, pooled.mean_iou(), uri, parent)
     tracking.finish_run(uri, parent)
     return {
         "run_id": parent,
@@ -314,20 +312,3 @@ def run_folds(
         "data_root": whole.root,
         "seconds": round(time.time() - started, 1),
     }
-
-
-def register_members(
-    cfg: TrainJobConfig,
-    whole: TrainingData,
-    runs: list[FoldRun],
-    checkpoints: list[bytes],
-    figures: dict[str, float],
-    uri: str,
-    parent: str,
-) -> dict:
-    """With --register-as: the members as one version of an ensemble model, its alias gated on
-    the out-of-fold mean IoU. Returns the summary's registry keys."""
-    none = {"model_uri": None, "model_name": None, "model_version": None, "alias_set": False}
-    if "register_as" not in cfg.given:
-        return none
-    raise NotImplementedError("ensemble registration: waiting for unet_core.ensemble")

@@ -1,9 +1,9 @@
 """K-fold cross-validation: the flags (`FoldFlags`, a base of the training config) and the
 folds themselves (`fold_pairs`: K disjoint sets of whole groups that cover the data).
 
-A case's group is that of the split: ``--group-by``'s match, or with ``--plan auto`` the plan's
-name groups (`jobs.planning.names.group_names`: blocks of neighbouring frames or slices), else
-the case alone. Groups are dealt largest first, each to the fold with the fewest pairs so far
+A case's group is that of the split: ``--group-by``'s match, or with ``--group-by names`` (which
+``--plan auto`` sets when names share groups) the name groups of `jobs.planning.names` (blocks of
+neighbouring frames or slices), else the case alone. Groups are dealt largest first, each to the fold with the fewest pairs so far
 (ties broken by a seeded hash of the fold and the group), so the folds are balanced by pair
 count, deterministic for a seed, and a group is never on two sides. The runs that train on them
 are `jobs.training.fold_runs`.
@@ -21,7 +21,7 @@ from unet_core.data import Pair, pair_group
 
 GroupBy = str | re.Pattern[str] | Mapping[str, str] | None
 """A regular expression over the keys (`unet_core.data.pair_group`), a mapping key -> group
-(the plan's name groups), or None (every case its own group)."""
+(``--group-by names``: `jobs.planning.names.grouping`), or None (every case its own group)."""
 
 
 class FoldError(ValueError):
@@ -35,7 +35,7 @@ class FoldFlags:
     """K-fold settings of the training job (a base class of its config)."""
 
     folds: int = 0
-    """Cross-validation: train K models (K >= 2), model i validated on fold i of K group-aware folds (whole --group-by groups, or the plan's name groups) and trained on the others, as concurrent Ray Train runs when the cluster has room for more than one (else one after another), each a child MLflow run of one parent run; reports the out-of-fold score (oof_mean_iou) and, with --register-as, registers the K models as one version of an ensemble model. Replaces --val-fraction; 0 = one model (docs/ensembles.md)."""
+    """Cross-validation: train K models (K >= 2), model i validated on fold i of K group-aware folds (whole --group-by groups; --plan auto groups neighbouring names) and trained on the others, as concurrent Ray Train runs when the cluster has room for more than one (else one after another), each a child MLflow run of one parent run; reports the out-of-fold score (oof_mean_iou) and, with --register-as, registers the K models as one version of an ensemble model. Replaces --val-fraction; 0 = one model (docs/ensembles.md)."""
     fold: int | None = None
     """With --folds K: train only fold i (0..K-1) as a normal single-model run, registered only when --register-as is given."""
     oof_tta: str = "none"
@@ -70,7 +70,7 @@ def _group_of(key: str, group_by: GroupBy) -> str:
 
 def _describe(group_by: GroupBy) -> str | None:
     if isinstance(group_by, Mapping):
-        return "plan name groups"
+        return "names"
     return group_by.pattern if isinstance(group_by, re.Pattern) else group_by
 
 

@@ -75,11 +75,11 @@ def test_folds_train_children_and_score_out_of_fold(
 
     summary = run_job(
         ["--data", str(fold_root), "--folds", "2", "--group-by", GROUP_BY, "--oof-tta", "hflip",
-         "--run-name", "it-folds", "--storage-path", str(in_tmp / "runs"), *TINY],
+         "--run-name", "it-folds", "--storage-path", str(in_tmp / "runs"),
+         "--register-as", "unet-folds", *TINY],
         capsys,
     )  # fmt: skip
     assert summary["concurrent_runs"] == 2  # 8 logical CPUs hold two runs of one worker
-    assert summary["model_uri"] is None  # no --register-as: nothing registered
     folds = summary["folds"]
     assert [f["fold"] for f in folds] == [0, 1] and sum(f["pairs"] for f in folds) == 12
 
@@ -124,6 +124,12 @@ def test_folds_train_children_and_score_out_of_fold(
     assert [s["val"] for s in folds_file["splits"]] == [
         artifact_json(client, by_fold[i].info.run_id, "split.json")["val"] for i in (0, 1)
     ]
+    # the K members registered as one version of an ensemble, gated on the out-of-fold figure
+    assert summary["model_uri"] == "models:/unet-folds/1" and summary["alias_set"] is True
+    version = client.get_model_version("unet-folds", "1")
+    assert float(version.tags["val_miou"]) == pytest.approx(summary["oof_mean_iou"], abs=1e-6)
+    assert version.tags["ensemble_members"] == "2"
+    check_ensemble_is_mean_softmax(summary["run_id"], [by_fold[i].info.run_id for i in (0, 1)])
 
 
 def test_fold_i_trains_one_unregistered_run(ray_local, mlflow_uri, fold_root, in_tmp, capsys):
@@ -147,3 +153,28 @@ def test_fold_i_trains_one_unregistered_run(ray_local, mlflow_uri, fold_root, in
     expected = fold_pairs(pair_images_and_masks(fold_root), 2, seed=0, group_by=GROUP_BY)[1]
     assert split["fold"] == 1 and split["val"] == [p.key for p in expected]
     assert summary["pairs"] == {"train": 12 - len(expected), "val": len(expected)}
+
+
+def check_ensemble_is_mean_softmax(parent_id: str, child_ids: list[str]) -> None:
+    """models:/unet-folds@champion loads as an ensemble of the children's best checkpoints, in
+    fold order, and predicts the log of their mean softmax."""
+    import mlflow
+    import torch
+
+    from jobs.common.model_source import fetch_model
+    from unet_core.checkpoint import load_checkpoint
+
+    ensemble = fetch_model("models:/unet-folds@champion").loaded
+    assert ensemble.members == 2
+    members = [
+        load_checkpoint(
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint/unet.pt")
+        )
+        for run_id in child_ids
+    ]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        got = ensemble.model.eval()(x)
+        probs = [torch.softmax(m.model.eval()(x).float(), dim=1) for m in members]
+    torch.testing.assert_close(got.exp(), (probs[0] + probs[1]) / 2, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(probs[0], probs[1], atol=1e-4)  # two different members

@@ -106,3 +106,24 @@ def test_fold_flags_parse():
     cfg = parse_args(["--data", "/d", "--folds", "5", "--fold", "2", "--oof-tta", "hflip"])
     assert (cfg.folds, cfg.fold, cfg.oof_tta) == (5, 2, "hflip")
     assert parse_args(["--data", "/d"]).folds == 0
+
+
+@pytest.mark.parametrize(
+    ("resources", "argv", "expected"),
+    [
+        ({"CPU": 2.0}, ["--num-workers", "1", "--cpus-per-worker", "1"], 1),  # a 2-CPU local Ray
+        ({"CPU": 8.0}, ["--num-workers", "1", "--cpus-per-worker", "1"], 3),  # capped at K
+        ({"CPU": 8.0}, ["--num-workers", "2", "--cpus-per-worker", "1"], 3),  # 6 CPUs / 2
+        ({"CPU": 8.0}, ["--num-workers", "2", "--cpus-per-worker", "2"], 1),
+        ({"CPU": 64.0, "GPU": 2.0}, ["--num-workers", "1", "--device", "gpu"], 2),  # the GPUs
+        ({"CPU": 64.0}, ["--num-workers", "2-4", "--cpus-per-worker", "8"], 1),  # MAX workers
+    ],
+)
+def test_concurrent_runs_fit_the_cluster(monkeypatch, resources, argv, expected):
+    import ray
+
+    from jobs.training.fold_runs import concurrent_runs
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+    cfg = parse_args(["--data", "/d", "--folds", "3", *argv])
+    assert concurrent_runs(cfg, cfg.folds) == expected
