@@ -3,6 +3,7 @@
     python jobs/train.py                                    # demo: generated data, local Ray
     python jobs/train.py --data s3://bucket/set --num-workers 4 --device gpu
     ray job submit --working-dir . -- python jobs/train.py --data s3://bucket/set
+    python jobs/train.py --data DIR --folds 5 --register-as unet-5fold   # docs/ensembles.md
 
 Steps: check the data on the driver (exit 2 naming the bad files), start or resume the MLflow
 run, train with TorchTrainer (jobs/training/worker_loop.py), then log curves and a validation

@@ -5,7 +5,8 @@ the driver (`DataValidationError` naming the bad files), decide the workers' dev
 resume the MLflow run (its source and git tags, the training and validation sets as dataset
 inputs), train with TorchTrainer (`jobs.training.worker_loop` on every worker, each logging
 system metrics when --system-metrics is on), then publish: curves and a validation panel, the
-best checkpoint registered and its alias gated (`jobs.training.publish`).
+best checkpoint registered and its alias gated (`jobs.training.publish`). With --folds K the K
+fold runs, their out-of-fold score and their ensemble are `jobs.training.fold_runs`.
 """
 
 from __future__ import annotations
