@@ -243,9 +243,10 @@ def _search(cfg, train, space, data, uri, view, owned, trials, running, started)
                 grace_period=cfg.grace_epochs,
                 reduction_factor=REDUCTION_FACTOR,
             ),
-            search_alg=BasicVariantGenerator(random_state=train.train.seed),
+            # TuneConfig(max_concurrent_trials=...) is ignored beside a search algorithm
+            # instance (Tune warns): the generator bounds the trials running at once itself.
+            search_alg=BasicVariantGenerator(max_concurrent=running, random_state=train.train.seed),
             num_samples=cfg.trials,
-            max_concurrent_trials=running,
         ),
         run_config=tune.RunConfig(
             name=name,

@@ -21,7 +21,7 @@ import pytest
 
 from jobs.tune import main
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 EPOCHS = 4
 WORKER_CPUS = 5  # of the local Ray's 8: one trial's placement group at a time
