@@ -5,10 +5,12 @@ depth multipliers 1.0/1.0 (lite0), 1.0/1.1 (lite1), 1.1/1.2 (lite2). Keys: `_con
 `_blocks.N._expand_conv`, `._bn0`, `._depthwise_conv`, `._bn1`, `._project_conv`, `._bn2`. The
 classifier head (`_conv_head`, `_bn1`, `_fc`) is not part of the encoder.
 
-Padding mirrors the reference's TensorFlow "same" convolutions: a stride-2 conv of kernel k pads
-(k - 2) // 2 before and k // 2 after (top/left, bottom/right), a stride-1 conv k // 2 on both
-sides. That is what the reference computes for every even input side, and the UNet pads its
-input to a multiple of 32, so every stride-2 conv here sees an even side.
+Padding mirrors the reference's static TensorFlow "same" padding: fixed per conv, computed for
+the variant's native resolution (224, 240, 260 pixels) and applied to every input. A stride-1 conv
+of kernel k pads k // 2 on each side; a stride-2 conv pads (k - 2) // 2 before and k // 2 after
+(top/left, bottom/right) where the native side at that conv is even, (k - 1) // 2 on each side
+where it is odd (lite1: the last stride-2 conv; lite2: the last three). Every input side the UNet
+gives the encoder is a multiple of 32, so every stride-2 conv halves it exactly either way.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 LITE_SCALING = {
-    "efficientnet-lite0": (1.0, 1.0),
-    "efficientnet-lite1": (1.0, 1.1),
-    "efficientnet-lite2": (1.1, 1.2),
+    "efficientnet-lite0": (1.0, 1.0, 224),
+    "efficientnet-lite1": (1.0, 1.1, 240),
+    "efficientnet-lite2": (1.1, 1.2, 260),
 }
-"""(width, depth) multipliers of each variant."""
+"""(width, depth) multipliers and native resolution (which sets the padding) of each variant."""
 
 STAGES = (
     # repeats, kernel, stride, expand ratio, input filters, output filters
@@ -55,11 +57,14 @@ def round_filters(filters: int, width: float) -> int:
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv without bias and with TensorFlow "same" padding for even input sides (module doc)."""
+    """Conv without bias, with TensorFlow "same" padding for a native input side `size`: the
+    reference's Conv2dStaticSamePadding (module doc)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int, size: int, stride: int = 1, groups: int = 1
+    ) -> None:
         super().__init__(cin, cout, kernel, stride=stride, groups=groups, bias=False)
-        total = kernel - 1 if stride == 1 else kernel - 2
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
         self.same_pad = (total // 2, total - total // 2) * 2  # (left, right, top, bottom)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,16 +80,18 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 class MBConvBlock(nn.Module):
     """Inverted residual: 1x1 expand (unless ratio 1), depthwise kxk, 1x1 project, ReLU6."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int, stride: int, expand: int, size: int
+    ) -> None:
         super().__init__()
         mid = cin * expand
         self.expand = expand != 1
         if self.expand:
-            self._expand_conv = SameConv2d(cin, mid, 1)
+            self._expand_conv = SameConv2d(cin, mid, 1, size)
             self._bn0 = _bn(mid)
-        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, size, stride=stride, groups=mid)
         self._bn1 = _bn(mid)
-        self._project_conv = SameConv2d(mid, cout, 1)
+        self._project_conv = SameConv2d(mid, cout, 1, size)
         self._bn2 = _bn(cout)
         self._swish = nn.ReLU6()
         self.residual = stride == 1 and cin == cout
@@ -116,8 +123,9 @@ class EfficientNetLiteEncoder(nn.Module):
 
     def __init__(self, name: str, in_channels: int) -> None:
         super().__init__()
-        width, depth = LITE_SCALING[name]
-        self._conv_stem = SameConv2d(in_channels, 32, 3, stride=2)
+        width, depth, size = LITE_SCALING[name]
+        self._conv_stem = SameConv2d(in_channels, 32, 3, size, stride=2)
+        size = math.ceil(size / 2)  # the native side at each block's input
         self._bn0 = _bn(32)
         self._swish = nn.ReLU6()
         blocks: list[MBConvBlock] = []
@@ -134,11 +142,13 @@ class EfficientNetLiteEncoder(nn.Module):
                 self.taps.append(len(blocks) - 1)
                 channels.append(cin)
             for j in range(repeats):
+                first = j == 0
                 blocks.append(
                     MBConvBlock(
-                        cin if j == 0 else cout, cout, kernel, stride if j == 0 else 1, expand
+                        cout if j else cin, cout, kernel, stride if first else 1, expand, size
                     )
                 )
+                size = math.ceil(size / stride) if first else size
         self.taps.append(len(blocks) - 1)
         channels.append(cout)
         self._blocks = nn.ModuleList(blocks)
