@@ -43,7 +43,9 @@ INSTANCES_PER_IMAGE, INSTANCE_MIN_AREA = 20, 16
 per image, their median at least 16 px; fragments of a region (sky between branches) are
 specks, not instances."""
 BORDER_W0 = 10.0
-"""w0 of the U-Net paper's border weight map."""
+"""w0 of the U-Net paper's border weight map, suggested (not set) for touching instances: the
+plan trains for the pixel metrics the alias gate compares (mean IoU), and border weights trade
+pixel accuracy for separated instances (docs/planning.md)."""
 WIDTH_EXPONENT = 1.6
 """Step time against base width when only one time is given (--step-seconds): FLOPs grow as
 width^2, the CPU timings of docs/quality.md (10.2 / 5.1 / 3.4 crops/s per core at widths 16 /
@@ -154,14 +156,21 @@ def make_plan(
         )
         for c in found
     }
-    enough = [c for c in found if plans[c.base_width].steps >= rules.MIN_STEPS]
-    chosen = enough[-1] if enough else found[0]
+    classes = max(2, len(fp.classes))
+    least = rules.FEATURES_PER_CLASS * classes
+    wide = [c for c in found if c.base_width >= least] or found[-1:]
+    enough = [c for c in wide if plans[c.base_width].steps >= rules.MIN_STEPS]
+    chosen = enough[-1] if enough else wide[0]
     sched = plans[chosen.base_width]
     steps_text = ", ".join(f"w{w}: {p.steps}" for w, p in plans.items())
+    floor = f">= {least} ({rules.FEATURES_PER_CLASS} features x {classes} classes)"
     width = Choice(
         chosen.base_width,
-        f"widest of {list(plans)} with >= {rules.MIN_STEPS} steps in the budget "
-        f"(steps {steps_text})",
+        f"widest of {list(plans)} {floor} with >= {rules.MIN_STEPS} steps in the budget "
+        f"(steps {steps_text})"
+        if enough
+        else f"narrowest of {list(plans)} {floor}, fewer than {rules.MIN_STEPS} steps in the "
+        f"budget (steps {steps_text})",
     )
     global_batch = chosen.batch_size * res.num_workers
     batch_why = rules.batch_for(fp, res, width=chosen.base_width, crop=crop.value).why
@@ -300,12 +309,11 @@ def balance(fp: Fingerprint) -> dict[str, Choice]:
         c = fp.classes[k]
         sigma = max(1.0, min(5.0, round(math.sqrt(c.area_median or 25) / 8 * 2) / 2))
         out["border_weight"] = Choice(
-            BORDER_W0,
-            f"{c.name}: {c.objects_per_image:g} objects per image, {fraction:.0%} touch another "
-            f"(>= {TOUCHING_MIN:.0%}): the U-Net paper's w0 keeps them apart",
+            0.0,
+            f"{c.name}: {c.objects_per_image:g} objects per image, {fraction:.0%} touch another: "
+            f"to keep them apart (instance metrics) add --border-weight {BORDER_W0:g} "
+            f"--border-sigma {sigma:g} --border-class {k}, at a cost in pixel accuracy",
         )
-        out["border_sigma"] = Choice(sigma, f"an eighth of the {c.name} objects' side, 1..5 px")
-        out["border_class"] = Choice(k, f"class {k} = {c.name}")
     else:
         out["border_weight"] = Choice(
             0.0,

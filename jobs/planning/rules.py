@@ -46,6 +46,10 @@ BATCH_DATA_SHARE = 0.05
 """One global batch covers at most this share of the data set's pixels (nnU-Net's rule)."""
 WIDTHS = {"cpu": (16, 24, 32), "gpu": (32, 48, 64)}
 """Base-width candidates by device, narrowest first (nnU-Net's 2D base is 32)."""
+FEATURES_PER_CLASS = 2
+"""The base width is at least this many features per class: the head is a 1x1 convolution of
+the last decoder level (base_width channels), which must tell all the classes apart at full
+resolution; 11 road-scene classes get no fewer than 22 features, a binary task any width."""
 MIN_STEPS = 2000
 """A UNet trained from scratch needs on the order of a few thousand optimizer steps; the plan
 takes the widest candidate that still makes this many in the budget."""

@@ -151,14 +151,16 @@ def test_colour_jitter_only_for_rgb():
         assert train["saturation"] == 0 and train["channel_gain"] == 0
 
 
-def test_touching_objects_turn_on_border_weights():
+def test_touching_objects_get_border_weights_suggested_not_set():
     apart = plan().values("train")
     assert apart["border_weight"] == 0
     cells = [klass("membrane", 0.7, area=50000), klass("cell", 0.3, touching=0.8, objects=40)]
-    touching = plan(fingerprint(classes=cells)).values("train")
-    assert touching["border_weight"] > 0 and touching["border_class"] == 1
+    touching = plan(fingerprint(classes=cells))
+    assert touching.values("train")["border_weight"] == 0  # the plan trains for pixel metrics
+    assert "--border-weight 10 --border-sigma" in to_yaml(touching)
+    assert "--border-class 1" in to_yaml(touching)
     specks = [klass("sky", 0.5, area=1, touching=0.98, objects=25), klass("road", 0.5)]
-    assert plan(fingerprint(classes=specks)).values("train")["border_weight"] == 0  # fragments
+    assert "--border-weight" not in to_yaml(plan(fingerprint(classes=specks)))  # fragments
 
 
 def test_rare_classes_turn_on_class_balance():
@@ -299,3 +301,14 @@ def test_the_plan_groups_neighbouring_names_only_when_they_share_groups():
     alone = dataclasses.replace(fingerprint(), name_groups=slices)
     plan = make_plan(alone, budget_minutes=20, resources=CPU, step_seconds=[0.1, 0.2, 0.4])
     assert "group_by" not in plan.train_values()
+
+
+def test_many_classes_get_a_few_features_each_before_more_steps():
+    two = plan(step=0.7).train_values()
+    assert two["base_width"] == 16  # 2 classes: the widest with 2,000 steps
+    scene = [klass(f"c{i}", 1 / 11) for i in range(11)]
+    many = plan(fingerprint(classes=scene), step=0.7)
+    assert many.train_values()["base_width"] == 24  # >= 2 x 11 features, though fewer steps
+    assert ">= 22 (2 features x 11 classes)" in to_yaml(many)
+    classes40 = [klass(f"c{i}", 1 / 40) for i in range(40)]
+    assert plan(fingerprint(classes=classes40), step=0.7).train_values()["base_width"] == 32
