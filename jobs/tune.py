@@ -19,7 +19,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python jobs/tune.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common.exits import dry_run_result, run_job
+from jobs.common.exits import criterion_failed, dry_run_result, run_job
 from jobs.common.logs import setup_logging
 from jobs.tuning.config import TuneJobConfig, parse_tune_args
 from jobs.tuning.search import run_search
@@ -29,7 +29,11 @@ def tune(cfg: TuneJobConfig) -> tuple[dict[str, Any], int]:
     """The summary of a search (or of a --dry-run) and its exit code."""
     setup_logging(cfg.train.log_level)
     summary = run_search(cfg)
-    return dry_run_result(summary) if cfg.train.dry_run else (summary, 0)
+    if cfg.train.dry_run:
+        return dry_run_result(summary)
+    if summary["best_trial"] is None:  # every trial failed before its first checkpoint
+        return criterion_failed(summary, "no trial of the search reported a checkpoint")
+    return summary, 0
 
 
 def main(argv: list[str] | None = None) -> int:
