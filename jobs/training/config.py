@@ -99,10 +99,9 @@ class TrainJobConfig(FoldFlags, StartingWeights, DecodeFlags):
     (--val-fraction)."""
     group_by: str | None = None
     """Regular expression over each pair's key (its path without extension): pairs whose match
-    (its first group, or the whole match) is the same form a group that the --val-fraction split
-    keeps on one side, e.g. '^(.*)_\\d+$' for the frames of one sequence; `names`: blocks of
-    neighbouring numbered names (frames, slices) as `unet-plan` groups them (docs/planning.md);
-    split.json records the groups. Default: every pair on its own."""
+    (its first group, or the whole match) is the same stay on one side of the --val-fraction split,
+    e.g. '^(.*)_\\d+$' for the frames of a sequence; `names`: blocks of neighbouring numbered names
+    as `unet-plan` groups them (docs/planning.md); split.json records the groups."""
     class_map: str | None = None
     """Class map JSON file (local or s3://); default: classes.json at the data root."""
     s3_endpoint_url: str | None = None

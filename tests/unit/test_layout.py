@@ -97,6 +97,7 @@ ALLOWED_CROSSINGS = {
     ("reporting", "segmenting"): "the QC report reads a segment output's manifest",
     ("segmenting", "reporting"): "`segment --report` makes the QC report at the end of a run",
     ("training", "planning"): "`train --plan auto` plans its run with unet-plan's rules",
+    ("planning", "training"): "the step time is measured making batches as training makes them",
     ("tuning", "training"): "each trial is a run of the train job (its config, loop, gate)",
 }
 """(importing room, imported room) -> why; every other import across rooms fails the test."""
