@@ -211,3 +211,20 @@ def test_train_job_config_flat_round_trip():
     flat = cfg.to_flat()
     assert flat["encoder_weights"] == "w.pth" and flat["encoder"] == "resnet18"
     assert TrainJobConfig.from_flat(flat).encoder_weights == "w.pth"
+
+
+def test_imagenet_without_the_extra_refused(monkeypatch):
+    from jobs.training import encoder_init
+
+    monkeypatch.setattr(encoder_init.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(encoder_init.EncoderWeightsError, match=r"unet-ray\[pretrained\]"):
+        encoder_init.imagenet_file("efficientnet-lite0")
+
+
+def test_resumed_run_loads_no_starting_weights():
+    from jobs.training.init_from import load_start
+
+    entry = {"parent": object(), "encoder_weights": None}
+    (line,) = load_start(seeded(TINY, 0), entry, resuming=True)
+    assert "resume wins" in line and "--init-from" in line
+    assert load_start(seeded(TINY, 0), None, resuming=False) == []
