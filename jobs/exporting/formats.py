@@ -141,6 +141,9 @@ def export_program(module: torch.nn.Module, sample: torch.Tensor, spec: GraphSpe
     dynamic = (
         {0: Dim("batch", min=1), axes[0]: Dim("height", min=1), axes[1]: Dim("width", min=1)},
     )
+    # row-major strides: a sample made by a transpose (HWC -> CHW) has the strides of another
+    # layout, and torch.export then guards on them (H * W != 1 for a 1-channel input)
+    sample = torch.empty(sample.shape, dtype=sample.dtype).copy_(sample)
     with torch.no_grad(), shape_config.patch(backed_size_oblivious=True):
         return torch.export.export(module, (sample,), dynamic_shapes=dynamic)
 
