@@ -37,6 +37,7 @@ from jobs.training.config import TrainJobConfig
 from jobs.training.data_checks import check_with_ray, gather_training_data
 from jobs.training.defaults import with_defaults
 from jobs.training.preflight import decide_workers, path_problems, with_system_metrics
+from jobs.tuning import leaks
 from jobs.tuning.config import REDUCTION_FACTOR, TuneJobConfig
 from jobs.tuning.space import SearchSpace, default_space, load_space
 
@@ -260,11 +261,14 @@ def _search(cfg, train, space, data, uri, view, owned, trials, running, started)
         "search %s: %d trials (%d at once), ASHA on %s (%s) after %d epochs of %d; parent run %s",
         name, trials, running, cfg.metric, cfg.mode, cfg.grace_epochs, epochs, parent,
     )  # fmt: skip
+    held_before = leaks.held_by_this_job()
     try:
         grid = tuner.fit()
     except Exception:
         tracking.finish_run(uri, parent, "FAILED")
         raise
+    finally:
+        released = leaks.release_leftovers(held_before)  # ray#54305: stopped trials' groups
     bad = read_bad_pairs()
     allowed = train.allowed_bad_pairs(len(data.train) + len(data.val))
     if len(bad) > allowed:  # the trials stopped at the end of that epoch
@@ -295,6 +299,7 @@ def _search(cfg, train, space, data, uri, view, owned, trials, running, started)
         "experiment": train.experiment,
         "tracking_uri": uri,
         "trials": len(rows),
+        "placement_groups_released": released,
         "trial_states": {
             s: sum(r.status == s for r in rows) for s in sorted({r.status for r in rows})
         },

@@ -6,9 +6,11 @@ reduction factor 2, one trial at a time) keeps a trial at a rung only when it is
 the middle of the trials that reached that rung before it: trials 2 and 3 stop after epoch 1,
 trial 4 (tied with 2 and 3 at epoch 1) after epoch 2. So three trials stop early.
 
-Each trial's Ray Train workers reserve 5 of the local Ray's 8 CPUs: two trials' placement
-groups cannot both exist, so a stopped trial that kept its placement group
-(ray-project/ray#54305) would leave the next trial PENDING forever (this test's timeout).
+On Ray 2.60 a trial ASHA stops keeps its workers' placement group (ray-project/ray#54305:
+Ray Train's cleaner does not remove it), so the next trial that needs those CPUs would wait
+forever. Each trial's worker here takes 1 of the local Ray's 8 CPUs, so the three stopped
+trials' groups fit beside the running one; when Tune returns, the search removes the groups its
+job still holds (`jobs.tuning.leaks`), and every CPU is back.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from jobs.tune import main
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 EPOCHS = 4
-WORKER_CPUS = 5  # of the local Ray's 8: one trial's placement group at a time
+WORKER_CPUS = 1  # of the local Ray's 8: stopped trials' groups fit until the search ends
 
 
 @pytest.fixture
@@ -111,7 +113,7 @@ def test_search_stops_weak_trials_logs_children_registers_best_and_frees_resourc
         assert child.info.status == ("KILLED" if stopped else "FINISHED")
     version = client.get_model_version("unet", "1")
     assert version.run_id == by_trial[summary["best_trial"]].info.run_id
-    assert client.get_model_version_by_alias("unet", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("unet", "champion").version) == "1"
     trials_json = Path(
         client.download_artifacts(parent.info.run_id, "trials.json", str(tmp_path))
     ).read_text()
@@ -120,3 +122,4 @@ def test_search_stops_weak_trials_logs_children_registers_best_and_frees_resourc
     # resources come back: every CPU free, no placement group left CREATED
     free, total, created = resources_back(ray_local)
     assert free == total and not created, (free, total, created)
+    assert 0 <= summary["placement_groups_released"] <= summary["trials"], summary
