@@ -37,7 +37,7 @@ from jobs.training.data_checks import TrainingData
 from jobs.training.figures import log_curves
 from jobs.training.fold_registry import register_ensemble
 from jobs.training.folds import FoldError, GroupBy, fold_pairs, fold_split_record
-from jobs.training.job import _gather, start_run
+from jobs.training.job import gather, start_run
 from unet_core.metrics import ConfusionMatrix, finite_or_none
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,11 @@ class FoldRun:
 
 
 def gather_whole(cfg: TrainJobConfig) -> tuple[TrainingData, list]:
-    """The whole set, paired and checked as a single run's (`jobs.training.job._gather`), every
+    """The whole set, paired and checked as a single run's (`jobs.training.job.gather`), every
     pair in ``train`` and none in ``val`` (the folds are cut later); and the unchecked pairs."""
     # any split will do: its two sides are joined again
     half = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, val_fraction=0.5))
-    data, unchecked = _gather(half)
+    data, unchecked = gather(half)
     pairs = sorted([*data.train, *data.val], key=lambda p: p.key)
     return dataclasses.replace(data, train=pairs, val=[], val_root=data.root), unchecked
 

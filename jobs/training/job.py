@@ -52,7 +52,8 @@ from jobs.training.publish import publish
 from jobs.training.trainer import check_sampled_set, make_loop_config, make_trainer
 
 
-def _gather(cfg: TrainJobConfig):
+def gather(cfg: TrainJobConfig):
+    """The training data as the train job pairs, splits and checks it (`gather_training_data`)."""
     return gather_training_data(
         cfg.data,
         val_data=cfg.val_data,
@@ -76,7 +77,7 @@ def dry_run(cfg: TrainJobConfig, view: ClusterView, problems: list[str]) -> dict
     data = None
     if not (demo and not Path(cfg.data, "classes.json").is_file()):  # else: made by a real run
         try:
-            data, _ = _gather(cfg)
+            data, _ = gather(cfg)
         except (DataValidationError, OSError, ValueError) as exc:
             problems = [*problems, f"data: {exc}"]
     return dry_run_summary(cfg, view, choice, data, problems)
@@ -151,7 +152,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
 
             data, unchecked = gather_whole(cfg)
         else:
-            data, unchecked = _gather(cfg)
+            data, unchecked = gather(cfg)
         data = start.preprocessing(cfg, data)  # the parent's, or fitted (ImageNet's: pretrained)
         check_sampled_set(cfg, data)
         cfg, _ = decide_workers(view, cfg)

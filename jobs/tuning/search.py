@@ -34,8 +34,9 @@ from jobs.common.ray_cluster import connect_ray
 from jobs.common.resources import cpus_per_train_worker
 from jobs.training import tracking
 from jobs.training.config import TrainJobConfig
-from jobs.training.data_checks import check_with_ray, gather_training_data
+from jobs.training.data_checks import check_with_ray
 from jobs.training.defaults import with_defaults
+from jobs.training.job import gather
 from jobs.training.preflight import decide_workers, path_problems, with_system_metrics
 from jobs.tuning import leaks
 from jobs.tuning.config import REDUCTION_FACTOR, TuneJobConfig
@@ -46,23 +47,6 @@ log = logging.getLogger(__name__)
 TRIAL_DRIVER_CPUS = 0.01
 """CPUs Tune reserves for a trial's own function (it only waits on its Ray Train controller;
 the workers reserve theirs in Ray Train's placement group)."""
-
-
-def gather(cfg: TrainJobConfig):
-    """The training data as the train job checks it (`gather_training_data`)."""
-    return gather_training_data(
-        cfg.data,
-        val_data=cfg.val_data,
-        class_map_path=cfg.class_map,
-        val_fraction=cfg.train.val_fraction,
-        seed=cfg.train.seed,
-        group_by=cfg.group_by,
-        in_channels=cfg.in_channels,
-        num_workers=cfg.worker_range[1],
-        check_limit=cfg.check_limit,
-        endpoint_url=cfg.s3_endpoint_url,
-        decode=cfg.decode_options,
-    )
 
 
 def concurrency(cfg: TuneJobConfig, train: TrainJobConfig, view: ClusterView, trials: int) -> int:
