@@ -65,13 +65,13 @@ def test_train_group_by_flag_is_checked():
 
 
 def test_train_splits_its_data_by_the_group_by_flag(tmp_path):
-    from jobs.training.job import _gather
+    from jobs.training.job import gather
     from unet_core.synthetic import make_synthetic_dataset
 
     make_synthetic_dataset(tmp_path, num_images=16, size=16, seed=0)  # synth_0000..synth_0015
     last_digit = r"^synth_\d{3}(\d)$"  # 10 groups: {0000, 0010}, {0001, 0011}, ...
     cfg = parse_args(["--data", str(tmp_path), "--group-by", last_digit, "--num-workers", "1"])
-    data, _ = _gather(cfg)
+    data, _ = gather(cfg)
     train = {pair_group(p.key, last_digit) for p in data.train}
     val = {pair_group(p.key, last_digit) for p in data.val}
     assert train and val and not train & val
