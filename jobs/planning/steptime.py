@@ -2,9 +2,10 @@
 training loss, AdamW, the training's autocast) in one Ray task that asks for the resources a
 training worker gets, so that on a cluster it runs on the node type training will use.
 
-On CPU the steps run at a crop of at most `CPU_MEASURE_CROP` and are scaled by pixels (CPU time
-per pixel barely depends on the crop), so the whole measurement takes a few seconds; on GPU they
-run at the planned crop. Each candidate's time is the median of its steps after one warm-up.
+The steps run at the planned crop and batch, on CPU too: time per pixel is not flat in the crop
+(a depth-5 UNet timed at 128 px and scaled to 256 px came out 55% slower than timed at 256 px,
+its deep levels a few pixels wide). Each candidate's time is the median of its steps after one
+warm-up, times `TRAINING_OVERHEAD` for what a timing task does not do.
 
 A training step also waits for its batch: the planned augmentation (warps, elastic deformation),
 the border weight maps and the collation of `batch_size` crops, made from an image of the data's
@@ -25,8 +26,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-CPU_MEASURE_CROP = 128
-"""Largest crop timed on CPU (then scaled by pixels)."""
+TRAINING_OVERHEAD = 1.15
+"""Real training step / timed step: the DDP gradient all-reduce, the Ray Data feed and the loop
+around the step. Measured on 2 CPU workers sharing a node (docs/planning.md): 0.43 / 0.37 s for
+a width-16 depth-4 UNet at 256 px, about 1.05 / 0.91 s for width 24 depth 5."""
 SECONDS_PER_CANDIDATE = {"cpu": 1.5, "gpu": 5.0}
 """Time spent on one candidate's steps after its warm-up (at least MIN_STEPS steps)."""
 MIN_STEPS, MAX_STEPS = 2, 20
@@ -97,21 +100,21 @@ def time_candidates(
             batch_seconds[c.crop_size, c.batch_size] = time_batches(
                 DataSample(**data), crop=c.crop_size, batch=c.batch_size
             )
-        crop = c.crop_size if dev.type == "cuda" else min(c.crop_size, CPU_MEASURE_CROP)
         torch.manual_seed(0)
         model = UNet(
             c.in_channels, c.num_classes, base_width=c.base_width, depth=c.depth, norm=c.norm
         ).to(dev, memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         loss_fn = SegmentationLoss(c.num_classes)
-        x = torch.randn(c.batch_size, c.in_channels, crop, crop, device=dev)  # (B, C, H, W)
+        side = c.crop_size
+        x = torch.randn(c.batch_size, c.in_channels, side, side, device=dev)  # (B, C, H, W)
         x = x.to(memory_format=torch.channels_last)
-        y = torch.randint(0, c.num_classes, (c.batch_size, crop, crop), device=dev)  # (B, H, W)
+        y = torch.randint(0, c.num_classes, (c.batch_size, side, side), device=dev)  # (B, H, W)
         try:
             seconds = _median_step(model, optimizer, loss_fn, x, y, dev, dtype, device)
         except torch.cuda.OutOfMemoryError:  # this size does not fit: no candidate
             seconds = float("inf")
-        seconds *= (c.crop_size / crop) ** 2  # CPU: time per pixel is flat in the crop
+        seconds *= TRAINING_OVERHEAD
         making = batch_seconds.get((c.crop_size, c.batch_size), 0.0)
         out.append(seconds + making if dev.type == "cpu" else max(seconds, making))
         del model, optimizer, x, y

@@ -196,19 +196,26 @@ def test_measured_times_reach_the_plan():
     )
 
 
-def test_timing_candidates_runs_training_steps_and_scales_cpu_crops(monkeypatch):
+def test_timing_candidates_runs_training_steps_at_the_planned_crop(monkeypatch):
     from jobs.planning import steptime
 
     small = steptime.Candidate(8, 2, 32, 2, 1, 2, "group")
     monkeypatch.setattr(steptime, "SECONDS_PER_CANDIDATE", {"cpu": 0.0, "gpu": 0.0})
-    monkeypatch.setattr(steptime, "CPU_MEASURE_CROP", 32)
     timed = steptime.time_candidates([dataclasses.asdict(small)], "cpu", "off")
     assert timed["gpu_memory_gb"] is None and timed["seconds"][0] > 0
-    # a crop above CPU_MEASURE_CROP is timed at it and scaled by pixels: 4x for twice the side
+    # every crop is timed as planned (no scaling by pixels) and the loop's overhead added
+    from unet_core.model import UNet
+
+    shapes, forward = [], UNet.forward
+    monkeypatch.setattr(
+        UNet, "forward", lambda m, x: shapes.append(tuple(x.shape)) or forward(m, x)
+    )
     clock = iter(range(1000))  # every step takes 1 s
     monkeypatch.setattr(steptime.time, "perf_counter", lambda: float(next(clock)))
-    both = [dataclasses.asdict(small), dataclasses.asdict(dataclasses.replace(small, crop_size=64))]
-    assert steptime.time_candidates(both, "cpu", "off")["seconds"] == [1.0, 4.0]
+    both = [dataclasses.asdict(small), dataclasses.asdict(dataclasses.replace(small, crop_size=48))]
+    overhead = steptime.TRAINING_OVERHEAD
+    assert steptime.time_candidates(both, "cpu", "off")["seconds"] == [overhead, overhead]
+    assert {s[-2:] for s in shapes} == {(32, 32), (48, 48)}
 
 
 def test_a_size_that_ran_out_of_memory_is_no_candidate():
@@ -256,7 +263,6 @@ def test_a_step_waits_for_its_batch_on_cpu(monkeypatch):
     )
     small = steptime.Candidate(8, 2, 32, 2, sample.channels, sample.num_classes, "group")
     monkeypatch.setattr(steptime, "SECONDS_PER_CANDIDATE", {"cpu": 0.0, "gpu": 0.0})
-    monkeypatch.setattr(steptime, "CPU_MEASURE_CROP", 32)
     made = []
     monkeypatch.setattr(
         steptime, "time_batches", lambda s, crop, batch: made.append((crop, batch)) or 0.5
@@ -266,7 +272,8 @@ def test_a_step_waits_for_its_batch_on_cpu(monkeypatch):
     timed = steptime.time_candidates(
         [dataclasses.asdict(small)], "cpu", "off", dataclasses.asdict(sample)
     )
-    assert made == [(32, 2)] and timed["seconds"] == [1.5]  # model + batch on the same CPUs
+    # model (with the loop's overhead) + batch on the same CPUs
+    assert made == [(32, 2)] and timed["seconds"] == [steptime.TRAINING_OVERHEAD + 0.5]
 
 
 def test_making_a_batch_runs_the_planned_augmentation():
