@@ -56,9 +56,12 @@ class DoubleConv(nn.Sequential):
 
 
 class Up(nn.Module):
-    """Upsample x2 (2x2 transposed conv, or bilinear + 1x1 conv), concatenate the skip, double conv."""
+    """Upsample x2 to `cout` channels (2x2 transposed conv, or bilinear + 1x1 conv), concatenate
+    the skip of `skip` channels (default `cout`; 0: no skip), double conv."""
 
-    def __init__(self, cin: int, cout: int, norm: str, upsampling: str) -> None:
+    def __init__(
+        self, cin: int, cout: int, norm: str, upsampling: str, skip: int | None = None
+    ) -> None:
         super().__init__()
         if upsampling == "transpose":
             self.up = nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
@@ -67,11 +70,13 @@ class Up(nn.Module):
                 nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                 nn.Conv2d(cin, cout, kernel_size=1),
             )
-        self.conv = DoubleConv(2 * cout, cout, norm)
+        self.conv = DoubleConv(cout + (cout if skip is None else skip), cout, norm)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = self.up(x)  # (B, cin, h, w) -> (B, cout, 2h, 2w)
-        return self.conv(torch.cat([skip, x], dim=1))  # (B, 2 cout, 2h, 2w) -> (B, cout, 2h, 2w)
+        if skip is not None:
+            x = torch.cat([skip, x], dim=1)  # (B, skip + cout, 2h, 2w)
+        return self.conv(x)  # (B, cout, 2h, 2w)
 
 
 class UNet(nn.Module):

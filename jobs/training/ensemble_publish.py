@@ -18,8 +18,8 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from jobs.training.champion import ChampionComparison
 from jobs.training.registry import Registration, log_and_register
 from unet_core.checkpoint import load_checkpoint
 
@@ -39,23 +39,16 @@ def log_ensemble_model(
     run_id: str,
     ensemble_path: str | os.PathLike,
     member_paths: Sequence[str | os.PathLike],
-    name: str,
-    alias: str,
-    val_miou: float,
-    epoch: int = 0,
-    min_miou: float = 0.0,
-    force_alias: bool = False,
     tags: dict[str, str] | None = None,
-    comparison: ChampionComparison | None = None,
-    tracking_uri: str | None = None,
+    **gate: Any,
 ) -> Registration:
     """Log the ensemble file ``ensemble_path`` (written by `unet_core.ensemble.save_ensemble`
     of ``member_paths``, in that order) under the active MLflow run ``run_id``, each member's
-    checkpoint as the run artifact ``members/fold_<i>.pt``, register a version of ``name``
-    and maybe move ``alias``, exactly as `log_and_register` does for a single model.
-
-    ``val_miou`` is the figure the gate holds against ``--min-miou`` (for K folds, the
-    out-of-fold mean IoU); ``epoch`` is what a resubmitted run's registration is found by.
+    checkpoint as the run artifact ``members/fold_<i>.pt``, register a version and maybe move
+    the alias, exactly as `log_and_register` does for a single model: ``gate`` holds its
+    keyword arguments (name, alias, val_miou, epoch, min_miou, force_alias, comparison,
+    tracking_uri), ``val_miou`` being the figure held against ``--min-miou`` (for K folds, the
+    out-of-fold mean IoU).
     The version is tagged ``ensemble_members`` (K) and ``members_artifacts`` (the members'
     ``runs:/`` folder). ValueError when the file does not load or holds another number of
     members than ``member_paths``.
@@ -69,7 +62,7 @@ def log_ensemble_model(
             f"{len(member_paths)} member checkpoint(s) were given; write it with "
             "unet_core.ensemble.save_ensemble(path, member_paths)"
         )
-    client = mlflow.MlflowClient(tracking_uri or mlflow.get_tracking_uri())
+    client = mlflow.MlflowClient(gate.get("tracking_uri") or mlflow.get_tracking_uri())
     with tempfile.TemporaryDirectory(prefix="unet-members-") as tmp:
         folder = Path(tmp) / MEMBERS_ARTIFACT_DIR
         folder.mkdir()
@@ -81,16 +74,7 @@ def log_ensemble_model(
         "ensemble_members": str(loaded.members),
         "members_artifacts": f"runs:/{run_id}/{MEMBERS_ARTIFACT_DIR}",
     }
+    gate.setdefault("epoch", 0)
     return log_and_register(
-        run_id=run_id,
-        checkpoint_path=ensemble_path,
-        name=name,
-        alias=alias,
-        val_miou=val_miou,
-        epoch=epoch,
-        min_miou=min_miou,
-        force_alias=force_alias,
-        tags={**ensemble_tags, **(tags or {})},
-        comparison=comparison,
-        tracking_uri=tracking_uri,
+        run_id=run_id, checkpoint_path=ensemble_path, tags={**ensemble_tags, **(tags or {})}, **gate
     )

@@ -81,12 +81,4 @@ def register_ensemble(
             tracking_uri=uri,
         )
         mlflow.set_tags({"model_uri": reg.model_uri})
-    return {
-        "model_uri": reg.model_uri,
-        "model_name": reg.name,
-        "model_version": reg.version,
-        "alias": reg.alias,
-        "alias_set": reg.alias_set,
-        "alias_reason": reg.reason,
-        "alias_decision": reg.alias_decision(),
-    }
+    return reg.summary()

@@ -153,10 +153,7 @@ def publish_member(
     client.set_tag(run_id, "best_epoch", str(epoch))
     tracking.finish_run(uri, run_id)
     return {
-        "run_id": run_id,
-        "run_name": cfg.run_name,
-        "experiment": cfg.experiment,
-        "tracking_uri": uri,
+        **tracking.run_keys(run_id, cfg.run_name, cfg.experiment, uri),
         "fold": cfg.fold,
         "folds": cfg.folds,
         "model_uri": None,  # not registered: --register-as registers it
@@ -286,10 +283,7 @@ def run_folds(
     registration = register_ensemble(cfg, runs, checkpoints, pooled.mean_iou(), uri, parent)
     tracking.finish_run(uri, parent)
     return {
-        "run_id": parent,
-        "run_name": cfg.run_name,
-        "experiment": cfg.experiment,
-        "tracking_uri": uri,
+        **tracking.run_keys(parent, cfg.run_name, cfg.experiment, uri),
         "oof_mean_iou": finite_or_none(pooled.mean_iou()),
         "oof_pixel_accuracy": finite_or_none(pooled.pixel_accuracy()),
         "oof_per_class_iou": {n: c["iou"] for n, c in summary["per_class"].items()},

@@ -19,7 +19,7 @@ from jobs.training.data_checks import TrainingData
 from jobs.training.datasets import read_samples
 from jobs.training.figures import log_curves, log_panel
 from jobs.training.registry import log_and_register
-from jobs.training.tracking import finish_run, metric_histories
+from jobs.training.tracking import finish_run, metric_histories, run_keys
 from unet_core.checkpoint import load_checkpoint
 
 
@@ -90,17 +90,8 @@ def publish(
         file=sys.stderr,
     )
     return {
-        "run_id": run_id,
-        "run_name": cfg.run_name,
-        "experiment": cfg.experiment,
-        "tracking_uri": uri,
-        "model_uri": reg.model_uri,
-        "model_name": reg.name,
-        "model_version": reg.version,
-        "alias": reg.alias,
-        "alias_set": reg.alias_set,
-        "alias_reason": reg.reason,
-        "alias_decision": reg.alias_decision(),
+        **run_keys(run_id, cfg.run_name, cfg.experiment, uri),
+        **reg.summary(),
         "val_mean_iou": val_miou,  # the MLflow metric val_miou of the best epoch
         "best_epoch": epoch,
         "epochs": int(max(speed["epoch"], default=0)),

@@ -51,6 +51,18 @@ class Registration:
     def model_uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
 
+    def summary(self) -> dict:
+        """The registry keys of the job's summary."""
+        return {
+            "model_uri": self.model_uri,
+            "model_name": self.name,
+            "model_version": self.version,
+            "alias": self.alias,
+            "alias_set": self.alias_set,
+            "alias_reason": self.reason,
+            "alias_decision": self.alias_decision(),
+        }
+
 
 def code_version(run_tags: dict[str, str]) -> str:
     """The commit MLflow recorded for the run (its mlflow.source.git.commit tag:

@@ -144,6 +144,16 @@ def metric_histories(tracking_uri: str, run_id: str, keys: list[str]) -> dict[st
     return out
 
 
+def run_keys(run_id: str, run_name: str, experiment: str, tracking_uri: str) -> dict[str, str]:
+    """The MLflow run keys that open every job summary."""
+    return {
+        "run_id": run_id,
+        "run_name": run_name,
+        "experiment": experiment,
+        "tracking_uri": tracking_uri,
+    }
+
+
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     from mlflow.tracking import MlflowClient
 

@@ -278,10 +278,7 @@ def _search(cfg, train, space, data, uri, view, owned, trials, running, started)
     failed = [r for r in rows if r.error]
     tracking.finish_run(uri, parent, "FINISHED" if best is not None else "FAILED")
     return {
-        "run_id": parent,
-        "run_name": name,
-        "experiment": train.experiment,
-        "tracking_uri": uri,
+        **tracking.run_keys(parent, name, train.experiment, uri),
         "trials": len(rows),
         "placement_groups_released": released,
         "trial_states": {

@@ -18,7 +18,7 @@ from torch import nn
 from unet_core.config import ModelConfig
 from unet_core.encoders.efficientnet import LITE_SCALING, EfficientNetLiteEncoder
 from unet_core.encoders.resnet import RESNET_LAYERS, ResNetEncoder
-from unet_core.model import DoubleConv, pad_to_multiple
+from unet_core.model import Up, pad_to_multiple
 
 STAGES = 5
 """Stride-2 stages of every pretrained encoder: features at strides 2 .. 32."""
@@ -35,27 +35,6 @@ def build_encoder(name: str, in_channels: int) -> ResNetEncoder | EfficientNetLi
     )
 
 
-class DecoderBlock(nn.Module):
-    """Upsample x2 to `cout` channels, concatenate the skip (if any), double conv."""
-
-    def __init__(self, cin: int, skip: int, cout: int, norm: str, upsampling: str) -> None:
-        super().__init__()
-        if upsampling == "transpose":
-            self.up = nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
-        else:
-            self.up = nn.Sequential(
-                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                nn.Conv2d(cin, cout, kernel_size=1),
-            )
-        self.conv = DoubleConv(cout + skip, cout, norm)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.up(x)  # (B, cin, h, w) -> (B, cout, 2h, 2w)
-        if skip is not None:
-            x = torch.cat([skip, x], dim=1)  # (B, skip + cout, 2h, 2w)
-        return self.conv(x)  # (B, cout, 2h, 2w)
-
-
 class EncoderUNet(nn.Module):
     """UNet decoder (module doc) over `config.encoder`; `model(x).shape == (B, K, H, W)` for
     every `x.shape == (B, C, H, W)`. The encoder's weights load with
@@ -70,11 +49,8 @@ class EncoderUNet(nn.Module):
         cin = skips[-1]
         blocks = []
         for i in reversed(range(STAGES)):  # to stride 2**i: the skip of stride 2**i, none at 1
-            blocks.append(
-                DecoderBlock(
-                    cin, skips[i - 1] if i else 0, widths[i], config.norm, config.upsampling
-                )
-            )
+            skip = skips[i - 1] if i else 0
+            blocks.append(Up(cin, widths[i], config.norm, config.upsampling, skip=skip))
             cin = widths[i]
         self.decoder = nn.ModuleList(blocks)
         self.dropout = nn.Dropout2d(config.dropout) if config.dropout > 0 else nn.Identity()

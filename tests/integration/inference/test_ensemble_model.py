@@ -5,10 +5,6 @@ its ONNX export matches the eager ensemble in onnxruntime."""
 
 from __future__ import annotations
 
-import io
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +22,7 @@ from tests.integration.inference.helpers import (
     run_main,
 )
 from tests.integration.inference.test_export import need_onnx, onnxruntime_session
-from tests.integration.inference.test_pyfunc_anywhere import ELSEWHERE, _venv_packages
+from tests.integration.inference.test_pyfunc_anywhere import pyfunc_elsewhere
 from unet_core.checkpoint import load_checkpoint
 from unet_core.classes import ClassMap
 from unet_core.data import read_image, read_mask
@@ -150,29 +146,11 @@ def test_the_ensemble_pyfunc_loads_without_the_project(
     assert (folder / "code/unet_core/ensemble.py").is_file()
     assert not (folder / "artifacts" / "members").exists()  # members are run artifacts
 
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    png = io.BytesIO()
-    Image.fromarray(image).save(png, format="PNG")
-    (elsewhere / "image.png").write_bytes(png.getvalue())
-    np.save(elsewhere / "image.npy", image)
-    out = [elsewhere / n for n in ("array_mask.npy", "frame_mask.npy", "state.pt")]
-    args = [json.dumps(_venv_packages()), mlflow_uri, elsewhere / "image.npy", out[0]]
-    args += [elsewhere / "image.png", out[1], out[2]]
-    done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", ELSEWHERE, *map(str, args)],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report, array_mask, frame_mask, state = pyfunc_elsewhere(tmp_path, mlflow_uri, image)
     assert report["unet"] == "Ensemble"
     assert not Path(report["unet_core"]).is_relative_to(REPO_ROOT), report
-    np.testing.assert_array_equal(np.load(out[0]), expected)
-    np.testing.assert_array_equal(np.load(out[1]), expected)
-    state = torch.load(out[2], weights_only=True)
+    np.testing.assert_array_equal(array_mask, expected)
+    np.testing.assert_array_equal(frame_mask, expected)
     assert state.keys() == loaded.model.state_dict().keys()
 
 

@@ -18,6 +18,7 @@ from jobs.exporting.graph import SPECS, build_graph, padding_multiple
 from tests.integration.inference.helpers import run_main
 from tests.integration.inference.test_export import need_onnx
 from tests.support import missing
+from tests.unit.exporting.test_graph import WIDE_DATA
 from unet_core.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
 from unet_core.classes import ClassMap
 from unet_core.config import ModelConfig, PreprocessConfig
@@ -173,15 +174,7 @@ def test_uint8_mask_graph_gives_predicts_class_values(fmt, preprocess, tmp_path,
 
 
 def test_a_model_of_16_bit_data_is_refused_for_the_uint8_mask_graph(tmp_path, capsys):
-    clip = PreprocessConfig(
-        channels=3,
-        mean=(900.0,) * 3,
-        std=(300.0,) * 3,
-        scheme="clip_zscore",
-        clip_low=(10.0,) * 3,
-        clip_high=(4000.0,) * 3,
-    )
-    ckpt = checkpoint(tmp_path / "wide.pt", clip)
+    ckpt = checkpoint(tmp_path / "wide.pt", WIDE_DATA)
     out = tmp_path / "mask.pt2"
     argv = ["--model", ckpt, "--format", "pt2", "--output", out, "--graph", "uint8-mask"]
     code, summary = run_main(main, argv, capsys)

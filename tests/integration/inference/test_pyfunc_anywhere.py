@@ -98,6 +98,21 @@ def test_registered_model_loads_without_the_project(
     for key, value in loaded.model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key
 
+    report, array_mask, frame_mask, state = pyfunc_elsewhere(tmp_path, mlflow_uri, image)
+    assert report["unet"] == "UNet"
+    assert not Path(report["unet_core"]).is_relative_to(REPO_ROOT), report  # the model's copy
+    np.testing.assert_array_equal(array_mask, expected)
+    np.testing.assert_array_equal(frame_mask, expected)
+    assert state.keys() == loaded.model.state_dict().keys()
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(state[key], value), key
+    assert version == "2"
+
+
+def pyfunc_elsewhere(tmp_path: Path, mlflow_uri: str, image: np.ndarray):
+    """Run ELSEWHERE (models:/unet@champion loaded by MLflow in a Python without this project)
+    on ``image`` given as an array and as a PNG frame: (its report, the array's mask, the
+    frame's mask, the loaded model's state dict)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     png = io.BytesIO()
@@ -105,21 +120,10 @@ def test_registered_model_loads_without_the_project(
     (elsewhere / "image.png").write_bytes(png.getvalue())
     np.save(elsewhere / "image.npy", image)
     out = [elsewhere / n for n in ("array_mask.npy", "frame_mask.npy", "state.pt")]
+    args = [json.dumps(_venv_packages()), mlflow_uri, elsewhere / "image.npy", out[0]]
+    args += [elsewhere / "image.png", out[1], out[2]]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-S",
-            "-c",
-            ELSEWHERE,
-            json.dumps(_venv_packages()),
-            mlflow_uri,
-            str(elsewhere / "image.npy"),
-            str(out[0]),
-            str(elsewhere / "image.png"),
-            str(out[1]),
-            str(out[2]),
-        ],
+        [sys.executable, "-I", "-S", "-c", ELSEWHERE, *map(str, args)],
         cwd=elsewhere,
         capture_output=True,
         text=True,
@@ -127,12 +131,4 @@ def test_registered_model_loads_without_the_project(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["unet"] == "UNet"
-    assert not Path(report["unet_core"]).is_relative_to(REPO_ROOT), report  # the model's copy
-    np.testing.assert_array_equal(np.load(out[0]), expected)
-    np.testing.assert_array_equal(np.load(out[1]), expected)
-    state = torch.load(out[2], weights_only=True)
-    assert state.keys() == loaded.model.state_dict().keys()
-    for key, value in loaded.model.state_dict().items():
-        assert torch.equal(state[key], value), key
-    assert version == "2"
+    return report, np.load(out[0]), np.load(out[1]), torch.load(out[2], weights_only=True)

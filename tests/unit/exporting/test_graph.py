@@ -31,6 +31,17 @@ SIZES = [(1, 1), (7, 13), (31, 64), (5, 1), (7, 1), (1, 6), (4, 4)]
 less than its length and the other by more: eager replicates both."""
 
 
+WIDE_DATA = PreprocessConfig(
+    channels=3,
+    mean=(900.0,) * 3,
+    std=(300.0,) * 3,
+    scheme="clip_zscore",
+    clip_low=(10.0,) * 3,
+    clip_high=(4000.0,) * 3,
+)
+"""The preprocessing of a model of 16-bit data (clipped, z-scored)."""
+
+
 def tiny_unet(depth: int = 2, norm: str = "batch", classes: int = 3) -> UNet:
     torch.manual_seed(0)
     config = ModelConfig(in_channels=3, num_classes=classes, base_width=4, depth=depth, norm=norm)
@@ -126,19 +137,13 @@ def test_class_values_above_255_give_a_uint16_mask():
 
 
 def test_a_model_of_16_bit_or_float_data_is_refused_as_usage():
-    clip = PreprocessConfig(
-        channels=3,
-        mean=(900.0,) * 3,
-        std=(300.0,) * 3,
-        scheme="clip_zscore",
-        clip_low=(10.0,) * 3,
-        clip_high=(4000.0,) * 3,
-    )
     model = tiny_unet()
     with pytest.raises(GraphRefused, match="clip_zscore.*--graph logits") as info:
-        build_graph(loaded(model, clip, ClassMap.binary()), model, "uint8-mask")
+        build_graph(loaded(model, WIDE_DATA, ClassMap.binary()), model, "uint8-mask")
     assert info.value.exit_kind == "usage"
-    assert isinstance(build_graph(loaded(model, clip, ClassMap.binary()), model, "logits"), AnySize)
+    assert isinstance(
+        build_graph(loaded(model, WIDE_DATA, ClassMap.binary()), model, "logits"), AnySize
+    )
 
 
 def test_check_sizes_take_any_side_and_auto_has_odd_sizes_and_1x1():
