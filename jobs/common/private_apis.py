@@ -1,10 +1,10 @@
-"""Every private MLflow and Ray API the jobs use, in one place.
+"""Every private MLflow, Ray and PyTorch API the jobs use, in one place.
 
 Each one is reached through a function here, never imported elsewhere, so that an upgrade
 that removes or renames one breaks here (and in `tests/unit/common/test_private_apis.py`,
 which names the API and its users) rather than deep inside a job. For each, `PRIVATE_APIS`
 records who uses it and the public alternative checked in the installed sources (MLflow 3.17,
-Ray 2.60) and why it does not serve. Logger *names* such as ``ray._private.authentication...``
+Ray 2.60, PyTorch 2.13) and why it does not serve. Logger *names* such as ``ray._private.authentication...``
 (`jobs.common.logs.RAY_NOTICES`) are strings, not imports, and are not listed.
 """
 
@@ -97,6 +97,15 @@ STDERR_DEDUPLICATOR = PrivateApi(
     "as for stdout_deduplicator.",
 )
 
+SHAPE_CONFIG = PrivateApi(
+    "torch.fx.experimental._config",
+    "patch",
+    "jobs/exporting/formats.py (export_program: backed_size_oblivious while torch.export traces)",
+    "torch.export's Dim(min=1) and torch._check are public, but a dynamic side that can be 1 "
+    "still gets specialised guards (a one-pixel bottleneck); only the shape environment's "
+    "backed_size_oblivious setting traces one graph for every size, 1 x 1 included.",
+)
+
 PRIVATE_APIS = (
     PARSE_MODEL_URI,
     INTERNAL_KV_GET,
@@ -106,6 +115,7 @@ PRIVATE_APIS = (
     DEDUP_SKIP_REGEX,
     STDOUT_DEDUPLICATOR,
     STDERR_DEDUPLICATOR,
+    SHAPE_CONFIG,
 )
 
 
@@ -160,3 +170,12 @@ def dedup_skip_regex() -> str | None:
 def log_deduplicators() -> tuple[Any, Any]:
     """Ray's deduplicators of the stdout and stderr lines workers forward to the driver."""
     return resolve(STDOUT_DEDUPLICATOR), resolve(STDERR_DEDUPLICATOR)
+
+
+# --- PyTorch ----------------------------------------------------------------------------------
+
+
+def size_oblivious_tracing() -> Any:
+    """A context in which torch.export treats every dynamic size as possibly 1 (one graph for
+    every size): the shape environment's ``backed_size_oblivious`` setting."""
+    return resolve(SHAPE_CONFIG)(backed_size_oblivious=True)

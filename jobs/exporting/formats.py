@@ -134,8 +134,9 @@ def export_program(module: torch.nn.Module, sample: torch.Tensor, spec: GraphSpe
     Size-oblivious tracing (``backed_size_oblivious``) keeps torch.export from specialising on
     a side of 1 (a bottleneck of one pixel, a 1-row input): the graph is the same for every
     size, which the check runs at 1 x 1 among others."""
-    import torch.fx.experimental._config as shape_config
     from torch.export import Dim
+
+    from jobs.common.private_apis import size_oblivious_tracing
 
     axes = {"NCHW": (2, 3), "NHWC": (1, 2)}[spec.input_layout]
     dynamic = (
@@ -144,7 +145,7 @@ def export_program(module: torch.nn.Module, sample: torch.Tensor, spec: GraphSpe
     # row-major strides: a sample made by a transpose (HWC -> CHW) has the strides of another
     # layout, and torch.export then guards on them (H * W != 1 for a 1-channel input)
     sample = torch.empty(sample.shape, dtype=sample.dtype).copy_(sample)
-    with torch.no_grad(), shape_config.patch(backed_size_oblivious=True):
+    with torch.no_grad(), size_oblivious_tracing():
         return torch.export.export(module, (sample,), dynamic_shapes=dynamic)
 
 

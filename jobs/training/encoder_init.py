@@ -197,8 +197,9 @@ class EncoderFreeze:
     gradient, and they must be in DDP's reducer from the start to be synchronised after."""
 
     def __init__(self, model: nn.Module, epochs: int) -> None:
-        from torch.nn.modules.batchnorm import _BatchNorm
+        from torch import nn
 
+        batch_norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
         self.epochs = epochs
         module = getattr(model, "module", model)
         self.params = list(module.encoder_parameters()) if epochs else []
@@ -206,7 +207,7 @@ class EncoderFreeze:
         self.norms = [
             m
             for m in module.modules()
-            if isinstance(m, _BatchNorm) and m.weight is not None and id(m.weight) in ids
+            if isinstance(m, batch_norms) and m.weight is not None and id(m.weight) in ids
         ]
         self.frozen = False
 

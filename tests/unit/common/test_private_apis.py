@@ -55,10 +55,18 @@ def test_the_private_apis_have_the_shape_the_jobs_use():
     )
     for dedup in private_apis.log_deduplicators():
         assert hasattr(dedup, "skip_re") and callable(dedup.deduplicate)
+    # PyTorch: the setting exists and the patch sets it only inside the context.
+    import torch.fx.experimental._config as shape_config
+
+    before = shape_config.backed_size_oblivious
+    with private_apis.size_oblivious_tracing():
+        assert shape_config.backed_size_oblivious is True
+    assert shape_config.backed_size_oblivious == before
 
 
 def private_imports(path: Path) -> list[str]:
-    """Imports in ``path`` of a Ray or MLflow module or name that starts with an underscore."""
+    """Imports in ``path`` of a Ray, MLflow or PyTorch module or name that starts with an
+    underscore."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -69,7 +77,7 @@ def private_imports(path: Path) -> list[str]:
             continue
         for name in names:
             parts = name.split(".")
-            if parts[0] in ("ray", "mlflow") and any(p.startswith("_") for p in parts):
+            if parts[0] in ("ray", "mlflow", "torch") and any(p.startswith("_") for p in parts):
                 found.append(f"{path.relative_to(REPO_ROOT).as_posix()}:{node.lineno} {name}")
     return found
 
