@@ -180,6 +180,7 @@ def write_onnx(
             opset_version=opset,
             verbose=False,  # no progress lines on stdout: its last line is the job's JSON
         )
+    name_dynamic_dims(onnx_program.model, SPECS[meta["graph"]].input_layout)
     onnx_program.model.metadata_props.update(meta)
     onnx_program.model.doc_string = (
         f"UNet segmentation (unet-ray), graph {meta['graph']}: {meta['output_layout']}. "
@@ -189,6 +190,30 @@ def write_onnx(
     onnx_program.save(tmp, external_data=False)
     _replace(tmp, path)
     return {"opset": int(onnx_program.model.opset_imports.get("", 0)) or None}
+
+
+def name_dynamic_dims(model, input_layout: str) -> None:
+    """Name the dynamic sizes of the graph's inputs and outputs ``batch``, ``height`` and
+    ``width`` (the exporter calls them s0, s53, ...) for ONNX Runtime and Netron users;
+    ``input_layout`` is the graph's (NCHW, NHWC)."""
+    import onnx_ir as ir
+
+    words = {"N": "batch", "H": "height", "W": "width"}
+    symbols = {
+        dim.value: words[letter]
+        for letter, dim in zip(input_layout, model.graph.inputs[0].shape, strict=True)
+        if letter in words and isinstance(dim, ir.SymbolicDim) and dim.value
+    }
+    for value in (*model.graph.inputs, *model.graph.outputs):
+        if value.shape is not None:
+            value.shape = ir.Shape(
+                [
+                    ir.SymbolicDim(symbols.get(d.value, d.value))
+                    if isinstance(d, ir.SymbolicDim)
+                    else d
+                    for d in value.shape
+                ]
+            )
 
 
 def write_pt2(program, path: Path, meta: dict[str, str]) -> dict[str, Any]:

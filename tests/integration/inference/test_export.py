@@ -205,7 +205,16 @@ def test_checkpoint_path_exports_and_logs_nothing(tmp_path, monkeypatch, synthet
 
     import onnx
 
-    assert {o.domain: o.version for o in onnx.load(str(out)).opset_import}[""] == 18
+    graph = onnx.load(str(out))
+    assert {o.domain: o.version for o in graph.opset_import}[""] == 18
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*graph.graph.input, *graph.graph.output)
+    }  # the dynamic sizes named as the user knows them, not s0, s53
+    assert dims == {
+        "input": ["batch", 1, "height", "width"],
+        "logits": ["batch", 3, "height", "width"],
+    }
     session = onnxruntime_session(out)
     images = np.random.default_rng(5).integers(0, 256, (3, 5, 11, 1), dtype=np.uint8)
     x, expected = torch_logits(ckpt, images)  # below the multiple of 8: replicate in the graph
