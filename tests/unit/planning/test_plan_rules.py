@@ -143,6 +143,15 @@ def test_a_vertical_layout_means_no_vertical_flips_and_hflip_tta():
     assert free.values("evaluate")["tta"] == "dihedral"
 
 
+def test_the_pretrained_encoder_is_suggested_for_8_bit_rgb_only():
+    photo = plan(fingerprint(channels=3)).sections["model"]["encoder"]
+    assert photo.value == "unet"  # the timed encoder: the budget holds
+    assert "--encoder efficientnet-lite0 --encoder-weights imagenet" in photo.why
+    for kind in ({"channels": 1}, {"channels": 4}, {"channels": 3, "dtype": "uint16"}):
+        other = plan(fingerprint(**kind)).sections["model"]["encoder"]
+        assert other.value == "unet" and "--encoder" not in other.why, kind
+
+
 def test_colour_jitter_only_for_rgb():
     assert plan(fingerprint(channels=3)).values("train")["saturation"] > 0
     assert plan(fingerprint(channels=3)).values("train")["channel_gain"] > 0
