@@ -115,7 +115,9 @@ def attach_runs(rows: list[TrialRow], tracking_uri: str, parent_run_id: str) -> 
 def close_child_runs(rows: list[TrialRow], children: dict[str, Any], tracking_uri: str) -> None:
     """Child runs still RUNNING end as KILLED when ASHA stopped their trial early (tagged so),
     as FINISHED when the trial ran all its epochs (ASHA also stops a trial at its last rung,
-    before the trial function closes its run), else as FAILED."""
+    before the trial function closes its run), else as FAILED. A stopped trial's run that its
+    trial function closed as FAILED (the stop interrupted `fit`, and Tune records no error for
+    it) is KILLED too."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -125,7 +127,9 @@ def close_child_runs(rows: list[TrialRow], children: dict[str, Any], tracking_ur
             continue
         if row.stopped_early:
             client.set_tag(row.run_id, STOPPED_EARLY_TAG, "true")
-        if run.info.status == "RUNNING":
+        if row.stopped_early and run.info.status == "FAILED":
+            client.set_terminated(row.run_id, status="KILLED")
+        elif run.info.status == "RUNNING":
             done = row.status == "TERMINATED" and not row.error
             status = "KILLED" if row.stopped_early else "FINISHED" if done else "FAILED"
             client.set_terminated(row.run_id, status=status)
